@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test setup lint format bench clean
+
+run: setup  ## set everything up and start the bot (console chat when no platform token is set)
+	@$(PY) -m bot run
+
+test: setup  ## set everything up, lint, and run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+setup:
+	@scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup  ## benchmarks; numbers go into README.md
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,208 @@
+"""The local console chat: `parley chat`, and `make run` when no platform token is set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from bot.engine import ConversationEngine
+from bot.types import IncomingMessage, RateBudget, TargetLimits, VoiceClip
+
+CONSOLE_CHANNEL = "local"
+_COMMANDS = ("reset", "persona", "voice", "config", "help", "forget", "start")
+# The terminal has no rate limit and no length limit worth splitting at.
+_LIMITS = TargetLimits(
+    max_chars=1_000_000,
+    chat=RateBudget(rate=1000.0, burst=1000.0),
+    platform=RateBudget(rate=1000.0, burst=1000.0),
+    platform_key="console",
+)
+_MARKER = " ▌"
+
+
+class ConsoleTarget:
+    """Prints a streamed reply as it grows; the terminal only ever gets appended text."""
+
+    def __init__(self, out: TextIO, voice_dir: Path) -> None:
+        self.out = out
+        self.voice_dir = voice_dir
+        self._shown: dict[str, str] = {}
+        self._next_id = 0
+        self._parts = 0  # messages of the current reply (a long one continues in a new one)
+
+    def start_reply(self) -> None:
+        self._parts = 0
+
+    @property
+    def chat_key(self) -> str:
+        return "console:" + CONSOLE_CHANNEL
+
+    @property
+    def limits(self) -> TargetLimits:
+        return _LIMITS
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    async def send(self, text: str) -> str:
+        self._next_id += 1
+        message_id = str(self._next_id)
+        self._shown[message_id] = ""
+        if self._parts:
+            self._write("\n")
+        self._parts += 1
+        await self.edit(message_id, text)
+        return message_id
+
+    async def edit(self, message_id: str, text: str) -> None:
+        text = text.removesuffix(_MARKER)
+        shown = self._shown.get(message_id, "")
+        if text.startswith(shown):
+            self._write(text[len(shown) :])
+            self._shown[message_id] = text
+        # Otherwise the text was rewritten (never happens while streaming): keep what is shown.
+
+    async def finalize(self, message_id: str, text: str) -> str:
+        await self.edit(message_id, text)
+        return message_id
+
+    async def delete(self, message_id: str) -> None:
+        self._shown.pop(message_id, None)
+
+    async def typing(self) -> None:
+        return None
+
+    async def queued(self, position: int) -> None:
+        self._write(f"[waiting: #{position} in line]\n")
+
+    async def notice(self, text: str) -> None:
+        self._write(f"{text}\n")
+
+    async def send_voice(self, clip: VoiceClip) -> None:
+        self.voice_dir.mkdir(parents=True, exist_ok=True)
+        path = self.voice_dir / f"reply-{time.strftime('%Y%m%d-%H%M%S')}-{self._next_id}.ogg"
+        path.write_bytes(clip.ogg_opus)
+        self._write(f"\n[voice reply: {path} ({clip.duration_s:.1f} s)]\n")
+
+
+class ConsoleChat:
+    """Reads lines from stdin and answers them; Ctrl-C cancels the reply, not the chat."""
+
+    def __init__(
+        self,
+        engine: ConversationEngine,
+        *,
+        stdin: TextIO = sys.stdin,
+        stdout: TextIO = sys.stdout,
+        voice_dir: Path = Path("voice-replies"),
+    ) -> None:
+        self.engine = engine
+        self.stdin = stdin
+        self.out = stdout
+        self.target = ConsoleTarget(stdout, voice_dir)
+        self.interactive = stdin.isatty()
+        self._reply: asyncio.Task[None] | None = None
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def _message(
+        self, text: str = "", audio: bytes | None = None, mime: str | None = None
+    ) -> IncomingMessage:
+        return IncomingMessage(
+            platform="console",
+            channel_key=CONSOLE_CHANNEL,
+            user_id="console",
+            user_name="you",
+            text=text,
+            is_admin=True,  # whoever has the terminal owns the bot
+            is_private=True,
+            audio=audio,
+            audio_mime=mime,
+        )
+
+    def _on_sigint(self) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        else:
+            self._lines.put_nowait(None)  # Ctrl-C at the prompt ends the chat
+
+    def _read_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A daemon thread, not to_thread(): a blocked readline must not hold up the exit.
+        for line in iter(self.stdin.readline, ""):
+            loop.call_soon_threadsafe(self._lines.put_nowait, line)
+        loop.call_soon_threadsafe(self._lines.put_nowait, None)
+
+    async def run(self, voice_file: Path | None = None) -> None:
+        """Chat until end of input (Ctrl-D) or Ctrl-C at the prompt."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
+        name = self.engine.settings.engine.bot_name
+        if self.interactive:
+            self.out.write(
+                f"{name} console — type a message, /help for commands, Ctrl-D to quit.\n"
+            )
+        try:
+            if voice_file is not None:
+                await self._answer(
+                    self._message(audio=voice_file.read_bytes(), mime=_mime(voice_file))
+                )
+            while True:
+                if self.interactive:
+                    self.out.write("\nyou> ")
+                    self.out.flush()
+                line = await self._lines.get()
+                if line is None:
+                    break
+                line = line.strip()
+                if not line:
+                    continue
+                if line.startswith("/"):
+                    name_, _, args = line[1:].partition(" ")
+                    if name_ in ("quit", "exit"):
+                        break
+                    if name_ in _COMMANDS:
+                        self.out.write(
+                            await self.engine.command(self._message(line), name_, args) + "\n"
+                        )
+                        continue
+                await self._answer(self._message(line))
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    async def _answer(self, msg: IncomingMessage) -> None:
+        self.out.write(f"{self.engine.settings.engine.bot_name}: ")
+        self.out.flush()
+        self.target.start_reply()
+        self._reply = asyncio.create_task(self.engine.handle(msg, self.target))
+        try:
+            await self._reply
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the chat itself is being stopped
+            self.out.write("\n[reply cancelled]")
+        finally:
+            self._reply = None
+        self.out.write("\n")
+        self.out.flush()
+
+
+def _mime(path: Path) -> str | None:
+    return {
+        ".ogg": "audio/ogg",
+        ".oga": "audio/ogg",
+        ".opus": "audio/ogg",
+        ".mp3": "audio/mpeg",
+        ".m4a": "audio/mp4",
+        ".wav": "audio/wav",
+        ".mp4": "video/mp4",
+    }.get(path.suffix.lower())

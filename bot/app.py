@@ -1,0 +1,122 @@
+"""Wiring: the database, the LLM backends, speech, the edit scheduler and the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from types import TracebackType
+
+from bot.config import Settings
+from bot.engine import ConversationEngine
+from bot.health import HealthChecks, database_check, llm_check
+from bot.llama_server import ManagedLlamaServer
+from bot.llm import Api, LLMClient
+from bot.storage import HistoryStore
+from bot.streaming import EditScheduler
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CONCURRENCY = 2  # for an external server whose slot count we do not know
+_RETENTION_SWEEP_S = 3600.0
+
+
+class ParleyApp:
+    """Owns everything a running bot needs; `async with ParleyApp(settings) as app:`."""
+
+    def __init__(self, settings: Settings, *, speech: bool = True) -> None:
+        self.settings = settings
+        self.speech = speech
+        self.server: ManagedLlamaServer | None = None
+        self.store: HistoryStore
+        self.llm: LLMClient
+        self.engine: ConversationEngine
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> ParleyApp:
+        s = self.settings
+        self.store = await HistoryStore.open(s.storage.path)
+        try:
+            interrupted = await self.store.mark_interrupted()
+            if interrupted:
+                log.warning("%d replies were interrupted by the last shutdown", interrupted)
+            urls, api, slots = await self._backends()
+            self.llm = LLMClient(s.llm, urls, api)
+            transcriber, synthesizer = self._speech()
+            self.engine = ConversationEngine(
+                s,
+                self.store,
+                self.llm,
+                EditScheduler(),
+                slots=slots,
+                transcriber=transcriber,
+                synthesizer=synthesizer,
+            )
+            if s.storage.retention_days:
+                self._tasks.append(asyncio.create_task(self._retention()))
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def _backends(self) -> tuple[list[str], Api, int]:
+        s = self.settings.llm
+        if s.base_url:
+            api: Api = "chat" if s.api == "auto" else s.api
+            return [s.base_url, *s.fallback_urls], api, s.concurrency or _DEFAULT_CONCURRENCY
+        log_path = Path(self.settings.storage.path).resolve().parent / "llama-server.log"
+        self.server = ManagedLlamaServer(s.server, log_path=log_path)
+        url = await self.server.start()
+        # The bundled model is a base model without a chat template: drive it by raw completion.
+        if s.api == "auto":
+            api = "completion" if self.server.uses_bundled_model else "chat"
+        else:
+            api = s.api
+        return [url, *s.fallback_urls], api, s.concurrency or self.server.slots
+
+    def _speech(self) -> tuple[object | None, object | None]:
+        if not self.speech:
+            return None, None
+        from bot.speech.stt import Transcriber
+        from bot.speech.tts import SpeechSynthesizer
+
+        return Transcriber(self.settings.stt), SpeechSynthesizer(self.settings.tts)
+
+    async def _retention(self) -> None:
+        while True:
+            deleted = await self.store.purge_older_than(self.settings.storage.retention_days)
+            if deleted:
+                log.info("retention: deleted %d messages", deleted)
+            await asyncio.sleep(_RETENTION_SWEEP_S)
+
+    def health_checks(self) -> HealthChecks:
+        """The database and LLM checks for /healthz; the CLI adds one per connected platform."""
+        checks = HealthChecks()
+        checks.add("database", database_check(self.store))
+        checks.add("llm", llm_check(self.llm))
+        return checks
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            for part in (engine.transcriber, engine.synthesizer):
+                if part is not None:
+                    await part.close()
+        if hasattr(self, "llm"):
+            await self.llm.close()
+        if self.server is not None:
+            await self.server.stop()
+        await self.store.close()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,51 @@
+"""Per-channel settings: engine defaults overridden by what admins set with `config set`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from bot.config import EngineSettings, VoiceMode
+
+# Keys `config set` accepts, with the one-line help `config show` prints.
+CHANNEL_KEYS: dict[str, str] = {
+    "persona": "persona preset or custom text",
+    "system_prompt": "extra instructions added to the persona",
+    "temperature": "sampling temperature, 0 to 2",
+    "max_tokens": "longest reply, in tokens",
+    "history_tokens": "how much past conversation the model sees, in tokens",
+    "voice_mode": "off | reply-to-voice | always",
+    "stt_language": "voice note language (e.g. en, de), or auto",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """The settings one reply uses, resolved at the time the reply starts."""
+
+    persona: str
+    system_prompt: str
+    temperature: float
+    max_tokens: int
+    history_tokens: int
+    voice_mode: VoiceMode
+    stt_language: str
+
+    @classmethod
+    def resolve(cls, defaults: EngineSettings, overrides: dict[str, Any]) -> ChannelSettings:
+        values = {key: getattr(defaults, key) for key in CHANNEL_KEYS}
+        values.update({k: v for k, v in overrides.items() if k in CHANNEL_KEYS})
+        return cls(**values)
+
+
+def parse_channel_value(defaults: EngineSettings, key: str, raw: str) -> Any:
+    """Validate a `config set` value with the same rules as the config file; ValueError says why."""
+    if key not in CHANNEL_KEYS:
+        raise ValueError(f"unknown key {key!r}; keys: {', '.join(CHANNEL_KEYS)}")
+    try:
+        checked = EngineSettings.model_validate({**defaults.model_dump(), key: raw.strip()})
+    except ValidationError as exc:
+        raise ValueError(exc.errors(include_url=False)[0]["msg"]) from None
+    return getattr(checked, key)

@@ -1,0 +1,135 @@
+"""The `parley` command: run (default), chat, migrate, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from bot.config import Settings, load_settings, resolve_config_path
+from bot.errors import ConfigError, LLMUnavailable, StorageError
+from bot.logs import setup_logging
+
+log = logging.getLogger("parley")
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML config file (else $PARLEY_CONFIG, else ./config.toml, else defaults)",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser(
+        "run", help="start the bot: Telegram/Discord when tokens are set, else the console"
+    )
+    chat = sub.add_parser("chat", help="chat in this terminal")
+    chat.add_argument(
+        "--voice", metavar="FILE", type=Path, help="send this audio file as a voice note"
+    )
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    sub.add_parser("doctor", help="check config, database, LLM backends, speech models, tokens")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `parley` and `python -m bot`."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(resolve_config_path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.logging, settings.secrets())
+    command = args.command or "run"
+    try:
+        if command == "migrate":
+            return asyncio.run(_migrate(settings))
+        if command == "doctor":
+            from bot.doctor import run_doctor
+
+            return asyncio.run(run_doctor(settings))
+        voice = getattr(args, "voice", None)
+        if voice is not None and not voice.is_file():
+            print(f"--voice: {voice} is not a file", file=sys.stderr)
+            return EXIT_CONFIG
+        return asyncio.run(_run(settings, console=command == "chat", voice_file=voice))
+    except (StorageError, LLMUnavailable) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _migrate(settings: Settings) -> int:
+    from bot.storage import migrate
+
+    before, after = await migrate(settings.storage.path)
+    if before == after:
+        print(f"{settings.storage.path}: schema version {after}, up to date")
+    else:
+        print(f"{settings.storage.path}: migrated from version {before} to {after}")
+    return 0
+
+
+async def _run(settings: Settings, *, console: bool, voice_file: Path | None) -> int:
+    from bot.app import ParleyApp
+    from bot.health import platform_check
+    from bot.http_server import serve_http
+
+    platforms = [
+        name
+        for name, token in (
+            ("telegram", settings.telegram.token),
+            ("discord", settings.discord.token),
+        )
+        if token.get_secret_value()
+    ]
+    if not platforms:
+        console = True
+    async with ParleyApp(settings) as app, serve_http(settings.http, app.health_checks()) as checks:
+        if console:
+            from adapters.console import ConsoleChat
+
+            await ConsoleChat(app.engine).run(voice_file)
+            return 0
+        adapters = []
+        for name in platforms:
+            adapters.append(_platform_adapter(name, settings, app))
+            checks.add(name, platform_check(adapters[-1]))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            for adapter in adapters:
+                await adapter.start()
+            log.info("Parley is running on %s; Ctrl-C to stop", ", ".join(platforms))
+            await stop.wait()
+        finally:
+            for adapter in reversed(adapters):
+                await adapter.stop()
+    return 0
+
+
+def _platform_adapter(name: str, settings: Settings, app: object) -> object:
+    from bot.app import ParleyApp
+
+    assert isinstance(app, ParleyApp)
+    if name == "telegram":
+        from adapters.telegram_adapter import TelegramAdapter
+
+        return TelegramAdapter(settings, app.engine)
+    from adapters.discord_adapter import DiscordAdapter
+
+    return DiscordAdapter(settings, app.engine)

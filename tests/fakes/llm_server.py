@@ -1,0 +1,162 @@
+"""A loopback stand-in for an OpenAI-compatible server (llama.cpp's), for error paths and speed.
+
+It speaks the real wire format: SSE `data:` chunks, `:` keep-alive pings, the final usage chunk with
+`"choices": []`, `data: [DONE]`; errors as JSON bodies; /health, /tokenize, /v1/models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientConnectionResetError, web
+
+ReplyFn = Callable[[dict[str, Any]], str]
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The newest user message of a chat or raw-completion request."""
+    if body.get("messages"):
+        users = [m["content"] for m in body["messages"] if m.get("role") == "user"]
+        return users[-1] if users else ""
+    found = re.findall(r"^User: (.*)$", body.get("prompt", ""), flags=re.M)
+    return found[-1] if found else ""
+
+
+@dataclass
+class Behaviour:
+    """How the fake answers the next requests; tests change it between turns."""
+
+    reply: str | ReplyFn = "Hello from the fake model."
+    status: int = 200  # non-200: answer with this status and an error body, no stream
+    die_after_chunks: int | None = None  # drop the connection after this many content chunks
+    hang: bool = False  # accept, then never send a byte
+    delay_s: float = 0.0  # between chunks
+    first_delay_s: float = 0.0  # before the first chunk
+    ping: bool = True  # send a ":" keep-alive line first
+    tokenize: bool = True  # serve /tokenize
+    words_per_chunk: int = 1
+
+
+@dataclass
+class FakeLLMServer:
+    """`async with FakeLLMServer() as llm:` then point `llm.base_url` at `llm.url`."""
+
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    cancelled: int = 0
+
+    def __post_init__(self) -> None:
+        self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+        self.url = ""
+
+    async def __aenter__(self) -> FakeLLMServer:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        self._closing.set()  # releases hung handlers
+        await self._runner.cleanup()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        if not self.behaviour.tokenize:
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        body = await request.json()
+        return web.json_response({"tokens": list(range(len(body["content"].split())))})
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        b = self.behaviour
+        if b.status != 200:
+            return web.json_response(
+                {"error": {"code": b.status, "message": "fake failure", "type": "server_error"}},
+                status=b.status,
+            )
+        if b.hang:
+            await self._closing.wait()
+            return web.Response(status=503)
+        reply = b.reply(body) if callable(b.reply) else b.reply
+        chat = "messages" in body
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            if b.ping:
+                await resp.write(b": ping\n\n")
+            if chat:
+                await _send(resp, _chat_chunk({"role": "assistant", "content": None}))
+            await asyncio.sleep(b.first_delay_s)
+            words = re.findall(r"\S+\s*|\s+", reply)
+            pieces = [
+                "".join(words[i : i + b.words_per_chunk])
+                for i in range(0, len(words), b.words_per_chunk)
+            ]
+            for index, piece in enumerate(pieces):
+                if b.die_after_chunks is not None and index >= b.die_after_chunks:
+                    assert request.transport is not None
+                    request.transport.abort()  # like a killed server: no end of stream
+                    return resp
+                chunk = _chat_chunk({"content": piece}) if chat else _text_chunk(piece)
+                await _send(resp, chunk)
+                if b.delay_s:
+                    await asyncio.sleep(b.delay_s)
+            final = _chat_chunk({}, finish="stop") if chat else _text_chunk("", finish="stop")
+            final["timings"] = {"predicted_n": len(pieces)}
+            await _send(resp, final)
+            await _send(resp, {"choices": [], "usage": {"completion_tokens": len(pieces)}})
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError, ClientConnectionResetError):
+            self.cancelled += 1  # the client closed the connection: a cancelled request
+            if not isinstance(sys.exc_info()[1], asyncio.CancelledError):
+                return resp
+            raise
+        finally:
+            self.in_flight -= 1
+        return resp
+
+
+async def _send(resp: web.StreamResponse, obj: dict[str, Any]) -> None:
+    await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+
+def _chat_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+    }

@@ -1,0 +1,70 @@
+"""The console chat as a user runs it: `parley chat` in a terminal-like pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _start(url: str, tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    env.update(PARLEY_LLM__BASE_URL=url, PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )  # fmt: skip
+
+
+async def _read_until(stream: asyncio.StreamReader, marker: str) -> str:
+    seen = ""
+    async with asyncio.timeout(60):
+        while marker not in seen:
+            chunk = await stream.read(256)
+            if not chunk:
+                break
+            seen += chunk.decode()
+    return seen
+
+
+async def test_console_chat_streams_and_runs_commands(tmp_path: Path) -> None:
+    async with FakeLLMServer(Behaviour(reply=lambda b: f"echo {last_user_text(b)}")) as llm:
+        proc = await _start(llm.url, tmp_path)
+        out, err = await asyncio.wait_for(
+            proc.communicate(b"hello there\n/persona\n/config set temperature 0.2\n/reset\n"),
+            timeout=60,
+        )
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "Parley: echo hello there" in text
+    assert "Persona: default." in text
+    assert "temperature is now 0.2 (was 0.7)" in text  # the console user is the admin
+    assert "Conversation cleared (2 messages)" in text
+
+
+async def test_ctrl_c_cancels_the_reply_not_the_program(tmp_path: Path) -> None:
+    slow = Behaviour(reply="tick " * 400, delay_s=0.02)
+    async with FakeLLMServer(slow) as llm:
+        proc = await _start(llm.url, tmp_path)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"count for me\n")
+        await proc.stdin.drain()
+        await _read_until(proc.stdout, "tick tick tick")
+        proc.send_signal(signal.SIGINT)
+        assert "[reply cancelled]" in await _read_until(proc.stdout, "[reply cancelled]")
+        llm.behaviour = Behaviour(reply="still here")
+        proc.stdin.write(b"are you alive?\n")
+        await proc.stdin.drain()
+        assert "Parley: still here" in await _read_until(proc.stdout, "still here")
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0

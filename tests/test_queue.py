@@ -1,0 +1,70 @@
+"""Turn order: per channel in arrival order, bounded across channels, queue positions told."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.queue import TurnQueue
+
+
+async def test_positions_order_and_slot_bound() -> None:
+    queue = TurnQueue(slots=2)
+    running: list[str] = []
+    order: list[str] = []
+    peak = 0
+    told: dict[str, list[int]] = {}
+    gate = asyncio.Event()
+
+    async def turn(channel: str, name: str) -> None:
+        nonlocal peak
+
+        async def on_position(n: int) -> None:
+            told.setdefault(name, []).append(n)
+
+        async with queue.turn(channel, on_position):
+            running.append(name)
+            peak = max(peak, len(running))
+            order.append(name)
+            await gate.wait()
+            running.remove(name)
+
+    tasks = [
+        asyncio.create_task(turn("a", "a1")),
+        asyncio.create_task(turn("a", "a2")),
+        asyncio.create_task(turn("a", "a3")),
+        asyncio.create_task(turn("b", "b1")),
+        asyncio.create_task(turn("c", "c1")),
+    ]
+    await asyncio.sleep(0.01)
+    assert told == {"a2": [1], "a3": [2], "c1": [1]}
+    assert queue.depth == 3
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert peak == 2
+    assert [n for n in order if n.startswith("a")] == ["a1", "a2", "a3"]
+    assert queue.depth == 0
+
+
+async def test_a_cancelled_waiter_does_not_block_the_line() -> None:
+    queue = TurnQueue(slots=1)
+    gate = asyncio.Event()
+    done: list[str] = []
+
+    async def turn(name: str) -> None:
+        async def ignore(n: int) -> None:
+            return None
+
+        async with queue.turn("a", ignore):
+            await gate.wait()
+            done.append(name)
+
+    first = asyncio.create_task(turn("first"))
+    second = asyncio.create_task(turn("second"))
+    third = asyncio.create_task(turn("third"))
+    await asyncio.sleep(0.01)
+    second.cancel()
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(first, third)
+    assert done == ["first", "third"]
+    assert second.cancelled()
