@@ -42,7 +42,8 @@ class ParleyApp:
             if interrupted:
                 log.warning("%d replies were interrupted by the last shutdown", interrupted)
             urls, api, slots = await self._backends()
-            self.llm = LLMClient(s.llm, urls, api)
+            waits = {self.server.url: self.server.wait_ready} if self.server else None
+            self.llm = LLMClient(s.llm, urls, api, wait_ready=waits)
             transcriber, synthesizer = self._speech()
             self.engine = ConversationEngine(
                 s,

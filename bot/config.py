@@ -81,6 +81,8 @@ class EngineSettings(_Section):
     voice_mode: VoiceMode = "reply-to-voice"
     stt_language: str = "en"  # "auto": detect (only trusted when confident)
     max_input_chars: int = Field(4000, ge=1)
+    user_messages_per_minute: int = Field(20, ge=0)  # per user, across chats; 0: no limit
+    blocked_users: list[str] = []  # "platform:user_id", e.g. "telegram:12345": ignored everywhere
 
 
 class StorageSettings(_Section):

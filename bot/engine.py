@@ -24,6 +24,7 @@ from bot.llm import LLMClient, LLMRequest, estimate_tokens
 from bot.personas import PERSONAS
 from bot.prompt import build_request, fit_history, system_prompt
 from bot.queue import TurnQueue
+from bot.ratelimit import UserRateLimiter
 from bot.storage import HistoryStore, Turn
 from bot.streaming import EditScheduler, ReplyStream
 from bot.types import IncomingMessage, ReplyTarget
@@ -51,6 +52,11 @@ MSG_CUT_OFF = "⚠️ The reply was cut off: the model server stopped answering.
 MSG_TIMEOUT = "⚠️ The model server took too long to answer."
 MSG_EMPTY = "The model returned an empty reply. Try rephrasing, or /reset."
 MSG_NO_VOICE = "(I couldn't produce a voice reply this time, so here it is as text.)"
+MSG_SLOW_DOWN = (
+    "You're sending messages faster than I can answer (limit: {limit} a minute). "
+    "Please wait a moment and try again."
+)
+MSG_BLOCKED = "Sorry, you can't use this bot."
 MSG_NO_STT = "Voice notes are not available on this bot (speech recognition is not installed)."
 
 
@@ -82,6 +88,8 @@ class ConversationEngine:
         self.llm = llm
         self.scheduler = scheduler
         self.queue = TurnQueue(slots)
+        self.rate = UserRateLimiter(settings.engine.user_messages_per_minute)
+        self._blocked = frozenset(settings.engine.blocked_users)
         metrics.QUEUE_DEPTH.set_function(lambda: self.queue.depth)
         self.transcriber = transcriber
         self.synthesizer = synthesizer
@@ -91,6 +99,13 @@ class ConversationEngine:
     async def handle(self, msg: IncomingMessage, target: ReplyTarget) -> None:
         """Answer one text or voice message; every user-visible outcome goes through `target`."""
         metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.audio else "text").inc()
+        if f"{msg.platform}:{msg.user_id}" in self._blocked:
+            log.info("ignoring a message from blocked user %s:%s", msg.platform, msg.user_id)
+            return
+        if not self.rate.allow(f"{msg.platform}:{msg.user_id}"):
+            limit = self.settings.engine.user_messages_per_minute
+            await target.notice(MSG_SLOW_DOWN.format(limit=limit))
+            return
         text = msg.text.strip()
         limit = self.settings.engine.max_input_chars
         if len(text) > limit:
@@ -278,13 +293,16 @@ class ConversationEngine:
         return VoiceReply(self.synthesizer, max_chars=self.settings.tts.max_chars)
 
     async def _send_voice(self, voice: VoiceReply, target: ReplyTarget, status: str) -> None:
+        if status not in ("complete", "partial"):
+            await voice.cancel()  # nothing worth speaking: stop the queued sentences
+            return
         try:
             clip = await voice.finish()
         except SpeechSynthesisError as exc:
             log.warning("voice reply failed: %s", exc)
             await target.notice(MSG_NO_VOICE)
             return
-        if clip is not None and status in ("complete", "partial"):
+        if clip is not None:
             await target.send_voice(clip)
 
     # ----------------------------------------------------------------- commands
@@ -302,6 +320,8 @@ class ConversationEngine:
         }.get(name.lower().lstrip("/"))
         if handler is None:
             return f"Unknown command /{name}. Try /help."
+        if f"{msg.platform}:{msg.user_id}" in self._blocked:
+            return MSG_BLOCKED
         channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
         return await handler(msg, channel_id, args.strip())
 

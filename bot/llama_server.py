@@ -66,6 +66,7 @@ class ManagedLlamaServer:
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._ready = asyncio.Event()  # cleared while the server is down or restarting
 
     @property
     def url(self) -> str:
@@ -132,6 +133,7 @@ class ManagedLlamaServer:
                     ) as resp:
                         if resp.status == 200:
                             log.info("llama-server is ready")
+                            self._ready.set()
                             return
                 await asyncio.sleep(_HEALTH_POLL_S)
         await self._terminate()
@@ -152,6 +154,7 @@ class ManagedLlamaServer:
         while not self._stopping:
             assert self._proc is not None
             code = await self._proc.wait()
+            self._ready.clear()
             if self._stopping:
                 return
             if self.restarts >= self.settings.max_restarts:
@@ -167,6 +170,14 @@ class ManagedLlamaServer:
                 await self._launch()
             except LLMUnavailable as exc:
                 log.error("llama-server restart failed: %s", exc)
+
+    async def wait_ready(self) -> None:
+        """Wait (up to the startup timeout) while the server restarts; requests then go through."""
+        if self._ready.is_set() or self._stopping:
+            return
+        log.info("waiting for llama-server to come back")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), self.settings.startup_timeout_s)
 
     async def _terminate(self) -> None:
         proc = self._proc

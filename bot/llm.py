@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,7 +49,14 @@ class _RetryableError(Exception):
 class LLMClient:
     """Streams replies from the first healthy backend among `urls`, failing over in order."""
 
-    def __init__(self, settings: LLMSettings, urls: list[str], api: Api) -> None:
+    def __init__(
+        self,
+        settings: LLMSettings,
+        urls: list[str],
+        api: Api,
+        *,
+        wait_ready: dict[str, Callable[[], Awaitable[None]]] | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("LLMClient needs at least one base URL")
         self.settings = settings
@@ -58,6 +65,8 @@ class LLMClient:
         self._preferred = 0  # index of the backend that answered last
         self._tokenize_ok: dict[str, bool] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Per URL: awaited before each try, e.g. while the managed llama-server restarts.
+        self._wait_ready = {url.rstrip("/"): fn for url, fn in (wait_ready or {}).items()}
 
     def _headers(self) -> dict[str, str]:
         key = self.settings.api_key.get_secret_value()
@@ -110,6 +119,8 @@ class LLMClient:
                     delay = min(_MAX_BACKOFF_S, self.settings.backoff_s * 2 ** (attempt - 1))
                     await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # jitter: no herd
                 started = False
+                if url in self._wait_ready:
+                    await self._wait_ready[url]()
                 try:
                     async for event in self._stream_one(url + path, body):
                         if not started:

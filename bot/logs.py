@@ -66,5 +66,5 @@ def setup_logging(settings: LoggingSettings, secrets: list[str]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     # These log full request URLs, and Telegram's carry the bot token.
-    for noisy in ("httpx", "httpcore", "aiosqlite", "asyncio"):
+    for noisy in ("httpx", "httpcore", "aiosqlite", "asyncio", "faster_whisper"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
