@@ -1,0 +1,313 @@
+"""The Telegram adapter: python-telegram-bot receives updates, the conversation engine answers.
+
+Long polling by default; a webhook when `telegram.webhook_url` is set. The PTB `Application`
+stays in here: the engine sees `IncomingMessage` and answers through `TelegramReplyTarget`.
+Each message is answered in its own task, so a slow reply never holds up other chats (the
+engine keeps each chat's order itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dtm
+import logging
+import secrets
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import telegram.error
+from telegram import Audio, BotCommand, Message, Update, VideoNote, Voice
+from telegram.ext import Application, ContextTypes, MessageHandler, filters
+
+from adapters.telegram_rules import (
+    is_addressed,
+    is_private,
+    may_use,
+    parse_command,
+    strip_mention,
+)
+from adapters.telegram_target import TelegramReplyTarget
+from adapters.telegram_webhook import WebhookServer
+from bot.config import TELEGRAM_MAX_DOWNLOAD_BYTES, Settings
+from bot.errors import ConfigError, DeliveryError, RetryAfter
+from bot.types import IncomingMessage
+
+if TYPE_CHECKING:
+    from bot.engine import ConversationEngine
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+COMMANDS = (
+    BotCommand("start", "Say hello"),
+    BotCommand("help", "What I can do"),
+    BotCommand("reset", "Forget this conversation"),
+    BotCommand("persona", "Show or change how I talk"),
+    BotCommand("voice", "When I answer with voice: off, reply-to-voice, always"),
+    BotCommand("config", "This chat's settings: show, or set KEY VALUE (admins)"),
+    BotCommand("forget", "Delete every message you sent me"),
+)
+POLL_TIMEOUT_S = 30  # long-poll length of getUpdates (Telegram allows up to 50)
+STOP_GRACE_S = 10.0  # replies in progress get this long to finish when the bot stops
+UPDATES = [Update.MESSAGE]  # the only update type the bot acts on
+
+MSG_REFUSED = "Sorry, I'm not available to you here. Please ask the bot's owner for access."
+MSG_AUDIO_TOO_LARGE = (
+    "That recording is too large: I can take voice notes of up to {limit_mb:.0f} MB. "
+    "Please send a shorter one."
+)
+MSG_DOWNLOAD_FAILED = "Sorry, I couldn't download that recording. Please try again."
+_MB = 1024 * 1024
+# What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
+_UNDELIVERED = (DeliveryError, RetryAfter, ConnectionError)
+
+_MESSAGES = filters.UpdateType.MESSAGE & (
+    filters.TEXT | filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE
+)
+
+
+class TelegramAdapter:
+    """Connects the engine to one Telegram bot; `await start()` ... `await stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: ConversationEngine,
+        *,
+        poll_timeout_s: int = POLL_TIMEOUT_S,
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> None:
+        self._settings = settings
+        self._tg = settings.telegram
+        self._engine = engine
+        self._poll_timeout_s = poll_timeout_s
+        self._stop_grace_s = stop_grace_s
+        self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._webhook: WebhookServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Log in, register the commands and start receiving; returns once running."""
+        token = self._tg.token.get_secret_value()
+        if not token:
+            raise ConfigError(["config: telegram.token is empty"])
+        # httpx logs every request URL at INFO, and PTB's URLs contain the token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        builder = (
+            Application.builder()
+            .token(token)
+            .base_url(self._tg.api_base_url)
+            .base_file_url(self._tg.file_base_url)
+        )
+        if self._tg.webhook_url:
+            builder = builder.updater(None)
+        application = builder.build()
+        application.add_handler(
+            MessageHandler(filters.UpdateType.MESSAGE & filters.COMMAND, self._on_command)
+        )
+        application.add_handler(MessageHandler(_MESSAGES & ~filters.COMMAND, self._on_message))
+        application.add_error_handler(self._on_error)
+        self._application = application
+        try:
+            await self._run(application)
+        except telegram.error.InvalidToken:
+            await self.stop()
+            raise ConfigError(["config: telegram.token: Telegram does not accept it"]) from None
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("Telegram: running as @%s", application.bot.username)
+
+    async def _run(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        await application.initialize()
+        await application.bot.set_my_commands(COMMANDS)
+        await application.start()
+        if self._tg.webhook_url:
+            await self._start_webhook(application)
+        else:
+            assert application.updater is not None
+            await application.updater.start_polling(
+                timeout=dtm.timedelta(seconds=self._poll_timeout_s), allowed_updates=UPDATES
+            )
+
+    async def stop(self) -> None:
+        """Stop receiving, let replies in progress finish (up to a grace period), log out."""
+        application, self._application = self._application, None
+        if application is None:
+            return
+        if application.updater is not None and application.updater.running:
+            await application.updater.stop()
+        if self._webhook is not None:
+            await self._webhook.stop()
+            self._webhook = None
+        if application.running:
+            await application.stop()
+        await self._drain()
+        await application.shutdown()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _start_webhook(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        # Without a configured secret, a random one per run still keeps forged POSTs out.
+        secret = self._tg.webhook_secret.get_secret_value() or secrets.token_urlsafe(32)
+        self._webhook = WebhookServer(
+            application,
+            host=self._tg.webhook_listen,
+            port=self._tg.webhook_port,
+            path=urlsplit(self._tg.webhook_url).path,
+            secret=secret,
+        )
+        await self._webhook.start()
+        await application.bot.set_webhook(
+            self._tg.webhook_url, secret_token=secret, allowed_updates=UPDATES
+        )
+
+    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None or message.from_user is None or message.from_user.is_bot:
+            return
+        bot = context.bot
+        if not is_addressed(message, bot.id, bot.username):
+            return
+        if not may_use(self._tg, message.from_user.id, message.chat_id):
+            self._spawn(self._tell(message, MSG_REFUSED))
+            return
+        self._spawn(self._answer(message, bot.username))
+
+    async def _on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None or message.from_user is None or message.text is None:
+            return
+        command = parse_command(message.text, context.bot.username)
+        if command is None:
+            return
+        known = any(command.name == c.command for c in COMMANDS)
+        if not known and not (is_private(message) or command.addressed):
+            return  # in a group, an unknown bare /command is probably for another bot
+        if not may_use(self._tg, message.from_user.id, message.chat_id):
+            self._spawn(self._tell(message, MSG_REFUSED))
+            return
+        self._spawn(self._run_command(message, command.name, command.args))
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.error("Telegram update handling failed", exc_info=context.error)
+
+    # -- answering -------------------------------------------------------------------------
+
+    async def _answer(self, message: Message, bot_username: str) -> None:
+        target = self._target(message)
+        try:
+            text = strip_mention(message.text or message.caption or "", bot_username)
+            audio: bytes | None = None
+            mime: str | None = None
+            media = message.voice or message.audio or message.video_note
+            if media is not None:
+                audio = await self._download(media, target)
+                if audio is None:
+                    return
+                mime = getattr(media, "mime_type", None) or _default_mime(media)
+            await self._engine.handle(self._incoming(message, text, audio, mime), target)
+        except _UNDELIVERED as exc:
+            log.warning("reply to chat %s not delivered: %s", message.chat_id, exc)
+        finally:
+            await target.close()
+
+    async def _run_command(self, message: Message, name: str, args: str) -> None:
+        if name == "config" and not args:
+            args = "show"
+        reply = await self._engine.command(self._incoming(message, message.text or ""), name, args)
+        await self._tell(message, reply)
+
+    async def _tell(self, message: Message, text: str) -> None:
+        """A plain answer outside the engine's replies (command results, refusals)."""
+        try:
+            await self._target(message).notice(text)
+        except _UNDELIVERED as exc:
+            log.warning("message to chat %s not delivered: %s", message.chat_id, exc)
+
+    async def _download(
+        self, media: Voice | Audio | VideoNote, target: TelegramReplyTarget
+    ) -> bytes | None:
+        """The recording's bytes, or None after telling the user why not."""
+        limit = min(TELEGRAM_MAX_DOWNLOAD_BYTES, self._settings.stt.max_bytes)
+        size = media.file_size or 0
+        too_large = MSG_AUDIO_TOO_LARGE.format(limit_mb=limit / _MB)
+        if size > limit:
+            log.info("voice note of %d bytes refused (limit %d)", size, limit)
+            await target.notice(too_large)
+            return None
+        try:
+            file = await media.get_file()
+            return bytes(await file.download_as_bytearray())
+        except telegram.error.BadRequest as exc:
+            # Telegram refuses files over 20 MB even when the update did not tell the size.
+            log.info("voice note download refused: %s", exc)
+            too_big = "too big" in exc.message.lower()
+            await target.notice(too_large if too_big else MSG_DOWNLOAD_FAILED)
+        except telegram.error.TelegramError as exc:
+            log.warning("voice note download failed: %s", exc)
+            await target.notice(MSG_DOWNLOAD_FAILED)
+        return None
+
+    def _incoming(
+        self,
+        message: Message,
+        text: str,
+        audio: bytes | None = None,
+        mime: str | None = None,
+    ) -> IncomingMessage:
+        user = message.from_user
+        assert user is not None  # the handlers skip messages without a sender
+        replied = message.reply_to_message
+        return IncomingMessage(
+            platform=PLATFORM,
+            channel_key=str(message.chat_id),
+            user_id=str(user.id),
+            user_name=user.full_name,
+            text=text,
+            is_admin=user.id in self._tg.admin_ids,
+            audio=audio,
+            audio_mime=mime,
+            reply_to=str(replied.message_id) if replied is not None else None,
+            message_id=str(message.message_id),
+            is_private=is_private(message),
+        )
+
+    def _target(self, message: Message) -> TelegramReplyTarget:
+        from bot.streaming import telegram_limits
+
+        private = is_private(message)
+        return TelegramReplyTarget(
+            message.get_bot(),
+            chat_id=message.chat_id,
+            limits=telegram_limits(self._tg, is_private=private),
+            use_drafts=private and self._tg.stream == "draft",
+            # In a group the answer quotes the question, so it is clear whom it answers.
+            reply_to_message_id=None if private else message.message_id,
+            thread_id=message.message_thread_id if message.is_topic_message else None,
+        )
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Telegram: answering failed", exc_info=task.exception())
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _default_mime(media: Voice | Audio | VideoNote) -> str:
+    return "video/mp4" if isinstance(media, VideoNote) else "audio/ogg"

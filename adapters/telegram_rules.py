@@ -1,0 +1,72 @@
+"""Who the bot answers on Telegram: group addressing, commands and the access lists."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from telegram import Message, MessageEntity
+from telegram.constants import ChatType
+
+from bot.config import TelegramSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A parsed `/name@bot args` message."""
+
+    name: str
+    args: str
+    addressed: bool  # it named this bot explicitly (`/name@bot`)
+
+
+def is_private(message: Message) -> bool:
+    """A one-to-one chat with the bot."""
+    return message.chat.type == ChatType.PRIVATE
+
+
+def is_addressed(message: Message, bot_id: int, bot_username: str) -> bool:
+    """In a private chat every message; in groups a mention of the bot or a reply to it."""
+    if is_private(message):
+        return True
+    replied = message.reply_to_message
+    if replied is not None and replied.from_user is not None and replied.from_user.id == bot_id:
+        return True
+    mention = f"@{bot_username}".lower()
+    entities = {**message.parse_entities(), **message.parse_caption_entities()}
+    for entity, text in entities.items():
+        if entity.type == MessageEntity.MENTION and text.lower() == mention:
+            return True
+        if entity.type == MessageEntity.TEXT_MENTION and entity.user and entity.user.id == bot_id:
+            return True
+    return False
+
+
+def strip_mention(text: str, bot_username: str) -> str:
+    """The text without `@bot` mentions, which only address the message."""
+    pattern = rf"(?<!\w)@{re.escape(bot_username)}(?!\w)"
+    stripped = re.sub(pattern, "", text, flags=re.IGNORECASE)
+    return re.sub(r"[ \t]{2,}", " ", stripped).strip()
+
+
+def parse_command(text: str, bot_username: str) -> Command | None:
+    """Split `/name@bot args`; None when it is no command or one for another bot."""
+    if not text.startswith("/"):
+        return None
+    head, _, args = text.partition(" ")
+    if "\n" in head:  # "/reset\nmore text": the command ends at the line break
+        head, _, rest = head.partition("\n")
+        args = f"{rest} {args}".strip()
+    name, _, target = head[1:].partition("@")
+    if not name or (target and target.lower() != bot_username.lower()):
+        return None
+    return Command(name=name.lower(), args=args.strip(), addressed=bool(target))
+
+
+def may_use(settings: TelegramSettings, user_id: int, chat_id: int) -> bool:
+    """Admins always; others when both access lists (empty = everyone) let them in."""
+    if user_id in settings.admin_ids:
+        return True
+    user_ok = not settings.allowed_user_ids or user_id in settings.allowed_user_ids
+    chat_ok = not settings.allowed_chat_ids or chat_id in settings.allowed_chat_ids
+    return user_ok and chat_ok

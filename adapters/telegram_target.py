@@ -1,0 +1,322 @@
+"""`TelegramReplyTarget`: where the engine's answer to one Telegram message goes.
+
+Two ways to stream a reply: "edit" posts a message at the first tokens and edits it; "draft"
+(private chats only) animates a sendMessageDraft preview and posts the real message at the end.
+Text goes out rendered from Markdown; if Telegram rejects the formatting, the same text goes
+out plain, so a reply is never lost to formatting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
+
+import telegram.error
+from telegram import Bot, InputFile, Message, ReplyParameters
+from telegram.constants import ChatAction, MessageLimit
+
+from adapters.telegram_format import (
+    Rendered,
+    delivery_errors,
+    is_gone,
+    is_not_modified,
+    render_markdown,
+    retry_after_seconds,
+)
+from bot.types import TargetLimits, VoiceClip
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Telegram shows "typing..." for 5 s or until the bot sends a message. The engine asks again
+# every few seconds; calls closer together than this are dropped.
+TYPING_REFRESH_S = 3.0
+# Notices, voice and command replies are not paced by the reply streamer: on a 429 they wait and
+# retry themselves, a bounded number of times and never longer than this per wait.
+SEND_ATTEMPTS = 3
+MAX_RETRY_WAIT_S = 30.0
+MAX_CAPTION_CHARS = MessageLimit.CAPTION_LENGTH  # 1024
+DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
+VOICE_FILE_NAME = "reply.ogg"
+VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
+# Draft ids animate changes of the same preview, so each reply part needs a fresh one.
+_draft_ids = itertools.count(random.randrange(1, 2**30))
+
+
+class TelegramReplyTarget:
+    """Implements `bot.types.ReplyTarget` for one incoming message in one Telegram chat."""
+
+    def __init__(
+        self,
+        bot: Bot,
+        *,
+        chat_id: int,
+        limits: TargetLimits,
+        use_drafts: bool = False,
+        reply_to_message_id: int | None = None,
+        thread_id: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._limits = limits
+        self._use_drafts = use_drafts
+        self._reply_to = reply_to_message_id  # the question, quoted in groups
+        self._quoted = False  # the reply's first part quotes it; later parts follow it
+        self._thread_id = thread_id
+        self._clock = clock
+        self._shown: dict[int, Rendered] = {}  # what each of our messages shows now
+        self._last_typing = -math.inf
+        self._queue_message_id: int | None = None
+        self._queue_text = ""
+
+    @property
+    def chat_key(self) -> str:
+        return f"telegram:{self._chat_id}"
+
+    @property
+    def limits(self) -> TargetLimits:
+        return self._limits
+
+    # -- TextTarget ------------------------------------------------------------------------
+
+    async def send(self, text: str) -> str:
+        """Start a reply part: a draft preview, or a real message to edit later."""
+        await self._reply_started()
+        if self._use_drafts:
+            draft_id = next(_draft_ids)
+            if await self._draft(draft_id, text):
+                return f"{DRAFT_PREFIX}{draft_id}"
+            self._use_drafts = False  # drafts refused here: stream by edits from now on
+        message = await self._post(text)
+        return str(message.message_id)
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """Show the reply so far."""
+        if message_id.startswith(DRAFT_PREFIX):
+            await self._draft(int(message_id.removeprefix(DRAFT_PREFIX)), text)
+        else:
+            await self._edit(int(message_id), text)
+
+    async def finalize(self, message_id: str, text: str) -> str:
+        """Write a part's final text; a draft becomes a real message here."""
+        if message_id.startswith(DRAFT_PREFIX):
+            message = await self._post(text)
+            return str(message.message_id)
+        await self._edit(int(message_id), text)
+        return message_id
+
+    async def delete(self, message_id: str) -> None:
+        """Remove a part; drafts need nothing (Telegram drops them after 30 s)."""
+        if message_id.startswith(DRAFT_PREFIX):
+            return
+        with delivery_errors():
+            try:
+                await self._bot.delete_message(self._chat_id, int(message_id))
+            except telegram.error.BadRequest as exc:
+                if not is_gone(exc):
+                    raise
+        self._shown.pop(int(message_id), None)
+
+    # -- ReplyTarget -----------------------------------------------------------------------
+
+    async def typing(self) -> None:
+        """Show "typing..."; calls closer together than TYPING_REFRESH_S cost nothing."""
+        now = self._clock()
+        if now - self._last_typing < TYPING_REFRESH_S:
+            return
+        self._last_typing = now
+        try:
+            await self._bot.send_chat_action(
+                self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
+            )
+        except telegram.error.TelegramError as exc:  # an indicator is not worth a retry
+            log.debug("typing indicator failed in chat %s: %s", self._chat_id, exc)
+
+    async def queued(self, position: int) -> None:
+        """Post (or update) one "you are #n in line" message; it goes when the reply starts."""
+        text = f"⏳ You're #{position} in line. I'll answer as soon as I can."
+        if text == self._queue_text:
+            return
+        self._queue_text = text
+        try:
+            if self._queue_message_id is None:
+                message = await self._bot.send_message(self._chat_id, text, **self._where())
+                self._queue_message_id = message.message_id
+            else:
+                await self._bot.edit_message_text(text, self._chat_id, self._queue_message_id)
+        except telegram.error.TelegramError as exc:  # a courtesy message: never worth a retry
+            log.info("queue notice not shown in chat %s: %s", self._chat_id, exc)
+
+    async def notice(self, text: str) -> None:
+        """Post a short plain message (transcript, error, refusal); long ones are split."""
+        for chunk in split_plain(text, self._limits.max_chars):
+            with delivery_errors():
+                await _waiting_out_429(
+                    partial(self._bot.send_message, self._chat_id, chunk, **self._where())
+                )
+
+    async def send_voice(self, clip: VoiceClip) -> None:
+        """Upload a voice message; if the user forbids those, the audio goes as a file."""
+        await self._reply_started()
+        where = self._where()
+        audio = InputFile(clip.ogg_opus, filename=VOICE_FILE_NAME)
+        duration = max(1, math.ceil(clip.duration_s))
+        with delivery_errors():
+            try:
+                await _waiting_out_429(
+                    partial(self._bot.send_voice, self._chat_id, audio, duration=duration, **where)
+                )
+            except telegram.error.BadRequest as exc:
+                if VOICE_FORBIDDEN not in exc.message.lower():
+                    raise
+                log.info("chat %s forbids voice messages; sending a file", self._chat_id)
+                caption = _caption(clip.text) or None
+                await _waiting_out_429(
+                    partial(self._bot.send_document, self._chat_id, audio, caption=caption, **where)
+                )
+
+    async def close(self) -> None:
+        """The engine is done with this message: drop a leftover queue notice."""
+        await self._reply_started()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _reply_started(self) -> None:
+        """The answer begins: the "in line" message has done its job."""
+        if self._queue_message_id is None:
+            return
+        queue_message_id, self._queue_message_id = self._queue_message_id, None
+        try:
+            await self._bot.delete_message(self._chat_id, queue_message_id)
+        except telegram.error.TelegramError as exc:
+            log.info("queue notice not deleted in chat %s: %s", self._chat_id, exc)
+
+    def _where(self, *, quote: bool = True) -> dict[str, object]:
+        """Placement of a new message: the topic thread, and the question it answers."""
+        where: dict[str, object] = {"message_thread_id": self._thread_id}
+        if quote and self._reply_to is not None:
+            where["reply_parameters"] = ReplyParameters(
+                self._reply_to, allow_sending_without_reply=True
+            )
+        return where
+
+    async def _render(self, text: str) -> Rendered:
+        # A few ms of parsing for a long reply, and it runs on every edit: keep it off the loop.
+        return await asyncio.to_thread(render_markdown, text, self._limits.max_chars)
+
+    async def _post(self, text: str) -> Message:
+        rendered = await self._render(text)
+        where = self._where(quote=not self._quoted)
+        self._quoted = True
+        with delivery_errors():
+            try:
+                message = await self._bot.send_message(
+                    self._chat_id, rendered.text, entities=rendered.entities, **where
+                )
+            except telegram.error.BadRequest as exc:
+                if not rendered.entities:
+                    raise
+                log.warning("Telegram refused the formatting (%s); sending plain text", exc)
+                rendered = Rendered(text)
+                message = await self._bot.send_message(self._chat_id, text, **where)
+        self._shown[message.message_id] = rendered
+        return message
+
+    async def _edit(self, message_id: int, text: str) -> None:
+        rendered = await self._render(text)
+        if self._shown.get(message_id) == rendered:
+            return
+        with delivery_errors():
+            try:
+                await self._edit_call(message_id, rendered)
+            except telegram.error.BadRequest as exc:
+                if not rendered.entities:
+                    raise
+                log.warning("Telegram refused the formatting (%s); editing in plain text", exc)
+                rendered = Rendered(text)
+                await self._edit_call(message_id, rendered)
+        self._shown[message_id] = rendered
+
+    async def _edit_call(self, message_id: int, rendered: Rendered) -> None:
+        try:
+            await self._bot.edit_message_text(
+                rendered.text, self._chat_id, message_id, entities=rendered.entities
+            )
+        except telegram.error.BadRequest as exc:
+            if not is_not_modified(exc):
+                raise
+
+    async def _draft(self, draft_id: int, text: str) -> bool:
+        """Show a draft preview; False when Telegram refuses drafts in this chat."""
+        rendered = await self._render(text)
+        with delivery_errors():
+            try:
+                await self._draft_call(draft_id, rendered)
+            except telegram.error.BadRequest as exc:
+                if not rendered.entities:
+                    log.warning("draft refused in chat %s (%s)", self._chat_id, exc)
+                    return False
+                log.warning("Telegram refused the formatting (%s); drafting plain text", exc)
+                try:
+                    await self._draft_call(draft_id, Rendered(text))
+                except telegram.error.BadRequest as plain_exc:
+                    log.warning("draft refused in chat %s (%s)", self._chat_id, plain_exc)
+                    return False
+        return True
+
+    async def _draft_call(self, draft_id: int, rendered: Rendered) -> None:
+        await self._bot.send_message_draft(
+            self._chat_id,
+            draft_id,
+            rendered.text,
+            message_thread_id=self._thread_id,
+            entities=rendered.entities,
+        )
+
+
+async def _waiting_out_429(call: Callable[[], Awaitable[T]]) -> T:
+    """Run a send that the reply streamer does not pace, waiting out a few short 429s."""
+    attempt = 1
+    while True:
+        try:
+            return await call()
+        except telegram.error.RetryAfter as exc:
+            wait = retry_after_seconds(exc)
+            if attempt >= SEND_ATTEMPTS or wait > MAX_RETRY_WAIT_S:
+                raise
+            log.info("rate limited by Telegram; retrying in %.1f s", wait)
+            await asyncio.sleep(wait)
+            attempt += 1
+
+
+def _caption(text: str) -> str:
+    """A caption within Telegram's limit."""
+    if len(text) <= MAX_CAPTION_CHARS:
+        return text
+    return text[: MAX_CAPTION_CHARS - 1] + "…"
+
+
+def split_plain(text: str, max_chars: int) -> list[str]:
+    """Cut plain text into chunks of at most `max_chars`, at a newline or space when possible."""
+    chunks: list[str] = []
+    rest = text.strip()
+    while len(rest) > max_chars:
+        cut = rest.rfind("\n", 0, max_chars + 1)
+        if cut <= 0:
+            cut = rest.rfind(" ", 0, max_chars + 1)
+        if cut <= 0:
+            cut = max_chars
+        chunks.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        chunks.append(rest)
+    return chunks
