@@ -87,6 +87,16 @@ class TelegramAdapter:
         self._webhook: WebhookServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def connected(self) -> bool:
+        """True while updates are being received (polling or webhook); for /healthz."""
+        app = self._application
+        if app is None or not app.running:
+            return False
+        if self._tg.webhook_url:
+            return self._webhook is not None
+        return app.updater is not None and app.updater.running
+
     async def start(self) -> None:
         """Log in, register the commands and start receiving; returns once running."""
         token = self._tg.token.get_secret_value()

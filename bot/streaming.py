@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, Protocol
 
+from bot import metrics
 from bot.config import DiscordSettings, TelegramSettings
 from bot.errors import DeliveryError, RetryAfter
 from bot.splitter import Cut, cut_first
@@ -518,6 +519,7 @@ class ReplyStream:
     async def _perform(self, step: _Step) -> None:
         target = self._target
         self._written_at = self._scheduler.clock.now()
+        metrics.PLATFORM_CALLS.labels(target.limits.platform_key, step.kind).inc()
         try:
             if step.kind == "send":
                 self._message = await target.send(step.text)
@@ -536,6 +538,7 @@ class ReplyStream:
                 await target.delete(self._require_message())
                 self._message, self._done = None, True
         except RetryAfter as exc:
+            metrics.RATE_LIMITED.labels(target.limits.platform_key).inc()
             log.debug(
                 "429 on %s in %s: pausing %.2f s", step.kind, target.chat_key, exc.retry_after
             )

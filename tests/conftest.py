@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from bot.config import Settings
 from bot.types import IncomingMessage
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Property tests explore the same examples on every run: CI must not turn red on a new random
+# draw. Run `pytest --hypothesis-profile=explore` to search afresh.
+hypothesis_settings.register_profile("parley", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("explore", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("parley")
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, object]) -> Settings:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bot import metrics
 from bot.config import TTSSettings
 from bot.errors import SpeechSynthesisError
 from bot.speech.audio import Pcm, make_clip
@@ -66,6 +67,7 @@ class SpeechSynthesizer:
         if not text.strip():
             raise ValueError("nothing to speak")
         failures: list[str] = []
+        started = time.perf_counter()
         for backend in self._in_order():
             try:
                 pcm = await backend.synthesize(text)
@@ -78,6 +80,7 @@ class SpeechSynthesizer:
                 log.warning("speech: %s; trying the next voice", exc)
             else:
                 log.debug("speech: %s spoke %d chars", backend.name, len(text))
+                metrics.TTS_SECONDS.observe(time.perf_counter() - started)
                 return pcm
         raise SpeechSynthesisError("no speech backend worked: " + "; ".join(failures))
 
