@@ -176,8 +176,16 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def measure(fake: FakePlatform, lines: list[Timeline]) -> tuple[float, float, float, float]:
-    """Median updates/s, median first-visible delay, median and p95 final-visible delay."""
+@dataclass(frozen=True, slots=True)
+class Result:
+    updates: list[float]  # visible updates per second of each chat while its tokens arrive
+    first: float  # median delay from the first token to the first visible text
+    final: float  # median delay from the last token to the final text being visible
+    final_p95: float
+
+
+def measure(fake: FakePlatform, lines: list[Timeline]) -> Result:
+    """What the users of all chats saw."""
     rates, firsts, finals = [], [], []
     for i, line in enumerate(lines):
         shown = fake.ok_calls(f"chat-{i}")
@@ -186,11 +194,8 @@ def measure(fake: FakePlatform, lines: list[Timeline]) -> tuple[float, float, fl
         firsts.append(shown[0].done_at - line.first_token)
         final = next(c for c in shown if c.text == line.final_text)
         finals.append(final.done_at - line.last_token)
-    return (
-        statistics.median(rates),
-        statistics.median(firsts),
-        statistics.median(finals),
-        percentile(finals, 0.95),
+    return Result(
+        rates, statistics.median(firsts), statistics.median(finals), percentile(finals, 0.95)
     )
 
 
@@ -200,19 +205,21 @@ def main() -> None:
         f"REST latency {LATENCY_S[0]:g}-{LATENCY_S[1]:g} s; virtual time.\n"
     )
     print(
-        "| platform | chats | approach | updates/s per chat | first text visible (s) "
-        "| last token → final visible (s), median / p95 | 429s |"
+        "| platform | chats | approach | updates/s per chat, median (min–max) "
+        "| first text visible (s) | last token → final visible (s), median / p95 | 429s |"
     )
     print("|---|---:|---|---:|---:|---:|---:|")
     for platform in PLATFORMS:
         for chats in CHAT_COUNTS:
             for approach, label in (("parley", "Parley buckets"), ("baseline", "global 1 edit/s")):
                 fake, lines = run_virtual(run(platform, chats, approach))
-                rate, first, final, final_p95 = measure(fake, lines)
+                result = measure(fake, lines)
+                rates = result.updates
+                spread = f"{statistics.median(rates):.2f} ({min(rates):.2f}–{max(rates):.2f})"
                 limited = sum(c.outcome == "429" for c in fake.calls)
                 print(
-                    f"| {platform.name} | {chats} | {label} | {rate:.2f} | {first:.2f} "
-                    f"| {final:.2f} / {final_p95:.2f} | {limited} |"
+                    f"| {platform.name} | {chats} | {label} | {spread} | {result.first:.2f} "
+                    f"| {result.final:.2f} / {result.final_p95:.2f} | {limited} |"
                 )
 
 
