@@ -25,6 +25,7 @@ class IncomingMessage:
     reply_to: str | None = None  # platform id of the message this one answers, if any
     message_id: str | None = None  # platform id of this message
     is_private: bool = False  # a DM / private chat
+    wants_voice: bool = False  # the user asked for a spoken reply (Discord: /ask voice:true)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,370 @@
+"""Parley on Discord (discord.py 2.x): gateway messages and slash commands in, streamed replies out.
+
+Chat: in DMs every message is a turn; in servers a message that mentions the bot (or its role)
+or replies to one of its messages. History is per channel, and a thread is its own channel.
+
+Redirection: discord.py builds every REST URL from the class attribute `discord.http.Route.BASE`
+(read each time a Route is created, webhook routes included) and opens the gateway at
+`discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY` (read in `DiscordWebSocket.from_client`).
+Neither can be set per client, so `start()` points both at `discord.api_base_url` and
+`discord.gateway_url` for the whole process and `stop()` restores them: one Discord adapter per
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from adapters.discord_commands import build_command_tree
+from adapters.discord_rest import DiscordRest
+from adapters.discord_rules import AccessRules, audio_attachment, is_turn, readable_text
+from adapters.discord_targets import (
+    NOTICE_MENTIONS,
+    ChannelTarget,
+    Clock,
+    InteractionTarget,
+)
+from bot.config import Settings
+from bot.errors import ConfigError
+from bot.splitter import split_markdown
+from bot.streaming import discord_limits
+from bot.types import IncomingMessage, TargetLimits
+
+if TYPE_CHECKING:
+    from bot.engine import ConversationEngine
+
+log = logging.getLogger(__name__)
+
+GUILD_READY_TIMEOUT_S = 2.0  # discord.py's default quiet time after the last GUILD_CREATE
+STOP_GRACE_S = 10.0  # replies in progress get this long to finish when the bot stops
+DEVELOPER_PORTAL = "https://discord.com/developers/applications"
+MSG_INTENT_REFUSED = (
+    "discord.message_content: Discord refused the Message Content intent (gateway close 4014). "
+    "Turn on 'Message Content Intent' under Bot > Privileged Gateway Intents for this "
+    f"application in the Discord Developer Portal ({DEVELOPER_PORTAL}), or set "
+    "discord.message_content = false: the bot then only sees DMs and messages that mention it."
+)
+MSG_TOKEN_REFUSED = (
+    "discord.token: Discord rejected the bot token (401 Unauthorized). Copy it again from "
+    f"Bot > Token in the Discord Developer Portal ({DEVELOPER_PORTAL})."
+)
+MSG_NOT_ALLOWED = "Sorry, I'm not available here."
+MSG_NO_REPLY = "Done."  # an empty command reply: Discord refuses empty messages
+MSG_AUDIO_TOO_LARGE = "That audio file is too large ({size:.1f} MB; the limit is {limit:.1f} MB)."
+MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it again."
+_MEGABYTE = 1024 * 1024
+
+
+class _Client(discord.Client):
+    """discord.py's client with Parley's message handler."""
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+
+    async def on_message(self, message: discord.Message) -> None:
+        self._adapter.on_message(message)
+
+
+class DiscordAdapter:
+    """Connects the engine to Discord; `await start()` once, `await stop()` at shutdown."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: ConversationEngine,
+        *,
+        guild_ready_timeout: float = GUILD_READY_TIMEOUT_S,
+        stop_grace_s: float = STOP_GRACE_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._cfg = settings.discord
+        self._access = AccessRules(settings.discord)
+        self._engine = engine
+        self._guild_ready_timeout = guild_ready_timeout
+        self._stop_grace_s = stop_grace_s
+        self._stopping = False
+        self._clock = clock
+        self._limits: TargetLimits = discord_limits(settings.discord)
+        self._client: _Client | None = None
+        self._tree: app_commands.CommandTree[discord.Client] | None = None
+        self._rest: DiscordRest | None = None
+        self._gateway: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._saved_endpoints: tuple[str, yarl.URL] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the gateway session is up; for /healthz."""
+        client = self._client
+        return client is not None and client.is_ready() and not client.is_closed()
+
+    async def start(self) -> None:
+        """Log in, sync the slash commands and connect; returns once the bot is ready.
+
+        Raises ConfigError when Discord refuses the token or the message content intent.
+        """
+        token = self._cfg.token.get_secret_value()
+        if not token:
+            raise ConfigError(["discord.token: empty; set it to the bot token to use Discord"])
+        self._redirect()
+        client = _Client(
+            self,
+            intents=self._intents(),
+            guild_ready_timeout=self._guild_ready_timeout,
+            allowed_mentions=NOTICE_MENTIONS,
+        )
+        self._client = client
+        self._tree = build_command_tree(client, self, bot_name=self._settings.engine.bot_name)
+        try:
+            try:
+                await client.login(token)
+            except discord.LoginFailure:
+                raise ConfigError([MSG_TOKEN_REFUSED]) from None
+            self._rest = DiscordRest(self._cfg.api_base_url, token, client.http.user_agent)
+            await self._rest.open()
+            await self._sync_commands()
+            self._gateway = asyncio.create_task(client.connect(), name="discord-gateway")
+            await self._until_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        self._gateway.add_done_callback(_log_gateway_end)
+        log.info("Discord: connected as %s (%d servers)", client.user, len(client.guilds))
+
+    async def stop(self) -> None:
+        """Stop taking turns, let replies in progress finish (up to a grace period), disconnect."""
+        self._stopping = True
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
+            for task in pending:
+                task.cancel()  # the engine keeps what was streamed and marks it cut off
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+        if self._gateway is not None:
+            await asyncio.gather(self._gateway, return_exceptions=True)
+        if self._rest is not None:
+            await self._rest.close()
+        if self._saved_endpoints is not None:
+            Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = self._saved_endpoints
+            self._saved_endpoints = None
+
+    def _redirect(self) -> None:
+        self._saved_endpoints = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
+        Route.BASE = self._cfg.api_base_url.rstrip("/")
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._cfg.gateway_url)
+
+    def _intents(self) -> discord.Intents:
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels, threads and roles, for permissions and mentions
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = self._cfg.message_content
+        return intents
+
+    async def _sync_commands(self) -> None:
+        """Register the slash commands: per guild (instant) for `guild_ids`, else globally.
+
+        A bulk overwrite with unchanged commands is idempotent on Discord's side, so syncing at
+        every start keeps the registered commands in step with the code.
+        """
+        assert self._tree is not None
+        if not self._cfg.guild_ids:
+            synced = await self._tree.sync()
+            log.info("Discord: %d global slash commands synced", len(synced))
+            return
+        for guild_id in self._cfg.guild_ids:
+            guild = discord.Object(guild_id)
+            self._tree.copy_global_to(guild=guild)
+            try:
+                synced = await self._tree.sync(guild=guild)
+            except discord.Forbidden as exc:
+                raise ConfigError(
+                    [f"discord.guild_ids: cannot register commands in server {guild_id}: {exc}"]
+                ) from None
+            log.info("Discord: %d slash commands synced to server %d", len(synced), guild_id)
+
+    async def _until_ready(self) -> None:
+        assert self._client is not None and self._gateway is not None
+        ready = asyncio.create_task(self._client.wait_until_ready())
+        await asyncio.wait({ready, self._gateway}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            return
+        ready.cancel()
+        error = self._gateway.exception()
+        if isinstance(error, discord.PrivilegedIntentsRequired):
+            raise ConfigError([MSG_INTENT_REFUSED]) from None
+        if isinstance(error, discord.ConnectionClosed) and error.code == 4004:
+            raise ConfigError([MSG_TOKEN_REFUSED]) from None
+        raise RuntimeError("the Discord gateway closed before READY") from error
+
+    # -- chat messages ---------------------------------------------------------------------
+
+    def on_message(self, message: discord.Message) -> None:
+        """A gateway MESSAGE_CREATE: answer it in its own task when it is a turn for us."""
+        assert self._client is not None and self._client.user is not None
+        if self._stopping or not is_turn(message, self._client.user):
+            return
+        channel = message.channel
+        if self._access.allowed(message.author.id, channel.id, getattr(channel, "parent_id", None)):
+            self._spawn(self._answer(message))
+
+    async def _answer(self, message: discord.Message) -> None:
+        assert self._rest is not None and self._client is not None and self._client.user
+        target = ChannelTarget(
+            rest=self._rest,
+            http=self._client.http,
+            message=message,
+            limits=self._limits,
+            clock=self._clock,
+        )
+        text = readable_text(message, self._client.user)
+        attachment = audio_attachment(message)
+        if not text and attachment is None:
+            return
+        audio = None
+        if attachment is not None:
+            audio = await self._download(attachment, target)
+            if audio is None:
+                return
+        author = message.author
+        manage_guild = isinstance(author, discord.Member) and author.guild_permissions.manage_guild
+        reference = message.reference
+        msg = IncomingMessage(
+            platform="discord",
+            channel_key=str(message.channel.id),
+            user_id=str(author.id),
+            user_name=author.display_name,
+            text=text,
+            is_admin=self._access.is_admin(author, manage_guild=manage_guild),
+            audio=audio,
+            audio_mime=attachment.content_type if attachment is not None else None,
+            reply_to=str(reference.message_id) if reference and reference.message_id else None,
+            message_id=str(message.id),
+            is_private=message.guild is None,
+        )
+        await self._engine.handle(msg, target)
+
+    async def _download(
+        self, attachment: discord.Attachment, target: ChannelTarget
+    ) -> bytes | None:
+        """The attachment's bytes, or None after telling the user why not."""
+        limit = self._settings.stt.max_bytes
+        if attachment.size > limit:
+            await target.notice(
+                MSG_AUDIO_TOO_LARGE.format(
+                    size=attachment.size / _MEGABYTE, limit=limit / _MEGABYTE
+                )
+            )
+            return None
+        try:
+            return await attachment.read()
+        except discord.HTTPException as exc:
+            log.warning("Discord: audio attachment download failed: %s", exc)
+            await target.notice(MSG_AUDIO_UNREADABLE)
+            return None
+
+    # -- slash commands (CommandHandler) ---------------------------------------------------
+
+    async def ask(self, interaction: discord.Interaction, prompt: str, voice: bool) -> None:
+        """/ask: defer at once (Discord wants an answer within 3 s), then stream the reply."""
+        assert self._rest is not None and self._client is not None
+        if not await self._admit(interaction) or not await _defer(interaction, ephemeral=False):
+            return
+        assert interaction.channel_id is not None
+        target = InteractionTarget(
+            rest=self._rest,
+            http=self._client.http,
+            interaction=interaction,
+            channel=self._client.get_partial_messageable(interaction.channel_id),
+            limits=self._limits,
+            clock=self._clock,
+        )
+        # "/ask voice:true" asks for a spoken reply whatever the channel's voice mode.
+        msg = dataclasses.replace(self._interaction_message(interaction, prompt), wants_voice=voice)
+        self._spawn(self._engine.handle(msg, target))
+
+    async def run_command(
+        self, interaction: discord.Interaction, name: str, args: str, *, ephemeral: bool
+    ) -> None:
+        """Any other command: the engine's reply text, split at the message limit."""
+        if not await self._admit(interaction) or not await _defer(interaction, ephemeral=ephemeral):
+            return
+        msg = self._interaction_message(interaction, f"/{name} {args}".strip())
+        reply = await self._engine.command(msg, name, args)
+        first, *more = split_markdown(reply, self._limits.max_chars) or [MSG_NO_REPLY]
+        await interaction.edit_original_response(content=first, allowed_mentions=NOTICE_MENTIONS)
+        for piece in more:
+            await interaction.followup.send(
+                piece, ephemeral=ephemeral, allowed_mentions=NOTICE_MENTIONS
+            )
+
+    async def _admit(self, interaction: discord.Interaction) -> bool:
+        """Whether the user may use the bot here; refuses (privately) when not."""
+        if self._stopping:
+            return False  # shutting down: Discord tells the user the bot did not respond
+        parent_id = getattr(interaction.channel, "parent_id", None)
+        channel_id = interaction.channel_id
+        if channel_id is not None and self._access.allowed(
+            interaction.user.id, channel_id, parent_id
+        ):
+            return True
+        await interaction.response.send_message(MSG_NOT_ALLOWED, ephemeral=True)
+        return False
+
+    def _interaction_message(self, interaction: discord.Interaction, text: str) -> IncomingMessage:
+        user = interaction.user
+        manage_guild = interaction.guild_id is not None and interaction.permissions.manage_guild
+        return IncomingMessage(
+            platform="discord",
+            channel_key=str(interaction.channel_id),
+            user_id=str(user.id),
+            user_name=user.display_name,
+            text=text,
+            is_admin=self._access.is_admin(user, manage_guild=manage_guild),
+            message_id=str(interaction.id),
+            is_private=interaction.guild_id is None,
+        )
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one reply as its own task, so a slow reply never holds up the others."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._reply_done)
+
+    def _reply_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Discord: a reply failed", exc_info=task.exception())
+
+
+async def _defer(interaction: discord.Interaction, *, ephemeral: bool) -> bool:
+    """Acknowledge the interaction ("thinking…"); False when Discord no longer accepts it."""
+    try:
+        await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+    except discord.NotFound:
+        log.warning("Discord: a slash command could not be acknowledged in time")
+        return False
+    return True
+
+
+def _log_gateway_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Discord: the gateway connection ended", exc_info=task.exception())

@@ -1,0 +1,155 @@
+"""The Discord REST calls a streamed reply makes, with rate limits left to the reply streamer.
+
+discord.py's HTTP client answers a 429 by sleeping `retry_after` and sending the same request
+again, up to five times. That suits one-off calls, but for a streamed reply it would resend a
+stale edit after the wait while newer text piles up behind it. So the few calls a reply stream
+makes (post, edit, delete a message; edit the interaction response; follow-ups) go through this
+small client instead: a 429 raises `RetryAfter` at once and `bot.streaming` decides what to write
+when the wait is over, usually just the latest text. Everything else (login, command sync,
+interaction callbacks, uploads, notices) stays on discord.py, its retries included.
+
+Errors are the three kinds the streamer handles: `RetryAfter` (429), `DeliveryError` (refused
+for good), and `OSError` (`ConnectionError` / `TimeoutError`: the network or a Discord 5xx).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bot.errors import DeliveryError, RetryAfter
+
+REQUEST_TIMEOUT_S = 20.0  # a timeout raises TimeoutError, an OSError the streamer retries
+INVALID_WEBHOOK_TOKEN = 50027  # JSON error code of an expired interaction token
+# Replies never ping @everyone, roles or users, whatever the model writes; a reply to a
+# message still notifies its author, as Discord's own replies do.
+ALLOWED_MENTIONS: dict[str, Any] = {"parse": [], "replied_user": True}
+
+
+class InteractionTokenExpired(DeliveryError):
+    """Discord no longer accepts the interaction's token (it lives 15 minutes)."""
+
+
+class DiscordRest:
+    """Minimal Discord REST client for reply streams; `await open()` before use."""
+
+    def __init__(self, base_url: str, token: str, user_agent: str) -> None:
+        self._base = base_url.rstrip("/")
+        self._auth = {"Authorization": f"Bot {token}"}
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Create the HTTP session."""
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": self._user_agent},
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- channel messages ------------------------------------------------------------------
+
+    async def create_message(self, channel_id: int, content: str, *, reply_to: int | None) -> int:
+        """Post a message in a channel (as a reply when `reply_to` is set); returns its id."""
+        body: dict[str, Any] = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
+        if reply_to is not None:
+            body["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
+        data = await self._call("POST", "/channels/{}/messages", (channel_id,), body)
+        return int(data["id"])
+
+    async def edit_message(self, channel_id: int, message_id: int, content: str) -> None:
+        """Replace a channel message's text."""
+        body = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
+        await self._call("PATCH", "/channels/{}/messages/{}", (channel_id, message_id), body)
+
+    async def delete_message(self, channel_id: int, message_id: int) -> None:
+        """Delete a channel message."""
+        await self._call("DELETE", "/channels/{}/messages/{}", (channel_id, message_id))
+
+    # -- interaction responses -------------------------------------------------------------
+
+    async def edit_original(self, application_id: int, token: str, content: str) -> int:
+        """Replace the text of an interaction's original response; returns the message id."""
+        body = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
+        path = "/webhooks/{}/{}/messages/@original"
+        data = await self._call("PATCH", path, (application_id, token), body, webhook=True)
+        return int(data["id"])
+
+    async def create_followup(self, application_id: int, token: str, content: str) -> int:
+        """Post a follow-up message of an interaction; returns its id."""
+        body = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
+        path = "/webhooks/{}/{}?wait=true"
+        data = await self._call("POST", path, (application_id, token), body, webhook=True)
+        return int(data["id"])
+
+    async def edit_followup(
+        self, application_id: int, token: str, message_id: int, content: str
+    ) -> None:
+        """Replace the text of an interaction's follow-up message."""
+        body = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
+        path = "/webhooks/{}/{}/messages/{}"
+        await self._call("PATCH", path, (application_id, token, message_id), body, webhook=True)
+
+    async def delete_followup(self, application_id: int, token: str, message_id: int) -> None:
+        """Delete an interaction's follow-up message."""
+        path = "/webhooks/{}/{}/messages/{}"
+        await self._call("DELETE", path, (application_id, token, message_id), webhook=True)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        route: str,
+        params: tuple[int | str, ...],
+        body: dict[str, Any] | None = None,
+        *,
+        webhook: bool = False,
+    ) -> Any:
+        """One request; `route` (with `{}` placeholders) is what logs and errors show."""
+        if self._session is None:
+            raise RuntimeError("DiscordRest.open() was not awaited")
+        url = self._base + route.format(*(quote(str(p), safe="") for p in params))
+        # Interaction webhooks authenticate by the token in the URL, not the bot token.
+        headers = None if webhook else self._auth
+        try:
+            async with self._session.request(method, url, json=body, headers=headers) as response:
+                data = await _json_or_none(response)
+                if response.status < 300:
+                    return data
+                raise _error_for(method, route, response, data)
+        except aiohttp.ClientConnectionError as exc:
+            # The streamer backs off and retries network failures (OSError); aiohttp's
+            # connection errors are not all OSErrors.
+            raise ConnectionError(f"Discord {method} {route}: {exc!r}") from exc
+
+
+async def _json_or_none(response: aiohttp.ClientResponse) -> Any:
+    if response.content_type == "application/json":
+        return await response.json()
+    await response.read()
+    return None
+
+
+def _error_for(method: str, route: str, response: aiohttp.ClientResponse, data: Any) -> Exception:
+    """The typed exception for a non-2xx answer."""
+    body = data if isinstance(data, dict) else {}
+    if response.status == 429:
+        retry_after = body.get("retry_after") or response.headers.get("Retry-After") or 1.0
+        is_global = bool(body.get("global")) or response.headers.get("X-RateLimit-Global") == "true"
+        return RetryAfter(float(retry_after), is_global=is_global)
+    if response.status >= 500:
+        # Discord's own hiccup (502 from its proxy, 503 overloaded): a network failure to retry.
+        return ConnectionError(f"Discord {method} {route}: {response.status}")
+    code = body.get("code", 0)
+    message = f"Discord {method} {route}: {response.status} {body.get('message', '')} (code {code})"
+    if response.status == 401 and code == INVALID_WEBHOOK_TOKEN:
+        return InteractionTokenExpired(message)
+    return DeliveryError(message)

@@ -1,0 +1,424 @@
+"""The world of the fake Discord: one guild, its channels, roles and users, and their payloads.
+
+`DiscordWorld` holds the state the fake's REST and gateway halves share (messages, interactions,
+registered commands, DM channels) and builds the JSON objects Discord sends for them, with the
+fields discord.py reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024  # what an interaction says the user may upload
+
+# Message flags.
+FLAG_EPHEMERAL = 1 << 6
+FLAG_LOADING = 1 << 7
+FLAG_VOICE_MESSAGE = 1 << 13
+
+# Permission bits.
+PERM_MANAGE_GUILD = 1 << 5
+PERM_MEMBER = (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31) | (1 << 46)
+
+# Interaction and option types.
+INTERACTION_APPLICATION_COMMAND = 2
+OPTION_SUB_COMMAND = 1
+OPTION_SUB_COMMAND_GROUP = 2
+
+
+_snowflakes = itertools.count(1_200_000_000_000_000_000)
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told to; share one between the fake and the bot."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def snowflake() -> int:
+    """A fresh, increasing id."""
+    return next(_snowflakes)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class FakeUser:
+    """A member of the fake world."""
+
+    id: int
+    name: str
+    role_ids: tuple[int, ...] = ()
+    bot: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "username": self.name.lower(),
+            "global_name": self.name,
+            "discriminator": "0",
+            "avatar": None,
+            "bot": self.bot,
+            "public_flags": 0,
+        }
+
+
+@dataclass
+class FilePart:
+    """One uploaded file of a multipart request."""
+
+    field: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class FakeMessage:
+    """A message in a channel; `writes` holds its content after creation and after every edit."""
+
+    id: int
+    channel_id: int
+    author: FakeUser
+    content: str
+    flags: int = 0
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    files: list[FilePart] = field(default_factory=list)
+    reference: int | None = None
+    interaction_id: int | None = None
+    writes: list[str] = field(default_factory=list)
+    deleted: bool = False
+
+
+@dataclass
+class FakeInteraction:
+    """A slash command the fake dispatched, and how the bot answered it."""
+
+    id: int
+    token: str
+    channel_id: int
+    guild_id: int | None
+    user: FakeUser
+    created_at: float
+    callback_type: int | None = None
+    late_callback: bool = False
+    original_id: int | None = None
+    followup_ids: list[int] = field(default_factory=list)
+
+
+class DiscordWorld:
+    """One guild ("Parley Test Server") with #general, a thread, two roles and three members."""
+
+    GUILD_ID = 1_100_000_000_000_000_001
+    GENERAL_ID = 1_100_000_000_000_000_002
+    THREAD_ID = 1_100_000_000_000_000_003
+    MOD_ROLE_ID = 1_100_000_000_000_000_004  # has Manage Server
+    HELPER_ROLE_ID = 1_100_000_000_000_000_005  # no extra permissions
+    APPLICATION_ID = 1_100_000_000_000_000_006
+    BOT = FakeUser(1_100_000_000_000_000_007, "Parley", bot=True)
+    ALICE = FakeUser(1_100_000_000_000_000_008, "Alice")
+    BOB = FakeUser(1_100_000_000_000_000_009, "Bob", role_ids=(MOD_ROLE_ID,))
+    CAROL = FakeUser(1_100_000_000_000_000_010, "Carol", role_ids=(HELPER_ROLE_ID,))
+    OWNER_ID = 1_100_000_000_000_000_011  # owns the guild (and so has every permission)
+
+    def __init__(self, *, grant_message_content: bool) -> None:
+        self.grant_message_content = grant_message_content
+        self.messages: dict[int, FakeMessage] = {}
+        self.interactions: dict[int, FakeInteraction] = {}
+        self.commands: dict[int | None, list[dict[str, Any]]] = {}
+        self._dm_channels: dict[int, int] = {}
+        self._command_ids: dict[tuple[int | None, str], int] = {}
+
+    def dm_channel(self, user: FakeUser) -> int:
+        """The id of the DM channel between `user` and the bot."""
+        if user.id not in self._dm_channels:
+            self._dm_channels[user.id] = snowflake()
+        return self._dm_channels[user.id]
+
+    def known_channel(self, channel_id: int) -> bool:
+        """#general, the thread, or a DM channel."""
+        return channel_id in {self.GENERAL_ID, self.THREAD_ID, *self._dm_channels.values()}
+
+    # -- payloads --------------------------------------------------------------------------
+
+    def _roles(self) -> list[dict[str, Any]]:
+        def role(role_id: int, name: str, permissions: int, position: int) -> dict[str, Any]:
+            return {
+                "id": str(role_id),
+                "name": name,
+                "permissions": str(permissions),
+                "position": position,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": False,
+                "flags": 0,
+            }
+
+        return [
+            role(self.GUILD_ID, "@everyone", PERM_MEMBER, 0),
+            role(self.MOD_ROLE_ID, "Moderator", PERM_MANAGE_GUILD, 2),
+            role(self.HELPER_ROLE_ID, "Helper", 0, 1),
+        ]
+
+    def _permissions(self, user: FakeUser) -> int:
+        value = PERM_MEMBER
+        if self.MOD_ROLE_ID in user.role_ids:
+            value |= PERM_MANAGE_GUILD
+        return value
+
+    def _member_payload(self, user: FakeUser, *, with_user: bool = True) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "roles": [str(r) for r in user.role_ids],
+            "joined_at": "2024-01-01T00:00:00+00:00",
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+        }
+        if with_user:
+            payload["user"] = user.payload()
+        return payload
+
+    def _channel_payload(self, channel_id: int) -> dict[str, Any]:
+        if channel_id == self.THREAD_ID:
+            return {
+                "id": str(self.THREAD_ID),
+                "type": 11,
+                "guild_id": str(self.GUILD_ID),
+                "parent_id": str(self.GENERAL_ID),
+                "owner_id": str(self.ALICE.id),
+                "name": "a thread",
+                "thread_metadata": {
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": _now_iso(),
+                    "locked": False,
+                },
+                "message_count": 0,
+                "member_count": 1,
+                "rate_limit_per_user": 0,
+                "flags": 0,
+            }
+        return {
+            "id": str(channel_id),
+            "type": 0,
+            "guild_id": str(self.GUILD_ID),
+            "name": "general",
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "parent_id": None,
+            "topic": None,
+            "rate_limit_per_user": 0,
+            "last_message_id": None,
+            "flags": 0,
+        }
+
+    def ready_events(self, resume_gateway_url: str) -> list[tuple[str, Any]]:
+        """READY, then the guild's GUILD_CREATE, as Discord sends them after IDENTIFY."""
+        ready = {
+            "v": 10,
+            "user": self.BOT.payload(),
+            "guilds": [{"id": str(self.GUILD_ID), "unavailable": True}],
+            "session_id": f"session-{snowflake()}",
+            "resume_gateway_url": resume_gateway_url,
+            "application": {"id": str(self.APPLICATION_ID), "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+        }
+        guild = {
+            "id": str(self.GUILD_ID),
+            "name": "Parley Test Server",
+            "icon": None,
+            "owner_id": str(self.OWNER_ID),
+            "unavailable": False,
+            "large": False,
+            "member_count": 4,
+            "roles": self._roles(),
+            "channels": [self._channel_payload(self.GENERAL_ID)],
+            "threads": [self._channel_payload(self.THREAD_ID)],
+            "members": [self._member_payload(self.BOT)],
+            "presences": [],
+            "voice_states": [],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "joined_at": "2024-01-01T00:00:00+00:00",
+            "preferred_locale": "en-US",
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "premium_tier": 0,
+            "nsfw_level": 0,
+            "system_channel_flags": 0,
+        }
+        return [("READY", ready), ("GUILD_CREATE", guild)]
+
+    def is_dm(self, channel_id: int) -> bool:
+        return channel_id in self._dm_channels.values()
+
+    def message_payload(self, message: FakeMessage, *, event: bool = False) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": str(message.id),
+            "channel_id": str(message.channel_id),
+            "author": message.author.payload(),
+            "content": message.content if self._content_visible(message, event) else "",
+            "timestamp": _now_iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": message.attachments,
+            "embeds": [],
+            "components": [],
+            "pinned": False,
+            "type": 0,
+            "flags": message.flags,
+        }
+        if f"<@{self.BOT.id}>" in message.content:
+            payload["mentions"] = [
+                {**self.BOT.payload(), "member": self._member_payload(self.BOT, with_user=False)}
+            ]
+        if not self.is_dm(message.channel_id):
+            payload["guild_id"] = str(self.GUILD_ID)
+            if event and not message.author.bot:
+                payload["member"] = self._member_payload(message.author, with_user=False)
+        if message.interaction_id is not None:
+            payload["webhook_id"] = str(self.APPLICATION_ID)
+            payload["application_id"] = str(self.APPLICATION_ID)
+        if message.reference is not None:
+            payload["type"] = 19  # a reply
+            payload["message_reference"] = {
+                "type": 0,
+                "message_id": str(message.reference),
+                "channel_id": str(message.channel_id),
+            }
+            referenced = self.messages.get(message.reference)
+            if referenced is not None and event:
+                payload["referenced_message"] = self.message_payload(referenced)
+        return payload
+
+    def _content_visible(self, message: FakeMessage, event: bool) -> bool:
+        # Without the message content intent Discord blanks content in gateway events, except
+        # in DMs, in messages that mention the bot, and in the bot's own messages.
+        if not event or self.grant_message_content or message.author.bot:
+            return True
+        return self.is_dm(message.channel_id) or f"<@{self.BOT.id}>" in message.content
+
+    def interaction_payload(
+        self, interaction: FakeInteraction, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        user = interaction.user
+        payload: dict[str, Any] = {
+            "id": str(interaction.id),
+            "application_id": str(self.APPLICATION_ID),
+            "type": INTERACTION_APPLICATION_COMMAND,
+            "token": interaction.token,
+            "version": 1,
+            "data": data,
+            "channel_id": str(interaction.channel_id),
+            "locale": "en-US",
+            "entitlements": [],
+            "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
+            "app_permissions": str(PERM_MEMBER),
+        }
+        if interaction.guild_id is None:
+            payload["user"] = user.payload()
+            payload["channel"] = {
+                "id": str(interaction.channel_id),
+                "type": 1,
+                "recipients": [user.payload()],
+                "flags": 0,
+            }
+            payload["context"] = 1
+            payload["authorizing_integration_owners"] = {"0": str(user.id)}
+        else:
+            payload["guild_id"] = str(interaction.guild_id)
+            payload["guild_locale"] = "en-US"
+            payload["guild"] = {"id": str(interaction.guild_id), "locale": "en-US", "features": []}
+            member = self._member_payload(user)
+            member["permissions"] = str(self._permissions(user))
+            payload["member"] = member
+            payload["channel"] = self._channel_payload(interaction.channel_id)
+            payload["context"] = 0
+            payload["authorizing_integration_owners"] = {"0": str(interaction.guild_id)}
+        return payload
+
+    # -- registered commands ---------------------------------------------------------------
+
+    def registered_command(self, name: str, guild_id: int | None) -> dict[str, Any]:
+        for scope in (guild_id, None) if guild_id is not None else (None,):
+            for command in self.commands.get(scope, []):
+                if command["name"] == name:
+                    return command
+        raise LookupError(f"/{name} is not registered with Discord (was the tree synced?)")
+
+    @staticmethod
+    def command_options(
+        schema: dict[str, Any], path: list[str], values: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        if path:
+            for option in schema.get("options", []):
+                if option["name"] == path[0] and option["type"] in (
+                    OPTION_SUB_COMMAND,
+                    OPTION_SUB_COMMAND_GROUP,
+                ):
+                    inner = DiscordWorld.command_options(option, path[1:], values)
+                    return [{"name": option["name"], "type": option["type"], "options": inner}]
+            raise LookupError(f"no subcommand {path[0]!r} in /{schema['name']}")
+        known = {o["name"]: o for o in schema.get("options", [])}
+        for name in values:
+            if name not in known:
+                raise LookupError(f"/{schema['name']} has no option {name!r}")
+        for option in known.values():
+            if option.get("required") and option["name"] not in values:
+                raise LookupError(f"/{schema['name']} needs option {option['name']!r}")
+        return [
+            {"name": name, "type": known[name]["type"], "value": value}
+            for name, value in values.items()
+        ]
+
+    @staticmethod
+    def command_problems(commands: list[dict[str, Any]]) -> list[str]:
+        problems = []
+        name_ok = re.compile(r"^[-_\w]{1,32}$")
+        for command in commands:
+            stack = [command]
+            while stack:
+                item = stack.pop()
+                name = item.get("name", "")
+                if not name_ok.match(name) or name != name.lower():
+                    problems.append(f"bad name {name!r}")
+                if not 1 <= len(item.get("description", "")) <= 100:
+                    problems.append(f"{name}: description must be 1-100 characters")
+                options = item.get("options", [])
+                if len(options) > 25:
+                    problems.append(f"{name}: more than 25 options")
+                seen_optional = False
+                for option in options:
+                    if option["type"] in (OPTION_SUB_COMMAND, OPTION_SUB_COMMAND_GROUP):
+                        stack.append(option)
+                    elif option.get("required"):
+                        if seen_optional:
+                            problems.append(f"{name}: required option after an optional one")
+                    else:
+                        seen_optional = True
+        return problems
