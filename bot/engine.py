@@ -283,8 +283,10 @@ class ConversationEngine:
             await asyncio.sleep(_TYPING_EVERY_S)
 
     def _voice_reply(self, msg: IncomingMessage, settings: ChannelSettings) -> VoiceReply | None:
-        wanted = msg.wants_voice or settings.voice_mode == "always" or (
-            settings.voice_mode == "reply-to-voice" and msg.audio is not None
+        wanted = (
+            msg.wants_voice
+            or settings.voice_mode == "always"
+            or (settings.voice_mode == "reply-to-voice" and msg.audio is not None)
         )
         if not wanted or self.synthesizer is None:
             return None
