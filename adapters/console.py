@@ -29,8 +29,9 @@ _MARKER = " ▌"
 class ConsoleTarget:
     """Prints a streamed reply as it grows; the terminal only ever gets appended text."""
 
-    def __init__(self, out: TextIO, voice_dir: Path) -> None:
+    def __init__(self, out: TextIO, voice_dir: Path, bot_name: str = "Parley") -> None:
         self.out = out
+        self.bot_name = bot_name
         self.voice_dir = voice_dir
         self._shown: dict[str, str] = {}
         self._next_id = 0
@@ -55,8 +56,7 @@ class ConsoleTarget:
         self._next_id += 1
         message_id = str(self._next_id)
         self._shown[message_id] = ""
-        if self._parts:
-            self._write("\n")
+        self._write("\n" if self._parts else f"{self.bot_name}: ")
         self._parts += 1
         await self.edit(message_id, text)
         return message_id
@@ -106,7 +106,7 @@ class ConsoleChat:
         self.engine = engine
         self.stdin = stdin
         self.out = stdout
-        self.target = ConsoleTarget(stdout, voice_dir)
+        self.target = ConsoleTarget(stdout, voice_dir, engine.settings.engine.bot_name)
         self.interactive = stdin.isatty()
         self._reply: asyncio.Task[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
@@ -179,8 +179,6 @@ class ConsoleChat:
                 loop.remove_signal_handler(signal.SIGINT)
 
     async def _answer(self, msg: IncomingMessage) -> None:
-        self.out.write(f"{self.engine.settings.engine.bot_name}: ")
-        self.out.flush()
         self.target.start_reply()
         self._reply = asyncio.create_task(self.engine.handle(msg, self.target))
         try:

@@ -7,14 +7,20 @@ import contextlib
 import logging
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from bot.engine import ConversationEngine
+from bot.errors import ConfigError
 from bot.health import HealthChecks, database_check, llm_check
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient
 from bot.storage import HistoryStore
 from bot.streaming import EditScheduler
+
+if TYPE_CHECKING:
+    from bot.speech.stt import Transcriber
+    from bot.speech.tts import SpeechSynthesizer
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +82,25 @@ class ParleyApp:
             api = s.api
         return [url, *s.fallback_urls], api, s.concurrency or self.server.slots
 
-    def _speech(self) -> tuple[object | None, object | None]:
+    def _speech(self) -> tuple[Transcriber | None, SpeechSynthesizer | None]:
         if not self.speech:
             return None, None
         from bot.speech.stt import Transcriber
         from bot.speech.tts import SpeechSynthesizer
 
         return Transcriber(self.settings.stt), SpeechSynthesizer(self.settings.tts)
+
+    async def warm_up_speech(self) -> None:
+        """Load the speech models now rather than at the first voice note (a few seconds)."""
+        engine = self.engine
+        try:
+            if engine.transcriber is not None:
+                await engine.transcriber.warm_up()
+            if engine.synthesizer is not None:
+                await engine.synthesizer.warm_up()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("speech: %s", problem)
 
     async def _retention(self) -> None:
         while True:

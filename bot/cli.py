@@ -9,10 +9,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from bot.config import Settings, load_settings, resolve_config_path
 from bot.errors import ConfigError, LLMUnavailable, StorageError
 from bot.logs import setup_logging
+
+if TYPE_CHECKING:
+    from bot.app import ParleyApp
 
 log = logging.getLogger("parley")
 
@@ -63,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--voice: {voice} is not a file", file=sys.stderr)
             return EXIT_CONFIG
         return asyncio.run(_run(settings, console=command == "chat", voice_file=voice))
+    except ConfigError as exc:  # found at start-up, e.g. a token the platform refuses
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
     except (StorageError, LLMUnavailable) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
@@ -79,6 +87,17 @@ async def _migrate(settings: Settings) -> int:
     else:
         print(f"{settings.storage.path}: migrated from version {before} to {after}")
     return 0
+
+
+class PlatformAdapter(Protocol):
+    """What Telegram's and Discord's adapters have in common, as far as running them goes."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 async def _run(settings: Settings, *, console: bool, voice_file: Path | None) -> int:
@@ -102,10 +121,12 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
 
             await ConsoleChat(app.engine).run(voice_file)
             return 0
-        adapters = []
+        adapters: list[PlatformAdapter] = []
         for name in platforms:
             adapters.append(_platform_adapter(name, settings, app))
             checks.add(name, platform_check(adapters[-1]))
+        # Load the speech models while the platforms connect, not at the first voice note.
+        warm_up = asyncio.create_task(app.warm_up_speech())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,15 +138,13 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
             log.info("Parley is running on %s; Ctrl-C to stop", ", ".join(platforms))
             await stop.wait()
         finally:
+            warm_up.cancel()
             for adapter in reversed(adapters):
                 await adapter.stop()
     return 0
 
 
-def _platform_adapter(name: str, settings: Settings, app: object) -> object:
-    from bot.app import ParleyApp
-
-    assert isinstance(app, ParleyApp)
+def _platform_adapter(name: str, settings: Settings, app: ParleyApp) -> PlatformAdapter:
     if name == "telegram":
         from adapters.telegram_adapter import TelegramAdapter
 

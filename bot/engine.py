@@ -369,6 +369,11 @@ class ConversationEngine:
             value = parse_channel_value(self.settings.engine, key, raw)
         except ValueError as exc:
             return f"Can't set {key}: {exc}."
+        if key == "stt_language" and value != "auto" and not await _known_language(value):
+            return (
+                f"Can't set stt_language: {value!r} is not a language Whisper knows "
+                "(use a code like en, de, fr, or auto)."
+            )
         old = getattr(await self._channel_settings(channel_id), key, None)
         await self.store.set_channel_setting(
             channel_id, key, value, actor_id=msg.user_id, actor_name=msg.user_name, old=old
@@ -413,6 +418,12 @@ class ConversationEngine:
             )
             return "Sorry, only admins can change settings."
         return await self._set(msg, channel_id, key, value)
+
+
+async def _known_language(code: str) -> bool:
+    from bot.speech.stt import language_codes  # imports faster-whisper: off the event loop
+
+    return code in await asyncio.to_thread(language_codes)
 
 
 def _show(value: object) -> str:

@@ -1,0 +1,109 @@
+"""The `parley` command as users run it: a real process, real clients, loopback fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import av
+
+from tests.fakes.audio_samples import voice_note
+from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
+from tests.fakes.telegram_api import FakeTelegramAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    env.update(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"), **extra)
+    return env
+
+
+async def test_parley_run_serves_telegram_until_sigterm(tmp_path: Path) -> None:
+    async with (
+        FakeLLMServer(Behaviour(reply=lambda b: f"echo: {last_user_text(b)}")) as llm,
+        FakeTelegramAPI() as api,
+    ):
+        env = _env(
+            tmp_path,
+            PARLEY_LLM__BASE_URL=llm.url,
+            PARLEY_TELEGRAM__TOKEN=api.token,
+            PARLEY_TELEGRAM__API_BASE_URL=api.api_base_url,
+            PARLEY_TELEGRAM__FILE_BASE_URL=api.file_base_url,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )  # fmt: skip
+        user = api.user(42, "Ada")
+        chat = api.private_chat(user)
+        api.send_text(chat, user, "hello bot")
+        await api.wait_for(
+            lambda a: any(m.text == "echo: hello bot" for m in a.bot_messages(chat["id"]))
+        )
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert api.token not in (out + err).decode()
+    assert "Parley is running on telegram" in err.decode()
+
+
+async def test_a_refused_token_is_a_clear_error(tmp_path: Path) -> None:
+    async with FakeLLMServer() as llm, FakeTelegramAPI() as api:
+        env = _env(
+            tmp_path,
+            PARLEY_LLM__BASE_URL=llm.url,
+            PARLEY_TELEGRAM__TOKEN="123456:not-the-right-token",
+            PARLEY_TELEGRAM__API_BASE_URL=api.api_base_url,
+            PARLEY_TELEGRAM__FILE_BASE_URL=api.file_base_url,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "Traceback" not in err.decode()
+    assert "config: telegram.token: Telegram does not accept it" in err.decode()
+    assert "not-the-right-token" not in (out + err).decode()
+
+
+async def test_console_voice_note_is_transcribed_and_answered_with_voice(tmp_path: Path) -> None:
+    note = tmp_path / "note.ogg"
+    note.write_bytes(voice_note())
+    async with FakeLLMServer(Behaviour(reply="Nice to hear you.")) as llm:
+        env = _env(
+            tmp_path,
+            PARLEY_LLM__BASE_URL=llm.url,
+            PARLEY_STT__MODEL="tiny.en",
+            PARLEY_TTS__BACKENDS='["piper"]',
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "chat", "--voice", str(note),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=tmp_path,  # voice replies go to ./voice-replies
+            env={**env, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 180)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "🎤 “The quick brown fox" in text
+    assert "Parley: Nice to hear you." in text
+    replies = list((tmp_path / "voice-replies").glob("*.ogg"))
+    assert len(replies) == 1 and f"[voice reply: voice-replies/{replies[0].name}" in text
+    with av.open(str(replies[0])) as container:
+        assert container.streams.audio[0].codec_context.name == "opus"
