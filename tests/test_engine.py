@@ -212,3 +212,15 @@ async def test_cancelled_reply_is_stored_as_partial(
     role, content, status = rows(tmp_path / "parley.db")[-1]
     assert (role, status) == ("assistant", "partial")
     assert content.startswith("word word") and len(content) < len("word " * 100)
+
+
+async def test_stt_language_must_be_one_whisper_knows(app: ParleyApp) -> None:
+    admin = message(is_admin=True)
+    refused = await app.engine.command(admin, "config", "set stt_language klingon")
+    assert refused.startswith("Can't set stt_language: 'klingon' is not a language Whisper knows")
+    assert "stt_language is now de" in await app.engine.command(
+        admin, "config", "set stt_language de"
+    )
+    assert "stt_language is now auto" in await app.engine.command(
+        admin, "config", "set stt_language auto"
+    )

@@ -87,3 +87,10 @@ async def test_bad_audio_gets_a_clear_message_and_the_turn_is_recorded(
         .fetchall()
     )
     assert rows == [("user", f"[voice note: {target.notices[0]}]", "failed")]
+
+
+async def test_a_text_message_asking_for_voice_gets_a_voice_reply(voice_app: ParleyApp) -> None:
+    target = RecordingTarget()
+    await voice_app.engine.handle(message("read this to me", wants_voice=True), target)
+    assert target.text == "You said: read this to me"
+    assert len(target.voices) == 1 and target.voices[0].duration_s > 0.5
