@@ -67,8 +67,13 @@ paragraphs = st.lists(sentences, min_size=1, max_size=5).map(lambda ss: "".join(
 list_items = st.lists(sentences, min_size=1, max_size=4).map(
     lambda ss: "\n".join(f"- {s.rstrip()}" for s in ss)
 )
+# Lines of code: backticks and tildes inside, but never a line that would itself be a fence.
 code_lines = st.lists(
-    st.text(alphabet="abc =()[]{}:;'\"`~#. \t", max_size=40), min_size=0, max_size=12
+    st.text(alphabet="abc =()[]{}:;'\"`~#. \t", max_size=40).filter(
+        lambda line: not re.match(r"[ \t]*(`{3,}|~{3,})", line)
+    ),
+    min_size=0,
+    max_size=12,
 )
 _fences = st.sampled_from(
     [("```", "```"), ("```python", "```"), ("~~~", "~~~"), ("````md", "````")]
