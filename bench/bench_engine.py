@@ -46,7 +46,11 @@ async def engine_overhead(tmp: Path) -> tuple[list[float], list[float]]:
     handle_ms: list[float] = []
     bare_ms: list[float] = []
     async with FakeLLMServer(Behaviour(reply="Short instant answer.", ping=False)) as llm:
-        settings = Settings(storage={"path": str(tmp / "o.db")}, llm={"base_url": llm.url})
+        settings = Settings(
+            storage={"path": str(tmp / "o.db")},
+            llm={"base_url": llm.url},
+            engine={"user_messages_per_minute": 0},
+        )
         async with ParleyApp(settings, speech=False) as app:
             client = LLMClient(settings.llm, [llm.url], "chat")
             request = build_request(
@@ -109,11 +113,11 @@ async def history_query(tmp: Path) -> tuple[list[float], float]:
 
 async def engine_vs_raw(tmp: Path) -> tuple[float, float, int]:
     """Tokens/s of the same prompt through the engine and straight from llama-server."""
-    # ChatML stop strings never occur in the base model's prose, so every run generates
+    # With the gemma turn format the base model never stops early, so every run decodes
     # max_tokens tokens: a long, equal stretch of decoding for both paths.
     settings = Settings(
         storage={"path": str(tmp / "r.db")},
-        llm={"prompt_format": "chatml"},
+        llm={"prompt_format": "gemma"},
         engine={"temperature": 0.0, "max_tokens": 128, "history_tokens": 0},
     )
     question = "Write a long story about a dragon who learns to cook."

@@ -14,10 +14,12 @@ from bot.channel_config import CHANNEL_KEYS, ChannelSettings, parse_channel_valu
 from bot.config import Settings
 from bot.errors import (
     AudioError,
+    DeliveryError,
     LLMRequestRejected,
     LLMStreamBroken,
     LLMTimeout,
     LLMUnavailable,
+    RetryAfter,
     SpeechSynthesisError,
 )
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
@@ -211,7 +213,8 @@ class ConversationEngine:
                 turn, streamed.answer, "partial" if streamed.answer else "failed"
             )
             typing.cancel()
-            with contextlib.suppress(Exception):  # best effort: the platform may be gone too
+            # Best effort: the platform may be unreachable too.
+            with contextlib.suppress(DeliveryError, RetryAfter, OSError):
                 await asyncio.shield(stream.finish(stream.text + " …" if stream.text else None))
             if voice is not None:
                 await voice.cancel()
@@ -222,12 +225,19 @@ class ConversationEngine:
         if status == "complete" and not streamed.answer.strip():
             status, note = "failed", MSG_EMPTY
         await self._store_reply(turn, streamed.answer, status)
-        if stream.text:
-            await stream.finish(stream.text + (f"\n\n{note}" if note else ""))
-        else:
-            await stream.cancel()
-            if note:
-                await target.notice(note)
+        try:
+            if stream.text:
+                await stream.finish(stream.text + (f"\n\n{note}" if note else ""))
+            else:
+                await stream.cancel()
+                if note:
+                    await target.notice(note)
+        except DeliveryError as exc:
+            # The reply is stored; the chat refused it (bot removed, message deleted, ...).
+            log.warning("could not deliver the reply to %s: %s", target.chat_key, exc)
+            if voice is not None:
+                await voice.cancel()
+            return
         if voice is not None:
             await self._send_voice(voice, target, status)
 
@@ -278,7 +288,8 @@ class ConversationEngine:
 
     async def _keep_typing(self, target: ReplyTarget, streamed: _Streamed) -> None:
         while streamed.first_token_at is None:
-            with contextlib.suppress(Exception):  # a failed indicator must not end the reply
+            # A failed indicator must not end the reply.
+            with contextlib.suppress(DeliveryError, RetryAfter, OSError):
                 await target.typing()
             await asyncio.sleep(_TYPING_EVERY_S)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from bot.app import ParleyApp
 from bot.engine import MSG_CUT_OFF, MSG_LLM_DOWN
+from bot.errors import DeliveryError
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.targets import RecordingTarget
@@ -224,3 +225,21 @@ async def test_stt_language_must_be_one_whisper_knows(app: ParleyApp) -> None:
     assert "stt_language is now auto" in await app.engine.command(
         admin, "config", "set stt_language auto"
     )
+
+
+async def test_a_chat_that_refuses_the_reply_keeps_it_stored(
+    app: ParleyApp, fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    class KickedOut(RecordingTarget):
+        async def send(self, text: str) -> str:
+            raise DeliveryError("Forbidden: bot was kicked from the group chat")
+
+    await app.engine.handle(message("hello"), KickedOut())
+    assert rows(tmp_path / "parley.db")[-1] == (
+        "assistant",
+        "Hello from the fake model.",
+        "complete",
+    )
+    follow = RecordingTarget()
+    await app.engine.handle(message("still there?"), follow)  # the engine carries on
+    assert follow.text == "Hello from the fake model."
