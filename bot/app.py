@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_CONCURRENCY = 2  # for an external server whose slot count we do not know
 _RETENTION_SWEEP_S = 3600.0
+BUNDLED_MODEL_TEMPERATURE = 0.3  # unless engine.temperature is set
 
 
 class ParleyApp:
@@ -75,7 +76,11 @@ class ParleyApp:
         log_path = Path(self.settings.storage.path).resolve().parent / "llama-server.log"
         self.server = ManagedLlamaServer(s.server, log_path=log_path)
         url = await self.server.start()
-        # The bundled model is a base model without a chat template: drive it by raw completion.
+        # The bundled model is a base model without a chat template: drive it by raw completion,
+        # and cooler than an instruct model (it strays from the facts at 0.7).
+        engine = self.settings.engine
+        if self.server.uses_bundled_model and "temperature" not in engine.model_fields_set:
+            engine.temperature = BUNDLED_MODEL_TEMPERATURE
         if s.api == "auto":
             api = "completion" if self.server.uses_bundled_model else "chat"
         else:

@@ -67,3 +67,11 @@ async def test_parley_run_without_a_token_opens_the_console(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, err.decode()
     assert "Parley: The capital of France is Paris" in out.decode()
+
+
+async def test_the_bundled_base_model_runs_cooler_unless_told(tmp_path: Path) -> None:
+    async with ParleyApp(make_settings(tmp_path), speech=False) as parley:
+        assert parley.settings.engine.temperature == 0.3
+    told = make_settings(tmp_path, engine={"temperature": 0.9})
+    async with ParleyApp(told, speech=False) as parley:
+        assert parley.settings.engine.temperature == 0.9
