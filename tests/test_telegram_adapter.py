@@ -39,12 +39,6 @@ REPLY = "Nice to meet you, Ann. How can I help today?"
 FAST_RATE = 50.0  # messages per second: lets the tests stream without waiting on the budget
 
 
-@pytest.fixture(autouse=True)
-def _loopback_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("PTB_TIMEDELTA", "1")
-
-
 @pytest.fixture
 async def api() -> AsyncIterator[FakeTelegramAPI]:
     async with FakeTelegramAPI() as fake:
