@@ -28,6 +28,7 @@ from adapters.telegram_rules import (
     strip_mention,
 )
 from adapters.telegram_target import TelegramReplyTarget
+from adapters.telegram_updates import TolerantUpdatesRequest
 from adapters.telegram_webhook import WebhookServer
 from bot.config import TELEGRAM_MAX_DOWNLOAD_BYTES, Settings
 from bot.errors import ConfigError, DeliveryError, RetryAfter
@@ -112,6 +113,9 @@ class TelegramAdapter:
         )
         if self._tg.webhook_url:
             builder = builder.updater(None)
+        else:
+            # One connection, as PTB's default for getUpdates; undecodable updates are skipped.
+            builder = builder.get_updates_request(TolerantUpdatesRequest(connection_pool_size=1))
         application = builder.build()
         application.add_handler(
             MessageHandler(filters.UpdateType.MESSAGE & filters.COMMAND, self._on_command)

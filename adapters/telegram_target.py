@@ -39,10 +39,12 @@ T = TypeVar("T")
 # Telegram shows "typing..." for 5 s or until the bot sends a message. The engine asks again
 # every few seconds; calls closer together than this are dropped.
 TYPING_REFRESH_S = 3.0
-# Notices, voice and command replies are not paced by the reply streamer: on a 429 they wait and
-# retry themselves, a bounded number of times and never longer than this per wait.
+# Notices, voice and command replies are not paced by the reply streamer: on a 429 or a network
+# failure (5xx, connection lost) they wait and retry themselves, a bounded number of times and
+# never longer than this per wait.
 SEND_ATTEMPTS = 3
 MAX_RETRY_WAIT_S = 30.0
+NETWORK_RETRY_S = 1.0  # first wait after a network failure; doubles with each attempt
 MAX_CAPTION_CHARS = MessageLimit.CAPTION_LENGTH  # 1024
 DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
 VOICE_FILE_NAME = "reply.ogg"
@@ -160,7 +162,7 @@ class TelegramReplyTarget:
         """Post a short plain message (transcript, error, refusal); long ones are split."""
         for chunk in split_plain(text, self._limits.max_chars):
             with delivery_errors():
-                await _waiting_out_429(
+                await _retrying(
                     partial(self._bot.send_message, self._chat_id, chunk, **self._where())
                 )
 
@@ -172,7 +174,7 @@ class TelegramReplyTarget:
         duration = max(1, math.ceil(clip.duration_s))
         with delivery_errors():
             try:
-                await _waiting_out_429(
+                await _retrying(
                     partial(self._bot.send_voice, self._chat_id, audio, duration=duration, **where)
                 )
             except telegram.error.BadRequest as exc:
@@ -180,7 +182,7 @@ class TelegramReplyTarget:
                     raise
                 log.info("chat %s forbids voice messages; sending a file", self._chat_id)
                 caption = _caption(clip.text) or None
-                await _waiting_out_429(
+                await _retrying(
                     partial(self._bot.send_document, self._chat_id, audio, caption=caption, **where)
                 )
 
@@ -283,8 +285,12 @@ class TelegramReplyTarget:
         )
 
 
-async def _waiting_out_429(call: Callable[[], Awaitable[T]]) -> T:
-    """Run a send that the reply streamer does not pace, waiting out a few short 429s."""
+async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """Run a send that the reply streamer does not pace, through a few 429s and network failures.
+
+    A timeout is not retried: Telegram may have posted the message, and a duplicate notice or
+    voice message is worse than a logged failure.
+    """
     attempt = 1
     while True:
         try:
@@ -294,8 +300,14 @@ async def _waiting_out_429(call: Callable[[], Awaitable[T]]) -> T:
             if attempt >= SEND_ATTEMPTS or wait > MAX_RETRY_WAIT_S:
                 raise
             log.info("rate limited by Telegram; retrying in %.1f s", wait)
-            await asyncio.sleep(wait)
-            attempt += 1
+        except telegram.error.NetworkError as exc:
+            refused = isinstance(exc, telegram.error.BadRequest | telegram.error.TimedOut)
+            if refused or attempt >= SEND_ATTEMPTS:
+                raise
+            wait = NETWORK_RETRY_S * 2 ** (attempt - 1)
+            log.info("Telegram unreachable (%s); retrying in %.1f s", exc.message, wait)
+        await asyncio.sleep(wait)
+        attempt += 1
 
 
 def _caption(text: str) -> str:

@@ -14,6 +14,8 @@ from aiohttp import web
 from telegram import Update
 from telegram.ext import Application
 
+from adapters.telegram_updates import decodable
+
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -56,6 +58,9 @@ class WebhookServer:
             data = await request.json()
         except json.JSONDecodeError:
             return web.Response(status=400)
-        update = Update.de_json(data, self._application.bot)
-        await self._application.update_queue.put(update)
+        # An update that cannot be decoded is acknowledged anyway: Telegram would redeliver it.
+        checked = decodable(data)
+        if checked is not None:
+            update = Update.de_json(checked, self._application.bot)
+            await self._application.update_queue.put(update)
         return web.Response()

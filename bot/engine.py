@@ -194,7 +194,8 @@ class ConversationEngine:
         status = "failed"
         note = ""
         try:
-            status = await self._consume(request, stream, voice, streamed, turn, started)
+            await self._consume(request, stream, voice, streamed, turn, started)
+            status = "complete"
         except LLMUnavailable as exc:
             log.warning("no LLM backend answered: %s", exc)
             note = MSG_LLM_DOWN
@@ -221,9 +222,9 @@ class ConversationEngine:
             raise
         finally:
             typing.cancel()
-        metrics.REPLIES.labels(msg.platform, status).inc()
         if status == "complete" and not streamed.answer.strip():
             status, note = "failed", MSG_EMPTY
+        metrics.REPLIES.labels(msg.platform, status).inc()
         await self._store_reply(turn, streamed.answer, status)
         try:
             if stream.text:
@@ -249,7 +250,7 @@ class ConversationEngine:
         streamed: _Streamed,
         turn: Turn,
         started: float,
-    ) -> str:
+    ) -> None:
         show_reasoning = self.settings.llm.reasoning == "show"
         last_save = time.monotonic()
         async for event in self.llm.stream(request):
@@ -275,7 +276,6 @@ class ConversationEngine:
                 if time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
                     last_save = time.monotonic()
                     await self.store.update_message(turn.reply_row, content=streamed.answer)
-        return "complete"
 
     async def _store_reply(self, turn: Turn, answer: str, status: str) -> None:
         answer = answer.rstrip()
