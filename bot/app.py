@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -49,7 +50,9 @@ class ParleyApp:
             if interrupted:
                 log.warning("%d replies were interrupted by the last shutdown", interrupted)
             urls, api, slots = await self._backends()
-            waits = {self.server.url: self.server.wait_ready} if self.server else None
+            waits: dict[str, Callable[[], Awaitable[None]]] = {}
+            if self.server is not None:
+                waits[self.server.url] = self.server.wait_ready
             self.llm = LLMClient(s.llm, urls, api, wait_ready=waits)
             transcriber, synthesizer = self._speech()
             self.engine = ConversationEngine(

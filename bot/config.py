@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -200,13 +201,13 @@ class Settings(BaseSettings):
 _SECRET_KEYS = ("token", "api_key", "webhook_secret")
 
 
-def resolve_config_path(cli_path: str | None, env: dict[str, str] | None = None) -> Path | None:
+def resolve_config_path(cli_path: str | None, env: Mapping[str, str] | None = None) -> Path | None:
     """`--config PATH`, else `PARLEY_CONFIG`, else ./config.toml if present, else None."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     if cli_path:
         return Path(cli_path)
-    if env.get("PARLEY_CONFIG"):
-        return Path(env["PARLEY_CONFIG"])
+    if environ.get("PARLEY_CONFIG"):
+        return Path(environ["PARLEY_CONFIG"])
     default = Path("config.toml")
     return default if default.is_file() else None
 
