@@ -134,15 +134,27 @@ class ConsoleChat:
 
     def _read_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
         # A daemon thread, not to_thread(): a blocked readline must not hold up the exit.
-        for line in iter(self.stdin.readline, ""):
-            loop.call_soon_threadsafe(self._lines.put_nowait, line)
-        loop.call_soon_threadsafe(self._lines.put_nowait, None)
+        try:
+            for line in iter(self.stdin.readline, ""):
+                loop.call_soon_threadsafe(self._lines.put_nowait, line)
+        except (OSError, ValueError):  # the terminal went away (or stdin was closed)
+            pass
+        finally:
+            loop.call_soon_threadsafe(self._lines.put_nowait, None)
+
+    def _on_hangup(self) -> None:
+        """SIGTERM or SIGHUP: stop the reply in progress and end the chat cleanly."""
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self._lines.put_nowait(None)
 
     async def run(self, voice_file: Path | None = None) -> None:
         """Chat until end of input (Ctrl-D) or Ctrl-C at the prompt."""
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                loop.add_signal_handler(sig, self._on_hangup)
         threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
         name = self.engine.settings.engine.bot_name
         if self.interactive:
@@ -176,7 +188,8 @@ class ConsoleChat:
                 await self._answer(self._message(line))
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGINT)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
 
     async def _answer(self, msg: IncomingMessage) -> None:
         self.target.start_reply()

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--voice: {voice} is not a file", file=sys.stderr)
             return EXIT_CONFIG
         return asyncio.run(_run(settings, console=command == "chat", voice_file=voice))
+    except asyncio.CancelledError:  # SIGTERM during start-up or shutdown
+        return 0
     except ConfigError as exc:  # found at start-up, e.g. a token the platform refuses
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -115,6 +117,12 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
     ]
     if not platforms:
         console = True
+    # Until the chat or the platforms install their own handlers, SIGTERM still shuts down
+    # cleanly (the managed llama-server is stopped, not orphaned).
+    main = asyncio.current_task()
+    assert main is not None
+    with contextlib.suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     async with ParleyApp(settings) as app, serve_http(settings.http, app.health_checks()) as checks:
         if console:
             from adapters.console import ConsoleChat

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -75,3 +76,41 @@ async def test_the_bundled_base_model_runs_cooler_unless_told(tmp_path: Path) ->
     told = make_settings(tmp_path, engine={"temperature": 0.9})
     async with ParleyApp(told, speech=False) as parley:
         assert parley.settings.engine.temperature == 0.9
+
+
+async def test_sigterm_stops_the_console_and_its_llama_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    env.update(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stderr is not None
+    log = b""
+    async with asyncio.timeout(120):
+        while b"llama-server is ready" not in log:
+            log += await proc.stderr.readline()
+    server_pids = _children(proc.pid)
+    assert server_pids  # the managed llama-server
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 60)
+    assert proc.returncode == 0
+    assert not [pid for pid in server_pids if Path(f"/proc/{pid}").exists()]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
