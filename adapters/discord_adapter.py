@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -66,15 +66,36 @@ MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it agai
 _MEGABYTE = 1024 * 1024
 
 
+# What reading a gateway event that is not shaped as documented raises inside discord.py.
+EVENT_ERRORS = (AttributeError, IndexError, KeyError, OverflowError, TypeError, ValueError)
+
+
 class _Client(discord.Client):
     """discord.py's client with Parley's message handler."""
 
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
         self._adapter = adapter
+        # An exception from one of discord.py's event parsers ends `connect()` for good: one
+        # malformed event would keep the bot offline. Such an event is skipped instead.
+        parsers = self._connection.parsers
+        for event, parser in parsers.items():
+            parsers[event] = _skipping_unreadable(event, parser)
 
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.on_message(message)
+
+
+def _skipping_unreadable(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`parser`, logging and skipping an event it cannot read."""
+
+    def parse(data: Any) -> None:
+        try:
+            parser(data)
+        except EVENT_ERRORS as exc:
+            log.warning("Discord: a %s event could not be read, skipped (%r)", event, exc)
+
+    return parse
 
 
 class DiscordAdapter:

@@ -151,15 +151,13 @@ class ChannelTarget(_DiscordTarget):
 
     async def send(self, text: str) -> str:
         if self._queue_message is not None:
-            # The "waiting in line" message becomes the reply's first part.
+            # The "waiting in line" message goes: turned into the reply, it would sit above
+            # the answers to earlier messages that were posted after it.
+            queue_message, self._queue_message = self._queue_message, None
             try:
-                await self._rest.edit_message(self._channel_id, self._queue_message, text)
-            except DeliveryError:
-                self._queue_message = None  # deleted meanwhile: post the reply anew
-            else:
-                message_id, self._queue_message = self._queue_message, None
-                self._replied = True
-                return str(message_id)
+                await self._rest.delete_message(self._channel_id, queue_message)
+            except (RetryAfter, DeliveryError, OSError) as exc:
+                log.info("queue message not deleted: %s", exc)
         reply_to = None if self._replied else self._message.id
         message_id = await self._rest.create_message(self._channel_id, text, reply_to=reply_to)
         self._replied = True

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,6 +93,8 @@ class ConversationEngine:
         self.queue = TurnQueue(slots)
         self.rate = UserRateLimiter(settings.engine.user_messages_per_minute)
         self._blocked = frozenset(settings.engine.blocked_users)
+        # Per channel while its messages arrive: the lock, and how many hold or wait for it.
+        self._arrivals: dict[str, tuple[asyncio.Lock, int]] = {}
         metrics.QUEUE_DEPTH.set_function(lambda: self.queue.depth)
         self.transcriber = transcriber
         self.synthesizer = synthesizer
@@ -113,23 +116,43 @@ class ConversationEngine:
         if len(text) > limit:
             await target.notice(MSG_TOO_LONG.format(length=len(text), limit=limit))
             return
-        channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
-        if msg.audio is not None:
-            transcript = await self._transcribe(msg, target, channel_id)
-            if transcript is None:
+        key = f"{msg.platform}:{msg.channel_key}"
+        # Messages of one channel are recorded and join its line in arrival order: the awaits
+        # before that (a new channel's row, token counting over HTTP) finish in any order.
+        async with self._arrival(key):
+            channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+            if msg.audio is not None:
+                transcript = await self._transcribe(msg, target, channel_id)
+                if transcript is None:
+                    return
+                text = f"{transcript}\n\n{text}" if text else transcript
+            if not text:
                 return
-            text = f"{transcript}\n\n{text}" if text else transcript
-        if not text:
-            return
-        turn = await self.store.start_turn(
-            channel_id,
-            author_id=msg.user_id,
-            author_name=msg.user_name,
-            content=text,
-            token_count=await self._count_tokens(text),
-        )
-        async with self.queue.turn(f"{msg.platform}:{msg.channel_key}", target.queued):
+            turn = await self.store.start_turn(
+                channel_id,
+                author_id=msg.user_id,
+                author_name=msg.user_name,
+                content=text,
+                token_count=await self._count_tokens(text),
+            )
+        # No await between the lock's release and joining the line (in turn()'s first step).
+        async with self.queue.turn(key, target.queued):
             await self._reply(msg, target, turn, text)
+
+    @contextlib.asynccontextmanager
+    async def _arrival(self, key: str) -> AsyncIterator[None]:
+        """Hold the channel's arrival lock (FIFO); it is dropped once nobody holds or awaits it."""
+        lock, users = self._arrivals.get(key, (asyncio.Lock(), 0))
+        self._arrivals[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._arrivals[key]
+            if users == 1:
+                del self._arrivals[key]
+            else:
+                self._arrivals[key] = (lock, users - 1)
 
     async def _transcribe(
         self, msg: IncomingMessage, target: ReplyTarget, channel_id: int

@@ -152,10 +152,14 @@ class LLMClient:
         finished = False
         try:
             async with self._client().post(url, json=body, timeout=timeout) as resp:
-                if resp.status >= 500:
-                    raise _RetryableError(f"HTTP {resp.status}: {await _error_text(resp)}")
                 if resp.status >= 400:
-                    raise LLMRequestRejected(f"HTTP {resp.status}: {await _error_text(resp)}")
+                    # Some servers quote the key they refused; the reason reaches the user.
+                    reason = await _error_text(resp)
+                    key = self.settings.api_key.get_secret_value()
+                    if key:
+                        reason = reason.replace(key, "[REDACTED]")
+                    error = _RetryableError if resp.status >= 500 else LLMRequestRejected
+                    raise error(f"HTTP {resp.status}: {reason}")
                 async for raw in resp.content:
                     data = decoder.feed_line(raw)
                     if data is None:

@@ -325,7 +325,7 @@ async def test_429_on_interaction_edits_then_the_final_text_lands(
     assert len(fake.rate_limited) == 3
 
 
-async def test_queue_position_then_the_reply_in_the_same_message(
+async def test_queue_position_is_shown_then_replaced_by_the_reply(
     tmp_path: Path, fake: FakeDiscord, llm: FakeLLMServer
 ) -> None:
     llm.behaviour.first_delay_s = 0.5  # the first reply is still thinking when the second comes
@@ -334,8 +334,15 @@ async def test_queue_position_then_the_reply_in_the_same_message(
         second = await fake.post_message(fake.BOB, "two", mention_bot=True)
         await fake.wait_until(reply_shown(fake, second, REPLY))
         await fake.wait_until(reply_shown(fake, first, REPLY))
-    (waiting,) = replies_to(fake, second)
-    assert waiting.writes[0].startswith("⏳ You're #1 in line")
+    waiting = [
+        m
+        for m in fake.messages.values()
+        if m.reference == second.id and m.writes[0].startswith("⏳ You're #1 in line")
+    ]
+    # The "in line" note is deleted when the answer comes, so replies stay in answer order.
+    assert len(waiting) == 1 and waiting[0].deleted
+    (answer,) = replies_to(fake, second)
+    assert answer.content == REPLY
     assert fake.calls_to("POST", rf"/channels/{fake.GENERAL_ID}/typing")
 
 
