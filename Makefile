@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 run: setup  ## set everything up and start the bot (console chat when no platform token is set)
 	@$(PY) -m bot run
 
-test: setup  ## set everything up, lint, and run the whole test suite
+test: setup  ## set everything up, lint, type-check, and run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy bot adapters
 	$(VENV)/bin/pytest
 
 setup:
@@ -18,6 +19,7 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy bot adapters
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
@@ -27,4 +29,4 @@ bench: setup  ## benchmarks; numbers go into README.md
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -192,6 +192,7 @@ class ChannelTarget(_DiscordTarget):
         pieces = split_markdown(text, self._limits.max_chars)
         reference = self._message.to_reference(fail_if_not_exists=False)
         channel = self._message.channel
+        assert not isinstance(channel, discord.GroupChannel)  # bots are never in group DMs
         try:
             if self._queue_message is not None and pieces:
                 # A reply that failed while waiting: its queue message says why instead.
@@ -307,9 +308,9 @@ class InteractionTarget(_DiscordTarget):
         rest = _beyond(text, shown)
         if not rest.strip():
             return message_id  # nothing new to show yet
-        moved_id = await self._rest.create_message(self._channel_id, rest, reply_to=None)
-        self._moved[message_id] = (str(moved_id), shown)
-        return str(moved_id)
+        moved_id = str(await self._rest.create_message(self._channel_id, rest, reply_to=None))
+        self._moved[message_id] = (moved_id, shown)
+        return moved_id
 
     async def delete(self, message_id: str) -> None:
         moved = self._moved.pop(message_id, None)

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import telegram.error
 from telegram import Bot, InputFile, Message, ReplyParameters
@@ -202,9 +202,9 @@ class TelegramReplyTarget:
         except telegram.error.TelegramError as exc:
             log.info("queue notice not deleted in chat %s: %s", self._chat_id, exc)
 
-    def _where(self, *, quote: bool = True) -> dict[str, object]:
+    def _where(self, *, quote: bool = True) -> dict[str, Any]:
         """Placement of a new message: the topic thread, and the question it answers."""
-        where: dict[str, object] = {"message_thread_id": self._thread_id}
+        where: dict[str, Any] = {"message_thread_id": self._thread_id}
         if quote and self._reply_to is not None:
             where["reply_parameters"] = ReplyParameters(
                 self._reply_to, allow_sending_without_reply=True

@@ -65,9 +65,10 @@ def _ids_are_ints(update: Update) -> bool:
 class TolerantUpdatesRequest(HTTPXRequest):
     """The getUpdates HTTP client: each update of a batch is checked with `decodable`."""
 
-    def parse_json_payload(self, payload: bytes) -> dict[str, Any]:
+    @staticmethod
+    def parse_json_payload(payload: bytes) -> dict[str, Any]:
         """Decode the response, then replace updates PTB would fail on."""
-        data = super().parse_json_payload(payload)
+        data = HTTPXRequest.parse_json_payload(payload)
         updates = data.get("result") if data.get("ok") else None
         if isinstance(updates, list):
             data["result"] = [u for u in map(decodable, updates) if u is not None]
