@@ -131,8 +131,14 @@ class DiscordAdapter:
     @property
     def connected(self) -> bool:
         """True while the gateway session is up; for /healthz."""
-        client = self._client
-        return client is not None and client.is_ready() and not client.is_closed()
+        client, gateway = self._client, self._gateway
+        return (
+            client is not None
+            and gateway is not None
+            and not gateway.done()  # connect() ended for good: no reconnect is coming
+            and client.is_ready()
+            and not client.is_closed()
+        )
 
     async def start(self) -> None:
         """Log in, sync the slash commands and connect; returns once the bot is ready.

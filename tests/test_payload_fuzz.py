@@ -138,8 +138,8 @@ async def llm() -> AsyncIterator[FakeLLMServer]:
 @pytest.fixture
 async def telegram(tmp_path: Path, llm: FakeLLMServer) -> AsyncIterator[TelegramWorld]:
     async with FakeTelegramAPI() as api:
-        settings_ = telegram_settings(tmp_path, api, llm.url, engine=NO_LIMIT)
-        async with telegram_bot(settings_):
+        config = telegram_settings(tmp_path, api, llm.url, engine=NO_LIMIT)
+        async with telegram_bot(config):
             yield TelegramWorld(api, api.user(ANN, "Ann"), api.user(CANARY, "Cai"))
 
 
@@ -184,12 +184,12 @@ async def test_webhook_acknowledges_an_unreadable_update(
     url = f"http://127.0.0.1:{port}/hook"
     headers = {SECRET_HEADER: "s3cret"}
     async with FakeTelegramAPI() as api:
-        settings_ = telegram_settings(
+        config = telegram_settings(
             tmp_path, api, llm.url, webhook_url=url, webhook_port=port, webhook_secret="s3cret"
         )
         ann = api.user(ANN, "Ann")
         chat = api.private_chat(ann)
-        async with telegram_bot(settings_), aiohttp.ClientSession() as http:
+        async with telegram_bot(config), aiohttp.ClientSession() as http:
             bad = api.text_update(chat, ann, "lost")
             bad["message"]["date"] = 2**62  # outside what a datetime can hold
             async with http.post(url, json=bad, headers=headers) as response:
@@ -239,8 +239,8 @@ class DiscordWorld:
 @pytest.fixture
 async def discord(tmp_path: Path, llm: FakeLLMServer) -> AsyncIterator[DiscordWorld]:
     async with FakeDiscord() as fake:
-        settings_ = discord_settings(tmp_path, fake, llm.url, engine=NO_LIMIT)
-        async with discord_bot(settings_):
+        config = discord_settings(tmp_path, fake, llm.url, engine=NO_LIMIT)
+        async with discord_bot(config):
             yield DiscordWorld(fake)
 
 
