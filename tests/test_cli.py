@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import av
 
 from tests.fakes.audio_samples import voice_note
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
+from tests.fakes.parley_process import parley_env, start_parley
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    env.update(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"), **extra)
-    return env
+    return parley_env(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"), **extra)
 
 
 async def test_parley_run_serves_telegram_until_sigterm(tmp_path: Path) -> None:
@@ -35,14 +32,7 @@ async def test_parley_run_serves_telegram_until_sigterm(tmp_path: Path) -> None:
             PARLEY_TELEGRAM__API_BASE_URL=api.api_base_url,
             PARLEY_TELEGRAM__FILE_BASE_URL=api.file_base_url,
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-            env=env,
-        )  # fmt: skip
+        proc = await start_parley("run", env=env, stdin=asyncio.subprocess.DEVNULL)
         user = api.user(42, "Ada")
         chat = api.private_chat(user)
         api.send_text(chat, user, "hello bot")
@@ -65,14 +55,7 @@ async def test_a_refused_token_is_a_clear_error(tmp_path: Path) -> None:
             PARLEY_TELEGRAM__API_BASE_URL=api.api_base_url,
             PARLEY_TELEGRAM__FILE_BASE_URL=api.file_base_url,
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-            env=env,
-        )  # fmt: skip
+        proc = await start_parley("run", env=env, stdin=asyncio.subprocess.DEVNULL)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "Traceback" not in err.decode()
@@ -90,14 +73,14 @@ async def test_console_voice_note_is_transcribed_and_answered_with_voice(tmp_pat
             PARLEY_STT__MODEL="tiny.en",
             PARLEY_TTS__BACKENDS='["piper"]',
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "chat", "--voice", str(note),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        proc = await start_parley(
+            "chat",
+            "--voice",
+            str(note),
+            env=env,
             cwd=tmp_path,  # voice replies go to ./voice-replies
-            env={**env, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
+            stdin=asyncio.subprocess.DEVNULL,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 180)
     text = out.decode()
     assert proc.returncode == 0, err.decode()

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
+from tests.fakes.parley_process import parley_env, start_parley
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _start(url: str, tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    env.update(PARLEY_LLM__BASE_URL=url, PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "chat", *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-    )  # fmt: skip
+    env = parley_env(PARLEY_LLM__BASE_URL=url, PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
+    return await start_parley("chat", *args, env=env)
 
 
 async def _read_until(stream: asyncio.StreamReader, marker: str) -> str:

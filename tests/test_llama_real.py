@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 from bot.app import ParleyApp
 from tests.conftest import make_settings, message
+from tests.fakes.parley_process import parley_env, start_parley
 from tests.fakes.targets import RecordingTarget
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,16 +52,8 @@ async def test_managed_server_starts_answers_and_stops(tmp_path: Path) -> None:
 
 async def test_parley_run_without_a_token_opens_the_console(tmp_path: Path) -> None:
     """What `make run` does on a fresh machine: the console, on the managed bundled model."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    env.update(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"), PARLEY_ENGINE__TEMPERATURE="0")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-    )  # fmt: skip
+    env = parley_env(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"), PARLEY_ENGINE__TEMPERATURE="0")
+    proc = await start_parley("run", env=env)
     out, err = await asyncio.wait_for(
         proc.communicate(b"What is the capital of France?\n"), timeout=180
     )
@@ -79,16 +70,8 @@ async def test_the_bundled_base_model_runs_cooler_unless_told(tmp_path: Path) ->
 
 
 async def test_sigterm_stops_the_console_and_its_llama_server(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    env.update(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "chat",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-    )  # fmt: skip
+    env = parley_env(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
+    proc = await start_parley("chat", env=env)
     assert proc.stdin is not None and proc.stderr is not None
     log = b""
     async with asyncio.timeout(120):

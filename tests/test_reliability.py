@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bot.sse import SSEDecoder, ThinkSplitter, parse_chunk
 from bot.storage import HistoryStore
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.parley_process import parley_env, start_parley
 from tests.fakes.targets import RecordingTarget
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,16 +72,8 @@ async def test_sigkill_mid_reply_loses_no_user_message(tmp_path: Path) -> None:
     """The bot process is killed while streaming; after a restart every user message is there."""
     db = tmp_path / "p.db"
     async with FakeLLMServer(Behaviour(reply="word " * 500, delay_s=0.01)) as llm:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-        env.update(PARLEY_LLM__BASE_URL=llm.url, PARLEY_STORAGE__PATH=str(db))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "chat",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            cwd=ROOT,
-            env=env,
-        )  # fmt: skip
+        env = parley_env(PARLEY_LLM__BASE_URL=llm.url, PARLEY_STORAGE__PATH=str(db))
+        proc = await start_parley("chat", env=env, stderr=asyncio.subprocess.DEVNULL)
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(b"first message\n")
         await proc.stdin.drain()
