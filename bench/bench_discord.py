@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.discord_adapter import DiscordAdapter
+from adapters.discord.adapter import DiscordAdapter
 from bot.app import ParleyApp
 from bot.config import Settings
 from tests.fakes.discord_api import Call, FakeDiscord

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.telegram_adapter import TelegramAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from bot.app import ParleyApp
 from bot.config import Settings
 from tests.fakes.llm_server import Behaviour, FakeLLMServer

@@ -154,9 +154,9 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
 
 def _platform_adapter(name: str, settings: Settings, app: ParleyApp) -> PlatformAdapter:
     if name == "telegram":
-        from adapters.telegram_adapter import TelegramAdapter
+        from adapters.telegram.adapter import TelegramAdapter
 
         return TelegramAdapter(settings, app.engine)
-    from adapters.discord_adapter import DiscordAdapter
+    from adapters.discord.adapter import DiscordAdapter
 
     return DiscordAdapter(settings, app.engine)

@@ -13,6 +13,8 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +24,6 @@ from bot.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 Role = Literal["user", "assistant"]
@@ -61,14 +62,27 @@ class Turn:
     reply_row: int
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Read migrations/NNNN_name.sql in version order; versions must be 1..N without gaps."""
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """Read NNNN_name.sql in version order; versions must be 1..N without gaps, and N >= 1.
+
+    The migrations ship inside the package as `bot.migrations` (the repository's top-level
+    migrations/ folder), so an installed wheel finds them wherever it runs from.
+    """
+    folder = resources.files("bot.migrations") if directory is None else directory
+    files = sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
+        key=lambda entry: entry.name,
+    )
     migrations = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
+    for entry in files:
+        match = _MIGRATION_NAME.match(entry.name)
         if not match:
-            raise StorageError(f"migration file name {path.name!r} is not NNNN_name.sql")
-        migrations.append(Migration(int(match.group(1)), path.stem, path.read_text("utf-8")))
+            raise StorageError(f"migration file name {entry.name!r} is not NNNN_name.sql")
+        name = entry.name.removesuffix(".sql")
+        migrations.append(Migration(int(match.group(1)), name, entry.read_text("utf-8")))
+    if not migrations:
+        # An empty schema would fail later with "no such table"; say what is wrong instead.
+        raise StorageError(f"no migrations found in {folder}: the installation is incomplete")
     for expected, migration in enumerate(migrations, start=1):
         if migration.version != expected:
             raise StorageError(f"migration {migration.name} should be version {expected:04d}")
@@ -86,13 +100,15 @@ async def _connect(path: str) -> aiosqlite.Connection:
 async def migrate(path: str, migrations: list[Migration] | None = None) -> tuple[int, int]:
     """Apply pending migrations; return (version before, after). Refuses a newer database."""
     migrations = load_migrations() if migrations is None else migrations
+    if not migrations:
+        raise StorageError("no migrations to apply: the installation is incomplete")
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = await _connect(path)
     try:
         await conn.execute("PRAGMA journal_mode = WAL")
         before = await _user_version(conn)
-        latest = migrations[-1].version if migrations else 0
+        latest = migrations[-1].version
         if before > latest:
             raise StorageError(
                 f"the database {path} has schema version {before}, newer than this Parley knows "

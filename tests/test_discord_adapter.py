@@ -17,12 +17,12 @@ import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord_adapter import (
+from adapters.discord.adapter import (
     DEVELOPER_PORTAL,
     MSG_NOT_ALLOWED,
     DiscordAdapter,
 )
-from adapters.discord_targets import MESSAGE_FLAG_VOICE
+from adapters.discord.targets import MESSAGE_FLAG_VOICE
 from bot.app import ParleyApp
 from bot.config import (
     DiscordSettings,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from adapters.discord_rest import DiscordRest, InteractionTokenExpired
+from adapters.discord.rest import DiscordRest, InteractionTokenExpired
 from bot.errors import DeliveryError, RetryAfter
 from tests.fakes.discord_api import (
     INTERACTION_TOKEN_LIFETIME_S,

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.telegram_adapter import TelegramAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from bot.app import ParleyApp
 from bot.config import Settings
 from bot.health import HealthChecks

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from adapters.telegram_webhook import SECRET_HEADER
+from adapters.telegram.webhook import SECRET_HEADER
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeMessage, FakeUser, snowflake
 from tests.fakes.llm_server import Behaviour, FakeLLMServer

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from adapters.discord_adapter import MSG_NOT_ALLOWED
-from adapters.telegram_adapter import MSG_REFUSED
+from adapters.discord.adapter import MSG_NOT_ALLOWED
+from adapters.telegram.adapter import MSG_REFUSED
 from bot.engine import MSG_BLOCKED, MSG_SLOW_DOWN
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeInteraction, FakeUser, snowflake

@@ -19,7 +19,7 @@ import aiohttp
 import av
 import pytest
 
-from adapters.telegram_adapter import COMMANDS, MSG_REFUSED, TelegramAdapter
+from adapters.telegram.adapter import COMMANDS, MSG_REFUSED, TelegramAdapter
 from bot.app import ParleyApp
 from bot.config import (
     EngineSettings,

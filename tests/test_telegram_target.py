@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from telegram import Bot
 
-from adapters.telegram_target import TYPING_REFRESH_S, TelegramReplyTarget, split_plain
+from adapters.telegram.targets import TYPING_REFRESH_S, TelegramReplyTarget, split_plain
 from bot.errors import DeliveryError, RetryAfter
 from bot.types import RateBudget, TargetLimits, VoiceClip
 from tests.fakes.telegram_api import FakeTelegramAPI

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.discord_adapter import DiscordAdapter
-from adapters.telegram_adapter import TelegramAdapter
+from adapters.discord.adapter import DiscordAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from bot.app import ParleyApp
 from bot.config import (
     DiscordSettings,

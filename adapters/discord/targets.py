@@ -17,7 +17,7 @@ from enum import Enum
 import discord
 from discord.http import HTTPClient, Route
 
-from adapters.discord_rest import INVALID_WEBHOOK_TOKEN, DiscordRest, InteractionTokenExpired
+from adapters.discord.rest import INVALID_WEBHOOK_TOKEN, DiscordRest, InteractionTokenExpired
 from bot.errors import DeliveryError, RetryAfter
 from bot.splitter import split_markdown
 from bot.types import TargetLimits, VoiceClip

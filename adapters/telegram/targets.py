@@ -22,7 +22,7 @@ import telegram.error
 from telegram import Bot, InputFile, Message, ReplyParameters
 from telegram.constants import ChatAction, MessageLimit
 
-from adapters.telegram_format import (
+from adapters.telegram.format import (
     Rendered,
     delivery_errors,
     is_gone,

@@ -26,10 +26,10 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord_commands import build_command_tree
-from adapters.discord_rest import DiscordRest
-from adapters.discord_rules import AccessRules, audio_attachment, is_turn, readable_text
-from adapters.discord_targets import (
+from adapters.discord.commands import build_command_tree
+from adapters.discord.rest import DiscordRest
+from adapters.discord.rules import AccessRules, audio_attachment, is_turn, readable_text
+from adapters.discord.targets import (
     NOTICE_MENTIONS,
     ChannelTarget,
     Clock,

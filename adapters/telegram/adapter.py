@@ -20,16 +20,16 @@ import telegram.error
 from telegram import Audio, BotCommand, Message, Update, VideoNote, Voice
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from adapters.telegram_rules import (
+from adapters.telegram.rules import (
     is_addressed,
     is_private,
     may_use,
     parse_command,
     strip_mention,
 )
-from adapters.telegram_target import TelegramReplyTarget
-from adapters.telegram_updates import TolerantUpdatesRequest
-from adapters.telegram_webhook import WebhookServer
+from adapters.telegram.targets import TelegramReplyTarget
+from adapters.telegram.updates import TolerantUpdatesRequest
+from adapters.telegram.webhook import WebhookServer
 from bot.config import TELEGRAM_MAX_DOWNLOAD_BYTES, Settings
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.types import IncomingMessage

@@ -14,7 +14,7 @@ from aiohttp import web
 from telegram import Update
 from telegram.ext import Application
 
-from adapters.telegram_updates import decodable
+from adapters.telegram.updates import decodable
 
 log = logging.getLogger(__name__)
 
