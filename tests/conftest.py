@@ -9,11 +9,12 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from bot.app import full_settings_class
 from bot.config import Settings
 from bot.types import IncomingMessage
 from tests.fakes.llm_server import FakeLLMServer
@@ -33,15 +34,18 @@ hypothesis_settings.register_profile("explore", deadline=None, print_blob=True)
 hypothesis_settings.load_profile("parley")
 
 
-def make_settings(tmp_path: Path, **sections: dict[str, object]) -> Settings:
-    """Settings with the database under tmp_path and fast retries, plus per-test overrides."""
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """The one Settings builder: the database under tmp_path, fast retries, per-test overrides.
+
+    Every platform's section is there (`telegram={...}`, `discord={...}`), as `parley` loads them.
+    """
     base: dict[str, dict[str, object]] = {
         "storage": {"path": str(tmp_path / "parley.db")},
         "llm": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10.0, "connect_timeout_s": 2.0},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
-    return Settings(**base)
+    return full_settings_class()(**base)
 
 
 @pytest.fixture

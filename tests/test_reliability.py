@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import ParleyApp
-from bot.config import load_settings
+from bot.app import load as load_settings
 from bot.engine import MSG_CUT_OFF, MSG_SLOW_DOWN, MSG_TIMEOUT
 from bot.errors import ConfigError
 from bot.ratelimit import UserRateLimiter
@@ -62,7 +62,7 @@ async def test_blocked_users_are_ignored(fake_llm: FakeLLMServer, tmp_path: Path
     async with ParleyApp(settings, speech=False) as parley:
         target = RecordingTarget()
         await parley.engine.handle(message("hi", user="troll"), target)
-        refusal = await parley.engine.command(message(user="troll", is_admin=True), "reset")
+        refusal = await parley.commands.run(message(user="troll", is_admin=True), "reset")
     assert target.calls == [] and target.notices == []
     assert refusal == "Sorry, you can't use this bot."
     assert fake_llm.requests == []
