@@ -21,12 +21,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.discord.adapter import DiscordAdapter
-from bot.app import ParleyApp
-from bot.config import Settings
+from bot.app import ParleyApp, full_settings_class
 from tests.fakes.discord_api import Call, FakeDiscord
 from tests.fakes.discord_world import FakeInteraction, FakeUser
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
@@ -73,18 +73,20 @@ async def run(mode: str, channels: int, budget: int, words: int, words_per_s: fl
             FakeLLMServer(behaviour=behaviour) as llm,
             FakeDiscord(channel_write_limit=limit, global_limit=GLOBAL_LIMIT) as fake,
         ):
-            settings = Settings(
-                llm={"base_url": llm.url, "concurrency": channels},
-                engine={"voice_mode": "off"},
-                storage={"path": str(Path(tmp) / "bench.db")},
-                discord={
+            # Every platform's section, as `parley` loads them; PARLEY_* variables apply.
+            sections: dict[str, Any] = {
+                "llm": {"base_url": llm.url, "concurrency": channels},
+                "engine": {"voice_mode": "off"},
+                "storage": {"path": str(Path(tmp) / "bench.db")},
+                "discord": {
                     "token": fake.token,
                     "api_base_url": fake.api_url,
                     "gateway_url": fake.gateway_url,
                     "channel_edits": budget,
                     "channel_window_s": CAP_WINDOW_S,
                 },
-            )
+            }
+            settings = full_settings_class()(**sections)
             async with ParleyApp(settings, speech=False) as app:
                 adapter = DiscordAdapter(app.services, guild_ready_timeout=READY_S)
                 await adapter.start()
@@ -127,7 +129,8 @@ def _summarise(
     ok = [c for c in writes if c.status < 300]
     per_channel: dict[int, list[float]] = {}
     for call in ok:
-        per_channel.setdefault(call.channel_id, []).append(call.at)  # type: ignore[arg-type]
+        if call.channel_id is not None:  # always, for a write: narrows the type
+            per_channel.setdefault(call.channel_id, []).append(call.at)
     rates = []
     for times in per_channel.values():
         span = times[-1] - times[0]

@@ -18,11 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.telegram.adapter import TelegramAdapter
-from bot.app import ParleyApp
+from adapters.telegram.config import TelegramSettings
+from bot.app import ParleyApp, full_settings_class
 from bot.config import Settings
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.telegram_api import ApiCall, FakeTelegramAPI, FloodControl
@@ -64,17 +66,19 @@ async def run(mode: str, chats: int, words: int, words_per_s: float) -> Row:
             FakeLLMServer(behaviour=behaviour) as llm,
             FakeTelegramAPI(flood=FloodControl()) as api,
         ):
-            settings = Settings(
-                llm={"base_url": llm.url, "concurrency": chats},
-                engine={"voice_mode": "off"},
-                storage={"path": str(Path(tmp) / "bench.db")},
-                telegram={
+            # Every platform's section, as `parley` loads them; PARLEY_* variables apply.
+            sections: dict[str, Any] = {
+                "llm": {"base_url": llm.url, "concurrency": chats},
+                "engine": {"voice_mode": "off"},
+                "storage": {"path": str(Path(tmp) / "bench.db")},
+                "telegram": {
                     "token": api.token,
                     "api_base_url": api.api_base_url,
                     "file_base_url": api.file_base_url,
                     "stream": mode,
                 },
-            )
+            }
+            settings = full_settings_class()(**sections)
             async with ParleyApp(settings, speech=False) as app:
                 adapter = TelegramAdapter(app.services, poll_timeout_s=1)
                 await adapter.start()
@@ -116,7 +120,7 @@ def _summarise(
     return Row(
         mode=mode,
         chats=chats,
-        cap=settings.telegram.private_rate,
+        cap=TelegramSettings.of(settings).private_rate,
         mean_rate=statistics.fmean(rates) if rates else 0.0,
         peak_rate=max(peaks, default=0),
         overall_rate=(len(ok) - 1) / span if span > 0 else 0.0,
