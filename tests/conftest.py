@@ -7,7 +7,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,18 +34,20 @@ hypothesis_settings.register_profile("explore", deadline=None, print_blob=True)
 hypothesis_settings.load_profile("parley")
 
 
-def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+def make_settings(tmp_path: Path, **sections: Mapping[str, Any]) -> Settings:
     """The one Settings builder: the database under tmp_path, fast retries, per-test overrides.
 
     Every platform's section is there (`telegram={...}`, `discord={...}`), as `parley` loads them.
     """
-    base: dict[str, dict[str, object]] = {
+    base: dict[str, dict[str, Any]] = {
         "storage": {"path": str(tmp_path / "parley.db")},
         "llm": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10.0, "connect_timeout_s": 2.0},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
-    return full_settings_class()(**base)
+    # Through the constructor, not model_validate: PARLEY_* variables apply, as when loading.
+    fields: dict[str, Any] = base  # each section's model validates its own table
+    return full_settings_class()(**fields)
 
 
 @pytest.fixture
@@ -70,10 +72,10 @@ async def app(fake_llm: FakeLLMServer, tmp_path: Path) -> AsyncIterator[ParleyAp
 
 
 def message(
-    text: str = "", *, channel: str = "c1", user: str = "u1", **extra: object
+    text: str = "", *, channel: str = "c1", user: str = "u1", **extra: Any
 ) -> IncomingMessage:
     """An IncomingMessage as an adapter would build it."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {
         "platform": "test",
         "channel_key": channel,
         "user_id": user,
@@ -81,7 +83,7 @@ def message(
         "text": text,
     }
     fields.update(extra)
-    return IncomingMessage(**fields)  # type: ignore[arg-type]
+    return IncomingMessage(**fields)
 
 
 @pytest.fixture(scope="session")

@@ -112,6 +112,17 @@ def answered(fake: FakeDiscord, interaction: FakeInteraction, text: str) -> Call
     return lambda: final_reply(fake, interaction) == text
 
 
+def replied(fake: FakeDiscord, interaction: FakeInteraction) -> Callable[[], bool]:
+    return lambda: bool(final_reply(fake, interaction))
+
+
+def identified_intents(fake: FakeDiscord) -> int:
+    """The gateway intents the bot asked for in its last IDENTIFY."""
+    identify = fake.session.identify
+    assert identify is not None, "the bot never identified"
+    return int(identify["intents"])
+
+
 def replies_to(fake: FakeDiscord, question: FakeMessage) -> list[FakeMessage]:
     return [
         m
@@ -139,7 +150,7 @@ async def test_start_syncs_commands_globally_and_keeps_the_gateway_alive(
     config = next(c for c in fake.commands[None] if c["name"] == "config")
     assert {o["name"] for o in config["options"]} == {"show", "set"}
     assert not fake.calls_to("PUT", r"/applications/\d+/guilds/\d+/commands")
-    intents = fake.session.identify["intents"]  # type: ignore[index]
+    intents = identified_intents(fake)
     assert intents & INTENT_MESSAGE_CONTENT
     assert not intents & (INTENT_GUILD_MEMBERS | INTENT_GUILD_PRESENCES)
     assert fake.session.query["encoding"] == "json"
@@ -155,7 +166,7 @@ async def test_guild_ids_sync_instantly_per_guild(
         await fake.wait_until(lambda: "/reset" in final_reply(fake, interaction))
     assert {c["name"] for c in fake.commands[fake.GUILD_ID]} == COMMANDS
     assert None not in fake.commands
-    assert fake.messages[interaction.original_id].flags & FLAG_EPHEMERAL  # type: ignore[index]
+    assert fake.original_response(interaction).flags & FLAG_EPHEMERAL
 
 
 async def test_refused_message_content_intent_is_a_clear_error(
@@ -179,7 +190,7 @@ async def test_without_the_intent_mentions_and_dms_still_work(
             question = await fake.post_message(fake.ALICE, "hello there", mention_bot=True)
             await fake.wait_until(reply_shown(fake, question, REPLY))
     assert last_user_text(llm.requests[0]) == "hello there"
-    assert not fake.session.identify["intents"] & INTENT_MESSAGE_CONTENT  # type: ignore[index]
+    assert not identified_intents(fake) & INTENT_MESSAGE_CONTENT
 
 
 async def test_rejected_token_is_a_clear_error(tmp_path: Path, llm: FakeLLMServer) -> None:
@@ -201,7 +212,7 @@ async def test_ask_streams_by_editing_the_original_response(
         interaction = await fake.interact("ask", {"prompt": "Hi, I'm Alice"})
         await fake.wait_until(answered(fake, interaction, REPLY))
     assert interaction.callback_type == 5 and not interaction.late_callback  # deferred in time
-    original = fake.messages[interaction.original_id]  # type: ignore[index]
+    original = fake.original_response(interaction)
     assert not original.flags & (FLAG_LOADING | FLAG_EPHEMERAL)
     assert not interaction.followup_ids
     shown = [text.removesuffix(DEFAULT_MARKER) for text in original.writes[1:]]  # after "thinking…"
@@ -239,7 +250,7 @@ async def test_reply_outliving_the_interaction_token_continues_in_the_channel(
             interaction = await fake.interact("ask", {"prompt": "Take your time"})
             await fake.wait_until(lambda: bool(fake.rate_limited))
             clock.advance(INTERACTION_TOKEN_LIFETIME_S)
-            original = fake.messages[interaction.original_id]  # type: ignore[index]
+            original = fake.original_response(interaction)
 
             def rest_in_channel() -> bool:
                 # The original keeps its last edit from before the token expired (with the
@@ -347,7 +358,7 @@ async def test_config_set_needs_manage_server_or_an_admin_listing(
             interaction = await fake.interact(
                 "config set", {"key": "temperature", "value": value}, user=user
             )
-            await fake.wait_until(lambda i=interaction: bool(final_reply(fake, i)))
+            await fake.wait_until(replied(fake, interaction))
             replies[user.name] = final_reply(fake, interaction)
         shown = await fake.interact("config show")
         await fake.wait_until(lambda: "temperature" in final_reply(fake, shown))
@@ -370,7 +381,7 @@ async def test_allowed_channels_limit_where_the_bot_answers(
         )
         await fake.wait_until(reply_shown(fake, question, REPLY))
     assert refused.callback_type == 4  # answered at once, privately
-    assert fake.messages[refused.original_id].flags & FLAG_EPHEMERAL  # type: ignore[index]
+    assert fake.original_response(refused).flags & FLAG_EPHEMERAL
     assert [last_user_text(r) for r in llm.requests] == ["in the thread"]
 
 

@@ -25,7 +25,7 @@ BAD_TELEGRAM_TOKEN = "999999:not-the-bots-token"
 BAD_DISCORD_TOKEN = "not.the.bots.token"
 REPO = Path(__file__).resolve().parent.parent
 # The small bundled speech models: the checks look at files, nothing is loaded.
-SPEECH = {"stt": {"model": "tiny.en"}, "tts": {"backends": ["piper"]}}
+SPEECH: dict[str, dict[str, Any]] = {"stt": {"model": "tiny.en"}, "tts": {"backends": ["piper"]}}
 
 
 def dead_url() -> str:

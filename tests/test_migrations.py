@@ -93,6 +93,7 @@ async def test_history_is_in_conversation_order_even_when_turns_queue(tmp_path: 
         rows = await store.history(channel, second.user_row, 10)
         assert [r.content for r in reversed(rows)] == ["one", "reply one"]
         assert await store.mark_interrupted() == 1  # the second reply was never started
-        assert (await store.get_message(second.reply_row)).status == "interrupted"  # type: ignore[union-attr]
+        interrupted = await store.get_message(second.reply_row)
+        assert interrupted is not None and interrupted.status == "interrupted"
     finally:
         await store.close()

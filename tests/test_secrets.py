@@ -54,8 +54,7 @@ def leaks(text: str | bytes, *secrets: str) -> list[str]:
     found = []
     for secret in secrets:
         for piece in pieces(secret):
-            needle: str | bytes = piece.encode() if isinstance(text, bytes) else piece
-            if needle in text:  # type: ignore[operator]
+            if piece.encode() in text if isinstance(text, bytes) else piece in text:
                 found.append(piece)
     return found
 

@@ -154,7 +154,8 @@ async def test_rate_limited_edit_still_lands_the_final_text(
     async with running_bot(make_settings(tmp_path, api, llm)):
         api.send_text(api.private_chat(ann), ann, "hello")
         await api.wait_for(shows(ANN, REPLY))
-    assert api.calls_to("editMessageText", ok=False)[0].error.status == 429  # type: ignore[union-attr]
+    refused = api.calls_to("editMessageText", ok=False)[0].error
+    assert refused is not None and refused.status == 429
     assert texts(api, ANN) == [REPLY]
 
 
@@ -284,7 +285,7 @@ async def test_voice_reply_is_uploaded_as_ogg_opus(
         api.send_text(api.private_chat(ann), ann, "say something")
         await api.wait_for(lambda a: a.calls_to("sendVoice", ok=True))
     (upload,) = api.calls_to("sendVoice")
-    with av.open(io.BytesIO(upload.files["voice"])) as container:
+    with av.open(io.BytesIO(upload.files["voice"]), mode="r") as container:
         (stream,) = container.streams.audio
         assert container.format.name == "ogg" and stream.codec_context.name == "opus"
         samples = sum(frame.samples for frame in container.decode(stream))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from telegram import Bot
@@ -47,8 +48,8 @@ class FakeClock:
         return self.now
 
 
-def target(bot: Bot, chat_id: int = USER_ID, **kwargs: object) -> TelegramReplyTarget:
-    return TelegramReplyTarget(bot, chat_id=chat_id, limits=LIMITS, **kwargs)  # type: ignore[arg-type]
+def target(bot: Bot, chat_id: int = USER_ID, **kwargs: Any) -> TelegramReplyTarget:
+    return TelegramReplyTarget(bot, chat_id=chat_id, limits=LIMITS, **kwargs)
 
 
 async def test_edit_stream_ends_with_formatted_final_text(api: FakeTelegramAPI, bot: Bot) -> None:
