@@ -1,8 +1,14 @@
-"""Shared fixtures: settings on a temporary database, the fake LLM, the real llama-server."""
+"""Shared fixtures and builders: settings, the fakes, the platform drivers, the real llama-server.
+
+One builder per kind of object: settings come from `make_settings` (and, for a bot on a
+platform fake, tests/fakes/platform_bots.py), fakes from the fixtures here. A module changes
+how the fake LLM answers by overriding `llm_behaviour`.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -17,10 +23,14 @@ from hypothesis import settings as hypothesis_settings
 from bot.app import full_settings_class
 from bot.config import Settings
 from bot.types import IncomingMessage
-from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.clock import ManualClock
+from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.telegram_api import FakeTelegramAPI
 
 if TYPE_CHECKING:
     from bot.app import ParleyApp
+    from tests.fakes.drivers import PlatformDriver
 
 # Loopback fakes must never be reached through a proxy from the environment.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
@@ -55,10 +65,65 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
     return lambda **sections: make_settings(tmp_path, **sections)
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for a server a test starts, or a dead URL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
-async def fake_llm() -> AsyncIterator[FakeLLMServer]:
-    async with FakeLLMServer() as server:
+def llm_behaviour() -> Behaviour:
+    """How `fake_llm` answers; a test module overrides this fixture to change it."""
+    return Behaviour()
+
+
+@pytest.fixture
+async def fake_llm(llm_behaviour: Behaviour) -> AsyncIterator[FakeLLMServer]:
+    async with FakeLLMServer(behaviour=llm_behaviour) as server:
         yield server
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegramAPI]:
+    """The Bot API fake."""
+    async with FakeTelegramAPI() as api:
+        yield api
+
+
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    """The Discord fake (REST and gateway), on real time."""
+    async with FakeDiscord() as fake:
+        yield fake
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def clocked_discord(clock: ManualClock) -> AsyncIterator[FakeDiscord]:
+    """The Discord fake on `clock`: interaction tokens and rate limits expire when it says."""
+    async with FakeDiscord(clock=clock) as fake:
+        yield fake
+
+
+@pytest.fixture(params=("telegram", "discord"))  # the platforms tests/fakes/drivers.py drives
+def platform_name(request: pytest.FixtureRequest) -> str:
+    """Each platform in turn: a test that takes it (or `driver`) runs once per platform."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def driver(platform_name: str) -> AsyncIterator[PlatformDriver]:
+    """A driver on a fresh fake of each platform in turn (tests/fakes/drivers.py)."""
+    # Imported here: the drivers build settings with `make_settings`, from this module.
+    from tests.fakes.drivers import open_driver
+
+    async with open_driver(platform_name) as platform_driver:
+        yield platform_driver
 
 
 @pytest.fixture
