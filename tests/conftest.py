@@ -92,21 +92,21 @@ async def telegram() -> AsyncIterator[FakeTelegramAPI]:
 
 
 @pytest.fixture
-async def discord() -> AsyncIterator[FakeDiscord]:
-    """The Discord fake (REST and gateway), on real time."""
-    async with FakeDiscord() as fake:
-        yield fake
-
-
-@pytest.fixture
 def clock() -> ManualClock:
+    """Time that moves only when the test says so."""
     return ManualClock()
 
 
 @pytest.fixture
-async def clocked_discord(clock: ManualClock) -> AsyncIterator[FakeDiscord]:
-    """The Discord fake on `clock`: interaction tokens and rate limits expire when it says."""
-    async with FakeDiscord(clock=clock) as fake:
+def discord_clock() -> Callable[[], float]:
+    """The `discord` fake's clock; a module overrides this fixture (e.g. with `clock`)."""
+    return time.monotonic
+
+
+@pytest.fixture
+async def discord(discord_clock: Callable[[], float]) -> AsyncIterator[FakeDiscord]:
+    """The Discord fake (REST and gateway); interaction tokens and windows run on its clock."""
+    async with FakeDiscord(clock=discord_clock) as fake:
         yield fake
 
 
