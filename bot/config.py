@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -87,8 +88,36 @@ class EngineSettings(_Section):
 
 
 class StorageSettings(_Section):
+    """Where history lives: a SQLite file (`path`), or PostgreSQL when `url` is set."""
+
     path: str = "data/parley.db"
+    # postgresql://user:password@host:5432/db: several bot processes share one database. A secret:
+    # it holds the password. Empty: SQLite at `path`.
+    url: SecretStr = SecretStr("")
+    pool_size: int = Field(10, ge=1, le=1000)  # PostgreSQL connections per process (+1 for locks)
     retention_days: int = Field(0, ge=0)  # 0: keep messages until /reset or /forget
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
+        return value
+
+    def secrets(self) -> list[str]:
+        """The URL and its password, as written and URL-decoded, for redaction."""
+        url = self.url.get_secret_value()
+        if not url:
+            return []
+        found = [url]
+        try:
+            password = urlsplit(url).password
+        except ValueError:  # e.g. a port that is not a number: the URL itself is still hidden
+            password = None
+        if password:
+            found += [password, unquote(password)]
+        return found
 
 
 class STTSettings(_Section):
@@ -195,10 +224,11 @@ class Settings(BaseSettings):
             self.telegram.webhook_secret,
             self.discord.token,
         ]
-        return [v.get_secret_value() for v in values if v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v.get_secret_value()]
+        return found + self.storage.secrets()
 
 
-_SECRET_KEYS = ("token", "api_key", "webhook_secret")
+_SECRET_KEYS = ("token", "api_key", "webhook_secret", "url")  # "url": storage.url
 
 
 def resolve_config_path(cli_path: str | None, env: Mapping[str, str] | None = None) -> Path | None:
