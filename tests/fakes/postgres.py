@@ -41,7 +41,8 @@ def _free_port() -> int:
 class PostgresServer:
     """One cluster: `url(db)` gives a URL with the password, `create_database()` a fresh db."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable  # fsync on, as in production (benchmarks of writes)
         self.root = Path(tempfile.mkdtemp(prefix="parley-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -77,15 +78,14 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )  # fmt: skip
+        fast = ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         options = " ".join(
             [
                 f"-p {self.port}",
                 "-c listen_addresses=127.0.0.1",
                 f"-c unix_socket_directories={self.root}",
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
                 "-c max_connections=200",
+                *([] if self.durable else fast),
             ]
         )
         self._run(
