@@ -237,6 +237,7 @@ class _Coordinator:
         # Channel keys whose lock this session holds; a lost session loses them all.
         self._held: set[int] = set()
         self._waiters: dict[int, set[asyncio.Event]] = {}
+        self._closed = False
 
     async def start(self) -> None:
         """Connect, take an instance number and its lock, and listen for turn notifications."""
@@ -258,6 +259,8 @@ class _Coordinator:
         return conn
 
     async def _session(self) -> asyncpg.Connection:
+        if self._closed:
+            raise StorageError(f"PostgreSQL at {location(self._url)}: the store is closed")
         if self._conn is None or self._conn.is_closed():
             if self._held:
                 # The server dropped the locks with the session: the turns holding them go on.
@@ -311,10 +314,11 @@ class _Coordinator:
 
     async def close(self) -> None:
         """End the session: the server releases its locks, so other processes see us gone."""
+        self._closed = True
         async with self._busy:
+            self._held.clear()
             if self._conn is not None and not self._conn.is_closed():
                 await self._conn.close(timeout=5)
-            self._held.clear()
 
 
 class PostgresStore:
