@@ -24,6 +24,7 @@ import pytest
 
 from bot.config import StorageSettings
 from bot.storage import Store, StoredMessage, open_store
+from bot.storage import postgres as pg_module
 from bot.storage.postgres import PostgresStore
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import FakeLLMServer
@@ -76,6 +77,16 @@ async def store(backend: Backend) -> AsyncIterator[Store]:
 @pytest.fixture
 def pg(postgres_url: str) -> Backend:
     return Backend("postgresql", StorageSettings(url=postgres_url))
+
+
+@pytest.fixture
+async def pg_store(pg: Backend) -> AsyncIterator[PostgresStore]:
+    opened = await pg.open()
+    assert isinstance(opened, PostgresStore)
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 async def two_stores(backend: Backend) -> tuple[Store, Store]:
@@ -503,3 +514,43 @@ async def test_the_store_reports_a_closed_pool_as_a_storage_error(pg: Backend) -
         await store.get_message(1)
     problem = await check()
     assert problem is not None and "PostgreSQL at" in problem
+
+
+async def _instance_alive(store: PostgresStore, url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        live = await conn.fetch(pg_module._LIVE_INSTANCES)
+        return store.instance in {row[0] for row in live}
+    finally:
+        await conn.close()
+
+
+async def test_a_lost_session_is_won_back_with_the_same_instance(
+    pg_store: PostgresStore, pg: Backend
+) -> None:
+    url = pg.settings.url.get_secret_value()
+    channel = await pg_store.channel_id("test", "c")
+    turn = await turn_of(pg_store, channel, "pending across the outage")
+    conn = await asyncpg.connect(url)
+    try:
+        # Like a restart of PostgreSQL or a dropped network path, for this one session.
+        await conn.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            f" AND classid = {pg_module.NS_INSTANCE} AND objid = $1",
+            pg_store.instance,
+        )
+    finally:
+        await conn.close()
+    for _ in range(100):
+        if await _instance_alive(pg_store, url):
+            break
+        await asyncio.sleep(0.1)
+    assert await _instance_alive(pg_store, url)
+    other = await pg.open()
+    try:
+        assert await other.mark_interrupted() == 0  # still ours: we are alive
+    finally:
+        await other.close()
+    async with pg_store.channel_turn(channel, turn.reply_row):
+        await pg_store.update_message(turn.reply_row, content="answered", status="complete")
+    assert contents(await pg_store.history(channel, 10**9, 5))[-1] == "answered"

@@ -3,6 +3,11 @@
 `open_store(settings.storage)` picks the backend: `storage.url` (a postgresql:// URL, a secret)
 selects PostgreSQL, shared by several bot processes; else `storage.path` is a SQLite file.
 Both implement the `Store` contract (bot/storage/base.py).
+
+A channel's turns go one at a time, in row order, across processes: the engine records a turn at
+arrival (`start_turn`), then answers it inside `store.channel_turn(channel_id, turn.reply_row)`,
+entered where the turn heads its channel's line in this process and before it takes an LLM slot:
+`queue.turn(key, target.queued, gate=lambda: store.channel_turn(turn.channel_id, turn.reply_row))`.
 """
 
 from __future__ import annotations

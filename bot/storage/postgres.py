@@ -238,6 +238,7 @@ class _Coordinator:
         self._held: set[int] = set()
         self._waiters: dict[int, set[asyncio.Event]] = {}
         self._closed = False
+        self._reconnecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect, take an instance number and its lock, and listen for turn notifications."""
@@ -255,8 +256,27 @@ class _Coordinator:
         except BaseException:
             await conn.close(timeout=5)
             raise
+        conn.add_termination_listener(self._lost)
         self._conn, self._pid = conn, conn.get_server_pid()
         return conn
+
+    def _lost(self, conn: object) -> None:
+        """The session ended: win the instance lock back soon, before anyone takes us for dead."""
+        if self._closed or (self._reconnecting is not None and not self._reconnecting.done()):
+            return
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            try:
+                async with self._busy:
+                    await self._session()
+                return
+            except StorageError as exc:
+                log.warning("%s; retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _session(self) -> asyncpg.Connection:
         if self._closed:
@@ -315,6 +335,8 @@ class _Coordinator:
     async def close(self) -> None:
         """End the session: the server releases its locks, so other processes see us gone."""
         self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         async with self._busy:
             self._held.clear()
             if self._conn is not None and not self._conn.is_closed():
