@@ -158,7 +158,10 @@ class ConversationEngine:
                 token_count=await self._count_tokens(text),
             )
         # No await between the lock's release and joining the line (in turn()'s first step).
-        async with self.queue.turn(key, functools.partial(_show_position, target)):
+        # The store's turn lock keeps the channel's order across bot processes sharing one
+        # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
+        gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
+        async with self.queue.turn(key, functools.partial(_show_position, target), gate):
             await self._reply(msg, target, turn, text, turn_id)
 
     @contextlib.asynccontextmanager
