@@ -23,7 +23,7 @@ from bot.health import HealthChecks, database_check, llm_check
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient
 from bot.platform import Platform, PlatformAdapter, Services
-from bot.storage import HistoryStore
+from bot.storage import HistoryStore, open_store
 from bot.streaming import EditScheduler
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class ParleyApp:
 
     async def __aenter__(self) -> ParleyApp:
         s = self.settings
-        self.store = await HistoryStore.open(s.storage.path)
+        self.store = await open_store(s.storage)
         try:
             interrupted = await self.store.mark_interrupted()
             if interrupted:

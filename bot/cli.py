@@ -96,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from bot.storage import migrate
+    from bot.storage import describe_storage, migrate_storage
 
-    before, after = await migrate(settings.storage.path)
+    before, after = await migrate_storage(settings.storage)
+    where = describe_storage(settings.storage)
     if before == after:
-        print(f"{settings.storage.path}: schema version {after}, up to date")
+        print(f"{where}: schema version {after}, up to date")
     else:
-        print(f"{settings.storage.path}: migrated from version {before} to {after}")
+        print(f"{where}: migrated from version {before} to {after}")
     return 0
 
 

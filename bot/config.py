@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -96,8 +97,36 @@ class EngineSettings(_Section):
 
 
 class StorageSettings(_Section):
+    """Where history lives: a SQLite file (`path`), or PostgreSQL when `url` is set."""
+
     path: str = "data/parley.db"
+    # postgresql://user:password@host:5432/db: several bot processes share one database. A secret:
+    # it holds the password. Empty: SQLite at `path`.
+    url: SecretStr = SecretStr("")
+    pool_size: int = Field(10, ge=1, le=1000)  # PostgreSQL connections per process (+1 for locks)
     retention_days: int = Field(0, ge=0)  # 0: keep messages until /reset or /forget
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
+        return value
+
+    def secrets(self) -> list[str]:
+        """The URL and its password, as written and URL-decoded, for redaction."""
+        url = self.url.get_secret_value()
+        if not url:
+            return []
+        found = [url]
+        try:
+            password = urlsplit(url).password
+        except ValueError:  # e.g. a port that is not a number: the URL itself is still hidden
+            password = None
+        if password:
+            found += [password, unquote(password)]
+        return found
 
 
 class STTSettings(_Section):
@@ -195,7 +224,8 @@ class Settings(BaseSettings):
         sections = (getattr(self, name) for name in type(self).model_fields)
         for section in sections:
             found += _secret_values(section)
-        return found
+        # The storage URL's password, also as written inside the URL (percent-encoded).
+        return found + [s for s in self.storage.secrets() if s not in found]
 
 
 def _secret_values(model: BaseModel) -> list[str]:

@@ -154,6 +154,10 @@ def check_database(settings: Settings) -> list[Finding]:
     """The database opens, is not newer than this code, and can be written."""
     from bot.storage import load_migrations
 
+    if url := settings.storage.url.get_secret_value():
+        from bot.storage.postgres import inspect
+
+        return [Finding("database", *asyncio.run(inspect(url)))]  # in the doctor's worker thread
     raw = settings.storage.path
     if raw == ":memory:":
         return [Finding("database", "warn", "in memory: history is lost at every restart")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -157,7 +158,10 @@ class ConversationEngine:
                 token_count=await self._count_tokens(text),
             )
         # No await between the lock's release and joining the line (in turn()'s first step).
-        async with self.queue.turn(key, target.queued):
+        # The store's turn lock keeps the channel's order across bot processes sharing one
+        # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
+        gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
+        async with self.queue.turn(key, functools.partial(_show_position, target), gate):
             await self._reply(msg, target, turn, text, turn_id)
 
     @contextlib.asynccontextmanager
@@ -373,9 +377,13 @@ class ConversationEngine:
 
     async def _keep_typing(self, target: ReplyTarget, streamed: _Streamed) -> None:
         while streamed.first_token_at is None:
-            # A failed indicator must not end the reply.
-            with contextlib.suppress(DeliveryError, RetryAfter, OSError):
+            try:
                 await target.typing()
+            except (DeliveryError, RetryAfter, OSError):
+                pass  # a failed indicator must not end the reply
+            except Exception:
+                log.exception("typing indicator in %s failed; no more of them", target.chat_key)
+                return
             await asyncio.sleep(_TYPING_EVERY_S)
 
     def _voice_reply(self, msg: IncomingMessage, settings: ChannelSettings) -> VoiceReply | None:
@@ -402,6 +410,16 @@ class ConversationEngine:
             return
         if clip is not None:
             await target.send_voice(clip)
+
+
+async def _show_position(target: ReplyTarget, position: int) -> None:
+    """A courtesy "#n in line" notice: its failure must never cost the turn its answer."""
+    try:
+        await target.queued(position)
+    except (DeliveryError, RetryAfter, OSError) as exc:
+        log.info("queue position not shown in %s: %s", target.chat_key, exc)
+    except Exception:
+        log.exception("queue position in %s failed", target.chat_key)
 
 
 async def _tell(target: ReplyTarget, text: str) -> None:

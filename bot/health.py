@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from bot.config import HTTPSettings
+from bot.errors import StorageError
 
 if TYPE_CHECKING:
     from bot.llm import LLMClient
@@ -85,6 +86,8 @@ def database_check(store: HistoryStore) -> HealthCheck:
     async def check() -> str | None:
         try:
             await store.get_message(0)
+        except StorageError as exc:  # PostgreSQL: the message names host:port, no password
+            return str(exc)
         except sqlite3.Error as exc:
             return f"query failed: {exc}"
         except ValueError as exc:  # aiosqlite: "no active connection" once closed

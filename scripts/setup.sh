@@ -22,6 +22,24 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     step "Creating the virtual environment in $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
+# The tests start a throwaway PostgreSQL 15 (initdb + pg_ctl in a temporary directory): install the
+# server binaries when the dev extras are wanted and they are missing. No system cluster is created
+# or started (createcluster.conf), and the runtime image (models only) never needs them.
+PG_BIN="${PARLEY_PG_BIN:-/usr/lib/postgresql/15/bin}"
+if [[ ",$EXTRAS," == *",dev,"* && ! -x "$PG_BIN/initdb" ]]; then
+    step "Installing PostgreSQL 15 for the storage tests (apt-get)"
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        if [[ ! -f /etc/postgresql-common/createcluster.conf ]]; then
+            mkdir -p /etc/postgresql-common
+            echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+    else
+        echo "    not root (or no apt-get): install PostgreSQL 15 yourself; its tests are skipped" >&2
+    fi
+fi
+
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 

@@ -31,6 +31,7 @@ from tests.fakes.telegram_api import FakeTelegramAPI
 if TYPE_CHECKING:
     from bot.app import ParleyApp
     from tests.fakes.drivers import PlatformDriver
+    from tests.fakes.postgres import PostgresServer
 
 # Loopback fakes must never be reached through a proxy from the environment.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
@@ -191,3 +192,28 @@ def llama_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# -- PostgreSQL (issue 16): a real server for the storage tests ------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 15 cluster for the session (initdb + pg_ctl, ~1 s)."""
+    from tests.fakes.postgres import PostgresServer, available
+
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs it")
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL (with its password) of a new, empty database for this test."""
+    return postgres_server.url(postgres_server.create_database())

@@ -24,7 +24,7 @@ from bot.health import (
     probe_url,
 )
 from bot.http_server import OpsServer, serve_http
-from bot.storage import HistoryStore
+from bot.storage import SQLiteStore
 from tests.conftest import free_port, make_settings
 
 
@@ -148,7 +148,7 @@ async def test_a_check_that_hangs_fails_with_its_name() -> None:
 
 
 async def test_database_check_fails_once_the_database_is_closed(tmp_path: Path) -> None:
-    store = await HistoryStore.open(str(tmp_path / "parley.db"))
+    store = await SQLiteStore.open(str(tmp_path / "parley.db"))
     check = database_check(store)
     assert await check() is None
     await store.close()
