@@ -21,7 +21,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,20 +72,18 @@ async def run(mode: str, channels: int, budget: int, words: int, words_per_s: fl
             FakeLLMServer(behaviour=behaviour) as llm,
             FakeDiscord(channel_write_limit=limit, global_limit=GLOBAL_LIMIT) as fake,
         ):
-            # Every platform's section, as `parley` loads them; PARLEY_* variables apply.
-            sections: dict[str, Any] = {
-                "llm": {"base_url": llm.url, "concurrency": channels},
-                "engine": {"voice_mode": "off"},
-                "storage": {"path": str(Path(tmp) / "bench.db")},
-                "discord": {
+            settings = full_settings_class()(
+                llm={"base_url": llm.url, "concurrency": channels},
+                engine={"voice_mode": "off"},
+                storage={"path": str(Path(tmp) / "bench.db")},
+                discord={
                     "token": fake.token,
                     "api_base_url": fake.api_url,
                     "gateway_url": fake.gateway_url,
                     "channel_edits": budget,
                     "channel_window_s": CAP_WINDOW_S,
                 },
-            }
-            settings = full_settings_class()(**sections)
+            )
             async with ParleyApp(settings, speech=False) as app:
                 adapter = DiscordAdapter(app.services, guild_ready_timeout=READY_S)
                 await adapter.start()

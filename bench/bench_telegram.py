@@ -18,7 +18,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -66,19 +65,17 @@ async def run(mode: str, chats: int, words: int, words_per_s: float) -> Row:
             FakeLLMServer(behaviour=behaviour) as llm,
             FakeTelegramAPI(flood=FloodControl()) as api,
         ):
-            # Every platform's section, as `parley` loads them; PARLEY_* variables apply.
-            sections: dict[str, Any] = {
-                "llm": {"base_url": llm.url, "concurrency": chats},
-                "engine": {"voice_mode": "off"},
-                "storage": {"path": str(Path(tmp) / "bench.db")},
-                "telegram": {
+            settings = full_settings_class()(
+                llm={"base_url": llm.url, "concurrency": chats},
+                engine={"voice_mode": "off"},
+                storage={"path": str(Path(tmp) / "bench.db")},
+                telegram={
                     "token": api.token,
                     "api_base_url": api.api_base_url,
                     "file_base_url": api.file_base_url,
                     "stream": mode,
                 },
-            }
-            settings = full_settings_class()(**sections)
+            )
             async with ParleyApp(settings, speech=False) as app:
                 adapter = TelegramAdapter(app.services, poll_timeout_s=1)
                 await adapter.start()

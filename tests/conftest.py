@@ -56,9 +56,7 @@ def make_settings(tmp_path: Path, **sections: Mapping[str, Any]) -> Settings:
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
-    # Through the constructor, not model_validate: PARLEY_* variables apply, as when loading.
-    fields: dict[str, Any] = base  # each section's model validates its own table
-    return full_settings_class()(**fields)
+    return full_settings_class()(**base)
 
 
 @pytest.fixture
