@@ -23,7 +23,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import BodyPartReader, web
 
@@ -199,7 +199,7 @@ class FakeDiscord(DiscordWorld):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FakeDiscord:
+    async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self.gateway.handle)
         app.router.add_get("/attachments/{id}/{filename}", self._download)
