@@ -63,7 +63,8 @@ class LLMSettings(_Section):
     model: str = ""  # model name sent with each request; llama-server ignores it
     api: Literal["auto", "chat", "completion"] = "auto"
     prompt_format: PromptFormat = "plain"  # for api = "completion" (base models)
-    timeout_s: float = Field(120.0, gt=0)  # a whole reply; also a silent backend's deadline
+    timeout_s: float = Field(120.0, gt=0)  # a silent backend's deadline: no byte for this long
+    reply_timeout_s: float = Field(300.0, gt=0)  # a whole reply, request to last token
     connect_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10)  # before the first token, per backend
     backoff_s: float = Field(0.5, ge=0)
@@ -92,6 +93,10 @@ class EngineSettings(_Section):
     voice_mode: VoiceMode = "reply-to-voice"
     stt_language: str = "en"  # "auto": detect (only trusted when confident)
     max_input_chars: int = Field(4000, ge=1)
+    # Whole-reply caps, for a server that ignores max_tokens or never ends its stream; reasoning
+    # counts towards the characters.
+    max_reply_chars: int = Field(20_000, ge=1)
+    max_reply_messages: int = Field(8, ge=1)  # platform messages one reply may fill
     user_messages_per_minute: int = Field(20, ge=0)  # per user, across chats; 0: no limit
     blocked_users: list[str] = []  # "platform:user_id", e.g. "telegram:12345": ignored everywhere
 

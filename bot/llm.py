@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -103,7 +103,7 @@ class LLMClient:
         body["prompt"] = request.prompt
         return "/v1/completions", body
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield the reply as it streams. Closing the iterator closes the connection.
 
         Raises LLMUnavailable (nothing answered), LLMRequestRejected (4xx), LLMTimeout (no answer in

@@ -363,6 +363,16 @@ class ReplyStream:
             self._changed.set()
 
     @property
+    def parts(self) -> int:
+        """Platform messages this reply has filled or opened so far."""
+        return len(self._ids) + (self._message is not None)
+
+    @property
+    def max_chars(self) -> int:
+        """The longest message the target takes."""
+        return self._limits.max_chars
+
+    @property
     def text(self) -> str:
         """Everything appended so far."""
         if len(self._chunks) > 1:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -44,6 +44,8 @@ class Behaviour:
     # Raw bytes written into the stream after this many content chunks, e.g. an event nobody
     # can parse: (chunks, bytes).
     raw_after: tuple[int, bytes] | None = None
+    endless: bool = False  # repeat the reply's words for ever: no finish_reason, no [DONE]
+    reasoning_only: bool = False  # every chunk as `reasoning_content` (chat API), no content
 
 
 @dataclass
@@ -122,14 +124,16 @@ class FakeLLMServer:
                 "".join(words[i : i + b.words_per_chunk])
                 for i in range(0, len(words), b.words_per_chunk)
             ]
-            for index, piece in enumerate(pieces):
+            sent: Iterable[str] = _forever(pieces) if b.endless else pieces
+            for index, piece in enumerate(sent):
                 if b.raw_after is not None and index == b.raw_after[0]:
                     await resp.write(b.raw_after[1])
                 if b.die_after_chunks is not None and index >= b.die_after_chunks:
                     assert request.transport is not None
                     request.transport.abort()  # like a killed server: no end of stream
                     return resp
-                chunk = _chat_chunk({"content": piece}) if chat else _text_chunk(piece)
+                key = "reasoning_content" if b.reasoning_only else "content"
+                chunk = _chat_chunk({key: piece}) if chat else _text_chunk(piece)
                 await _send(resp, chunk)
                 if b.delay_s:
                     await asyncio.sleep(b.delay_s)
@@ -147,6 +151,11 @@ class FakeLLMServer:
         finally:
             self.in_flight -= 1
         return resp
+
+
+def _forever(pieces: list[str]) -> Iterator[str]:
+    while True:
+        yield from pieces or ["more "]
 
 
 async def _send(resp: web.StreamResponse, obj: dict[str, Any]) -> None:
