@@ -9,7 +9,6 @@ between the bot and a fake cuts connections on demand.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,12 @@ from tests.fakes.platform_bots import (
 )
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram_api import FakeTelegramAPI
+from tests.fakes.waits import HANG_GUARD_S, eventually
 
 EDIT_429_SHARE = 0.2
 PADDING = " ".join(f"word{i}" for i in range(12))  # streamed a word at a time: several edits
 CHATS = 6
 MESSAGES_PER_CHAT = 2
-HANG_GUARD_S = 60.0  # a stuck bot fails the test instead of hanging it; not a speed target
 POSTS = r"/channels/\d+/messages"  # Discord REST paths
 EDITS = r"/channels/\d+/messages/\d+"
 
@@ -47,13 +46,6 @@ def long_echo(body: dict[str, Any]) -> str:
 
 def expected(text: str) -> str:
     return f"echo {text}: {PADDING}"
-
-
-async def eventually(predicate: Callable[[], object], *, limit_s: float = HANG_GUARD_S) -> None:
-    """Wait until `predicate()` holds, checking every few milliseconds (a hang guard, no timing)."""
-    async with asyncio.timeout(limit_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
