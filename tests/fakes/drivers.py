@@ -113,7 +113,7 @@ class PlatformDriver(ABC):
 
     @abstractmethod
     def downloads(self) -> int:
-        """How many files the bot downloaded from the platform."""
+        """How many files the bot asked the platform for (Telegram: getFile calls)."""
 
     @abstractmethod
     def rate_limit_next_edit(self) -> None:
@@ -140,8 +140,8 @@ class PlatformDriver(ABC):
 
     @abstractmethod
     async def until(self, predicate: Callable[[], object]) -> None:
-        """`wait_until`, with no limit of its own where the fake has one without (the caller
-        sets one)."""
+        """`wait_until` for a caller that sets its own limit (the fake's guard, if it has one,
+        still applies)."""
 
 
 class TelegramDriver(PlatformDriver):
