@@ -12,20 +12,27 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Settings, resolve_config_path
 from bot.errors import ConfigError, LLMUnavailable, StorageError
 from bot.logs import setup_logging
+from bot.platform import STOP_GRACE_S
 
 if TYPE_CHECKING:
-    from bot.platform import PlatformAdapter
+    from bot.platform import Platform, PlatformAdapter
 
 log = logging.getLogger("parley")
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
+# SIGTERM to exit, whatever is unreachable: container runtimes send SIGKILL after 10 s. Replies
+# in progress get STOP_GRACE_S, the platforms' goodbyes the rest of PLATFORM_STOP_BUDGET_S,
+# then the managed llama-server and the store are closed.
+SHUTDOWN_BUDGET_S = 5.0
+PLATFORM_STOP_BUDGET_S = 3.5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,14 +143,38 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        names = ", ".join(platform.name for platform in enabled)
         try:
             for adapter in adapters:
                 await adapter.start()
-            names = ", ".join(platform.name for platform in enabled)
             log.info("Parley is running on %s; Ctrl-C to stop", names)
             await stop.wait()
         finally:
             warm_up.cancel()
-            for adapter in reversed(adapters):
-                await adapter.stop()
+            started = time.monotonic()
+            log.info(
+                "shutting down: replies in progress get %g s to finish (within %g s in all)",
+                STOP_GRACE_S,
+                SHUTDOWN_BUDGET_S,
+            )
+            await _stop_platforms(enabled, adapters)
+    # Leaving the `async with` above stopped the managed llama-server and closed the store.
+    log.info("stopped in %.1f s", time.monotonic() - started)
     return 0
+
+
+async def _stop_platforms(enabled: list[Platform], adapters: list[PlatformAdapter]) -> None:
+    """Stop every platform at once, within PLATFORM_STOP_BUDGET_S whatever answers or not."""
+
+    async def stop(platform: Platform, adapter: PlatformAdapter) -> None:
+        try:
+            async with asyncio.timeout(PLATFORM_STOP_BUDGET_S):
+                await adapter.stop()
+        except TimeoutError:
+            log.warning(
+                "%s did not stop within %g s (unreachable?): leaving without it",
+                platform.name,
+                PLATFORM_STOP_BUDGET_S,
+            )
+
+    await asyncio.gather(*(stop(p, a) for p, a in zip(enabled, adapters, strict=False)))

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TYPING_EVERY_S = 4.0  # platforms show "typing…" for about 5 s per call
+_FINISH_WHEN_CANCELLED_S = 1.0  # a cancelled reply's last edit, before the stream is dropped
 _SAVE_PARTIAL_EVERY_S = 2.0  # how much streamed text a hard crash can lose
 _HISTORY_ROWS = 400  # rows read per prompt before the token budget trims them
 
@@ -62,6 +63,9 @@ MSG_SLOW_DOWN = (
     "You're sending messages faster than I can answer (limit: {limit} a minute). "
     "Please wait a moment and try again."
 )
+# For adapters: an attachment the bot cannot read ("photos"), alone or with text to answer.
+MSG_UNREADABLE = "I can read text and voice messages, but I can't open {kind} yet."
+MSG_CAPTION_ONLY = "I can't open {kind} yet, so I'm answering the text that came with it."
 MSG_REPLY_TIMEOUT = "⚠️ I stopped this reply: it took longer than {seconds:g} s."
 MSG_REPLY_CAPPED = "⚠️ I stopped this reply: it reached the length limit for one answer."
 MSG_INTERNAL = (
@@ -73,6 +77,10 @@ MSG_NO_STT = "Voice notes are not available on this bot (speech recognition is n
 
 class _ReplyCapped(Exception):
     """A reply reached `engine.max_reply_chars` or `engine.max_reply_messages`."""
+
+
+class _ChatRefused(Exception):
+    """The chat refused the reply for good (blocked, deleted): stop generating it."""
 
 
 class _Caps:
@@ -90,7 +98,10 @@ class _Caps:
         return piece[: max(0, room)]
 
     def check(self, streamed: _Streamed, reasoning: str) -> None:
-        """Raise `_ReplyCapped` once the reply has used up a cap."""
+        """Raise `_ChatRefused` if the chat refused the reply, `_ReplyCapped` at a cap."""
+        refused = self.stream.refused
+        if refused is not None:
+            raise _ChatRefused(refused)
         self.reasoning += len(reasoning)
         if len(streamed.answer) + self.reasoning >= self.max_chars:
             raise _ReplyCapped(f"{self.max_chars}-character cap")
@@ -305,6 +316,10 @@ class ConversationEngine:
             log.warning("reply in %s stopped after %g s", target.chat_key, self._reply_timeout)
             note = MSG_REPLY_TIMEOUT.format(seconds=self._reply_timeout)
             status = "partial" if streamed.answer else "failed"
+        except _ChatRefused as exc:
+            # Blocked or gone: stop at once, so the slot and the chat's line are free again.
+            log.warning("reply in %s stopped: the chat refused it (%s)", target.chat_key, exc)
+            status = "partial" if streamed.answer else "failed"
         except _ReplyCapped as exc:
             log.warning("reply in %s cut at its %s", target.chat_key, exc)
             note = MSG_REPLY_CAPPED
@@ -327,9 +342,15 @@ class ConversationEngine:
                 turn, streamed.answer, "partial" if streamed.answer else "failed"
             )
             typing.cancel()
-            # Best effort: the platform may be unreachable too.
-            with contextlib.suppress(DeliveryError, RetryAfter, OSError):
-                await asyncio.shield(stream.finish(stream.text + " …" if stream.text else None))
+            # Best effort and brief: the platform may be unreachable too, and a shutdown waits.
+            finish = asyncio.ensure_future(
+                stream.finish(stream.text + " …" if stream.text else None)
+            )
+            try:
+                async with asyncio.timeout(_FINISH_WHEN_CANCELLED_S):
+                    await asyncio.shield(finish)
+            except (TimeoutError, DeliveryError, RetryAfter, OSError):
+                await stream.cancel()
             if voice is not None:
                 await voice.cancel()
             raise

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import telegram.error
-from telegram import Audio, Message, Update, VideoNote, Voice
+from telegram import Audio, Message, Update, Video, VideoNote, Voice
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
 from adapters.telegram.commands import find as find_command
@@ -31,11 +31,14 @@ from adapters.telegram.rules import (
     may_use,
     parse_command,
     strip_mention,
+    unreadable_kind,
 )
 from adapters.telegram.targets import TelegramReplyTarget
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
+from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
 from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
+from bot.platform import STOP_GRACE_S
 from bot.types import IncomingMessage
 
 if TYPE_CHECKING:
@@ -45,7 +48,6 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 POLL_TIMEOUT_S = 30  # long-poll length of getUpdates (Telegram allows up to 50)
-STOP_GRACE_S = 10.0  # replies in progress get this long to finish when the bot stops
 UPDATES = [Update.MESSAGE]  # the only update type the bot acts on
 
 MSG_REFUSED = "Sorry, I'm not available to you here. Please ask the bot's owner for access."
@@ -59,9 +61,9 @@ _MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
 _UNDELIVERED = (DeliveryError, RetryAfter, ConnectionError)
 
-_MESSAGES = filters.UpdateType.MESSAGE & (
-    filters.TEXT | filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE
-)
+# Every user message but commands and service messages (joins, pins...): what Parley cannot
+# read (a photo, a sticker) still gets an answer saying so.
+_MESSAGES = filters.UpdateType.MESSAGE & ~filters.StatusUpdate.ALL
 
 
 class TelegramAdapter:
@@ -230,9 +232,17 @@ class TelegramAdapter:
         try:
             if text is None:
                 text = strip_mention(message.text or message.caption or "", bot_username)
+            kind = unreadable_kind(message)
+            if kind is not None:
+                log.info("Telegram: %s in chat %s cannot be read", kind, message.chat_id)
+                await target.notice(
+                    MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
+                )
+                if not text:
+                    return
             audio: bytes | None = None
             mime: str | None = None
-            media = message.voice or message.audio or message.video_note
+            media = message.voice or message.audio or message.video_note or message.video
             if media is not None:
                 audio = await self._download(media, target)
                 if audio is None:
@@ -279,7 +289,7 @@ class TelegramAdapter:
             log.warning("message to chat %s not delivered: %s", message.chat_id, exc)
 
     async def _download(
-        self, media: Voice | Audio | VideoNote, target: TelegramReplyTarget
+        self, media: Voice | Audio | VideoNote | Video, target: TelegramReplyTarget
     ) -> bytes | None:
         """The recording's bytes, or None after telling the user why not."""
         limit = min(MAX_DOWNLOAD_BYTES, self._settings.stt.max_bytes)
@@ -359,5 +369,5 @@ class TelegramAdapter:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-def _default_mime(media: Voice | Audio | VideoNote) -> str:
-    return "video/mp4" if isinstance(media, VideoNote) else "audio/ogg"
+def _default_mime(media: Voice | Audio | VideoNote | Video) -> str:
+    return "video/mp4" if isinstance(media, VideoNote | Video) else "audio/ogg"

@@ -277,7 +277,7 @@ class FakeTelegramAPI:
         reply_to: StoredMessage | None = None,
         caption: str | None = None,
     ) -> dict[str, Any]:
-        """An update with a voice note (`kind` voice | audio | video_note) whose file is `data`.
+        """An update with a recording (`kind` voice | audio | video_note | video) of `data`.
 
         `file_size` overrides the advertised size (an "oversized" file needs no real bytes).
         """
@@ -291,6 +291,8 @@ class FakeTelegramAPI:
         }
         if kind == "video_note":
             media["length"] = 240
+        elif kind == "video":
+            media.update(width=320, height=240, mime_type="video/mp4")
         else:
             media["mime_type"] = "audio/ogg" if kind == "voice" else "audio/mpeg"
         message[kind] = media
@@ -300,6 +302,29 @@ class FakeTelegramAPI:
             if entities:
                 message["caption_entities"] = entities
         self._remember(message, kind=kind, file_id=file_id)
+        return self._wrap(message)
+
+    def media_update(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        kind: str,
+        payload: Any,
+        *,
+        caption: str | None = None,
+    ) -> dict[str, Any]:
+        """An update with any other kind of message (photo, document, sticker, location...).
+
+        `payload` is the field's value as the Bot API shapes it, e.g. a list of PhotoSize.
+        """
+        message = self._user_message(chat, user, None)
+        message[kind] = payload
+        if caption:
+            message["caption"] = caption
+            entities = _auto_entities(caption)
+            if entities:
+                message["caption_entities"] = entities
+        self._remember(message, kind=kind)
         return self._wrap(message)
 
     def bot_said(self, chat: dict[str, Any], text: str) -> StoredMessage:
