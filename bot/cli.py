@@ -1,4 +1,4 @@
-"""The `parley` command: run (default), chat, migrate, doctor."""
+"""The `parley` command: run (default), chat, migrate, doctor, admin set-password."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from bot.logs import setup_logging
 
 if TYPE_CHECKING:
     from bot.app import ParleyApp
+    from bot.http_server import HttpExtension
 
 log = logging.getLogger("parley")
 
@@ -41,14 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("migrate", help="apply database migrations and exit")
     sub.add_parser("doctor", help="check config, database, LLM backends, speech models, tokens")
+    admin = sub.add_parser("admin", help="the admin console (/admin)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin_sub.add_parser(
+        "set-password",
+        help="read a new admin password from standard input and store its argon2 hash",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `parley` and `python -m bot`."""
     args = _parser().parse_args(argv)
+    config_path = resolve_config_path(args.config)
     try:
-        settings = load_settings(resolve_config_path(args.config))
+        settings = load_settings(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -62,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
             from bot.doctor import run_doctor
 
             return asyncio.run(run_doctor(settings))
+        if command == "admin":
+            from bot.admin.cli import set_password
+
+            return set_password(settings)
         voice = getattr(args, "voice", None)
         if voice is not None and not voice.is_file():
             print(f"--voice: {voice} is not a file", file=sys.stderr)
             return EXIT_CONFIG
-        return asyncio.run(_run(settings, console=command == "chat", voice_file=voice))
+        return asyncio.run(
+            _run(settings, console=command == "chat", voice_file=voice, config_path=config_path)
+        )
     except asyncio.CancelledError:  # SIGTERM during start-up or shutdown
         return 0
     except ConfigError as exc:  # found at start-up, e.g. a token the platform refuses
@@ -102,7 +116,9 @@ class PlatformAdapter(Protocol):
     async def stop(self) -> None: ...
 
 
-async def _run(settings: Settings, *, console: bool, voice_file: Path | None) -> int:
+async def _run(
+    settings: Settings, *, console: bool, voice_file: Path | None, config_path: Path | None = None
+) -> int:
     from bot.app import ParleyApp
     from bot.health import platform_check
     from bot.http_server import serve_http
@@ -123,7 +139,12 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
     assert main is not None
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    async with ParleyApp(settings) as app, serve_http(settings.http, app.health_checks()) as checks:
+    async with (
+        ParleyApp(settings) as app,
+        serve_http(
+            settings.http, app.health_checks(), extensions=_http_extensions(app, config_path)
+        ) as checks,
+    ):
         if console:
             from adapters.console import ConsoleChat
 
@@ -150,6 +171,16 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
             for adapter in reversed(adapters):
                 await adapter.stop()
     return 0
+
+
+def _http_extensions(app: ParleyApp, config_path: Path | None) -> list[HttpExtension]:
+    """The admin console on the [http] endpoint, unless it is turned off."""
+    http = app.settings.http
+    if not (http.enabled and http.admin):
+        return []
+    from bot.admin.console import AdminConsole
+
+    return [AdminConsole.for_app(app, config_path=config_path)]
 
 
 def _platform_adapter(name: str, settings: Settings, app: ParleyApp) -> PlatformAdapter:

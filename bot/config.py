@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -144,10 +152,40 @@ class DiscordSettings(_Section):
     global_rate: float = Field(50.0, gt=0)  # requests per second for the whole bot
 
 
+MIN_ADMIN_PASSWORD_CHARS = 8
+
+
 class HTTPSettings(_Section):
+    """The operations endpoint: /healthz, /metrics and the admin console (/admin)."""
+
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback: reach /admin through an SSH tunnel (README)
     port: int = Field(8080, ge=0, le=65535)
+    admin: bool = True  # serve /admin; it stays locked until a password is set
+    # For containers; elsewhere `parley admin set-password` stores an argon2 hash in a file.
+    admin_password: SecretStr = SecretStr("")
+    admin_password_file: str = ""  # empty: "admin-password" beside storage.path
+    tls_cert: str = ""  # PEM certificate chain and key: serve HTTPS directly
+    tls_key: str = ""
+    behind_tls_proxy: bool = False  # a reverse proxy terminates TLS in front of Parley
+
+    @field_validator("admin_password")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < MIN_ADMIN_PASSWORD_CHARS:
+            raise ValueError(f"must be at least {MIN_ADMIN_PASSWORD_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> HTTPSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when browsers reach this endpoint over HTTPS (directly or through a proxy)."""
+        return bool(self.tls_cert) or self.behind_tls_proxy
 
 
 class LoggingSettings(_Section):
@@ -194,11 +232,12 @@ class Settings(BaseSettings):
             self.telegram.token,
             self.telegram.webhook_secret,
             self.discord.token,
+            self.http.admin_password,
         ]
         return [v.get_secret_value() for v in values if v.get_secret_value()]
 
 
-_SECRET_KEYS = ("token", "api_key", "webhook_secret")
+_SECRET_KEYS = ("token", "api_key", "webhook_secret", "admin_password")
 
 
 def resolve_config_path(cli_path: str | None, env: Mapping[str, str] | None = None) -> Path | None:

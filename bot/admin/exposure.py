@@ -1,0 +1,42 @@
+"""Who can reach the admin console: the warning at start and in `parley doctor`."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from bot.admin.passwords import password_file, read_hash_file
+from bot.config import HTTPSettings, Settings
+
+SET_PASSWORD_HINT = "parley admin set-password"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1); a wildcard is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(http: HTTPSettings) -> str | None:
+    """Why serving /admin as configured is risky, or None when it is not."""
+    if not http.enabled or not http.admin or is_loopback(http.host) or http.tls:
+        return None
+    return (
+        f"http.host = {http.host!r}: the admin console is reachable from other machines over "
+        "plain HTTP, so its password and session cookie cross the network unencrypted. Keep "
+        "http.host on 127.0.0.1 and use an SSH tunnel, or serve HTTPS (http.tls_cert and "
+        "http.tls_key, or a TLS proxy with http.behind_tls_proxy = true)"
+    )
+
+
+def password_state(settings: Settings) -> str:
+    """Where the admin password comes from, for `parley doctor` (blocking: reads the file)."""
+    if settings.http.admin_password.get_secret_value():
+        return "password from the environment (PARLEY_HTTP__ADMIN_PASSWORD)"
+    path = password_file(settings)
+    if read_hash_file(path) is not None:
+        return f"password set (argon2 hash in {path})"
+    return f"no password set: /admin stays locked until `{SET_PASSWORD_HINT}`"
