@@ -15,6 +15,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -85,6 +87,25 @@ _CSP = (
 _HERE = Path(__file__).resolve().parent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Access:
+    """What the guard found out about the request being handled."""
+
+    credential: Credential | None
+    session: Session | None
+
+
+# Set by the guard for the request its task is handling (typed request keys need aiohttp 3.14).
+_NOBODY = _Access(None, None)
+_ACCESS: ContextVar[_Access] = ContextVar("admin_access", default=_NOBODY)
+
+
+def _credential() -> Credential:
+    credential = _ACCESS.get().credential
+    assert credential is not None  # the guard serves the sign-in only once a password is set
+    return credential
 
 
 class AdminConsole:
@@ -217,10 +238,11 @@ class AdminConsole:
         route = request.match_info.route
         if isinstance(route.resource, web.StaticResource) or route.resource is None:
             return await handler(request)  # style, script, and 404s: nothing to protect
+        _ACCESS.set(_NOBODY)
         credential = await self.passwords.current()
         if credential is None:
             return self._locked(request)
-        request["credential"] = credential
+        _ACCESS.set(_Access(credential, None))
         if route.name in _PUBLIC_ROUTES:
             return await handler(request)
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE), credential.fingerprint)
@@ -228,7 +250,7 @@ class AdminConsole:
             if request.method in _SAFE_METHODS and route.name not in ("logs_stream",):
                 return _redirect(f"{LOGIN_PATH}?next={_quote(request.path_qs)}")
             return web.json_response({"error": "sign in first"}, status=401)
-        request["session"] = session
+        _ACCESS.set(_Access(credential, session))
         if request.method not in _SAFE_METHODS:
             if not _same_origin(request):
                 return self._refused(request, "This form came from another site.")
@@ -261,7 +283,7 @@ class AdminConsole:
     def _render(
         self, request: web.Request, template: str, *, status: int = 200, **context: Any
     ) -> web.Response:
-        session: Session | None = request.get("session")
+        session = _ACCESS.get().session
         html = self._templates.get_template(template).render(
             csrf_token=session.csrf_token if session else "",
             signed_in=session is not None,
@@ -275,7 +297,7 @@ class AdminConsole:
     # -- sign-in -------------------------------------------------------------------------------
 
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
-        credential: Credential = request["credential"]
+        credential = _credential()
         if self.sessions.get(request.cookies.get(SESSION_COOKIE), credential.fingerprint):
             return _redirect(_next_path(request.query.get("next")))
         return self._login_form(request)
@@ -305,7 +327,7 @@ class AdminConsole:
         return response
 
     async def _login_submit(self, request: web.Request) -> web.StreamResponse:
-        credential: Credential = request["credential"]
+        credential = _credential()
         address = request.remote or "unknown"
         form = await request.post()
         next_path = _next_path(_field(form, "next"))
