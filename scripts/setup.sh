@@ -57,5 +57,21 @@ print(f"    LLM: {bundled_model_path()}")
 PY
 fi
 
+# The admin console's browser test drives Debian's Chromium through chromium-driver (selenium):
+# only for development (the dev extra), never in the Docker image.
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+    step "Installing Chromium and chromium-driver for the browser test (apt-get)"
+    SUDO=()
+    [[ "$(id -u)" -eq 0 ]] || SUDO=(sudo)
+    if "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+        || { "${SUDO[@]}" apt-get update -q >/dev/null && "${SUDO[@]}" apt-get install -y -q \
+                --no-install-recommends chromium chromium-driver >/dev/null; }; then
+        echo "    $(chromium --version 2>/dev/null | head -1)"
+    else
+        echo "    could not install chromium and chromium-driver: tests/test_admin_browser.py will fail" >&2
+        echo "    (install them with: apt-get install chromium chromium-driver)" >&2
+    fi
+fi
+
 echo "$WANT" > "$STAMP"
 step "Setup complete"
