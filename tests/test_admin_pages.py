@@ -38,7 +38,7 @@ DISCORD_TOKEN = "MTEwMDAw.secret-discord-token.xyz"
 API_KEY = "sk-parley-secret-api-key-xyz"
 LLM_URL_PASSWORD = "url-secret-password-xyz"
 _ROW = re.compile(r"<tr><th scope=\"row\"><code>([^<]+)</code></th>\s*<td[^>]*>([^<]*)</td>\s*"
-                  r"<td><span class=\"badge source-[a-z-]+\">([a-z-]+)</span>")  # fmt: skip
+                  r"<td[^>]*><span class=\"badge source-[a-z-]+\">([a-z-]+)</span>")  # fmt: skip
 
 
 def page_text(markup: str) -> str:

@@ -666,7 +666,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: browsers then send this site's real Origin with its forms.
+    response.headers["Referrer-Policy"] = "same-origin"
     static = isinstance(request.match_info.route.resource, web.StaticResource)
     # Pages hold conversations: never kept in a cache; style and script may be revalidated.
     response.headers["Cache-Control"] = "no-cache" if static else "no-store"
@@ -689,10 +690,13 @@ def _next_path(raw: str | None) -> str:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """A POST with an Origin header must come from this host (SameSite aside, for old browsers)."""
+    """A POST whose Origin names another site is refused (the CSRF token aside).
+
+    Browsers send "null" in some privacy contexts: then the token alone decides.
+    """
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
-        return origin is None
+        return True
     return origin.split("://", 1)[-1].rstrip("/") == request.host
 
 

@@ -1,15 +1,15 @@
 """The overview's numbers, read from the same Prometheus registry that /metrics serves.
 
-`MetricsHistory` samples the registry's totals every few seconds and keeps an hour of samples;
-the charts are the differences between neighbouring samples (replies a minute, mean time to first
-token, 429s a minute, mean speech times), so they agree with what a Prometheus scrape would show.
+`MetricsHistory` samples the registry's totals every few seconds and keeps an hour of samples.
+Each chart point is the change over the minute up to that sample (replies in that minute, mean
+time to first token of the replies in it, ...), as Prometheus' `rate(...[1m])` would show it:
+one reply in a five-second sample is not "12 a minute".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 SAMPLE_EVERY_S = 5.0
 KEEP_SAMPLES = 720  # an hour at SAMPLE_EVERY_S
+WINDOW_S = 60.0  # each point covers the minute before it
 
 # The metric families of bot/metrics.py the overview reads (sample names as exposed).
 REPLIES = "parley_replies_total"
@@ -146,8 +147,14 @@ class MetricsHistory:
         return read_totals(self.registry)
 
     def series(self) -> list[Series]:
+        """One point per sample: the change over the WINDOW_S before it (less at the start)."""
         samples = list(self._samples)
-        pairs = list(itertools.pairwise(samples))
+        pairs: list[tuple[Totals, Totals]] = []
+        start = 0
+        for end in range(1, len(samples)):
+            while samples[end].at - samples[start + 1].at >= WINDOW_S:
+                start += 1
+            pairs.append((samples[start], samples[end]))
         return [
             Series(key, title, unit, [(b.at, fn(a, b)) for a, b in pairs])
             for key, title, unit, fn in CHARTS

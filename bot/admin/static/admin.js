@@ -74,7 +74,7 @@
       figure.append(axis);
     }
     axis.replaceChildren(
-      el("span", "", `${Math.round((t1 - t0) / 60)} min ago`),
+      el("span", "", t1 - t0 < 120 ? `${Math.round(t1 - t0)} s ago` : `${Math.round((t1 - t0) / 60)} min ago`),
       el("span", "", `max ${formatValue(max, series.unit)}`),
       el("span", "", "now"),
     );
