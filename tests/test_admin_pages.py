@@ -14,12 +14,15 @@ import pytest
 from pydantic import SecretStr
 
 from bot.admin.config_view import describe_settings, mask_url
+from bot.admin.console import AdminConsole
 from bot.admin.exposure import exposure_warning
 from bot.admin.passwords import password_file
 from bot.admin.queries import chat_messages
 from bot.admin.sessions import SESSION_COOKIE
+from bot.app import ParleyApp
 from bot.config import HTTPSettings, load_settings
 from bot.doctor import check_config
+from bot.http_server import OpsServer
 from tests.conftest import make_settings, message
 from tests.fakes.admin_client import (
     PASSWORD,
@@ -373,16 +376,37 @@ async def test_the_server_stops_with_event_streams_open(
 def test_a_published_console_without_tls_is_warned_about(tmp_path: Path) -> None:
     public = HTTPSettings(enabled=True, host="0.0.0.0")
     assert "SSH tunnel" in (exposure_warning(public) or "")
+    assert exposure_warning(public, password_set=False) is None  # locked: nothing to protect
     assert exposure_warning(HTTPSettings(enabled=True, host="127.0.0.1")) is None
     assert exposure_warning(HTTPSettings(enabled=True, host="::1")) is None
     assert exposure_warning(HTTPSettings(enabled=True, host="0.0.0.0", admin=False)) is None
-    assert (
-        exposure_warning(HTTPSettings(enabled=True, host="0.0.0.0", behind_tls_proxy=True)) is None
-    )
+    proxied = HTTPSettings(enabled=True, host="0.0.0.0", behind_tls_proxy=True)
+    assert exposure_warning(proxied) is None
     settings = make_settings(tmp_path, http={"enabled": True, "host": "0.0.0.0"})
     admin = [f for f in check_config(settings) if f.check == "admin"]
-    assert [f.status for f in admin] == ["ok", "warn"]
+    assert [f.status for f in admin] == ["ok"]
     assert "no password set" in admin[0].detail and "set-password" in admin[0].detail
-    assert "plain HTTP" in admin[1].detail
+    settings = make_settings(
+        tmp_path, http={"enabled": True, "host": "0.0.0.0", "admin_password": PASSWORD}
+    )
+    admin = [f for f in check_config(settings) if f.check == "admin"]
+    assert [f.status for f in admin] == ["ok", "warn"]
+    assert "environment" in admin[0].detail and "plain HTTP" in admin[1].detail
     assert password_file(settings) == tmp_path / "admin-password"
     assert [f.check for f in check_config(make_settings(tmp_path))] == ["config"]
+
+
+async def test_the_start_warns_when_the_console_is_published_without_tls(
+    fake_llm: FakeLLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Bound to loopback for the test; the warning reads the configured host only.
+    settings = make_settings(tmp_path, **admin_sections(fake_llm.url))
+    settings.http.host = "0.0.0.0"
+    async with ParleyApp(settings, speech=False) as app:
+        console = AdminConsole.for_app(app)
+        loopback = settings.http.model_copy(update={"host": "127.0.0.1"})
+        server = OpsServer(loopback, app.health_checks(), extensions=[console])
+        await server.start()
+        await server.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("http.host = '0.0.0.0'" in w and "SSH tunnel" in w for w in warnings), warnings

@@ -198,9 +198,6 @@ class AdminConsole:
         return sub
 
     async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        warning = exposure_warning(self.settings.http)
-        if warning:
-            log.warning("%s", warning)
         self.log_ring.attach()
         await self.passwords.start()
         self._file_data = await asyncio.to_thread(read_config_file, self.config_path)
@@ -212,6 +209,9 @@ class AdminConsole:
             log.info("admin console: locked, no password set (%s)", SET_PASSWORD_HINT)
         else:
             log.info("admin console on %s (password from the %s)", PREFIX, credential.origin)
+        warning = exposure_warning(self.settings.http, password_set=credential is not None)
+        if warning:
+            log.warning("%s", warning)
         try:
             yield
         finally:
