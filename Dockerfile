@@ -77,7 +77,7 @@ EXPOSE 8080
 # /healthz answers 503 when the database, every LLM backend or a platform is down. The start
 # period covers llama-server loading its model (llm.server.startup_timeout_s, 120 s by default).
 HEALTHCHECK --interval=30s --timeout=30s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "bot.health"]
+    CMD ["parley", "healthcheck"]
 
 ENTRYPOINT ["parley"]
 CMD ["run"]

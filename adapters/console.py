@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from bot.engine import ConversationEngine
+from bot.commands import find
+from bot.platform import Services
 from bot.types import IncomingMessage, RateBudget, TargetLimits, VoiceClip
 
+PLATFORM = "console"
 CONSOLE_CHANNEL = "local"
-_COMMANDS = ("reset", "persona", "voice", "config", "help", "forget", "start")
+QUIT_COMMANDS = ("quit", "exit")
 # The terminal has no rate limit and no length limit worth splitting at.
 _LIMITS = TargetLimits(
     max_chars=1_000_000,
@@ -97,16 +99,17 @@ class ConsoleChat:
 
     def __init__(
         self,
-        engine: ConversationEngine,
+        services: Services,
         *,
         stdin: TextIO = sys.stdin,
         stdout: TextIO = sys.stdout,
         voice_dir: Path = Path("voice-replies"),
     ) -> None:
-        self.engine = engine
+        self.engine = services.engine
+        self.commands = services.commands
         self.stdin = stdin
         self.out = stdout
-        self.target = ConsoleTarget(stdout, voice_dir, engine.settings.engine.bot_name)
+        self.target = ConsoleTarget(stdout, voice_dir, services.settings.engine.bot_name)
         self.interactive = stdin.isatty()
         self._reply: asyncio.Task[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
@@ -115,7 +118,7 @@ class ConsoleChat:
         self, text: str = "", audio: bytes | None = None, mime: str | None = None
     ) -> IncomingMessage:
         return IncomingMessage(
-            platform="console",
+            platform=PLATFORM,
             channel_key=CONSOLE_CHANNEL,
             user_id="console",
             user_name="you",
@@ -178,12 +181,14 @@ class ConsoleChat:
                     continue
                 if line.startswith("/"):
                     name_, _, args = line[1:].partition(" ")
-                    if name_ in ("quit", "exit"):
+                    if name_ in QUIT_COMMANDS:
                         break
-                    if name_ in _COMMANDS:
-                        self.out.write(
-                            await self.engine.command(self._message(line), name_, args) + "\n"
-                        )
+                    command = find(name_)
+                    if command is not None and command.turn:
+                        line = args  # /ask: the rest is the message
+                    elif command is not None and command.available_on(PLATFORM):
+                        reply = await self.commands.run(self._message(line), name_, args)
+                        self.out.write(reply + "\n")
                         continue
                 await self._answer(self._message(line))
         finally:

@@ -86,7 +86,7 @@ async def run(mode: str, channels: int, budget: int, words: int, words_per_s: fl
                 },
             )
             async with ParleyApp(settings, speech=False) as app:
-                adapter = DiscordAdapter(settings, app.engine, guild_ready_timeout=READY_S)
+                adapter = DiscordAdapter(app.services, guild_ready_timeout=READY_S)
                 await adapter.start()
                 users = [FakeUser(FIRST_USER_ID + i, f"user{i}") for i in range(channels)]
                 started = time.monotonic()

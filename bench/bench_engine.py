@@ -22,7 +22,7 @@ from bot.channel_config import ChannelSettings
 from bot.config import EngineSettings, LLMSettings, Settings
 from bot.llm import LLMClient
 from bot.prompt import build_request, system_prompt
-from bot.storage import HistoryStore, migrate
+from bot.storage import SQLiteStore, migrate
 from bot.types import IncomingMessage
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.targets import RecordingTarget
@@ -99,7 +99,7 @@ async def history_query(tmp: Path) -> tuple[list[float], float]:
     conn.commit()
     conn.close()
     fill_s = time.perf_counter() - start
-    store = await HistoryStore.open(path)
+    store = await SQLiteStore.open(path)
     timings = []
     for _ in range(2000):
         channel = rng.randint(1, CHANNELS)

@@ -24,9 +24,12 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.config import DiscordSettings, TelegramSettings
+from adapters.discord.config import DiscordSettings
+from adapters.discord.limits import channel_limits as discord_limits
+from adapters.telegram.config import TelegramSettings
+from adapters.telegram.limits import chat_limits as telegram_limits
 from bot.errors import RetryAfter
-from bot.streaming import EditScheduler, discord_limits, telegram_limits
+from bot.streaming import EditScheduler
 from bot.types import TargetLimits
 from tests.fakes.streaming import FakePlatform, FakeTarget, Window, run_virtual
 

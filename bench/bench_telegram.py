@@ -76,7 +76,7 @@ async def run(mode: str, chats: int, words: int, words_per_s: float) -> Row:
                 },
             )
             async with ParleyApp(settings, speech=False) as app:
-                adapter = TelegramAdapter(settings, app.engine, poll_timeout_s=1)
+                adapter = TelegramAdapter(app.services, poll_timeout_s=1)
                 await adapter.start()
                 users = [api.user(FIRST_USER_ID + i, f"user{i}") for i in range(chats)]
                 started = time.monotonic()

@@ -1,4 +1,8 @@
-"""Wiring: the database, the LLM backends, speech, the edit scheduler and the engine."""
+"""The composition root (with bot/cli.py): the database, the LLM backends, speech, the edit
+scheduler, the engine, the commands, and the platform adapters found under adapters/.
+
+This module and bot/cli.py are the only core modules that import adapters/.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from bot.config import Settings
+from adapters import platforms, settings_sections
+from bot.commands import Commands
+from bot.config import Settings, load_settings, settings_class
 from bot.engine import ConversationEngine
 from bot.errors import ConfigError
 from bot.health import HealthChecks, database_check, llm_check
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient
-from bot.storage import HistoryStore
+from bot.platform import Platform, PlatformAdapter, Services
+from bot.storage import HistoryStore, open_store
 from bot.streaming import EditScheduler
 
 if TYPE_CHECKING:
@@ -30,6 +37,16 @@ _RETENTION_SWEEP_S = 3600.0
 BUNDLED_MODEL_TEMPERATURE = 0.3  # unless engine.temperature is set
 
 
+def load(path: str | Path | None = None) -> Settings:
+    """The settings from `path` and the environment, with every platform's section."""
+    return load_settings(path, settings_sections())
+
+
+def full_settings_class() -> type[Settings]:
+    """`Settings` with every platform's section (for building settings in code and tests)."""
+    return settings_class(settings_sections())
+
+
 class ParleyApp:
     """Owns everything a running bot needs; `async with ParleyApp(settings) as app:`."""
 
@@ -40,11 +57,12 @@ class ParleyApp:
         self.store: HistoryStore
         self.llm: LLMClient
         self.engine: ConversationEngine
+        self.commands: Commands
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
         s = self.settings
-        self.store = await HistoryStore.open(s.storage.path)
+        self.store = await open_store(s.storage)
         try:
             interrupted = await self.store.mark_interrupted()
             if interrupted:
@@ -64,12 +82,26 @@ class ParleyApp:
                 transcriber=transcriber,
                 synthesizer=synthesizer,
             )
+            self.commands = Commands(s, self.store)
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
         except BaseException:
             await self.aclose()
             raise
         return self
+
+    @property
+    def services(self) -> Services:
+        """What a platform adapter gets: the settings, the engine and the commands."""
+        return Services(self.settings, self.engine, self.commands)
+
+    def enabled_platforms(self) -> list[Platform]:
+        """The platforms whose token is set."""
+        return [platform for platform in platforms() if platform.enabled(self.settings)]
+
+    def create_adapter(self, platform: Platform) -> PlatformAdapter:
+        """A platform's adapter, connected to this app's engine and commands."""
+        return platform.create(self.services)
 
     async def _backends(self) -> tuple[list[str], Api, int]:
         s = self.settings.llm

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from bot.config import EngineSettings, VoiceMode
+
+if TYPE_CHECKING:
+    from bot.storage import HistoryStore
 
 # Keys `config set` accepts, with the one-line help `config show` prints.
 CHANNEL_KEYS: dict[str, str] = {
@@ -38,6 +41,13 @@ class ChannelSettings:
         values = {key: getattr(defaults, key) for key in CHANNEL_KEYS}
         values.update({k: v for k, v in overrides.items() if k in CHANNEL_KEYS})
         return cls(**values)
+
+    @classmethod
+    async def load(
+        cls, store: HistoryStore, defaults: EngineSettings, channel_id: int
+    ) -> ChannelSettings:
+        """A chat's settings as they are now (read fresh: another process may have changed them)."""
+        return cls.resolve(defaults, await store.channel_settings(channel_id))
 
 
 def parse_channel_value(defaults: EngineSettings, key: str, raw: str) -> Any:

@@ -1,4 +1,8 @@
-"""The `parley` command: run (default), chat, migrate, doctor, admin set-password."""
+"""The `parley` command: run (default), chat, migrate, doctor, healthcheck, admin set-password.
+
+With bot/app.py, the composition root: it loads the settings with every platform's section and
+starts the platforms whose token is set (the console chat when none is).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from bot.config import Settings, load_settings, resolve_config_path
+from bot.config import Settings, resolve_config_path
 from bot.errors import ConfigError, LLMUnavailable, StorageError
 from bot.logs import setup_logging
 
 if TYPE_CHECKING:
     from bot.app import ParleyApp
     from bot.http_server import HttpExtension
+    from bot.platform import PlatformAdapter
 
 log = logging.getLogger("parley")
 
@@ -42,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("migrate", help="apply database migrations and exit")
     sub.add_parser("doctor", help="check config, database, LLM backends, speech models, tokens")
+    sub.add_parser("healthcheck", help="ask this machine's /healthz (Docker's HEALTHCHECK)")
     admin = sub.add_parser("admin", help="the admin console (/admin)")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     admin_sub.add_parser(
@@ -54,9 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `parley` and `python -m bot`."""
     args = _parser().parse_args(argv)
+    from bot.app import load
+
     config_path = resolve_config_path(args.config)
     try:
-        settings = load_settings(config_path)
+        settings = load(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -67,13 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         if command == "migrate":
             return asyncio.run(_migrate(settings))
         if command == "doctor":
+            from adapters import platforms
             from bot.doctor import run_doctor
 
-            return asyncio.run(run_doctor(settings))
+            return asyncio.run(run_doctor(settings, platforms()))
         if command == "admin":
             from bot.admin.cli import set_password
 
             return set_password(settings)
+        if command == "healthcheck":
+            from bot.health import probe, probe_url
+
+            if not settings.http.enabled:
+                print("the HTTP endpoint is off: set [http] enabled = true", file=sys.stderr)
+                return EXIT_FAILURE
+            return probe(probe_url(settings.http))
         voice = getattr(args, "voice", None)
         if voice is not None and not voice.is_file():
             print(f"--voice: {voice} is not a file", file=sys.stderr)
@@ -95,25 +111,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from bot.storage import migrate
+    from bot.storage import describe_storage, migrate_storage
 
-    before, after = await migrate(settings.storage.path)
+    before, after = await migrate_storage(settings.storage)
+    where = describe_storage(settings.storage)
     if before == after:
-        print(f"{settings.storage.path}: schema version {after}, up to date")
+        print(f"{where}: schema version {after}, up to date")
     else:
-        print(f"{settings.storage.path}: migrated from version {before} to {after}")
+        print(f"{where}: migrated from version {before} to {after}")
     return 0
-
-
-class PlatformAdapter(Protocol):
-    """What Telegram's and Discord's adapters have in common, as far as running them goes."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 async def _run(
@@ -123,16 +129,6 @@ async def _run(
     from bot.health import platform_check
     from bot.http_server import serve_http
 
-    platforms = [
-        name
-        for name, token in (
-            ("telegram", settings.telegram.token),
-            ("discord", settings.discord.token),
-        )
-        if token.get_secret_value()
-    ]
-    if not platforms:
-        console = True
     # Until the chat or the platforms install their own handlers, SIGTERM still shuts down
     # cleanly (the managed llama-server is stopped, not orphaned).
     main = asyncio.current_task()
@@ -145,15 +141,16 @@ async def _run(
             settings.http, app.health_checks(), extensions=_http_extensions(app, config_path)
         ) as checks,
     ):
-        if console:
+        enabled = app.enabled_platforms()
+        if console or not enabled:
             from adapters.console import ConsoleChat
 
-            await ConsoleChat(app.engine).run(voice_file)
+            await ConsoleChat(app.services).run(voice_file)
             return 0
         adapters: list[PlatformAdapter] = []
-        for name in platforms:
-            adapters.append(_platform_adapter(name, settings, app))
-            checks.add(name, platform_check(adapters[-1]))
+        for platform in enabled:
+            adapters.append(app.create_adapter(platform))
+            checks.add(platform.name, platform_check(adapters[-1]))
         # Load the speech models while the platforms connect, not at the first voice note.
         warm_up = asyncio.create_task(app.warm_up_speech())
         stop = asyncio.Event()
@@ -164,7 +161,8 @@ async def _run(
         try:
             for adapter in adapters:
                 await adapter.start()
-            log.info("Parley is running on %s; Ctrl-C to stop", ", ".join(platforms))
+            names = ", ".join(platform.name for platform in enabled)
+            log.info("Parley is running on %s; Ctrl-C to stop", names)
             await stop.wait()
         finally:
             warm_up.cancel()
@@ -181,13 +179,3 @@ def _http_extensions(app: ParleyApp, config_path: Path | None) -> list[HttpExten
     from bot.admin.console import AdminConsole
 
     return [AdminConsole.for_app(app, config_path=config_path)]
-
-
-def _platform_adapter(name: str, settings: Settings, app: ParleyApp) -> PlatformAdapter:
-    if name == "telegram":
-        from adapters.telegram.adapter import TelegramAdapter
-
-        return TelegramAdapter(settings, app.engine)
-    from adapters.discord.adapter import DiscordAdapter
-
-    return DiscordAdapter(settings, app.engine)

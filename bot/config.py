@@ -5,11 +5,15 @@ Secrets (tokens, API keys) are `SecretStr`: they print as `**********` and never
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -17,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -27,10 +32,8 @@ from bot.errors import ConfigError
 VoiceMode = Literal["off", "reply-to-voice", "always"]
 PromptFormat = Literal["plain", "chatml", "llama2", "gemma"]
 
-# Platform limits, documented by the platforms (see README "Platform limits").
-TELEGRAM_MAX_MESSAGE_CHARS = 4096  # sendMessage text after entity parsing
-TELEGRAM_MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # getFile refuses larger files
-DISCORD_MAX_MESSAGE_CHARS = 2000  # message content for a bot without Nitro
+# The largest voice note accepted by default: Telegram's getFile limit, the strictest platform's.
+DEFAULT_MAX_AUDIO_BYTES = 20 * 1024 * 1024
 
 
 class _Section(BaseModel):
@@ -95,14 +98,42 @@ class EngineSettings(_Section):
 
 
 class StorageSettings(_Section):
+    """Where history lives: a SQLite file (`path`), or PostgreSQL when `url` is set."""
+
     path: str = "data/parley.db"
+    # postgresql://user:password@host:5432/db: several bot processes share one database. A secret:
+    # it holds the password. Empty: SQLite at `path`.
+    url: SecretStr = SecretStr("")
+    pool_size: int = Field(10, ge=1, le=1000)  # PostgreSQL connections per process (+1 for locks)
     retention_days: int = Field(0, ge=0)  # 0: keep messages until /reset or /forget
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
+        return value
+
+    def secrets(self) -> list[str]:
+        """The URL and its password, as written and URL-decoded, for redaction."""
+        url = self.url.get_secret_value()
+        if not url:
+            return []
+        found = [url]
+        try:
+            password = urlsplit(url).password
+        except ValueError:  # e.g. a port that is not a number: the URL itself is still hidden
+            password = None
+        if password:
+            found += [password, unquote(password)]
+        return found
 
 
 class STTSettings(_Section):
     model: str = "base"  # "base" (multilingual), "tiny.en", or a CTranslate2 model folder
     cache_dir: str = ""  # empty: ~/.cache/parley
-    max_bytes: int = Field(TELEGRAM_MAX_DOWNLOAD_BYTES, ge=1)
+    max_bytes: int = Field(DEFAULT_MAX_AUDIO_BYTES, ge=1)
     max_seconds: float = Field(300.0, gt=0)
     workers: int = Field(1, ge=1, le=8)
     show_transcript: bool = True
@@ -116,40 +147,6 @@ class TTSSettings(_Section):
     piper_model: str = ""  # empty: the bundled joe-us voice
     espeak_voice: str = "en"
     max_chars: int = Field(1500, ge=1)  # longer replies are spoken up to here
-
-
-class TelegramSettings(_Section):
-    token: SecretStr = SecretStr("")
-    api_base_url: str = "https://api.telegram.org/bot"
-    file_base_url: str = "https://api.telegram.org/file/bot"
-    webhook_url: str = ""  # empty: long polling
-    webhook_listen: str = "127.0.0.1"
-    webhook_port: int = Field(8443, ge=1, le=65535)
-    webhook_secret: SecretStr = SecretStr("")
-    stream: Literal["edit", "draft"] = "edit"
-    admin_ids: list[int] = []
-    allowed_user_ids: list[int] = []  # empty: everyone
-    allowed_chat_ids: list[int] = []  # empty: everyone
-    max_message_chars: int = Field(TELEGRAM_MAX_MESSAGE_CHARS, ge=16)
-    private_rate: float = Field(1.0, gt=0)  # messages per second in one private chat
-    group_rate: float = Field(20 / 60, gt=0)  # messages per second in one group
-    global_rate: float = Field(30.0, gt=0)  # messages per second for the whole bot
-
-
-class DiscordSettings(_Section):
-    token: SecretStr = SecretStr("")
-    api_base_url: str = "https://discord.com/api/v10"
-    gateway_url: str = "wss://gateway.discord.gg/"
-    message_content: bool = True  # privileged intent: chat by mention/DM needs it
-    guild_ids: list[int] = []  # instant per-guild command sync; empty: global sync
-    admin_ids: list[int] = []
-    admin_role_ids: list[int] = []
-    allowed_user_ids: list[int] = []
-    allowed_channel_ids: list[int] = []
-    max_message_chars: int = Field(DISCORD_MAX_MESSAGE_CHARS, ge=16)
-    channel_edits: float = Field(5.0, gt=0)  # edits per `channel_window_s` in one channel
-    channel_window_s: float = Field(5.0, gt=0)
-    global_rate: float = Field(50.0, gt=0)  # requests per second for the whole bot
 
 
 MIN_ADMIN_PASSWORD_CHARS = 8
@@ -193,8 +190,32 @@ class LoggingSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class PlatformSettings(_Section):
+    """Base of a platform's section ([telegram], [discord]), defined by its adapter package.
+
+    `NAME` is the TOML table and the environment prefix (`PARLEY_<NAME>__<KEY>`).
+    """
+
+    NAME: ClassVar[str] = ""
+
+    token: SecretStr = SecretStr("")
+
+    @property
+    def enabled(self) -> bool:
+        """A platform runs when its token is set."""
+        return bool(self.token.get_secret_value())
+
+    @classmethod
+    def of(cls, settings: Settings) -> Self:
+        """This platform's section of `settings`."""
+        section = getattr(settings, cls.NAME, None)
+        if not isinstance(section, cls):
+            raise LookupError(f"these settings have no [{cls.NAME}] section")
+        return section
+
+
 class Settings(BaseSettings):
-    """All of Parley's settings. Build it with `load_settings`."""
+    """All of Parley's settings: the core's sections, plus one per platform (`settings_class`)."""
 
     model_config = SettingsConfigDict(
         env_prefix="PARLEY_",
@@ -208,8 +229,6 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     stt: STTSettings = STTSettings()
     tts: TTSSettings = TTSSettings()
-    telegram: TelegramSettings = TelegramSettings()
-    discord: DiscordSettings = DiscordSettings()
     http: HTTPSettings = HTTPSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -225,19 +244,41 @@ class Settings(BaseSettings):
         # Environment first, then what load_settings read from the TOML file, then defaults.
         return (env_settings, init_settings)
 
+    def platform_sections(self) -> list[PlatformSettings]:
+        """The platforms' sections, in the order they were composed."""
+        values = (getattr(self, name) for name in type(self).model_fields)
+        return [value for value in values if isinstance(value, PlatformSettings)]
+
     def secrets(self) -> list[str]:
-        """Every configured secret value, for log redaction."""
-        values = [
-            self.llm.api_key,
-            self.telegram.token,
-            self.telegram.webhook_secret,
-            self.discord.token,
-            self.http.admin_password,
-        ]
-        return [v.get_secret_value() for v in values if v.get_secret_value()]
+        """Every configured secret value (any `SecretStr`, in any section), for redaction."""
+        found: list[str] = []
+        sections = (getattr(self, name) for name in type(self).model_fields)
+        for section in sections:
+            found += _secret_values(section)
+        # The storage URL's password, also as written inside the URL (percent-encoded).
+        return found + [s for s in self.storage.secrets() if s not in found]
 
 
-_SECRET_KEYS = ("token", "api_key", "webhook_secret", "admin_password")
+def _secret_values(model: BaseModel) -> list[str]:
+    values: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            values.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            values += _secret_values(value)
+    return values
+
+
+@functools.cache
+def settings_class(sections: tuple[type[PlatformSettings], ...] = ()) -> type[Settings]:
+    """`Settings` with one more section per platform, as each adapter package defines it."""
+    if not sections:
+        return Settings
+    fields: dict[str, Any] = {
+        section.NAME: (section, Field(default_factory=section)) for section in sections
+    }
+    return create_model("Settings", __base__=Settings, **fields)
 
 
 def resolve_config_path(cli_path: str | None, env: Mapping[str, str] | None = None) -> Path | None:
@@ -251,9 +292,41 @@ def resolve_config_path(cli_path: str | None, env: Mapping[str, str] | None = No
     return default if default.is_file() else None
 
 
-def _describe(loc: tuple[Any, ...], value: Any, why: str) -> str:
+# A value is never echoed in an error when a word of its key's name is one of these (api_key,
+# webhook_secret; not max_tokens), or when it is a URL with credentials in it: it may be a
+# credential, and errors reach logs and CI output.
+_SECRET_WORDS = frozenset({"token", "key", "password", "passwd", "secret", "credentials", "auth"})
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]*@")
+
+
+def _may_be_secret(name: str, value: Any) -> bool:
+    if _SECRET_WORDS.intersection(name.lower().split("_")):
+        return True
+    return isinstance(value, str) and bool(_URL_CREDENTIALS.search(value))
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section at `loc` (minus its last part) accepts."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(model: type[BaseModel], error: Any) -> str:
+    loc: tuple[Any, ...] = tuple(error["loc"])
     key = ".".join(str(part) for part in loc) or "(file)"
-    if str(loc[-1]) in _SECRET_KEYS if loc else False:
+    why = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        # An unknown key may be a mistyped secret (telegram.tokn = '123:abc'): no value shown.
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(model, loc), n=1)
+        hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
+        return f"config: {key}: unknown key{hint}"
+    value = error.get("input")
+    if loc and _may_be_secret(str(loc[-1]), value):
         shown = "<hidden>"
     elif isinstance(value, dict):
         shown = "{...}"
@@ -262,8 +335,13 @@ def _describe(loc: tuple[Any, ...], value: Any, why: str) -> str:
     return f"config: {key} = {shown}: {why}"
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Read the TOML file (if any) and the environment; raise ConfigError listing every problem."""
+def load_settings(
+    path: str | Path | None = None, sections: tuple[type[PlatformSettings], ...] = ()
+) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError listing every problem.
+
+    `sections` are the platforms' settings models (`adapters.platforms()` gives them).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -275,13 +353,11 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError([f"config: {path}: cannot read: {exc}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"config: {path}: not valid TOML: {exc}"]) from None
+    model = settings_class(sections)
     try:
-        return Settings(**data)
+        return model(**data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            why = err["msg"].removeprefix("Value error, ")
-            problems.append(_describe(err["loc"], err.get("input"), why))
+        problems = [_describe(model, err) for err in exc.errors(include_url=False)]
         raise ConfigError(problems) from None
     except ValueError as exc:  # pydantic-settings: an env var holding malformed JSON
         raise ConfigError([f"config: environment: {exc}"]) from None

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
 import shutil
 import socket
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,13 +28,16 @@ from bot.config import LLMServerSettings, LLMSettings, Settings
 from bot.errors import ConfigError, LLMUnavailable, StorageError
 from bot.logs import RedactSecrets
 
+if TYPE_CHECKING:
+    from bot.platform import Platform
+
 Status = Literal["ok", "warn", "fail", "skip"]
 
 NETWORK_TIMEOUT_S = 5.0  # one request to a platform or an LLM backend
 BINARY_TIMEOUT_S = 10.0  # `llama-server --version`
 CHECK_TIMEOUT_S = 60.0  # a whole check; preparing a bundled model the first time takes seconds
 HTTPS_PORT = 443
-_AUTH_REFUSED = (401, 403)
+AUTH_REFUSED = (401, 403)  # HTTP statuses of a refused token or key
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +52,12 @@ class Finding:
 Check = Callable[[], Awaitable[list[Finding]]]
 
 
-async def run_doctor(settings: Settings, *, out: TextIO | None = None) -> int:
+async def run_doctor(
+    settings: Settings, platforms: Sequence[Platform] = (), *, out: TextIO | None = None
+) -> int:
     """Run every check, print the table to `out` (stdout); 1 if any check failed, else 0."""
     out = sys.stdout if out is None else out
-    findings = await diagnose(settings)
+    findings = await diagnose(settings, platforms)
     redact = RedactSecrets(settings.secrets()).redact
     print(redact(render_table(findings)), file=out)
     failures = sum(f.status == "fail" for f in findings)
@@ -63,17 +69,16 @@ async def run_doctor(settings: Settings, *, out: TextIO | None = None) -> int:
     return 0
 
 
-async def diagnose(settings: Settings) -> list[Finding]:
-    """Every check, run at once; the findings in a fixed order."""
+async def diagnose(settings: Settings, platforms: Sequence[Platform] = ()) -> list[Finding]:
+    """Every check, run at once; the findings in a fixed order (the platforms' last)."""
     checks: list[tuple[str, Check]] = [
         ("config", lambda: _sync(check_config, settings)),
         ("database", lambda: _sync(check_database, settings)),
         ("llm", lambda: check_llm(settings.llm)),
         ("stt", lambda: _sync(check_stt, settings)),
         ("tts", lambda: check_tts(settings)),
-        ("telegram", lambda: check_telegram(settings)),
-        ("discord", lambda: check_discord(settings)),
     ]
+    checks += [(p.name, functools.partial(_platform_check, p, settings)) for p in platforms]
     results = await asyncio.gather(*(_bounded(name, check) for name, check in checks))
     return [finding for findings in results for finding in findings]
 
@@ -108,10 +113,15 @@ def _plural(count: int, word: str) -> str:
 # -- config and database ---------------------------------------------------------------------
 
 
+async def _platform_check(platform: Platform, settings: Settings) -> list[Finding]:
+    if not platform.enabled(settings):
+        return [Finding(platform.name, "skip", "no token set")]
+    return await platform.check(settings)
+
+
 def check_config(settings: Settings) -> list[Finding]:
     """The configuration parsed (else the CLI stops earlier); summarise what it turns on."""
-    tokens = {"telegram": settings.telegram.token, "discord": settings.discord.token}
-    platforms = [name for name, token in tokens.items() if token.get_secret_value()]
+    platforms = [section.NAME for section in settings.platform_sections() if section.enabled]
     http = settings.http
     summary = (
         f"platforms: {', '.join(platforms) or 'none (console chat)'}; "
@@ -151,6 +161,10 @@ def check_database(settings: Settings) -> list[Finding]:
     """The database opens, is not newer than this code, and can be written."""
     from bot.storage import load_migrations
 
+    if url := settings.storage.url.get_secret_value():
+        from bot.storage.postgres import inspect
+
+        return [Finding("database", *asyncio.run(inspect(url)))]  # in the doctor's worker thread
     raw = settings.storage.path
     if raw == ":memory:":
         return [Finding("database", "warn", "in memory: history is lost at every restart")]
@@ -272,7 +286,7 @@ async def probe_backend(session: aiohttp.ClientSession, url: str) -> Finding:
             if resp.status == 200:
                 models = _model_ids(await _json(resp))
                 return Finding(name, "ok", f"serves {models}" if models else "answers /v1/models")
-            if resp.status in _AUTH_REFUSED:
+            if resp.status in AUTH_REFUSED:
                 return Finding(name, "fail", f"HTTP {resp.status}: llm.api_key is refused")
             models_status = resp.status
         async with session.get(base + "/health", timeout=timeout) as resp:
@@ -400,58 +414,30 @@ async def _espeak_problem() -> tuple[str | None, str]:
 
 
 # -- platforms -------------------------------------------------------------------------------
+# Each platform's check lives in its adapter package (adapters/<name>/doctor.py); they share this.
 
 
-async def check_telegram(settings: Settings) -> list[Finding]:
-    """getMe with the token: the token is valid and Telegram is reachable."""
-    tg = settings.telegram
-    token = tg.token.get_secret_value()
-    if not token:
-        return [Finding("telegram", "skip", "no token set")]
-    host = urlsplit(tg.api_base_url).netloc
-    # trust_env: like python-telegram-bot (httpx), honour HTTP(S)_PROXY.
-    async with aiohttp.ClientSession(trust_env=True) as session:
+async def token_check(
+    name: str,
+    url: str,
+    judge: Callable[[int, Any], Finding],
+    *,
+    headers: dict[str, str] | None = None,
+    trust_env: bool = False,
+) -> list[Finding]:
+    """GET `url` (a platform's "who am I" endpoint) and let `judge(status, json)` read the answer.
+
+    A network failure becomes a "cannot reach" finding naming only the host: URLs can hold tokens.
+    """
+    host = urlsplit(url).netloc
+    async with aiohttp.ClientSession(trust_env=trust_env) as session:
         try:
             async with session.get(
-                f"{tg.api_base_url}{token}/getMe",
-                timeout=aiohttp.ClientTimeout(total=NETWORK_TIMEOUT_S),
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=NETWORK_TIMEOUT_S)
             ) as resp:
                 data = await _json(resp)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = describe_network_error(exc, NETWORK_TIMEOUT_S)
-            return [Finding("telegram", "fail", f"cannot reach {host}: {reason}")]
-    result = data.get("result") if isinstance(data, dict) else None
-    if status == 200 and isinstance(result, dict):
-        return [Finding("telegram", "ok", f"token valid: @{result.get('username')} via {host}")]
-    if status in (*_AUTH_REFUSED, 404):  # 404: a token of the wrong shape
-        return [Finding("telegram", "fail", f"Telegram rejected the token (HTTP {status})")]
-    description = data.get("description", "") if isinstance(data, dict) else ""
-    return [Finding("telegram", "fail", f"HTTP {status} from {host}: {description}".rstrip(": "))]
-
-
-async def check_discord(settings: Settings) -> list[Finding]:
-    """GET /users/@me with the token: the token is valid and Discord is reachable."""
-    dc = settings.discord
-    token = dc.token.get_secret_value()
-    if not token:
-        return [Finding("discord", "skip", "no token set")]
-    host = urlsplit(dc.api_base_url).netloc
-    async with aiohttp.ClientSession() as session:
-        try:
-            async with session.get(
-                dc.api_base_url.rstrip("/") + "/users/@me",
-                headers={"Authorization": f"Bot {token}"},
-                timeout=aiohttp.ClientTimeout(total=NETWORK_TIMEOUT_S),
-            ) as resp:
-                data = await _json(resp)
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = describe_network_error(exc, NETWORK_TIMEOUT_S)
-            return [Finding("discord", "fail", f"cannot reach {host}: {reason}")]
-    if status == 200 and isinstance(data, dict):
-        return [Finding("discord", "ok", f"token valid: {data.get('username')} via {host}")]
-    if status in _AUTH_REFUSED:
-        return [Finding("discord", "fail", f"Discord rejected the token (HTTP {status})")]
-    message = data.get("message", "") if isinstance(data, dict) else ""
-    return [Finding("discord", "fail", f"HTTP {status} from {host}: {message}".rstrip(": "))]
+            return [Finding(name, "fail", f"cannot reach {host}: {reason}")]
+    return [judge(status, data)]

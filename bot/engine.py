@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot import metrics
-from bot.channel_config import CHANNEL_KEYS, ChannelSettings, parse_channel_value
+from bot.channel_config import ChannelSettings
 from bot.config import Settings
 from bot.errors import (
     AudioError,
@@ -24,7 +26,6 @@ from bot.errors import (
     SpeechSynthesisError,
 )
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
-from bot.personas import PERSONAS
 from bot.prompt import build_request, fit_history, system_prompt
 from bot.queue import TurnQueue
 from bot.ratelimit import UserRateLimiter
@@ -59,7 +60,10 @@ MSG_SLOW_DOWN = (
     "You're sending messages faster than I can answer (limit: {limit} a minute). "
     "Please wait a moment and try again."
 )
-MSG_BLOCKED = "Sorry, you can't use this bot."
+MSG_INTERNAL = (
+    "⚠️ Something went wrong on my side while answering (ref {ref}). "
+    "Your message is saved; please try again."
+)
 MSG_NO_STT = "Voice notes are not available on this bot (speech recognition is not installed)."
 
 
@@ -73,7 +77,7 @@ class _Streamed:
 
 
 class ConversationEngine:
-    """Turns normalised messages into streamed, stored replies; owns the chat commands."""
+    """The turn pipeline: a normalised message in, a streamed and stored reply out."""
 
     def __init__(
         self,
@@ -102,7 +106,25 @@ class ConversationEngine:
     # ----------------------------------------------------------------- messages
 
     async def handle(self, msg: IncomingMessage, target: ReplyTarget) -> None:
-        """Answer one text or voice message; every user-visible outcome goes through `target`."""
+        """Answer one text or voice message; every user-visible outcome goes through `target`.
+
+        The turn's error boundary: an unexpected error is logged with the chat and a turn id,
+        the user is told, and the engine goes on serving this chat and every other.
+        """
+        turn_id = secrets.token_hex(4)
+        try:
+            await self._handle(msg, target, turn_id)
+        except (DeliveryError, RetryAfter) as exc:
+            # The chat refused what the turn had to say (a notice, the voice note): nobody to tell.
+            log.warning("turn %s: %s refused a message: %s", turn_id, target.chat_key, exc)
+        # The turn's error boundary: one broken turn must not end the bot.
+        except Exception:
+            log.exception(
+                "turn %s in %s:%s failed unexpectedly", turn_id, msg.platform, msg.channel_key
+            )
+            await _tell(target, MSG_INTERNAL.format(ref=turn_id))
+
+    async def _handle(self, msg: IncomingMessage, target: ReplyTarget, turn_id: str) -> None:
         metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.audio else "text").inc()
         if f"{msg.platform}:{msg.user_id}" in self._blocked:
             log.info("ignoring a message from blocked user %s:%s", msg.platform, msg.user_id)
@@ -136,8 +158,11 @@ class ConversationEngine:
                 token_count=await self._count_tokens(text),
             )
         # No await between the lock's release and joining the line (in turn()'s first step).
-        async with self.queue.turn(key, target.queued):
-            await self._reply(msg, target, turn, text)
+        # The store's turn lock keeps the channel's order across bot processes sharing one
+        # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
+        gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
+        async with self.queue.turn(key, functools.partial(_show_position, target), gate):
+            await self._reply(msg, target, turn, text, turn_id)
 
     @contextlib.asynccontextmanager
     async def _arrival(self, key: str) -> AsyncIterator[None]:
@@ -190,25 +215,19 @@ class ConversationEngine:
         return await self.llm.tokenize(text) or estimate_tokens(text)
 
     async def _channel_settings(self, channel_id: int) -> ChannelSettings:
-        overrides = await self.store.channel_settings(channel_id)
-        return ChannelSettings.resolve(self.settings.engine, overrides)
+        return await ChannelSettings.load(self.store, self.settings.engine, channel_id)
 
     async def _reply(
-        self, msg: IncomingMessage, target: ReplyTarget, turn: Turn, text: str
+        self, msg: IncomingMessage, target: ReplyTarget, turn: Turn, text: str, turn_id: str
     ) -> None:
-        settings = await self._channel_settings(turn.channel_id)
-        rows = await self.store.history(turn.channel_id, turn.user_row, _HISTORY_ROWS)
-        history = fit_history(rows, settings.history_tokens)
-        request = build_request(
-            api=self.llm.api,
-            prompt_format=self.settings.llm.prompt_format,
-            system=system_prompt(settings, self.settings.engine.bot_name),
-            history=history,
-            user_text=text,
-            settings=settings,
-            bot_name=self.settings.engine.bot_name,
-        )
-        await self.store.update_message(turn.reply_row, status="streaming")
+        try:
+            settings, request = await self._prepare(turn, text)
+            await self.store.update_message(turn.reply_row, status="streaming")
+        except Exception:
+            # Nothing was shown yet: the reply row must not stay 'queued' until the next start.
+            with contextlib.suppress(Exception):
+                await self._store_reply(turn, "", "failed")
+            raise
         voice = self._voice_reply(msg, settings)
         stream = self.scheduler.open(target)
         streamed = _Streamed()
@@ -243,12 +262,51 @@ class ConversationEngine:
             if voice is not None:
                 await voice.cancel()
             raise
+        # The turn's error boundary: close the reply, store it, tell the user.
+        except Exception:
+            log.exception("turn %s in %s failed while streaming", turn_id, target.chat_key)
+            note = MSG_INTERNAL.format(ref=turn_id)
+            status = "partial" if streamed.answer else "failed"
         finally:
             typing.cancel()
         if status == "complete" and not streamed.answer.strip():
             status, note = "failed", MSG_EMPTY
         metrics.REPLIES.labels(msg.platform, status).inc()
-        await self._store_reply(turn, streamed.answer, status)
+        await self._conclude(target, stream, voice, turn, streamed.answer, status, note, turn_id)
+
+    async def _prepare(self, turn: Turn, text: str) -> tuple[ChannelSettings, LLMRequest]:
+        """The chat's settings and the LLM request: persona, history in budget, the message."""
+        settings = await self._channel_settings(turn.channel_id)
+        rows = await self.store.history(turn.channel_id, turn.user_row, _HISTORY_ROWS)
+        history = fit_history(rows, settings.history_tokens)
+        request = build_request(
+            api=self.llm.api,
+            prompt_format=self.settings.llm.prompt_format,
+            system=system_prompt(settings, self.settings.engine.bot_name),
+            history=history,
+            user_text=text,
+            settings=settings,
+            bot_name=self.settings.engine.bot_name,
+        )
+        return settings, request
+
+    async def _conclude(
+        self,
+        target: ReplyTarget,
+        stream: ReplyStream,
+        voice: VoiceReply | None,
+        turn: Turn,
+        answer: str,
+        status: str,
+        note: str,
+        turn_id: str,
+    ) -> None:
+        """Store the reply, show its final text (no marker) with the note, then the voice."""
+        try:
+            await self._store_reply(turn, answer, status)
+        # What was streamed is shown even if it cannot be stored.
+        except Exception:
+            log.exception("turn %s: the reply could not be stored", turn_id)
         try:
             if stream.text:
                 await stream.finish(stream.text + (f"\n\n{note}" if note else ""))
@@ -261,6 +319,14 @@ class ConversationEngine:
             log.warning("could not deliver the reply to %s: %s", target.chat_key, exc)
             if voice is not None:
                 await voice.cancel()
+            return
+        # The stream's writer failed: free its budget, tell the user.
+        except Exception:
+            log.exception("turn %s: the reply could not be shown in %s", turn_id, target.chat_key)
+            await stream.cancel()
+            if voice is not None:
+                await voice.cancel()
+            await _tell(target, MSG_INTERNAL.format(ref=turn_id))
             return
         if voice is not None:
             await self._send_voice(voice, target, status)
@@ -311,9 +377,13 @@ class ConversationEngine:
 
     async def _keep_typing(self, target: ReplyTarget, streamed: _Streamed) -> None:
         while streamed.first_token_at is None:
-            # A failed indicator must not end the reply.
-            with contextlib.suppress(DeliveryError, RetryAfter, OSError):
+            try:
                 await target.typing()
+            except (DeliveryError, RetryAfter, OSError):
+                pass  # a failed indicator must not end the reply
+            except Exception:
+                log.exception("typing indicator in %s failed; no more of them", target.chat_key)
+                return
             await asyncio.sleep(_TYPING_EVERY_S)
 
     def _voice_reply(self, msg: IncomingMessage, settings: ChannelSettings) -> VoiceReply | None:
@@ -341,125 +411,20 @@ class ConversationEngine:
         if clip is not None:
             await target.send_voice(clip)
 
-    # ----------------------------------------------------------------- commands
 
-    async def command(self, msg: IncomingMessage, name: str, args: str = "") -> str:
-        """Run a chat command and return its reply text (refusals included)."""
-        handler = {
-            "start": self._cmd_help,
-            "help": self._cmd_help,
-            "reset": self._cmd_reset,
-            "persona": self._cmd_persona,
-            "voice": self._cmd_voice,
-            "config": self._cmd_config,
-            "forget": self._cmd_forget,
-        }.get(name.lower().lstrip("/"))
-        if handler is None:
-            return f"Unknown command /{name}. Try /help."
-        if f"{msg.platform}:{msg.user_id}" in self._blocked:
-            return MSG_BLOCKED
-        channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
-        return await handler(msg, channel_id, args.strip())
-
-    async def _cmd_help(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
-        name = self.settings.engine.bot_name
-        return (
-            f"Hi, I'm {name}. Talk to me by text or voice note.\n"
-            "/reset — forget this conversation\n"
-            "/persona [name or text] — show or change how I talk "
-            f"({', '.join(PERSONAS)})\n"
-            "/voice [off|reply-to-voice|always] — when I answer with voice\n"
-            "/config show — this chat's settings; /config set KEY VALUE (admins)\n"
-            "/forget — delete every message you sent me"
-        )
-
-    async def _cmd_reset(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
-        deleted = await self.store.clear_channel(
-            channel_id, actor_id=msg.user_id, actor_name=msg.user_name
-        )
-        return f"Conversation cleared ({deleted} messages). Let's start over."
-
-    async def _cmd_forget(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
-        deleted = await self.store.forget_author(
-            msg.platform, msg.user_id, actor_name=msg.user_name
-        )
-        return f"Deleted {deleted} of your messages."
-
-    async def _may_change(self, msg: IncomingMessage, channel_id: int, key: str) -> bool:
-        """Admins may change any chat; anyone may change their own private chat."""
-        if msg.is_admin or (msg.is_private and key != "system_prompt"):
-            return True
-        await self.store.audit(
-            channel_id,
-            actor_id=msg.user_id,
-            actor_name=msg.user_name,
-            action="config.refused",
-            key=key,
-        )
-        return False
-
-    async def _set(self, msg: IncomingMessage, channel_id: int, key: str, raw: str) -> str:
-        try:
-            value = parse_channel_value(self.settings.engine, key, raw)
-        except ValueError as exc:
-            return f"Can't set {key}: {exc}."
-        if key == "stt_language" and value != "auto" and not await _known_language(value):
-            return (
-                f"Can't set stt_language: {value!r} is not a language Whisper knows "
-                "(use a code like en, de, fr, or auto)."
-            )
-        old = getattr(await self._channel_settings(channel_id), key, None)
-        await self.store.set_channel_setting(
-            channel_id, key, value, actor_id=msg.user_id, actor_name=msg.user_name, old=old
-        )
-        return f"{key} is now {_show(value)} (was {_show(old)}). It applies from the next message."
-
-    async def _cmd_persona(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
-        if not args:
-            current = (await self._channel_settings(channel_id)).persona
-            return f"Persona: {_show(current)}. Presets: {', '.join(PERSONAS)}; or any text."
-        if not await self._may_change(msg, channel_id, "persona"):
-            return "Only admins can change the persona here."
-        return await self._set(msg, channel_id, "persona", args)
-
-    async def _cmd_voice(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
-        if not args:
-            mode = (await self._channel_settings(channel_id)).voice_mode
-            return f"Voice replies: {mode} (off | reply-to-voice | always)."
-        if not await self._may_change(msg, channel_id, "voice_mode"):
-            return "Only admins can change voice replies here."
-        return await self._set(msg, channel_id, "voice_mode", args)
-
-    async def _cmd_config(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
-        verb, _, rest = args.partition(" ")
-        if verb in ("", "show"):
-            settings = await self._channel_settings(channel_id)
-            lines = [f"{key} = {_show(getattr(settings, key))}" for key in CHANNEL_KEYS]
-            return "Settings for this chat:\n" + "\n".join(lines)
-        if verb != "set":
-            return "Usage: /config show | /config set KEY VALUE"
-        key, _, value = rest.strip().partition(" ")
-        if not key or not value.strip():
-            return f"Usage: /config set KEY VALUE. Keys: {', '.join(CHANNEL_KEYS)}"
-        if not msg.is_admin:
-            await self.store.audit(
-                channel_id,
-                actor_id=msg.user_id,
-                actor_name=msg.user_name,
-                action="config.refused",
-                key=key,
-                new_value=value[:200],
-            )
-            return "Sorry, only admins can change settings."
-        return await self._set(msg, channel_id, key, value)
+async def _show_position(target: ReplyTarget, position: int) -> None:
+    """A courtesy "#n in line" notice: its failure must never cost the turn its answer."""
+    try:
+        await target.queued(position)
+    except (DeliveryError, RetryAfter, OSError) as exc:
+        log.info("queue position not shown in %s: %s", target.chat_key, exc)
+    except Exception:
+        log.exception("queue position in %s failed", target.chat_key)
 
 
-async def _known_language(code: str) -> bool:
-    from bot.speech.stt import language_codes  # imports faster-whisper: off the event loop
-
-    return code in await asyncio.to_thread(language_codes)
-
-
-def _show(value: object) -> str:
-    text = str(value)
-    return repr(text[:60] + "…") if len(text) > 60 else repr(text) if text == "" else text
+async def _tell(target: ReplyTarget, text: str) -> None:
+    """A best-effort notice from the error boundary: its own failure is only logged."""
+    try:
+        await target.notice(text)
+    except Exception as exc:  # noqa: BLE001 - the platform may be what failed
+        log.warning("could not tell %s about a failed turn: %s", target.chat_key, exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class ParleyError(Exception):
     """Base of every error Parley raises on purpose."""
@@ -28,8 +30,24 @@ class RetryAfter(ParleyError):
         self.is_global = is_global
 
 
+# Why a platform refused a call, so callers act on a code rather than the platform's wording.
+DeliveryReason = Literal[
+    "forbidden",  # the bot may not write here (blocked by the user, kicked, no permission)
+    "not_found",  # the chat or the message is gone
+    "too_old",  # the message can no longer be edited
+    "too_large",  # the text or file is over the platform's limit
+    "token_expired",  # a Discord interaction token outlived its 15 minutes
+    "bad_request",  # anything else the platform refused as malformed
+    "unknown",  # a refusal the adapter could not classify
+]
+
+
 class DeliveryError(ParleyError):
-    """A platform refused a send/edit for good (bad request, forbidden, message gone)."""
+    """A platform refused a send/edit for good; `reason` says why, as a code."""
+
+    def __init__(self, message: str, *, reason: DeliveryReason = "unknown") -> None:
+        super().__init__(message)
+        self.reason: DeliveryReason = reason
 
 
 class LLMError(ParleyError):

@@ -1,4 +1,4 @@
-"""Health checks behind /healthz, and `python -m bot.health`, the probe Docker's HEALTHCHECK runs.
+"""Health checks behind /healthz, and the probe `parley healthcheck` (Docker's HEALTHCHECK) runs.
 
 A check is an async callable returning None when its part is healthy, else the reason it is not.
 """
@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bot.config import HTTPSettings, load_settings, resolve_config_path
-from bot.errors import ConfigError
+from bot.config import HTTPSettings
+from bot.errors import StorageError
 
 if TYPE_CHECKING:
     from bot.llm import LLMClient
@@ -86,6 +86,8 @@ def database_check(store: HistoryStore) -> HealthCheck:
     async def check() -> str | None:
         try:
             await store.get_message(0)
+        except StorageError as exc:  # PostgreSQL: the message names host:port, no password
+            return str(exc)
         except sqlite3.Error as exc:
             return f"query failed: {exc}"
         except ValueError as exc:  # aiosqlite: "no active connection" once closed
@@ -150,20 +152,3 @@ def _failing(body: bytes) -> str:
         return "; ".join(f"{name}: {state}" for name, state in checks.items() if state != "ok")
     except (ValueError, KeyError, TypeError, AttributeError):
         return body.decode("utf-8", errors="replace")[:300]
-
-
-def main() -> int:
-    """`python -m bot.health`: probe this machine's /healthz with Parley's own settings."""
-    try:
-        settings = load_settings(resolve_config_path(None))
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return 1
-    if not settings.http.enabled:
-        print("the HTTP endpoint is off: set [http] enabled = true", file=sys.stderr)
-        return 1
-    return probe(probe_url(settings.http))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

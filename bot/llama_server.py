@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bot.backoff import Backoff
 from bot.config import LLMServerSettings
 from bot.errors import LLMUnavailable
 
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 _HEALTH_POLL_S = 0.2
 _STOP_GRACE_S = 5.0
-_RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+_RESTART_BACKOFF_S = 1.0  # first wait before a restart; doubles up to _RESTART_BACKOFF_MAX_S
+_RESTART_BACKOFF_MAX_S = 16.0
 
 
 def bundled_model_path(cache_dir: Path | None = None) -> Path:
@@ -63,6 +65,7 @@ class ManagedLlamaServer:
         self.port = settings.port
         self.uses_bundled_model = not settings.model_path
         self.restarts = 0
+        self._backoff = Backoff(_RESTART_BACKOFF_S, _RESTART_BACKOFF_MAX_S)
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
@@ -162,7 +165,7 @@ class ManagedLlamaServer:
                     "llama-server died (code %s); giving up after %d restarts", code, self.restarts
                 )
                 return
-            delay = _RESTART_BACKOFF_S[min(self.restarts, len(_RESTART_BACKOFF_S) - 1)]
+            delay = self._backoff.delay(self.restarts)
             self.restarts += 1
             log.warning("llama-server died (code %s); restarting in %.0fs", code, delay)
             await asyncio.sleep(delay)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
 
+from bot.backoff import Backoff
 from bot.config import LLMSettings
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMTimeout, LLMUnavailable
 from bot.sse import DONE, SSEDecoder, ThinkSplitter, parse_chunk
@@ -114,10 +114,10 @@ class LLMClient:
         problems: list[str] = []
         for index in order:
             url = self.urls[index]
+            backoff = Backoff(self.settings.backoff_s, _MAX_BACKOFF_S)  # jittered: no herd
             for attempt in range(self.settings.retries + 1):
                 if attempt:
-                    delay = min(_MAX_BACKOFF_S, self.settings.backoff_s * 2 ** (attempt - 1))
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # jitter: no herd
+                    await asyncio.sleep(backoff.next())
                 started = False
                 if url in self._wait_ready:
                     await self._wait_ready[url]()

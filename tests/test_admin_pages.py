@@ -19,8 +19,8 @@ from bot.admin.exposure import exposure_warning
 from bot.admin.passwords import password_file
 from bot.admin.queries import chat_messages
 from bot.admin.sessions import SESSION_COOKIE
-from bot.app import ParleyApp
-from bot.config import HTTPSettings, load_settings
+from bot.app import ParleyApp, load
+from bot.config import HTTPSettings
 from bot.doctor import check_config
 from bot.http_server import OpsServer
 from tests.conftest import make_settings, message
@@ -158,7 +158,7 @@ async def test_global_settings_show_where_each_value_came_from_and_mask_secrets(
     }
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    settings = load_settings(config)
+    settings = load(config)
     async with running_console(settings, environ=environ, config_path=config) as running:
         client = await signed_in(running)
         async with client:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_settings, resolve_config_path
+from adapters.discord.config import DiscordSettings
+from adapters.telegram.config import TelegramSettings
+from bot.app import load as load_settings
+from bot.config import resolve_config_path
 from bot.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +29,8 @@ def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(None)
     assert settings.llm.base_url == ""
     assert settings.engine.persona == "default"
-    assert settings.telegram.max_message_chars == 4096
-    assert settings.discord.max_message_chars == 2000
+    assert TelegramSettings.of(settings).max_message_chars == 4096
+    assert DiscordSettings.of(settings).max_message_chars == 2000
 
 
 def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +46,7 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert settings.llm.base_url == "http://127.0.0.1:8"  # env wins over the file
     assert settings.llm.timeout_s == 30  # the file wins over defaults
     assert settings.storage.path == "/tmp/y.db"
-    assert settings.telegram.admin_ids == [1, 2]
+    assert TelegramSettings.of(settings).admin_ids == [1, 2]
 
 
 def test_config_path_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

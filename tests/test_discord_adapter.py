@@ -24,17 +24,10 @@ from adapters.discord.adapter import (
 )
 from adapters.discord.targets import MESSAGE_FLAG_VOICE
 from bot.app import ParleyApp
-from bot.config import (
-    DiscordSettings,
-    EngineSettings,
-    LLMSettings,
-    Settings,
-    StorageSettings,
-    STTSettings,
-    TTSSettings,
-)
+from bot.config import Settings
 from bot.errors import ConfigError
 from bot.streaming import DEFAULT_MARKER
+from tests import conftest
 from tests.fakes.discord_api import INTERACTION_TOKEN_LIFETIME_S, MAX_MESSAGE_CHARS, FakeDiscord
 from tests.fakes.discord_gateway import (
     INTENT_GUILD_MEMBERS,
@@ -81,21 +74,19 @@ def make_settings(
     stt: dict[str, Any] | None = None,
     **discord: Any,
 ) -> Settings:
-    return Settings(
-        llm=LLMSettings(base_url=llm.url, retries=0),
-        engine=EngineSettings(**{"voice_mode": "off", **(engine or {})}),
-        storage=StorageSettings(path=str(tmp_path / "parley.db")),
-        stt=STTSettings(**{"model": "tiny.en", **(stt or {})}),
-        tts=TTSSettings(backends=["piper"]),
-        discord=DiscordSettings(
-            **{
-                "token": fake.token,
-                "api_base_url": fake.api_url,
-                "gateway_url": fake.gateway_url,
-                **FAST,
-                **discord,
-            }
-        ),
+    return conftest.make_settings(
+        tmp_path,
+        llm={"base_url": llm.url, "retries": 0},
+        engine={"voice_mode": "off", **(engine or {})},
+        stt={"model": "tiny.en", **(stt or {})},
+        tts={"backends": ["piper"]},
+        discord={
+            "token": fake.token,
+            "api_base_url": fake.api_url,
+            "gateway_url": fake.gateway_url,
+            **FAST,
+            **discord,
+        },
     )
 
 
@@ -105,7 +96,7 @@ async def running_bot(
 ) -> AsyncIterator[DiscordAdapter]:
     """ParleyApp + DiscordAdapter, started and stopped as `parley run` does."""
     async with ParleyApp(settings, speech=speech) as app:
-        adapter = DiscordAdapter(settings, app.engine, guild_ready_timeout=READY_S, clock=clock)
+        adapter = DiscordAdapter(app.services, guild_ready_timeout=READY_S, clock=clock)
         await adapter.start()
         try:
             yield adapter

@@ -144,7 +144,7 @@ def test_the_runtime_runs_as_the_unprivileged_user_with_a_healthcheck(
     assert users == [f"{uid.group(1)}:{gid.group(1)}"]
     assert users[0].split(":")[0] != "0"
     (healthcheck,) = [args for keyword, args in runtime if keyword == "HEALTHCHECK"]
-    assert healthcheck.endswith('CMD ["python", "-m", "bot.health"]')
+    assert healthcheck.endswith('CMD ["parley", "healthcheck"]')
     env = env_of(runtime)
     assert env["PARLEY_HTTP__ENABLED"] == "true"  # the probe needs the endpoint
     exposed = [args for keyword, args in runtime if keyword == "EXPOSE"]

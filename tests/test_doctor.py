@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from edge_tts import communicate
 
+from adapters import platforms as all_platforms
 from bot.doctor import run_doctor
 from tests.conftest import make_settings
 from tests.fakes.discord_api import FakeDiscord
@@ -90,7 +91,7 @@ async def test_bad_tokens_and_a_dead_backend_fail_without_printing_the_tokens(
         ),
         **SPEECH,
     )
-    assert await run_doctor(settings) == 1
+    assert await run_doctor(settings, all_platforms()) == 1
     out = capsys.readouterr().out
     found = rows(out)
     assert found["telegram"] == ("FAIL", "Telegram rejected the token (HTTP 401)")
@@ -115,7 +116,7 @@ async def test_everything_reachable_passes(
         **platforms(telegram, discord),
         **SPEECH,
     )
-    assert await run_doctor(settings) == 0
+    assert await run_doctor(settings, all_platforms()) == 0
     out = capsys.readouterr().out
     found = rows(out)
     tg_host, dc_host = (fake.url.removeprefix("http://") for fake in (telegram, discord))
@@ -125,7 +126,7 @@ async def test_everything_reachable_passes(
     assert found[f"llm {fake_llm.url}"] == ("OK", "serves fake")
     assert found["config"] == (
         "OK",
-        f"platforms: telegram, discord; LLM: {fake_llm.url}; http: off",
+        f"platforms: discord, telegram; LLM: {fake_llm.url}; http: off",
     )
     assert "All checks passed" in out
     for secret in (telegram.token, discord.token, "sk-local-key"):
@@ -139,7 +140,7 @@ async def test_a_fallback_backend_is_checked_too(
     settings = make_settings(
         tmp_path, llm={"base_url": fake_llm.url, "fallback_urls": [dead]}, **SPEECH
     )
-    assert await run_doctor(settings) == 1
+    assert await run_doctor(settings, all_platforms()) == 1
     found = rows(capsys.readouterr().out)
     assert found[f"llm {fake_llm.url}"][0] == "OK"
     assert found[f"llm {dead}"][0] == "FAIL"
@@ -152,7 +153,10 @@ async def test_a_fallback_backend_is_checked_too(
 async def test_managed_server_with_the_bundled_binary_and_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await run_doctor(make_settings(tmp_path, llm={"base_url": ""}, **SPEECH)) == 0
+    assert (
+        await run_doctor(make_settings(tmp_path, llm={"base_url": ""}, **SPEECH), all_platforms())
+        == 0
+    )
     found = rows(capsys.readouterr().out)
     assert found["llm server"][0] == "OK"
     assert "version:" in found["llm server"][1]
@@ -165,7 +169,7 @@ async def test_managed_server_with_missing_files(
 ) -> None:
     server = {"binary": str(tmp_path / "no-llama-server"), "model_path": str(tmp_path / "no.gguf")}
     settings = make_settings(tmp_path, llm={"base_url": "", "server": server}, **SPEECH)
-    assert await run_doctor(settings) == 1
+    assert await run_doctor(settings, all_platforms()) == 1
     found = rows(capsys.readouterr().out)
     assert found["llm server"][0] == "FAIL"
     assert "cannot run" in found["llm server"][1]
@@ -185,7 +189,12 @@ async def test_database_newer_than_the_code_fails(
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 999")
     conn.close()
-    assert await run_doctor(make_settings(tmp_path, llm={"base_url": fake_llm.url}, **SPEECH)) == 1
+    assert (
+        await run_doctor(
+            make_settings(tmp_path, llm={"base_url": fake_llm.url}, **SPEECH), all_platforms()
+        )
+        == 1
+    )
     status, detail = rows(capsys.readouterr().out)["database"]
     assert status == "FAIL"
     assert "schema version 999 is newer" in detail
@@ -195,14 +204,24 @@ async def test_a_file_that_is_no_database_fails(
     tmp_path: Path, fake_llm: FakeLLMServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "parley.db").write_bytes(b"this is not SQLite " * 100)
-    assert await run_doctor(make_settings(tmp_path, llm={"base_url": fake_llm.url}, **SPEECH)) == 1
+    assert (
+        await run_doctor(
+            make_settings(tmp_path, llm={"base_url": fake_llm.url}, **SPEECH), all_platforms()
+        )
+        == 1
+    )
     assert rows(capsys.readouterr().out)["database"][0] == "FAIL"
 
 
 async def test_the_doctor_creates_no_database(
     tmp_path: Path, fake_llm: FakeLLMServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await run_doctor(make_settings(tmp_path, llm={"base_url": fake_llm.url}, **SPEECH)) == 0
+    assert (
+        await run_doctor(
+            make_settings(tmp_path, llm={"base_url": fake_llm.url}, **SPEECH), all_platforms()
+        )
+        == 0
+    )
     assert rows(capsys.readouterr().out)["database"][1].endswith("created at the first start")
     assert not (tmp_path / "parley.db").exists()
 
@@ -216,7 +235,7 @@ async def test_missing_stt_model_fails(
         stt={"model": str(tmp_path / "no-model")},
         tts={"backends": ["piper"]},
     )
-    assert await run_doctor(settings) == 1
+    assert await run_doctor(settings, all_platforms()) == 1
     status, detail = rows(capsys.readouterr().out)["stt"]
     assert status == "FAIL"
     assert "stt.model" in detail
@@ -233,7 +252,7 @@ async def test_an_unreachable_online_voice_only_warns_while_piper_works(
     settings = make_settings(
         tmp_path, llm={"base_url": fake_llm.url}, stt=SPEECH["stt"], tts=edge_and_piper
     )
-    assert await run_doctor(settings) == 0
+    assert await run_doctor(settings, all_platforms()) == 0
     found = rows(capsys.readouterr().out)
     assert found["tts edge"][0] == "WARN"
     assert found["tts piper"][0] == "OK"
@@ -241,7 +260,7 @@ async def test_an_unreachable_online_voice_only_warns_while_piper_works(
     only_edge = make_settings(
         tmp_path, llm={"base_url": fake_llm.url}, stt=SPEECH["stt"], tts={"backends": ["edge"]}
     )
-    assert await run_doctor(only_edge) == 1
+    assert await run_doctor(only_edge, all_platforms()) == 1
     assert rows(capsys.readouterr().out)["tts edge"][0] == "FAIL"
 
 
@@ -255,7 +274,7 @@ async def test_a_reachable_online_voice_passes(
     settings = make_settings(
         tmp_path, llm={"base_url": fake_llm.url}, stt=SPEECH["stt"], tts={"backends": ["edge"]}
     )
-    assert await run_doctor(settings) == 0
+    assert await run_doctor(settings, all_platforms()) == 0
     assert rows(capsys.readouterr().out)["tts edge"] == (
         "OK",
         "online voice reachable at 127.0.0.1",

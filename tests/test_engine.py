@@ -150,21 +150,19 @@ async def test_fails_over_to_a_second_backend(fake_llm: FakeLLMServer, tmp_path:
 async def test_config_set_is_admin_only_and_audited(
     app: ParleyApp, fake_llm: FakeLLMServer, tmp_path: Path
 ) -> None:
-    engine = app.engine
-    refused = await engine.command(message(user="mallory"), "config", "set temperature 1.5")
+    engine, commands = app.engine, app.commands
+    refused = await commands.run(message(user="mallory"), "config", "set temperature 1.5")
     assert refused == "Sorry, only admins can change settings."
-    done = await engine.command(
-        message(user="root", is_admin=True), "config", "set temperature 1.5"
-    )
+    done = await commands.run(message(user="root", is_admin=True), "config", "set temperature 1.5")
     assert done.startswith("temperature is now 1.5 (was 0.7)")
-    bad = await engine.command(message(is_admin=True), "config", "set temperature hot")
+    bad = await commands.run(message(is_admin=True), "config", "set temperature hot")
     assert bad.startswith("Can't set temperature:")
-    unknown = await engine.command(message(is_admin=True), "config", "set colour red")
+    unknown = await commands.run(message(is_admin=True), "config", "set colour red")
     assert "unknown key 'colour'" in unknown
     # The change applies to the next message, without a restart.
     await engine.handle(message("hi"), RecordingTarget())
     assert fake_llm.requests[-1]["temperature"] == 1.5
-    shown = await engine.command(message(), "config", "show")
+    shown = await commands.run(message(), "config", "show")
     assert "temperature = 1.5" in shown
     audit = (
         sqlite3.connect(tmp_path / "parley.db")
@@ -178,17 +176,17 @@ async def test_config_set_is_admin_only_and_audited(
 
 
 async def test_persona_reset_and_forget_commands(app: ParleyApp, fake_llm: FakeLLMServer) -> None:
-    engine = app.engine
-    assert "Only admins" in await engine.command(message(), "persona", "pirate")
-    assert "persona is now pirate" in await engine.command(
+    engine, commands = app.engine, app.commands
+    assert "Only admins" in await commands.run(message(), "persona", "pirate")
+    assert "persona is now pirate" in await commands.run(
         message(is_private=True), "persona", "pirate"
     )
     await engine.handle(message("hello"), RecordingTarget())
     assert "talk like a pirate" in fake_llm.requests[-1]["messages"][0]["content"]
-    assert "Conversation cleared (2 messages)" in await engine.command(message(), "reset")
+    assert "Conversation cleared (2 messages)" in await commands.run(message(), "reset")
     await engine.handle(message("fresh start"), RecordingTarget())
     assert "hello" not in prompt_text(fake_llm.requests[-1])
-    assert await engine.command(message(), "forget") == "Deleted 1 of your messages."
+    assert await commands.run(message(), "forget") == "Deleted 1 of your messages."
 
 
 async def test_too_long_input_is_refused_politely(app: ParleyApp, fake_llm: FakeLLMServer) -> None:
@@ -217,12 +215,12 @@ async def test_cancelled_reply_is_stored_as_partial(
 
 async def test_stt_language_must_be_one_whisper_knows(app: ParleyApp) -> None:
     admin = message(is_admin=True)
-    refused = await app.engine.command(admin, "config", "set stt_language klingon")
+    refused = await app.commands.run(admin, "config", "set stt_language klingon")
     assert refused.startswith("Can't set stt_language: 'klingon' is not a language Whisper knows")
-    assert "stt_language is now de" in await app.engine.command(
+    assert "stt_language is now de" in await app.commands.run(
         admin, "config", "set stt_language de"
     )
-    assert "stt_language is now auto" in await app.engine.command(
+    assert "stt_language is now auto" in await app.commands.run(
         admin, "config", "set stt_language auto"
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,18 +14,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bot import cli
 from bot.app import ParleyApp
 from bot.config import HTTPSettings
 from bot.health import (
     HealthChecks,
     database_check,
-    main,
     platform_check,
     probe,
     probe_url,
 )
 from bot.http_server import OpsServer, serve_http
-from bot.storage import HistoryStore
+from bot.storage import SQLiteStore
 from tests.conftest import make_settings
 
 
@@ -154,7 +155,7 @@ async def test_a_check_that_hangs_fails_with_its_name() -> None:
 
 
 async def test_database_check_fails_once_the_database_is_closed(tmp_path: Path) -> None:
-    store = await HistoryStore.open(str(tmp_path / "parley.db"))
+    store = await SQLiteStore.open(str(tmp_path / "parley.db"))
     check = database_check(store)
     assert await check() is None
     await store.close()
@@ -197,7 +198,7 @@ async def test_probe_exit_code_follows_healthz(
     assert await asyncio.to_thread(probe, url) == 1  # nothing listens any more
 
 
-async def test_probe_main_reads_the_http_settings(
+async def test_parley_healthcheck_reads_the_http_settings(
     parley: ParleyApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = free_port()
@@ -205,10 +206,13 @@ async def test_probe_main_reads_the_http_settings(
     monkeypatch.chdir(tmp_path)  # no config.toml here: settings come from the environment
     monkeypatch.setenv("PARLEY_HTTP__PORT", str(port))
     monkeypatch.setenv("PARLEY_HTTP__HOST", "0.0.0.0")  # the probe asks loopback
+    # A platform's section must not trip the probe up (it reads the settings as `parley` does).
+    monkeypatch.setenv("PARLEY_TELEGRAM__WEBHOOK_PORT", "8443")
+    healthcheck = functools.partial(cli.main, ["healthcheck"])
     async with serve_http(HTTPSettings(enabled=True, port=port), parley.health_checks()):
-        assert await asyncio.to_thread(main) == 1  # [http] is off in the settings it reads
+        assert await asyncio.to_thread(healthcheck) == 1  # [http] is off in the settings it reads
         monkeypatch.setenv("PARLEY_HTTP__ENABLED", "true")
-        assert await asyncio.to_thread(main) == 0
+        assert await asyncio.to_thread(healthcheck) == 0
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[ParleyApp, Tele
     async with ParleyApp(settings, speech=False) as app:
         server = OpsServer(settings.http, app.health_checks())
         await server.start()
-        adapter = TelegramAdapter(settings, app.engine, poll_timeout_s=1)
+        adapter = TelegramAdapter(app.services, poll_timeout_s=1)
         await adapter.start()
         try:
             yield app, adapter, server.url

@@ -16,7 +16,8 @@ import pytest
 
 from adapters.discord.adapter import MSG_NOT_ALLOWED
 from adapters.telegram.adapter import MSG_REFUSED
-from bot.engine import MSG_BLOCKED, MSG_SLOW_DOWN
+from bot.commands import MSG_BLOCKED
+from bot.engine import MSG_SLOW_DOWN
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeInteraction, FakeUser, snowflake
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from bot.queue import TurnQueue
 
@@ -68,3 +70,36 @@ async def test_a_cancelled_waiter_does_not_block_the_line() -> None:
     await asyncio.gather(first, third)
     assert done == ["first", "third"]
     assert second.cancelled()
+
+
+async def test_a_turn_waiting_at_its_gate_holds_no_slot() -> None:
+    # The gate is where a turn waits for its channel's earlier turns in other processes.
+    queue = TurnQueue(slots=1)
+    events: list[str] = []
+    opened = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def gate() -> AsyncIterator[None]:
+        events.append("gate wait")
+        await opened.wait()
+        events.append("gate open")
+        yield
+        events.append("gate closed")
+
+    async def nothing(n: int) -> None:
+        return None
+
+    async def turn(channel: str, name: str, with_gate: bool) -> None:
+        async with queue.turn(channel, nothing, gate if with_gate else None):
+            events.append(name)
+
+    gated = asyncio.create_task(turn("a", "a1", True))
+    behind = asyncio.create_task(turn("a", "a2", False))
+    await asyncio.sleep(0.01)
+    # Another channel gets the only slot while a1 waits at its gate; a2 waits behind a1.
+    await asyncio.wait_for(turn("b", "b1", False), 5)
+    assert events == ["gate wait", "b1"]
+    opened.set()
+    await asyncio.wait_for(asyncio.gather(gated, behind), 5)
+    assert events == ["gate wait", "b1", "gate open", "a1", "gate closed", "a2"]
+    assert queue.depth == 0 and queue._free == 1

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import ParleyApp
-from bot.config import load_settings
+from bot.app import load as load_settings
 from bot.engine import MSG_CUT_OFF, MSG_SLOW_DOWN, MSG_TIMEOUT
 from bot.errors import ConfigError
 from bot.ratelimit import UserRateLimiter
 from bot.sse import SSEDecoder, ThinkSplitter, parse_chunk
-from bot.storage import HistoryStore
+from bot.storage import SQLiteStore
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.parley_process import parley_env, start_parley
@@ -62,7 +62,7 @@ async def test_blocked_users_are_ignored(fake_llm: FakeLLMServer, tmp_path: Path
     async with ParleyApp(settings, speech=False) as parley:
         target = RecordingTarget()
         await parley.engine.handle(message("hi", user="troll"), target)
-        refusal = await parley.engine.command(message(user="troll", is_admin=True), "reset")
+        refusal = await parley.commands.run(message(user="troll", is_admin=True), "reset")
     assert target.calls == [] and target.notices == []
     assert refusal == "Sorry, you can't use this bot."
     assert fake_llm.requests == []
@@ -148,7 +148,7 @@ async def test_managed_server_killed_mid_stream_recovers(tmp_path: Path) -> None
 
 
 async def test_retention_deletes_old_messages(tmp_path: Path) -> None:
-    store = await HistoryStore.open(str(tmp_path / "p.db"))
+    store = await SQLiteStore.open(str(tmp_path / "p.db"))
     channel = await store.channel_id("test", "c")
     old = await store.start_turn(
         channel, author_id="u", author_name="U", content="old", token_count=1

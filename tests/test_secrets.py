@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.config import LoggingSettings, Settings, load_settings
+from bot.app import load as load_settings
+from bot.config import LoggingSettings, Settings
 from bot.engine import MSG_LLM_DOWN
 from bot.errors import ConfigError
 from bot.logs import setup_logging
@@ -140,8 +141,7 @@ async def test_discord_conversation_leaks_no_secret(tmp_path: Path, llm: FakeLLM
 
 async def test_refused_telegram_token_is_not_shown(tmp_path: Path, llm: FakeLLMServer) -> None:
     async with FakeTelegramAPI() as api:  # it expects another token: ours gets a 401
-        settings = telegram_settings(tmp_path, api, llm.url)
-        settings.telegram.token = type(settings.telegram.token)(TELEGRAM_TOKEN)
+        settings = telegram_settings(tmp_path, api, llm.url, token=TELEGRAM_TOKEN)
         with debug_logs(settings) as logs, pytest.raises(ConfigError) as refused:
             async with telegram_bot(settings):
                 pass

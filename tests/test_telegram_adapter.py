@@ -19,17 +19,10 @@ import aiohttp
 import av
 import pytest
 
-from adapters.telegram.adapter import COMMANDS, MSG_REFUSED, TelegramAdapter
+from adapters.telegram.adapter import MSG_REFUSED, TelegramAdapter
 from bot.app import ParleyApp
-from bot.config import (
-    EngineSettings,
-    LLMSettings,
-    Settings,
-    StorageSettings,
-    STTSettings,
-    TelegramSettings,
-    TTSSettings,
-)
+from bot.config import Settings
+from tests import conftest
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -60,18 +53,18 @@ def make_settings(
     **telegram: Any,
 ) -> Settings:
     tg = {"private_rate": FAST_RATE, "group_rate": FAST_RATE, **telegram}
-    return Settings(
-        llm=LLMSettings(base_url=llm.url, retries=0),
-        engine=EngineSettings(**{"voice_mode": "off", **(engine or {})}),
-        storage=StorageSettings(path=str(tmp_path / "parley.db")),
-        stt=STTSettings(model="tiny.en", show_transcript=True),
-        tts=TTSSettings(backends=["piper"]),
-        telegram=TelegramSettings(
-            token=api.token,
-            api_base_url=api.api_base_url,
-            file_base_url=api.file_base_url,
+    return conftest.make_settings(
+        tmp_path,
+        llm={"base_url": llm.url, "retries": 0},
+        engine={"voice_mode": "off", **(engine or {})},
+        stt={"model": "tiny.en", "show_transcript": True},
+        tts={"backends": ["piper"]},
+        telegram={
+            "token": api.token,
+            "api_base_url": api.api_base_url,
+            "file_base_url": api.file_base_url,
             **tg,
-        ),
+        },
     )
 
 
@@ -79,7 +72,7 @@ def make_settings(
 async def running_bot(settings: Settings, *, speech: bool = False) -> AsyncIterator[None]:
     """ParleyApp + TelegramAdapter, started and stopped like `parley run` does."""
     async with ParleyApp(settings, speech=speech) as app:
-        adapter = TelegramAdapter(settings, app.engine, poll_timeout_s=1)
+        adapter = TelegramAdapter(app.services, poll_timeout_s=1)
         await adapter.start()
         try:
             yield
@@ -228,7 +221,9 @@ async def test_commands_are_registered_and_config_set_is_for_admins(
     ann, admin = api.user(ANN, "Ann"), api.user(ADMIN, "Root")
     group = api.group_chat(GROUP)
     async with running_bot(make_settings(tmp_path, api, llm, admin_ids=[ADMIN])):
-        assert [c["command"] for c in api.commands] == [c.command for c in COMMANDS]
+        assert [c["command"] for c in api.commands] == [
+            "start", "help", "ask", "reset", "persona", "voice", "config", "forget"
+        ]  # fmt: skip
         api.send_text(group, ann, "/config set temperature 0.2")
         await api.wait_for(shows(GROUP, "only admins"))
         api.send_text(group, admin, "/config@ParleyTestBot set temperature 0.2")

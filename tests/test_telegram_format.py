@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from telegram import Message
 
+from adapters.telegram.config import TelegramSettings
 from adapters.telegram.format import render_markdown
 from adapters.telegram.rules import is_addressed, may_use, parse_command, strip_mention
-from bot.config import TelegramSettings
 from tests.fakes.telegram_api import FakeTelegramAPI, utf16_len
 
 BOT_ID = 777000111

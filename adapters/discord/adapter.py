@@ -27,6 +27,8 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.discord.commands import build_command_tree
+from adapters.discord.config import DiscordSettings
+from adapters.discord.limits import channel_limits
 from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import AccessRules, audio_attachment, is_turn, readable_text
 from adapters.discord.targets import (
@@ -35,14 +37,12 @@ from adapters.discord.targets import (
     Clock,
     InteractionTarget,
 )
-from bot.config import Settings
-from bot.errors import ConfigError
+from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.splitter import split_markdown
-from bot.streaming import discord_limits
 from bot.types import IncomingMessage, TargetLimits
 
 if TYPE_CHECKING:
-    from bot.engine import ConversationEngine
+    from bot.platform import Services
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ MSG_TOKEN_REFUSED = (
     f"Bot > Token in the Discord Developer Portal ({DEVELOPER_PORTAL})."
 )
 MSG_NOT_ALLOWED = "Sorry, I'm not available here."
+MSG_FAILED_MESSAGE = "⚠️ Something went wrong on my side with that message. Please try again."
+MSG_FAILED = "⚠️ Something went wrong on my side with that command. Please try again."
 MSG_NO_REPLY = "Done."  # an empty command reply: Discord refuses empty messages
 MSG_AUDIO_TOO_LARGE = "That audio file is too large ({size:.1f} MB; the limit is {limit:.1f} MB)."
 MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it again."
@@ -103,22 +105,22 @@ class DiscordAdapter:
 
     def __init__(
         self,
-        settings: Settings,
-        engine: ConversationEngine,
+        services: Services,
         *,
         guild_ready_timeout: float = GUILD_READY_TIMEOUT_S,
         stop_grace_s: float = STOP_GRACE_S,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._settings = settings
-        self._cfg = settings.discord
-        self._access = AccessRules(settings.discord)
-        self._engine = engine
+        self._settings = services.settings
+        self._cfg = DiscordSettings.of(services.settings)
+        self._access = AccessRules(self._cfg)
+        self._engine = services.engine
+        self._commands = services.commands
         self._guild_ready_timeout = guild_ready_timeout
         self._stop_grace_s = stop_grace_s
         self._stopping = False
         self._clock = clock
-        self._limits: TargetLimits = discord_limits(settings.discord)
+        self._limits: TargetLimits = channel_limits(self._cfg)
         self._client: _Client | None = None
         self._tree: app_commands.CommandTree[discord.Client] | None = None
         self._rest: DiscordRest | None = None
@@ -156,7 +158,7 @@ class DiscordAdapter:
             allowed_mentions=NOTICE_MENTIONS,
         )
         self._client = client
-        self._tree = build_command_tree(client, self, bot_name=self._settings.engine.bot_name)
+        self._tree = build_command_tree(client, self)
         try:
             try:
                 await client.login(token)
@@ -252,7 +254,7 @@ class DiscordAdapter:
             self._spawn(self._answer(message))
 
     async def _answer(self, message: discord.Message) -> None:
-        assert self._rest is not None and self._client is not None and self._client.user
+        assert self._rest is not None and self._client is not None
         target = ChannelTarget(
             rest=self._rest,
             http=self._client.http,
@@ -260,6 +262,18 @@ class DiscordAdapter:
             limits=self._limits,
             clock=self._clock,
         )
+        try:
+            await self._answer_message(message, target)
+        # One message's error boundary: log it, tell the user, keep the gateway going.
+        except Exception:
+            log.exception("Discord: handling a message in channel %s failed", message.channel.id)
+            try:
+                await target.notice(MSG_FAILED_MESSAGE)
+            except (DeliveryError, RetryAfter, OSError) as exc:
+                log.warning("Discord: could not tell the user: %s", exc)
+
+    async def _answer_message(self, message: discord.Message, target: ChannelTarget) -> None:
+        assert self._client is not None and self._client.user is not None
         text = readable_text(message, self._client.user)
         attachment = audio_attachment(message)
         if not text and attachment is None:
@@ -333,7 +347,12 @@ class DiscordAdapter:
         if not await self._admit(interaction) or not await _defer(interaction, ephemeral=ephemeral):
             return
         msg = self._interaction_message(interaction, f"/{name} {args}".strip())
-        reply = await self._engine.command(msg, name, args)
+        try:
+            reply = await self._commands.run(msg, name, args)
+        # One interaction's error boundary: log it, tell the user.
+        except Exception:
+            log.exception("Discord: /%s failed", name)
+            reply = MSG_FAILED
         first, *more = split_markdown(reply, self._limits.max_chars) or [MSG_NO_REPLY]
         await interaction.edit_original_response(content=first, allowed_mentions=NOTICE_MENTIONS)
         for piece in more:

@@ -1,19 +1,27 @@
-"""Parley's slash commands, declared on a discord.py `CommandTree`.
+"""The command table (bot/commands.py) as Discord slash commands on a discord.py `CommandTree`.
 
-The callbacks only parse options and hand over to a `CommandHandler` (the Discord adapter), so the
-command surface is readable in one place. No `from __future__ import annotations` here:
-discord.py reads the callbacks' annotations at runtime to build the option schema.
+discord.py reads a command's options from its callback's signature, so each table entry gets a
+callback whose `__signature__` lists the entry's parameters; the callback only collects the
+options and hands over to a `CommandHandler` (the Discord adapter).
 """
 
-from typing import Literal, Protocol
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol
 
 import discord
 from discord import app_commands
 
-from bot.channel_config import CHANNEL_KEYS
-from bot.personas import PERSONAS
+from bot.commands import Access, Command, Param, commands_for
 
-MAX_CHOICE_NAME = 100  # Discord's limit for a choice's display name
+PLATFORM = "discord"
+MAX_DESCRIPTION = 100  # Discord's limit for command, option and choice descriptions/names
+_ACCESS_NOTES = {
+    Access.EVERYONE: "",
+    Access.OWNER: "",
+    Access.ADMIN: " (Manage Server or a bot admin)",
+}
 
 
 class CommandHandler(Protocol):
@@ -26,64 +34,78 @@ class CommandHandler(Protocol):
     async def run_command(
         self, interaction: discord.Interaction, name: str, args: str, *, ephemeral: bool
     ) -> None:
-        """Run an engine command and show its reply."""
+        """Run a command of the table and show its reply."""
         ...
 
 
 def build_command_tree(
-    client: discord.Client, handler: CommandHandler, *, bot_name: str
+    client: discord.Client, handler: CommandHandler
 ) -> app_commands.CommandTree[discord.Client]:
-    """A CommandTree with /ask, /reset, /persona, /voice, /config show|set, /help, /forget."""
+    """A CommandTree with every command of the table that Discord offers."""
     tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
-    presets = ", ".join(PERSONAS)
-
-    @tree.command(name="ask", description=f"Ask {bot_name}; the answer streams in as it is written")
-    @app_commands.describe(prompt="Your message", voice="Also answer with a voice message")
-    async def ask(interaction: discord.Interaction, prompt: str, voice: bool = False) -> None:
-        await handler.ask(interaction, prompt, voice)
-
-    @tree.command(name="reset", description="Forget this channel's conversation")
-    async def reset(interaction: discord.Interaction) -> None:
-        await handler.run_command(interaction, "reset", "", ephemeral=False)
-
-    @tree.command(name="persona", description="Show or change how the bot talks in this channel")
-    @app_commands.describe(persona=f"A preset ({presets}) or your own instructions"[:100])
-    async def persona(interaction: discord.Interaction, persona: str | None = None) -> None:
-        await handler.run_command(interaction, "persona", persona or "", ephemeral=False)
-
-    @tree.command(name="voice", description="Show or change when the bot answers with voice")
-    @app_commands.describe(mode="off, only when you sent a voice message, or always")
-    async def voice(
-        interaction: discord.Interaction,
-        mode: Literal["off", "reply-to-voice", "always"] | None = None,
-    ) -> None:
-        await handler.run_command(interaction, "voice", mode or "", ephemeral=False)
-
-    config = app_commands.Group(name="config", description="This channel's settings")
-
-    @config.command(name="show", description="Show this channel's settings")
-    async def config_show(interaction: discord.Interaction) -> None:
-        await handler.run_command(interaction, "config", "show", ephemeral=True)
-
-    @config.command(name="set", description="Change a setting (Manage Server or a bot admin)")
-    @app_commands.describe(key="The setting", value="Its new value")
-    @app_commands.choices(
-        key=[
-            app_commands.Choice(name=f"{key}: {about}"[:MAX_CHOICE_NAME], value=key)
-            for key, about in CHANNEL_KEYS.items()
-        ]
-    )
-    async def config_set(interaction: discord.Interaction, key: str, value: str) -> None:
-        await handler.run_command(interaction, "config", f"set {key} {value}", ephemeral=True)
-
-    tree.add_command(config)
-
-    @tree.command(name="help", description="What the bot can do")
-    async def help_(interaction: discord.Interaction) -> None:
-        await handler.run_command(interaction, "help", "", ephemeral=True)
-
-    @tree.command(name="forget", description="Delete every message you sent the bot")
-    async def forget(interaction: discord.Interaction) -> None:
-        await handler.run_command(interaction, "forget", "", ephemeral=True)
-
+    for command in commands_for(PLATFORM):
+        if not command.subcommands:
+            tree.add_command(_slash(command, handler))
+            continue
+        group = app_commands.Group(name=command.name, description=_short(command.help))
+        for sub in command.subcommands:
+            group.add_command(_slash(sub, handler, parent=command.name))
+        tree.add_command(group)
     return tree
+
+
+def _slash(
+    command: Command, handler: CommandHandler, *, parent: str | None = None
+) -> app_commands.Command[Any, ..., None]:
+    async def callback(interaction: discord.Interaction, **options: Any) -> None:
+        if command.turn:
+            prompt = str(options.get("prompt") or "")
+            await handler.ask(interaction, prompt, bool(options.get("voice")))
+            return
+        values = [options.get(param.name) for param in command.params]
+        args = " ".join(str(value) for value in values if value not in (None, ""))
+        name = parent or command.name
+        if parent is not None:
+            args = f"{command.name} {args}"
+        await handler.run_command(interaction, name, args.strip(), ephemeral=command.private)
+
+    interaction = inspect.Parameter(
+        "interaction", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=discord.Interaction
+    )
+    callback.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [interaction, *(_option(param) for param in command.params)]
+    )
+    described = app_commands.describe(
+        **{param.name: _short(param.help) for param in command.params}
+    )(callback)
+    choices = {
+        param.name: [
+            app_commands.Choice(name=_short(label), value=value)
+            for value, label in zip(param.choices, param.labels or param.choices, strict=True)
+        ]
+        for param in command.params
+        if param.choices
+    }
+    if choices:
+        described = app_commands.choices(**choices)(described)
+    return app_commands.Command(
+        name=command.name,
+        description=_short(command.help + _ACCESS_NOTES[command.access]),
+        callback=described,
+    )
+
+
+def _option(param: Param) -> inspect.Parameter:
+    annotation: Any = bool if param.kind == "flag" else str
+    default: Any = inspect.Parameter.empty
+    if not param.required:
+        default = False if param.kind == "flag" else None
+        if param.kind != "flag":
+            annotation = annotation | None
+    return inspect.Parameter(
+        param.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default
+    )
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"

@@ -19,10 +19,10 @@ from urllib.parse import quote
 
 import aiohttp
 
+from adapters.discord.errors import reason_of
 from bot.errors import DeliveryError, RetryAfter
 
 REQUEST_TIMEOUT_S = 20.0  # a timeout raises TimeoutError, an OSError the streamer retries
-INVALID_WEBHOOK_TOKEN = 50027  # JSON error code of an expired interaction token
 # Replies never ping @everyone, roles or users, whatever the model writes; a reply to a
 # message still notifies its author, as Discord's own replies do.
 ALLOWED_MENTIONS: dict[str, Any] = {"parse": [], "replied_user": True}
@@ -150,6 +150,7 @@ def _error_for(method: str, route: str, response: aiohttp.ClientResponse, data: 
         return ConnectionError(f"Discord {method} {route}: {response.status}")
     code = body.get("code", 0)
     message = f"Discord {method} {route}: {response.status} {body.get('message', '')} (code {code})"
-    if response.status == 401 and code == INVALID_WEBHOOK_TOKEN:
-        return InteractionTokenExpired(message)
-    return DeliveryError(message)
+    reason = reason_of(response.status, code)
+    if reason == "token_expired":
+        return InteractionTokenExpired(message, reason=reason)
+    return DeliveryError(message, reason=reason)

@@ -6,7 +6,7 @@ import re
 
 import discord
 
-from bot.config import DiscordSettings
+from adapters.discord.config import DiscordSettings
 
 # Messages people write; joins, pins, boosts and the like are system messages.
 CHAT_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)

@@ -17,7 +17,9 @@ from enum import Enum
 import discord
 from discord.http import HTTPClient, Route
 
-from adapters.discord.rest import INVALID_WEBHOOK_TOKEN, DiscordRest, InteractionTokenExpired
+from adapters.discord.errors import INVALID_WEBHOOK_TOKEN, delivery_error
+from adapters.discord.limits import INTERACTION_TOKEN_LIFETIME_S
+from adapters.discord.rest import DiscordRest, InteractionTokenExpired
 from bot.errors import DeliveryError, RetryAfter
 from bot.splitter import split_markdown
 from bot.types import TargetLimits, VoiceClip
@@ -31,7 +33,6 @@ MAX_WAVEFORM_SAMPLES = 256  # Discord's clients draw at most this many
 VOICE_FILENAME = "voice-message.ogg"
 AUDIO_FALLBACK_FILENAME = "reply.ogg"
 TYPING_REFRESH_S = 8.0  # one trigger shows "typing…" for about 10 s
-INTERACTION_TOKEN_LIFETIME_S = 15 * 60
 TOKEN_SAFETY_S = 30.0  # stop using the token early: a request may still be on its way
 NOTICE_MENTIONS = discord.AllowedMentions(everyone=False, users=False, roles=False)
 QUEUE_TEXT = "⏳ You're #{position} in line; I'll answer as soon as it's your turn."
@@ -202,7 +203,7 @@ class ChannelTarget(_DiscordTarget):
             for piece in pieces:
                 await channel.send(piece, reference=reference, allowed_mentions=NOTICE_MENTIONS)
         except discord.HTTPException as exc:
-            raise DeliveryError(f"notice not delivered: {exc}") from exc
+            raise delivery_error("notice not delivered", exc) from exc
 
     async def send_voice(self, clip: VoiceClip) -> None:
         if await self._voice_message(clip, reply_to=self._message.id):
@@ -214,7 +215,7 @@ class ChannelTarget(_DiscordTarget):
                 allowed_mentions=NOTICE_MENTIONS,
             )
         except discord.HTTPException as exc:
-            raise DeliveryError(f"voice reply not delivered: {exc}") from exc
+            raise delivery_error("voice reply not delivered", exc) from exc
 
 
 class _Kind(Enum):
@@ -345,7 +346,7 @@ class InteractionTarget(_DiscordTarget):
             for piece in split_markdown(text, self._limits.max_chars):
                 await self._post_notice(piece)
         except discord.HTTPException as exc:
-            raise DeliveryError(f"notice not delivered: {exc}") from exc
+            raise delivery_error("notice not delivered", exc) from exc
 
     async def _post_notice(self, text: str) -> None:
         if self._token_alive():
@@ -375,7 +376,7 @@ class InteractionTarget(_DiscordTarget):
             else:
                 await self._channel.send(file=_audio_file(clip))
         except discord.HTTPException as exc:
-            raise DeliveryError(f"voice reply not delivered: {exc}") from exc
+            raise delivery_error("voice reply not delivered", exc) from exc
 
 
 def _beyond(text: str, shown: str) -> str:

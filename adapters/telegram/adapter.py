@@ -17,9 +17,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import telegram.error
-from telegram import Audio, BotCommand, Message, Update, VideoNote, Voice
+from telegram import Audio, Message, Update, VideoNote, Voice
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
+from adapters.telegram.commands import find as find_command
+from adapters.telegram.commands import menu
+from adapters.telegram.config import TelegramSettings
+from adapters.telegram.errors import reason_of
+from adapters.telegram.limits import MAX_DOWNLOAD_BYTES, chat_limits
 from adapters.telegram.rules import (
     is_addressed,
     is_private,
@@ -30,25 +35,15 @@ from adapters.telegram.rules import (
 from adapters.telegram.targets import TelegramReplyTarget
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
-from bot.config import TELEGRAM_MAX_DOWNLOAD_BYTES, Settings
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.types import IncomingMessage
 
 if TYPE_CHECKING:
-    from bot.engine import ConversationEngine
+    from bot.platform import Services
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
-COMMANDS = (
-    BotCommand("start", "Say hello"),
-    BotCommand("help", "What I can do"),
-    BotCommand("reset", "Forget this conversation"),
-    BotCommand("persona", "Show or change how I talk"),
-    BotCommand("voice", "When I answer with voice: off, reply-to-voice, always"),
-    BotCommand("config", "This chat's settings: show, or set KEY VALUE (admins)"),
-    BotCommand("forget", "Delete every message you sent me"),
-)
 POLL_TIMEOUT_S = 30  # long-poll length of getUpdates (Telegram allows up to 50)
 STOP_GRACE_S = 10.0  # replies in progress get this long to finish when the bot stops
 UPDATES = [Update.MESSAGE]  # the only update type the bot acts on
@@ -58,6 +53,7 @@ MSG_AUDIO_TOO_LARGE = (
     "That recording is too large: I can take voice notes of up to {limit_mb:.0f} MB. "
     "Please send a shorter one."
 )
+MSG_FAILED = "⚠️ Something went wrong on my side with that message. Please try again."
 MSG_DOWNLOAD_FAILED = "Sorry, I couldn't download that recording. Please try again."
 _MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
@@ -73,15 +69,15 @@ class TelegramAdapter:
 
     def __init__(
         self,
-        settings: Settings,
-        engine: ConversationEngine,
+        services: Services,
         *,
         poll_timeout_s: int = POLL_TIMEOUT_S,
         stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
-        self._settings = settings
-        self._tg = settings.telegram
-        self._engine = engine
+        self._settings = services.settings
+        self._tg = TelegramSettings.of(services.settings)
+        self._engine = services.engine
+        self._commands = services.commands
         self._poll_timeout_s = poll_timeout_s
         self._stop_grace_s = stop_grace_s
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
@@ -135,7 +131,7 @@ class TelegramAdapter:
 
     async def _run(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await application.initialize()
-        await application.bot.set_my_commands(COMMANDS)
+        await application.bot.set_my_commands(menu())
         await application.start()
         if self._tg.webhook_url:
             await self._start_webhook(application)
@@ -196,11 +192,14 @@ class TelegramAdapter:
         command = parse_command(message.text, context.bot.username)
         if command is None:
             return
-        known = any(command.name == c.command for c in COMMANDS)
-        if not known and not (is_private(message) or command.addressed):
+        known = find_command(command.name)
+        if known is None and not (is_private(message) or command.addressed):
             return  # in a group, an unknown bare /command is probably for another bot
         if not may_use(self._tg, message.from_user.id, message.chat_id):
             self._spawn(self._tell(message, MSG_REFUSED))
+            return
+        if known is not None and known.turn:  # /ask: its text is a message to answer
+            self._spawn(self._answer(message, context.bot.username, text=command.args))
             return
         self._spawn(self._run_command(message, command.name, command.args))
 
@@ -209,10 +208,11 @@ class TelegramAdapter:
 
     # -- answering -------------------------------------------------------------------------
 
-    async def _answer(self, message: Message, bot_username: str) -> None:
+    async def _answer(self, message: Message, bot_username: str, text: str | None = None) -> None:
         target = self._target(message)
         try:
-            text = strip_mention(message.text or message.caption or "", bot_username)
+            if text is None:
+                text = strip_mention(message.text or message.caption or "", bot_username)
             audio: bytes | None = None
             mime: str | None = None
             media = message.voice or message.audio or message.video_note
@@ -224,13 +224,21 @@ class TelegramAdapter:
             await self._engine.handle(self._incoming(message, text, audio, mime), target)
         except _UNDELIVERED as exc:
             log.warning("reply to chat %s not delivered: %s", message.chat_id, exc)
+        # One update's error boundary: log it, tell the user, keep polling.
+        except Exception:
+            log.exception("Telegram: handling a message in chat %s failed", message.chat_id)
+            await self._tell(message, MSG_FAILED)
         finally:
             await target.close()
 
     async def _run_command(self, message: Message, name: str, args: str) -> None:
-        if name == "config" and not args:
-            args = "show"
-        reply = await self._engine.command(self._incoming(message, message.text or ""), name, args)
+        msg = self._incoming(message, message.text or "")
+        try:
+            reply = await self._commands.run(msg, name, args)
+        # One command's error boundary: log it, tell the user.
+        except Exception:
+            log.exception("Telegram: /%s in chat %s failed", name, message.chat_id)
+            reply = MSG_FAILED
         await self._tell(message, reply)
 
     async def _tell(self, message: Message, text: str) -> None:
@@ -244,7 +252,7 @@ class TelegramAdapter:
         self, media: Voice | Audio | VideoNote, target: TelegramReplyTarget
     ) -> bytes | None:
         """The recording's bytes, or None after telling the user why not."""
-        limit = min(TELEGRAM_MAX_DOWNLOAD_BYTES, self._settings.stt.max_bytes)
+        limit = min(MAX_DOWNLOAD_BYTES, self._settings.stt.max_bytes)
         size = media.file_size or 0
         too_large = MSG_AUDIO_TOO_LARGE.format(limit_mb=limit / _MB)
         if size > limit:
@@ -257,7 +265,7 @@ class TelegramAdapter:
         except telegram.error.BadRequest as exc:
             # Telegram refuses files over 20 MB even when the update did not tell the size.
             log.info("voice note download refused: %s", exc)
-            too_big = "too big" in exc.message.lower()
+            too_big = reason_of(exc) == "too_large"
             await target.notice(too_large if too_big else MSG_DOWNLOAD_FAILED)
         except telegram.error.TelegramError as exc:
             log.warning("voice note download failed: %s", exc)
@@ -289,13 +297,11 @@ class TelegramAdapter:
         )
 
     def _target(self, message: Message) -> TelegramReplyTarget:
-        from bot.streaming import telegram_limits
-
         private = is_private(message)
         return TelegramReplyTarget(
             message.get_bot(),
             chat_id=message.chat_id,
-            limits=telegram_limits(self._tg, is_private=private),
+            limits=chat_limits(self._tg, is_private=private),
             use_drafts=private and self._tg.stream == "draft",
             # In a group the answer quotes the question, so it is clear whom it answers.
             reply_to_message_id=None if private else message.message_id,

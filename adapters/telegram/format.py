@@ -1,4 +1,4 @@
-"""The model's Markdown as Telegram text + MessageEntity pairs, and Telegram error helpers.
+"""The model's Markdown as Telegram text + MessageEntity pairs.
 
 Entities instead of MarkdownV2 mean nothing needs escaping: telegramify-markdown parses the Markdown
 (CommonMark, with pyromark) and returns plain text plus entity offsets in UTF-16 code units.
@@ -6,20 +6,12 @@ Entities instead of MarkdownV2 mean nothing needs escaping: telegramify-markdown
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dtm
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyromark
-import telegram.error
 from telegram import MessageEntity
-from telegram.warnings import PTBDeprecationWarning
 from telegramify_markdown import convert
 from telegramify_markdown.converter import STANDARD_OPTIONS
-
-from bot.errors import DeliveryError, RetryAfter
 
 # Link targets Telegram accepts in a text_link entity; any other target is dropped (its text stays).
 _LINK_SCHEMES = ("http://", "https://", "tg://")
@@ -85,41 +77,3 @@ def _html_brackets(markdown: str) -> list[int]:
             start, end = span["start"], span["end"]
             positions.extend(start + i for i, byte in enumerate(source[start:end]) if byte == _LT)
     return sorted(set(positions))
-
-
-def retry_after_seconds(exc: telegram.error.RetryAfter) -> float:
-    """The wait PTB parsed from `parameters.retry_after`, in seconds."""
-    with warnings.catch_warnings():
-        # An int unless PTB_TIMEDELTA is set; PTB warns that it will become a timedelta.
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value = exc.retry_after
-    return value.total_seconds() if isinstance(value, dtm.timedelta) else float(value)
-
-
-def is_not_modified(exc: telegram.error.TelegramError) -> bool:
-    """Telegram's answer to an edit that changes nothing: the message already shows the text."""
-    return isinstance(exc, telegram.error.BadRequest) and "not modified" in exc.message.lower()
-
-
-def is_gone(exc: telegram.error.TelegramError) -> bool:
-    """The message to edit or delete no longer exists."""
-    return isinstance(exc, telegram.error.BadRequest) and "not found" in exc.message.lower()
-
-
-@contextlib.contextmanager
-def delivery_errors() -> Iterator[None]:
-    """Translate PTB's errors into the ones the reply streamer handles.
-
-    429 -> `RetryAfter`; a refusal (bad request, forbidden, chat gone) -> `DeliveryError`; a
-    network failure or timeout -> `ConnectionError`, an `OSError` the streamer retries.
-    """
-    try:
-        yield
-    except telegram.error.RetryAfter as exc:
-        raise RetryAfter(retry_after_seconds(exc)) from exc
-    except telegram.error.BadRequest as exc:
-        raise DeliveryError(f"Telegram refused the request: {exc.message}") from exc
-    except telegram.error.NetworkError as exc:  # TimedOut too; BadRequest is caught above
-        raise ConnectionError(f"Telegram unreachable: {exc.message}") from exc
-    except telegram.error.TelegramError as exc:  # Forbidden, ChatMigrated, InvalidToken, ...
-        raise DeliveryError(f"Telegram refused the request: {exc.message}") from exc

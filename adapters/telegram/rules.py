@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from telegram import Message, MessageEntity
 from telegram.constants import ChatType
 
-from bot.config import TelegramSettings
+from adapters.telegram.config import TelegramSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,16 +20,17 @@ from typing import Any, TypeVar
 
 import telegram.error
 from telegram import Bot, InputFile, Message, ReplyParameters
-from telegram.constants import ChatAction, MessageLimit
+from telegram.constants import ChatAction
 
-from adapters.telegram.format import (
-    Rendered,
+from adapters.telegram.errors import (
     delivery_errors,
     is_gone,
     is_not_modified,
-    render_markdown,
     retry_after_seconds,
 )
+from adapters.telegram.format import Rendered, render_markdown
+from adapters.telegram.limits import MAX_CAPTION_CHARS
+from bot.backoff import Backoff
 from bot.types import TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ TYPING_REFRESH_S = 3.0
 SEND_ATTEMPTS = 3
 MAX_RETRY_WAIT_S = 30.0
 NETWORK_RETRY_S = 1.0  # first wait after a network failure; doubles with each attempt
-MAX_CAPTION_CHARS = MessageLimit.CAPTION_LENGTH  # 1024
+NETWORK_RETRY_MAX_S = 4.0
 DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
 VOICE_FILE_NAME = "reply.ogg"
 VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
@@ -292,6 +293,7 @@ async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
     voice message is worse than a logged failure.
     """
     attempt = 1
+    backoff = Backoff(NETWORK_RETRY_S, NETWORK_RETRY_MAX_S)
     while True:
         try:
             return await call()
@@ -304,7 +306,7 @@ async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
             refused = isinstance(exc, telegram.error.BadRequest | telegram.error.TimedOut)
             if refused or attempt >= SEND_ATTEMPTS:
                 raise
-            wait = NETWORK_RETRY_S * 2 ** (attempt - 1)
+            wait = backoff.next()
             log.info("Telegram unreachable (%s); retrying in %.1f s", exc.message, wait)
         await asyncio.sleep(wait)
         attempt += 1

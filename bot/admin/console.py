@@ -49,10 +49,11 @@ from bot.health import HealthChecks
 
 if TYPE_CHECKING:
     from bot.app import ParleyApp
+    from bot.commands import Commands
     from bot.engine import ConversationEngine
     from bot.http_server import OpsServer
     from bot.llm import LLMClient
-    from bot.storage import HistoryStore
+    from bot.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,9 @@ class AdminConsole:
         self,
         settings: Settings,
         *,
-        store: HistoryStore,
+        store: Store,
         engine: ConversationEngine,
+        commands: Commands,
         llm: LLMClient,
         config_path: Path | None = None,
         environ: Mapping[str, str] | None = None,
@@ -125,6 +127,7 @@ class AdminConsole:
         self.settings = settings
         self.store = store
         self.engine = engine
+        self.commands = commands
         self.llm = llm
         self.config_path = config_path
         self.environ = dict(os.environ if environ is None else environ)
@@ -157,6 +160,7 @@ class AdminConsole:
             app.settings,
             store=app.store,
             engine=app.engine,
+            commands=app.commands,
             llm=app.llm,
             config_path=config_path,
             environ=environ,
@@ -513,8 +517,9 @@ class AdminConsole:
         form = await request.post()
         key = _field(form, "key")
         result = await set_chat_setting(
-            self.store,
-            self.settings.engine,
+            self.commands,
+            chat.platform,
+            chat.channel_key,
             chat.id,
             key,
             _field(form, "value"),
@@ -522,7 +527,7 @@ class AdminConsole:
         )
         if not result.ok:
             return await self._chat_settings_view(
-                request, chat, error=result.error or "", error_key=key, status=400
+                request, chat, error=result.answer, error_key=key, status=400
             )
         log.info("admin console: chat %d: %s changed", chat.id, key)
         return _redirect(f"{PREFIX}/chats/{chat.id}/settings?saved={_quote(key)}#{key}")
@@ -621,7 +626,7 @@ class AdminConsole:
         try:
             if text.startswith("/"):
                 name, _, args = text[1:].partition(" ")
-                await target.notice(await self.engine.command(message, name, args))
+                await target.notice(await self.commands.run(message, name, args))
             else:
                 await self.engine.handle(message, target)
         except Exception:

@@ -1,22 +1,24 @@
 """Read-only queries the admin console needs, as small functions taking the store.
 
-Written against the SQLite `HistoryStore` (its reader connection, so they never wait behind a
-write). A PostgreSQL backend needs the same six functions: `list_chats`, `count_chats`,
-`get_chat`, `chat_messages`, `search_messages` and `audit_page` (see each one's SQL).
+The `Store` contract has no listing or search (the bot never needs them), so these run their own
+SQL on the store's connections: SQLite's reader connection (WAL: it never waits behind a write),
+or a connection from the PostgreSQL store's pool. The SQL is written once, with `?` parameters,
+and is the same on both but for LIKE, which is ILIKE on PostgreSQL (case-insensitive, as SQLite's
+LIKE is for ASCII). If the contract grows these reads, re-point `_fetch`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
-from bot.storage import HistoryStore
+from bot.storage import SQLiteStore, Store
 
 PREVIEW_CHARS = 120
-_LIKE_ESCAPE = "\\"
+_LIKE_ESCAPE = "\\"  # as written in the ESCAPE clause of search_messages
+_NO_ROW_ABOVE = 2**63 - 1  # "before" when a page starts at the newest row (fits a bigint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +102,19 @@ def _json_text(raw: str | None) -> str:
     return "" if value is None else str(value)
 
 
-def _reader(store: HistoryStore) -> aiosqlite.Connection:
-    # The store's read connection: WAL lets it read while the engine writes.
-    return store._reader
+async def _fetch(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of one read-only query on whichever database the store uses."""
+    if isinstance(store, SQLiteStore):
+        async with store._reader.execute(sql, params) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+    from bot.storage.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        numbered = iter(range(1, sql.count("?") + 1))
+        pg_sql = re.sub(r"\?", lambda _: f"${next(numbered)}", sql.replace(" LIKE ", " ILIKE "))
+        async with store._conn("admin console query failed") as conn:
+            return [tuple(row) for row in await conn.fetch(pg_sql, *params)]
+    raise TypeError(f"the admin console cannot read a {type(store).__name__}")
 
 
 _MESSAGE_COLUMNS = (
@@ -115,13 +127,14 @@ def _message(row: Any) -> MessageRow:
     return MessageRow(*tuple(row)[:10])
 
 
-async def list_chats(store: HistoryStore, *, limit: int, offset: int = 0) -> list[ChatSummary]:
+async def list_chats(store: Store, *, limit: int, offset: int = 0) -> list[ChatSummary]:
     """Chats by last activity, newest first.
 
     The newest message of each channel comes from the (channel_id, id DESC) index, one probe per
     channel, and counts are taken only for the page shown.
     """
-    async with _reader(store).execute(
+    rows = await _fetch(
+        store,
         "SELECT c.id, c.platform, c.channel_key, c.created_at,"
         " COALESCE((SELECT m.created_at FROM messages m WHERE m.channel_id = c.id"
         "           ORDER BY m.id DESC LIMIT 1), c.created_at) AS last_at,"
@@ -129,8 +142,7 @@ async def list_chats(store: HistoryStore, *, limit: int, offset: int = 0) -> lis
         "  ORDER BY m.id DESC LIMIT 1) AS preview"
         " FROM channels c ORDER BY last_at DESC, c.id DESC LIMIT ? OFFSET ?",
         (limit, offset),
-    ) as cur:
-        rows = [tuple(row) for row in await cur.fetchall()]
+    )
     counts = await _message_counts(store, [int(row[0]) for row in rows])
     return [
         ChatSummary(
@@ -146,53 +158,53 @@ async def list_chats(store: HistoryStore, *, limit: int, offset: int = 0) -> lis
     ]
 
 
-async def _message_counts(store: HistoryStore, channel_ids: list[int]) -> dict[int, int]:
+async def _message_counts(store: Store, channel_ids: list[int]) -> dict[int, int]:
     if not channel_ids:
         return {}
     marks = ", ".join("?" * len(channel_ids))
-    async with _reader(store).execute(
+    rows = await _fetch(
+        store,
         f"SELECT channel_id, COUNT(*) FROM messages WHERE channel_id IN ({marks})"
         " GROUP BY channel_id",
         tuple(channel_ids),
-    ) as cur:
-        return {int(row[0]): int(row[1]) for row in await cur.fetchall()}
+    )
+    return {int(row[0]): int(row[1]) for row in rows}
 
 
-async def count_chats(store: HistoryStore) -> int:
-    async with _reader(store).execute("SELECT COUNT(*) FROM channels") as cur:
-        row = await cur.fetchone()
-    return int(row[0]) if row else 0
+async def count_chats(store: Store) -> int:
+    rows = await _fetch(store, "SELECT COUNT(*) FROM channels")
+    return int(rows[0][0]) if rows else 0
 
 
-async def get_chat(store: HistoryStore, channel_id: int) -> ChatSummary | None:
+async def get_chat(store: Store, channel_id: int) -> ChatSummary | None:
     """One chat, or None when there is no such id."""
-    async with _reader(store).execute(
+    rows = await _fetch(
+        store,
         "SELECT c.id, c.platform, c.channel_key, c.created_at,"
         " COALESCE(MAX(m.created_at), c.created_at), COUNT(m.id)"
         " FROM channels c LEFT JOIN messages m ON m.channel_id = c.id"
         " WHERE c.id = ? GROUP BY c.id",
         (channel_id,),
-    ) as cur:
-        row = await cur.fetchone()
-    if row is None:
+    )
+    if not rows:
         return None
+    row = rows[0]
     return ChatSummary(
         int(row[0]), row[1], row[2], float(row[3]), float(row[4]), int(row[5]), preview=""
     )
 
 
 async def chat_messages(
-    store: HistoryStore, channel_id: int, *, limit: int, before: int | None = None
+    store: Store, channel_id: int, *, limit: int, before: int | None = None
 ) -> list[MessageRow]:
     """Up to `limit` messages of a chat older than row `before` (all when None), oldest first."""
-    async with _reader(store).execute(
+    rows = await _fetch(
+        store,
         f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
         " WHERE m.channel_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
-        (channel_id, before if before is not None else 2**63 - 1, limit),
-    ) as cur:
-        rows = [_message(row) for row in await cur.fetchall()]
-    rows.reverse()
-    return rows
+        (channel_id, before if before is not None else _NO_ROW_ABOVE, limit),
+    )
+    return [_message(row) for row in reversed(rows)]
 
 
 def like_pattern(text: str) -> str:
@@ -205,23 +217,23 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-async def search_messages(store: HistoryStore, text: str, *, limit: int) -> list[SearchHit]:
+async def search_messages(store: Store, text: str, *, limit: int) -> list[SearchHit]:
     """Messages containing `text` (case-insensitive for ASCII, as SQLite's LIKE), newest first.
 
     A scan from the newest message backwards that stops at `limit` hits. PostgreSQL: ILIKE.
     """
-    async with _reader(store).execute(
+    rows = await _fetch(
+        store,
         f"SELECT {_MESSAGE_COLUMNS}, c.platform, c.channel_key"
         " FROM messages m JOIN channels c ON c.id = m.channel_id"
-        " WHERE m.content LIKE ? ESCAPE ? ORDER BY m.id DESC LIMIT ?",
-        (like_pattern(text), _LIKE_ESCAPE, limit),
-    ) as cur:
-        rows = await cur.fetchall()
+        " WHERE m.content LIKE ? ESCAPE '\\' ORDER BY m.id DESC LIMIT ?",
+        (like_pattern(text), limit),
+    )
     return [SearchHit(_message(row), row[10], row[11]) for row in rows]
 
 
 async def audit_page(
-    store: HistoryStore,
+    store: Store,
     *,
     limit: int,
     before: int | None = None,
@@ -233,10 +245,9 @@ async def audit_page(
         " a.action, a.key, a.old_value, a.new_value, a.created_at"
         " FROM audit_log a LEFT JOIN channels c ON c.id = a.channel_id WHERE a.id < ?"
     )
-    params: list[Any] = [before if before is not None else 2**63 - 1]
+    params: list[Any] = [before if before is not None else _NO_ROW_ABOVE]
     if channel_id is not None:
         sql += " AND a.channel_id = ?"
         params.append(channel_id)
-    async with _reader(store).execute(sql + " ORDER BY a.id DESC LIMIT ?", (*params, limit)) as cur:
-        rows = await cur.fetchall()
+    rows = await _fetch(store, sql + " ORDER BY a.id DESC LIMIT ?", (*params, limit))
     return [AuditRow(*tuple(row)) for row in rows]

@@ -41,6 +41,9 @@ class Behaviour:
     ping: bool = True  # send a ":" keep-alive line first
     tokenize: bool = True  # serve /tokenize
     words_per_chunk: int = 1
+    # Raw bytes written into the stream after this many content chunks, e.g. an event nobody
+    # can parse: (chunks, bytes).
+    raw_after: tuple[int, bytes] | None = None
 
 
 @dataclass
@@ -120,6 +123,8 @@ class FakeLLMServer:
                 for i in range(0, len(words), b.words_per_chunk)
             ]
             for index, piece in enumerate(pieces):
+                if b.raw_after is not None and index == b.raw_after[0]:
+                    await resp.write(b.raw_after[1])
                 if b.die_after_chunks is not None and index >= b.die_after_chunks:
                     assert request.transport is not None
                     request.transport.abort()  # like a killed server: no end of stream

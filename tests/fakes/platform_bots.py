@@ -18,14 +18,8 @@ from typing import Any
 from adapters.discord.adapter import DiscordAdapter
 from adapters.telegram.adapter import TelegramAdapter
 from bot.app import ParleyApp
-from bot.config import (
-    DiscordSettings,
-    EngineSettings,
-    LLMSettings,
-    Settings,
-    StorageSettings,
-    TelegramSettings,
-)
+from bot.config import Settings
+from tests.conftest import make_settings
 from tests.fakes.discord_api import API_PREFIX, FakeDiscord, _error
 from tests.fakes.llm_server import last_user_text
 from tests.fakes.telegram_api import FakeTelegramAPI
@@ -49,12 +43,11 @@ def echo_reply(body: dict[str, Any]) -> str:
 
 
 def _common(
-    tmp_path: Path, llm_url: str, engine: dict[str, Any] | None, llm: dict[str, Any] | None
+    llm_url: str, engine: dict[str, Any] | None, llm: dict[str, Any] | None
 ) -> dict[str, Any]:
     return {
-        "llm": LLMSettings(**{"base_url": llm_url, "retries": 0, **(llm or {})}),
-        "engine": EngineSettings(**{"voice_mode": "off", **(engine or {})}),
-        "storage": StorageSettings(path=str(tmp_path / "parley.db")),
+        "llm": {"base_url": llm_url, "retries": 0, **(llm or {})},
+        "engine": {"voice_mode": "off", **(engine or {})},
     }
 
 
@@ -79,7 +72,7 @@ def telegram_settings(
         "global_rate": FAST_RATE,
         **telegram,
     }
-    return Settings(**_common(tmp_path, llm_url, engine, llm), telegram=TelegramSettings(**values))
+    return make_settings(tmp_path, **_common(llm_url, engine, llm), telegram=values)
 
 
 def discord_settings(
@@ -103,7 +96,7 @@ def discord_settings(
         "global_rate": FAST_RATE,
         **discord,
     }
-    return Settings(**_common(tmp_path, llm_url, engine, llm), discord=DiscordSettings(**values))
+    return make_settings(tmp_path, **_common(llm_url, engine, llm), discord=values)
 
 
 @dataclass
@@ -126,7 +119,7 @@ class RunningDiscord:
 async def telegram_bot(settings: Settings) -> AsyncIterator[RunningTelegram]:
     """ParleyApp + TelegramAdapter (long polling), running for the block."""
     async with ParleyApp(settings, speech=False) as app:
-        adapter = TelegramAdapter(settings, app.engine, poll_timeout_s=TELEGRAM_POLL_S)
+        adapter = TelegramAdapter(app.services, poll_timeout_s=TELEGRAM_POLL_S)
         await adapter.start()
         try:
             yield RunningTelegram(app, adapter)
@@ -138,7 +131,7 @@ async def telegram_bot(settings: Settings) -> AsyncIterator[RunningTelegram]:
 async def discord_bot(settings: Settings) -> AsyncIterator[RunningDiscord]:
     """ParleyApp + DiscordAdapter (gateway), running for the block."""
     async with ParleyApp(settings, speech=False) as app:
-        adapter = DiscordAdapter(settings, app.engine, guild_ready_timeout=DISCORD_READY_S)
+        adapter = DiscordAdapter(app.services, guild_ready_timeout=DISCORD_READY_S)
         await adapter.start()
         try:
             yield RunningDiscord(app, adapter)

@@ -1,7 +1,8 @@
 """SQLite storage: versioned migrations, conversation history, channel settings, audit log.
 
 WAL mode with one writer connection and one reader connection, so history reads never wait behind a
-write. Every multi-statement write is one `BEGIN IMMEDIATE` transaction.
+write. Every multi-statement write is one `BEGIN IMMEDIATE` transaction. One process owns the file:
+several bot processes share a PostgreSQL database instead (bot/storage/postgres.py).
 """
 
 from __future__ import annotations
@@ -9,84 +10,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
+import sqlite3
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from importlib import resources
-from importlib.resources.abc import Traversable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
 from bot.errors import StorageError
+from bot.storage.base import (
+    VISIBLE,
+    LocalLocks,
+    Migration,
+    Status,
+    StoredMessage,
+    Turn,
+    load_migrations,
+)
 
 log = logging.getLogger(__name__)
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-Role = Literal["user", "assistant"]
-Status = Literal["complete", "queued", "streaming", "partial", "failed", "interrupted"]
-# Rows a prompt may include: what the user saw, even if the stream broke.
-_VISIBLE = ("complete", "partial", "interrupted")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One row of a channel's history."""
-
-    id: int
-    role: Role
-    author_id: str
-    author_name: str
-    content: str
-    status: Status
-    token_count: int | None
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """The rows reserved for one incoming message: the user's row and its reply's row."""
-
-    channel_id: int
-    user_row: int
-    reply_row: int
-
-
-def load_migrations(directory: Traversable | None = None) -> list[Migration]:
-    """Read NNNN_name.sql in version order; versions must be 1..N without gaps, and N >= 1.
-
-    The migrations ship inside the package as `bot.migrations` (the repository's top-level
-    migrations/ folder), so an installed wheel finds them wherever it runs from.
-    """
-    folder = resources.files("bot.migrations") if directory is None else directory
-    files = sorted(
-        (entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
-        key=lambda entry: entry.name,
-    )
-    migrations = []
-    for entry in files:
-        match = _MIGRATION_NAME.match(entry.name)
-        if not match:
-            raise StorageError(f"migration file name {entry.name!r} is not NNNN_name.sql")
-        name = entry.name.removesuffix(".sql")
-        migrations.append(Migration(int(match.group(1)), name, entry.read_text("utf-8")))
-    if not migrations:
-        # An empty schema would fail later with "no such table"; say what is wrong instead.
-        raise StorageError(f"no migrations found in {folder}: the installation is incomplete")
-    for expected, migration in enumerate(migrations, start=1):
-        if migration.version != expected:
-            raise StorageError(f"migration {migration.name} should be version {expected:04d}")
-    return migrations
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
@@ -99,12 +43,15 @@ async def _connect(path: str) -> aiosqlite.Connection:
 
 async def migrate(path: str, migrations: list[Migration] | None = None) -> tuple[int, int]:
     """Apply pending migrations; return (version before, after). Refuses a newer database."""
-    migrations = load_migrations() if migrations is None else migrations
+    migrations = load_migrations(dialect="sqlite") if migrations is None else migrations
     if not migrations:
         raise StorageError("no migrations to apply: the installation is incomplete")
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = await _connect(path)
+    try:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = await _connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"the database {path} cannot be opened: {exc}") from exc
     try:
         await conn.execute("PRAGMA journal_mode = WAL")
         before = await _user_version(conn)
@@ -132,28 +79,45 @@ async def _user_version(conn: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-class HistoryStore:
+class SQLiteStore:
     """Conversation history, channel settings and the audit log of one SQLite database."""
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._writer = writer
         self._reader = reader
+        # Channel rows are never deleted, so a key's id never changes: safe to keep.
         self._channel_ids: dict[tuple[str, str], int] = {}
         # One writer connection: transactions from concurrent turns must not interleave.
         self._write_lock = asyncio.Lock()
+        self._turns = LocalLocks()
 
     @classmethod
-    async def open(cls, path: str) -> HistoryStore:
+    async def open(cls, path: str) -> SQLiteStore:
         """Migrate the database at `path` and open it."""
         await migrate(path)
-        writer = await _connect(path)
-        await writer.execute("PRAGMA synchronous = NORMAL")  # durable in WAL across app crashes
-        reader = await _connect(path)
+        try:
+            writer = await _connect(path)
+            await writer.execute("PRAGMA synchronous = NORMAL")  # durable in WAL across app crashes
+            reader = await _connect(path)
+        except sqlite3.Error as exc:
+            raise StorageError(f"the database {path} cannot be opened: {exc}") from exc
         return cls(writer, reader)
 
     async def close(self) -> None:
+        """Close both connections."""
         await self._writer.close()
         await self._reader.close()
+
+    @asynccontextmanager
+    async def channel_turn(
+        self, channel_id: int, reply_row: int | None = None
+    ) -> AsyncIterator[None]:
+        """One turn at a time per channel; in one process an asyncio lock (FIFO) is enough.
+
+        `reply_row` is accepted for the contract: in one process, FIFO order is row order.
+        """
+        async with self._turns.hold(channel_id):
+            yield
 
     async def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[int]:
         """Run statements in one transaction; return each statement's lastrowid or rowcount."""
@@ -264,18 +228,19 @@ class HistoryStore:
 
     async def history(self, channel_id: int, before_row: int, limit: int) -> list[StoredMessage]:
         """Up to `limit` visible messages of a channel older than `before_row`, newest first."""
-        placeholders = ", ".join("?" * len(_VISIBLE))
+        placeholders = ", ".join("?" * len(VISIBLE))
         async with self._reader.execute(
             "SELECT id, role, author_id, author_name, content, status, token_count, created_at"
             " FROM messages INDEXED BY messages_channel_recent"
             f" WHERE channel_id = ? AND id < ? AND status IN ({placeholders}) AND content != ''"
             " ORDER BY id DESC LIMIT ?",
-            (channel_id, before_row, *_VISIBLE, limit),
+            (channel_id, before_row, *VISIBLE, limit),
         ) as cur:
             rows = await cur.fetchall()
         return [StoredMessage(*tuple(row)) for row in rows]
 
     async def get_message(self, row_id: int) -> StoredMessage | None:
+        """One message by id, whatever its status."""
         async with self._reader.execute(
             "SELECT id, role, author_id, author_name, content, status, token_count, created_at"
             " FROM messages WHERE id = ?",
@@ -309,6 +274,7 @@ class HistoryStore:
         return deleted
 
     async def channel_settings(self, channel_id: int) -> dict[str, Any]:
+        """A channel's overrides, read from the database every time (no cache)."""
         async with self._reader.execute(
             "SELECT key, value FROM channel_settings WHERE channel_id = ?", (channel_id,)
         ) as cur:
@@ -377,7 +343,10 @@ class HistoryStore:
             return [dict(row) for row in await cur.fetchall()]
 
     async def mark_interrupted(self) -> int:
-        """At start: replies a crash left 'queued' or 'streaming' become 'interrupted'."""
+        """At start: replies a crash left 'queued' or 'streaming' become 'interrupted'.
+
+        Only at start: the file has one process, so every pending row is the last run's.
+        """
         (count,) = await self._write(
             [
                 (

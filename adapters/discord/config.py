@@ -1,0 +1,31 @@
+"""The `[discord]` settings section (environment: `PARLEY_DISCORD__<KEY>`)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from adapters.discord.limits import CHANNEL_EDITS, CHANNEL_WINDOW_S, GLOBAL_RATE, MAX_MESSAGE_CHARS
+from bot.config import PlatformSettings
+
+
+class DiscordSettings(PlatformSettings):
+    """A Discord bot: its token, endpoints, intents, who may use it, and its rate limits."""
+
+    NAME: ClassVar[str] = "discord"
+
+    api_base_url: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    message_content: bool = True  # privileged intent: chat by mention/DM needs it
+    guild_ids: list[int] = Field(
+        default_factory=list
+    )  # instant per-guild command sync; empty: global sync
+    admin_ids: list[int] = Field(default_factory=list)
+    admin_role_ids: list[int] = Field(default_factory=list)
+    allowed_user_ids: list[int] = Field(default_factory=list)
+    allowed_channel_ids: list[int] = Field(default_factory=list)
+    max_message_chars: int = Field(MAX_MESSAGE_CHARS, ge=16)
+    channel_edits: float = Field(CHANNEL_EDITS, gt=0)  # edits per `channel_window_s`, a channel
+    channel_window_s: float = Field(CHANNEL_WINDOW_S, gt=0)
+    global_rate: float = Field(GLOBAL_RATE, gt=0)  # requests per second for the whole bot

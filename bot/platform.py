@@ -1,0 +1,64 @@
+"""The contract between the core and a platform: what an adapter package offers, what it gets.
+
+Each package under adapters/ (telegram/, discord/) exposes `PLATFORM`, a `Platform`. The
+composition root (bot/app.py, bot/cli.py) loops over them to compose the settings, start the
+connected platforms, add their health checks and run their `parley doctor` checks; no other core
+module knows a platform by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from bot.config import PlatformSettings, Settings
+
+if TYPE_CHECKING:
+    from bot.commands import Commands
+    from bot.doctor import Finding
+    from bot.engine import ConversationEngine
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the core gives a platform: the settings, the turn pipeline and the commands."""
+
+    settings: Settings
+    engine: ConversationEngine
+    commands: Commands
+
+
+class PlatformAdapter(Protocol):
+    """A running connection to one platform."""
+
+    @property
+    def connected(self) -> bool:
+        """True while updates arrive (for /healthz)."""
+        ...
+
+    async def start(self) -> None:
+        """Log in and start receiving; returns once running. Raises ConfigError if refused."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop receiving, let replies in progress finish (bounded), log out."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """One platform as the core sees it; its adapter package builds one `PLATFORM`."""
+
+    settings: type[PlatformSettings]  # the `[name]` section's model
+    create: Callable[[Services], PlatformAdapter]
+    check: Callable[[Settings], Awaitable[list[Finding]]]  # `parley doctor`: token, reachability
+
+    @property
+    def name(self) -> str:
+        """The platform's name: its settings section and its messages' `platform`."""
+        return self.settings.NAME
+
+    def enabled(self, settings: Settings) -> bool:
+        """Whether `settings` turn this platform on (its token is set)."""
+        return self.settings.of(settings).enabled

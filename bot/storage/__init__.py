@@ -1,0 +1,86 @@
+"""Storage: conversation history, channel settings and the audit log, on SQLite or PostgreSQL.
+
+`open_store(settings.storage)` picks the backend: `storage.url` (a postgresql:// URL, a secret)
+selects PostgreSQL, shared by several bot processes; else `storage.path` is a SQLite file.
+Both implement the `Store` contract (bot/storage/base.py).
+
+A channel's turns go one at a time, in row order, across processes: the engine records a turn at
+arrival (`start_turn`), then answers it inside `store.channel_turn(channel_id, turn.reply_row)`,
+entered where the turn heads its channel's line in this process and before it takes an LLM slot:
+`queue.turn(key, target.queued, gate=lambda: store.channel_turn(turn.channel_id, turn.reply_row))`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot.storage.base import (
+    PENDING,
+    VISIBLE,
+    Dialect,
+    LocalLocks,
+    Migration,
+    Role,
+    Status,
+    Store,
+    StoredMessage,
+    Turn,
+    load_migrations,
+)
+from bot.storage.sqlite import SQLiteStore, migrate
+
+if TYPE_CHECKING:
+    from bot.config import StorageSettings
+
+# The name the engine, the app and the health checks know the contract by.
+HistoryStore = Store
+
+__all__ = [
+    "PENDING",
+    "VISIBLE",
+    "Dialect",
+    "HistoryStore",
+    "LocalLocks",
+    "Migration",
+    "Role",
+    "SQLiteStore",
+    "Status",
+    "Store",
+    "StoredMessage",
+    "Turn",
+    "describe_storage",
+    "load_migrations",
+    "migrate",
+    "migrate_storage",
+    "open_store",
+]
+
+
+async def open_store(settings: StorageSettings) -> Store:
+    """Migrate and open the configured database: PostgreSQL when storage.url is set."""
+    url = settings.url.get_secret_value()
+    if url:
+        from bot.storage.postgres import PostgresStore
+
+        return await PostgresStore.open(url, pool_size=settings.pool_size)
+    return await SQLiteStore.open(settings.path)
+
+
+async def migrate_storage(settings: StorageSettings) -> tuple[int, int]:
+    """Apply pending migrations to the configured database; (version before, after)."""
+    url = settings.url.get_secret_value()
+    if url:
+        from bot.storage import postgres
+
+        return await postgres.migrate(url)
+    return await migrate(settings.path)
+
+
+def describe_storage(settings: StorageSettings) -> str:
+    """Where the data lives, for messages: the SQLite path, or host:port/db (no password)."""
+    url = settings.url.get_secret_value()
+    if url:
+        from bot.storage.postgres import location
+
+        return f"PostgreSQL {location(url)}"
+    return settings.path

@@ -1,0 +1,105 @@
+"""One command table: dispatch, /help, Telegram's menu, Discord's slash commands, console."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adapters.telegram.commands import menu
+from bot import commands
+from bot.app import ParleyApp
+from bot.commands import COMMANDS, Access, Command, Commands, commands_for, help_text
+from tests.conftest import message
+from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.parley_process import parley_env, start_parley
+from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
+from tests.fakes.telegram_api import FakeTelegramAPI
+
+ANN = 601
+GROUP = -100600
+
+
+def test_help_lists_every_command_the_platform_offers() -> None:
+    for platform in ("telegram", "discord", "console"):
+        text = help_text("Parley", platform)
+        for command in commands_for(platform):
+            if command.name in ("start", "help"):
+                continue
+            assert f"/{command.name}" in text, (platform, command.name)
+    assert "/start" not in help_text("Parley", "discord")  # a Telegram convention only
+    assert "/config set KEY VALUE — change a setting (admins)" in help_text("Parley", "telegram")
+
+
+def test_telegram_menu_is_the_table() -> None:
+    entries = {c.command: c.description for c in menu()}
+    assert list(entries) == [c.name for c in commands_for("telegram")]
+    assert entries["voice"].endswith("off, reply-to-voice, always")
+    assert all(3 <= len(d) <= 256 for d in entries.values())  # Telegram's description limits
+
+
+async def test_every_entry_has_a_handler_and_a_missing_one_is_caught(
+    app: ParleyApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Commands(app.settings, app.store)  # the real table: complete
+    extra = Command("teleport", "Go elsewhere")
+    monkeypatch.setattr(commands, "COMMANDS", (*COMMANDS, extra))
+    with pytest.raises(RuntimeError, match="teleport"):
+        Commands(app.settings, app.store)
+
+
+async def test_who_may_change_follows_the_table(app: ParleyApp, tmp_path: Path) -> None:
+    run = app.commands.run
+    # /persona: anyone may look; a change takes an admin, or the owner of a private chat.
+    assert (await run(message(), "persona")).startswith("Persona: default")
+    assert "Only admins" in await run(message(user="eve"), "persona", "pirate")
+    assert "persona is now pirate" in await run(message(is_private=True), "persona", "pirate")
+    assert "persona is now concise" in await run(message(is_admin=True), "persona", "concise")
+    # /config set: admins only, even in a private chat.
+    refused = await run(message(is_private=True), "config", "set temperature 0.1")
+    assert refused == "Sorry, only admins can change settings."
+    assert await run(message(), "config") == await run(message(), "config", "show")
+    assert (await run(message(), "config", "frobnicate")).startswith("Usage: /config show")
+    assert (await run(message(), "teleport")).startswith("Unknown command /teleport")
+    assert (await run(message(), "ask", "hi")).startswith("Unknown command")  # a turn, not this
+    audit = sqlite3.connect(tmp_path / "parley.db").execute(
+        "SELECT actor_id, action, key, new_value FROM audit_log ORDER BY id"
+    )
+    assert audit.fetchall() == [
+        ("eve", "config.refused", "persona", None),
+        ("u1", "config.set", "persona", '"pirate"'),
+        ("u1", "config.set", "persona", '"concise"'),
+        ("u1", "config.refused", "temperature", "0.1"),
+    ]
+
+
+def test_access_levels() -> None:
+    stranger, owner, admin = message(), message(is_private=True), message(is_admin=True)
+    assert [Access.EVERYONE.allows(m) for m in (stranger, owner, admin)] == [True, True, True]
+    assert [Access.OWNER.allows(m) for m in (stranger, owner, admin)] == [False, True, True]
+    assert [Access.ADMIN.allows(m) for m in (stranger, owner, admin)] == [False, False, True]
+
+
+async def test_ask_is_a_turn_on_telegram_too(tmp_path: Path) -> None:
+    # In a group with privacy mode on, a bot sees commands only: /ask is how to talk to it.
+    async with FakeTelegramAPI() as api, FakeLLMServer(Behaviour(reply=echo_reply)) as llm:
+        ann = api.user(ANN, "Ann")
+        group = api.group_chat(GROUP)
+        async with telegram_bot(telegram_settings(tmp_path, api, llm.url)):
+            api.send_text(group, ann, "/ask@ParleyTestBot what is the capital of France")
+            await api.wait_for(
+                lambda a: "echo what is the capital of France" in telegram_replies(a, GROUP)
+            )
+
+
+async def test_console_runs_the_table_and_asks(tmp_path: Path) -> None:
+    async with FakeLLMServer(Behaviour(reply=echo_reply)) as llm:
+        env = parley_env(PARLEY_LLM__BASE_URL=llm.url, PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
+        proc = await start_parley("chat", env=env)
+        out, err = await asyncio.wait_for(proc.communicate(b"/help\n/ask two words\n"), 60)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert help_text("Parley", "console") in text
+    assert "Parley: echo two words" in text

@@ -1,0 +1,556 @@
+"""The store contract on both backends (SQLite and a real PostgreSQL), and what several processes
+sharing one PostgreSQL rely on: one turn at a time per channel in row order, settings read fresh,
+one audit log, pending replies of dead processes (and only theirs) marked interrupted.
+
+"Another process" is another store instance on the same database (its own pool, its own session
+and instance number), or a real Python process where a kill -9 matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from bot.config import StorageSettings
+from bot.storage import Store, StoredMessage, open_store
+from bot.storage import postgres as pg_module
+from bot.storage.postgres import PostgresStore
+from tests.conftest import make_settings, message
+from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.parley_process import ROOT
+from tests.fakes.targets import RecordingTarget
+
+
+@dataclass
+class Backend:
+    """One database of either kind: open stores on it, or poke it with raw SQL."""
+
+    kind: str
+    settings: StorageSettings
+
+    async def open(self) -> Store:
+        return await open_store(self.settings)
+
+    async def sql(self, statement: str, *args: Any) -> None:
+        """Run one statement outside the store (e.g. to age rows)."""
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.settings.path)
+            conn.execute(statement.replace("$1", "?"), args)
+            conn.commit()
+            conn.close()
+            return
+        pg = await asyncpg.connect(self.settings.url.get_secret_value())
+        try:
+            await pg.execute(statement, *args)
+        finally:
+            await pg.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", StorageSettings(path=str(tmp_path / "p.db")))
+    url = request.getfixturevalue("postgres_url")
+    return Backend("postgresql", StorageSettings(url=url))
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    opened = await backend.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Backend:
+    return Backend("postgresql", StorageSettings(url=postgres_url))
+
+
+@pytest.fixture
+async def pg_store(pg: Backend) -> AsyncIterator[PostgresStore]:
+    opened = await pg.open()
+    assert isinstance(opened, PostgresStore)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def two_stores(backend: Backend) -> tuple[Store, Store]:
+    return await backend.open(), await backend.open()
+
+
+async def turn_of(store: Store, channel: int, text: str, user: str = "u") -> Any:
+    return await store.start_turn(
+        channel, author_id=user, author_name=user.upper(), content=text, token_count=len(text)
+    )
+
+
+def contents(rows: list[StoredMessage]) -> list[str]:
+    """Oldest first, as a prompt reads them."""
+    return [row.content for row in reversed(rows)]
+
+
+# -- the contract, on both backends --------------------------------------------------------------
+
+
+async def test_channel_ids_are_stable_and_per_platform(store: Store) -> None:
+    first = await store.channel_id("telegram", "42")
+    assert await store.channel_id("telegram", "42") == first
+    assert (
+        len({first, await store.channel_id("discord", "42"), await store.channel_id("x", "y")}) == 3
+    )
+
+
+async def test_a_turn_reserves_the_reply_row_right_after_the_users(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    turn = await store.start_turn(
+        channel, author_id="u1", author_name="Ann", content="hello", token_count=2, bot_id="b"
+    )
+    assert turn.channel_id == channel and turn.reply_row > turn.user_row
+    user = await store.get_message(turn.user_row)
+    reply = await store.get_message(turn.reply_row)
+    assert user is not None and reply is not None
+    assert (user.role, user.author_id, user.author_name, user.content, user.status) == (
+        "user", "u1", "Ann", "hello", "complete"
+    )  # fmt: skip
+    assert user.token_count == 2 and user.created_at > 0
+    assert (reply.role, reply.author_id, reply.content, reply.status) == (
+        "assistant",
+        "b",
+        "",
+        "queued",
+    )
+    assert await store.get_message(10**9) is None
+
+
+async def test_update_message_changes_only_what_it_is_given(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    turn = await turn_of(store, channel, "q")
+    await store.update_message(turn.reply_row, content="partial answer")
+    await store.update_message(turn.reply_row, status="streaming")
+    await store.update_message(turn.reply_row, token_count=7)
+    reply = await store.get_message(turn.reply_row)
+    assert reply is not None
+    assert (reply.content, reply.status, reply.token_count) == ("partial answer", "streaming", 7)
+
+
+async def test_history_shows_only_what_the_user_saw_newest_first(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    other = await store.channel_id("test", "other")
+    statuses = ["complete", "partial", "interrupted", "failed", "queued", "streaming"]
+    for status in statuses:
+        turn = await turn_of(store, channel, f"ask {status}")
+        await store.update_message(turn.reply_row, content=f"re {status}", status=status)  # type: ignore[arg-type]
+    empty = await turn_of(store, channel, "ask empty")
+    await store.update_message(empty.reply_row, status="complete")  # no text: nothing to show
+    await store.record_failed_input(channel, author_id="u", author_name="U", note="[voice note]")
+    await turn_of(store, other, "elsewhere")
+    last = await turn_of(store, channel, "now")
+
+    rows = await store.history(channel, last.user_row, 100)
+    assert [row.id for row in rows] == sorted((row.id for row in rows), reverse=True)
+    assert contents(rows) == [
+        "ask complete", "re complete", "ask partial", "re partial", "ask interrupted",
+        "re interrupted", "ask failed", "ask queued", "ask streaming", "ask empty",
+    ]  # fmt: skip
+    assert contents(await store.history(channel, last.user_row, 2)) == [
+        "ask streaming",
+        "ask empty",
+    ]
+    assert await store.history(channel, rows[-1].id, 10) == []
+
+
+async def test_a_failed_input_is_recorded_but_never_shown(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    row = await store.record_failed_input(
+        channel, author_id="u", author_name="U", note="[voice note: too long]"
+    )
+    stored = await store.get_message(row)
+    assert stored is not None and (stored.status, stored.role) == ("failed", "user")
+    assert await store.history(channel, 10**9, 10) == []
+
+
+async def test_reset_clears_one_channel_keeps_its_settings_and_is_audited(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    other = await store.channel_id("test", "d")
+    await store.set_channel_setting(
+        channel, "persona", "pirate", actor_id="a", actor_name="A", old="default"
+    )
+    turn = await turn_of(store, channel, "one")
+    await store.update_message(turn.reply_row, content="re one", status="complete")
+    await turn_of(store, other, "stays")
+    assert await store.clear_channel(channel, actor_id="a", actor_name="A") == 2
+    assert await store.history(channel, 10**9, 10) == []
+    assert contents(await store.history(other, 10**9, 10)) == ["stays"]
+    assert await store.channel_settings(channel) == {"persona": "pirate"}
+    assert [row["action"] for row in await store.audit_rows(channel)] == ["config.set", "reset"]
+
+
+async def test_forget_deletes_one_users_messages_on_one_platform(store: Store) -> None:
+    tg = await store.channel_id("telegram", "1")
+    dc = await store.channel_id("discord", "1")
+    mine = await turn_of(store, tg, "mine", user="me")
+    await store.update_message(mine.reply_row, content="re mine", status="complete")
+    await turn_of(store, tg, "theirs", user="them")
+    await turn_of(store, dc, "mine on discord", user="me")
+    assert await store.forget_author("telegram", "me", actor_name="Me") == 1
+    assert contents(await store.history(tg, 10**9, 10)) == ["re mine", "theirs"]
+    assert contents(await store.history(dc, 10**9, 10)) == ["mine on discord"]
+    (row,) = await store.audit_rows()
+    assert (row["action"], row["actor_id"], row["channel_id"]) == ("forget", "me", None)
+
+
+async def test_settings_round_trip_as_json_and_each_change_is_audited(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    assert await store.channel_settings(channel) == {}
+    values: dict[str, Any] = {"temperature": 1.25, "max_tokens": 64, "persona": "ünïcode ✓"}
+    for key, value in values.items():
+        await store.set_channel_setting(channel, key, value, actor_id="a", actor_name="A", old=None)
+    await store.set_channel_setting(channel, "max_tokens", 99, actor_id="b", actor_name="B", old=64)
+    assert await store.channel_settings(channel) == {**values, "max_tokens": 99}
+    last = (await store.audit_rows(channel))[-1]
+    assert (last["action"], last["key"], last["actor_name"]) == ("config.set", "max_tokens", "B")
+    assert (json.loads(last["old_value"]), json.loads(last["new_value"])) == (64, 99)
+
+
+async def test_audit_rows_oldest_first_and_per_channel(store: Store) -> None:
+    c1 = await store.channel_id("test", "1")
+    c2 = await store.channel_id("test", "2")
+    await store.audit(c1, actor_id="u", actor_name="U", action="config.refused", key="persona")
+    await store.audit(c2, actor_id="v", actor_name="V", action="config.refused", new_value="x")
+    await store.audit(None, actor_id="w", actor_name="W", action="note")
+    everything = await store.audit_rows()
+    assert [row["actor_id"] for row in everything] == ["u", "v", "w"]
+    assert set(everything[0]) == {
+        "id", "channel_id", "actor_id", "actor_name", "action", "key", "old_value", "new_value",
+        "created_at",
+    }  # fmt: skip
+    assert [row["actor_id"] for row in await store.audit_rows(c2)] == ["v"]
+    assert everything[1]["new_value"] == "x" and everything[0]["key"] == "persona"
+
+
+async def test_mark_interrupted_takes_what_a_crash_left_pending(backend: Backend) -> None:
+    crashed = await backend.open()
+    channel = await crashed.channel_id("test", "c")
+    queued = await turn_of(crashed, channel, "one")
+    streaming = await turn_of(crashed, channel, "two")
+    done = await turn_of(crashed, channel, "three")
+    await crashed.update_message(streaming.reply_row, content="half", status="streaming")
+    await crashed.update_message(done.reply_row, content="full", status="complete")
+    await crashed.close()
+    restarted = await backend.open()
+    try:
+        assert await restarted.mark_interrupted() == 2
+        statuses = [
+            (await restarted.get_message(t.reply_row)).status  # type: ignore[union-attr]
+            for t in (queued, streaming, done)
+        ]
+        assert statuses == ["interrupted", "interrupted", "complete"]
+        assert await restarted.mark_interrupted() == 0
+        # What the user saw of the broken reply stays in the prompt.
+        assert "half" in contents(await restarted.history(channel, 10**9, 10))
+    finally:
+        await restarted.close()
+
+
+async def test_retention_purges_old_messages_only(store: Store, backend: Backend) -> None:
+    channel = await store.channel_id("test", "c")
+    old = await turn_of(store, channel, "old")
+    await store.update_message(old.reply_row, content="old reply", status="complete")
+    await backend.sql("UPDATE messages SET created_at = $1", 1000.0)
+    await turn_of(store, channel, "new")
+    assert await store.purge_older_than(7) == 2
+    assert contents(await store.history(channel, 10**9, 10)) == ["new"]
+    assert await store.purge_older_than(7) == 0
+
+
+async def test_history_keeps_conversation_order_when_turns_queue(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    first = await turn_of(store, channel, "one")
+    # A second message arrives while the first is still being answered.
+    second = await turn_of(store, channel, "two")
+    await store.update_message(first.reply_row, content="reply one", status="complete")
+    assert contents(await store.history(channel, second.user_row, 10)) == ["one", "reply one"]
+
+
+async def test_channel_turns_never_overlap(backend: Backend) -> None:
+    # On SQLite one store (one process); on PostgreSQL three stores, as three processes would.
+    stores = (
+        [await backend.open()]
+        if backend.kind == "sqlite"
+        else [await backend.open() for _ in range(3)]
+    )
+    channel = await stores[0].channel_id("test", "c")
+    inside: list[int] = []
+    most = 0
+
+    async def turns(store: Store, worker: int) -> None:
+        nonlocal most
+        for _ in range(3):
+            async with store.channel_turn(channel):
+                inside.append(worker)
+                most = max(most, len(inside))
+                for _ in range(5):
+                    await asyncio.sleep(0.005)
+                inside.remove(worker)
+
+    try:
+        await asyncio.gather(*(turns(stores[i % len(stores)], i) for i in range(6)))
+    finally:
+        for opened in stores:
+            await opened.close()
+    assert most == 1
+
+
+async def test_a_newer_database_is_refused(backend: Backend) -> None:
+    from bot.errors import StorageError
+
+    opened = await backend.open()  # creates the schema
+    await opened.close()
+    if backend.kind == "sqlite":
+        await backend.sql("PRAGMA user_version = 999")
+    else:
+        await backend.sql("INSERT INTO schema_version (version, name) VALUES (999, 'future')")
+    with pytest.raises(StorageError, match="schema version 999, newer than this Parley"):
+        await backend.open()
+
+
+# -- several processes on one PostgreSQL ----------------------------------------------------------
+
+
+async def test_processes_agree_on_channel_ids(pg: Backend) -> None:
+    a, b = await two_stores(pg)
+    try:
+        ids = await asyncio.gather(
+            *(s.channel_id("telegram", str(n)) for n in range(20) for s in (a, b))
+        )
+        assert ids[0::2] == ids[1::2] and len(set(ids)) == 20
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_settings_changed_in_one_process_apply_in_the_other_at_once(pg: Backend) -> None:
+    a, b = await two_stores(pg)
+    try:
+        channel = await a.channel_id("telegram", "7")
+        assert await b.channel_settings(await b.channel_id("telegram", "7")) == {}
+        await a.set_channel_setting(
+            channel, "persona", "pirate", actor_id="x", actor_name="X", old=None
+        )
+        assert await b.channel_settings(channel) == {"persona": "pirate"}
+        await b.set_channel_setting(
+            channel, "persona", "coder", actor_id="y", actor_name="Y", old="pirate"
+        )
+        assert await a.channel_settings(channel) == {"persona": "coder"}
+        # One audit log: both changes, in order, seen from either process.
+        seen = [(r["actor_id"], r["new_value"]) for r in await a.audit_rows(channel)]
+        assert (
+            seen
+            == [("x", '"pirate"'), ("y", '"coder"')]
+            == [(r["actor_id"], r["new_value"]) for r in await b.audit_rows(channel)]
+        )
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_later_turn_in_another_process_waits_for_the_earlier_one(pg: Backend) -> None:
+    a, b = await two_stores(pg)
+    events: list[str] = []
+    seen: dict[str, list[str]] = {}
+
+    async def answer(store: Store, turn: Any, text: str) -> None:
+        async with store.channel_turn(turn.channel_id, turn.reply_row):
+            events.append(f"start {text}")
+            seen[text] = contents(await store.history(turn.channel_id, turn.user_row, 10))
+            await store.update_message(turn.reply_row, content=f"re {text}", status="complete")
+            events.append(f"end {text}")
+
+    try:
+        channel = await a.channel_id("test", "c")
+        first = await turn_of(a, channel, "one")
+        second = await turn_of(b, channel, "two")
+        # The later turn asks first; it must not answer while the earlier one is pending.
+        later = asyncio.create_task(answer(b, second, "two"))
+        await asyncio.sleep(1.0)
+        assert events == []
+        await answer(a, first, "one")
+        await asyncio.wait_for(later, 30)
+        assert events == ["start one", "end one", "start two", "end two"]
+        assert seen["two"] == ["one", "re one"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_dead_processs_pending_turn_does_not_block_the_channel(pg: Backend) -> None:
+    a, b = await two_stores(pg)
+    try:
+        channel = await a.channel_id("test", "c")
+        first = await turn_of(a, channel, "one")
+        second = await turn_of(b, channel, "two")
+        waiting = asyncio.create_task(_enter(b, second))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await a.close()  # the process is gone: its instance lock with it
+        await asyncio.wait_for(waiting, 30)
+        gone = await b.get_message(first.reply_row)
+        assert gone is not None and gone.status == "interrupted"
+    finally:
+        await b.close()
+
+
+async def _enter(store: Store, turn: Any) -> None:
+    async with store.channel_turn(turn.channel_id, turn.reply_row):
+        pass
+
+
+async def test_mark_interrupted_leaves_running_processes_replies_alone(pg: Backend) -> None:
+    running = await pg.open()
+    try:
+        channel = await running.channel_id("test", "c")
+        turn = await turn_of(running, channel, "still being answered")
+        restarted = await pg.open()  # another process starting up
+        try:
+            assert await restarted.mark_interrupted() == 0
+            reply = await restarted.get_message(turn.reply_row)
+            assert reply is not None and reply.status == "queued"
+        finally:
+            await restarted.close()
+    finally:
+        await running.close()
+
+
+_HOLDER = """
+import asyncio, sys
+from bot.config import StorageSettings
+from bot.storage import open_store
+
+async def main():
+    store = await open_store(StorageSettings(url=sys.argv[1]))
+    channel = await store.channel_id("test", "c")
+    turn = await store.start_turn(channel, author_id="u", author_name="U", content="one",
+                                  token_count=1)
+    async with store.channel_turn(channel, turn.reply_row):
+        print(turn.reply_row, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_turn_killed_with_its_process_frees_the_channel(pg: Backend) -> None:
+    url = pg.settings.url.get_secret_value()
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, url, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert holder.stdout is not None
+    held_row = int(await asyncio.wait_for(holder.stdout.readline(), 60))
+    store = await pg.open()
+    try:
+        channel = await store.channel_id("test", "c")
+        second = await turn_of(store, channel, "two")
+        waiting = asyncio.create_task(_enter(store, second))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the other process answers its turn
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+        await asyncio.wait_for(waiting, 30)
+        killed = await store.get_message(held_row)
+        assert killed is not None and killed.status == "interrupted"
+    finally:
+        await store.close()
+        if holder.returncode is None:
+            holder.kill()
+
+
+async def test_two_engines_share_history_and_settings(
+    pg: Backend, fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    from bot.app import ParleyApp
+
+    settings = make_settings(
+        tmp_path,
+        llm={"base_url": fake_llm.url},
+        storage={"url": pg.settings.url.get_secret_value()},
+    )
+    async with ParleyApp(settings, speech=False) as one, ParleyApp(settings, speech=False) as two:
+        admin = message(is_admin=True)
+        assert "is now" in await one.commands.run(admin, "config", "set system_prompt ZEBRA-42")
+        await two.engine.handle(message("What is up?"), RecordingTarget())
+        assert "ZEBRA-42" in json.dumps(fake_llm.requests[-1])
+        await one.engine.handle(message("And now?"), RecordingTarget())
+        assert "What is up?" in json.dumps(fake_llm.requests[-1])  # the other process's turn
+        audit = await two.store.audit_rows()
+        assert [row["key"] for row in audit] == ["system_prompt"]
+
+
+async def test_the_store_reports_a_closed_pool_as_a_storage_error(pg: Backend) -> None:
+    from bot.errors import StorageError
+    from bot.health import database_check
+
+    store = await pg.open()
+    assert isinstance(store, PostgresStore)
+    check = database_check(store)
+    assert await check() is None
+    await store.close()
+    with pytest.raises(StorageError, match=r"PostgreSQL at 127\.0\.0\.1:\d+/t"):
+        await store.get_message(1)
+    problem = await check()
+    assert problem is not None and "PostgreSQL at" in problem
+
+
+async def _instance_alive(store: PostgresStore, url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        live = await conn.fetch(pg_module._LIVE_INSTANCES)
+        return store.instance in {row[0] for row in live}
+    finally:
+        await conn.close()
+
+
+async def test_a_lost_session_is_won_back_with_the_same_instance(
+    pg_store: PostgresStore, pg: Backend
+) -> None:
+    url = pg.settings.url.get_secret_value()
+    channel = await pg_store.channel_id("test", "c")
+    turn = await turn_of(pg_store, channel, "pending across the outage")
+    conn = await asyncpg.connect(url)
+    try:
+        # Like a restart of PostgreSQL or a dropped network path, for this one session.
+        await conn.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            f" AND classid = {pg_module.NS_INSTANCE} AND objid = $1",
+            pg_store.instance,
+        )
+    finally:
+        await conn.close()
+    for _ in range(100):
+        if await _instance_alive(pg_store, url):
+            break
+        await asyncio.sleep(0.1)
+    assert await _instance_alive(pg_store, url)
+    other = await pg.open()
+    try:
+        assert await other.mark_interrupted() == 0  # still ours: we are alive
+    finally:
+        await other.close()
+    async with pg_store.channel_turn(channel, turn.reply_row):
+        await pg_store.update_message(turn.reply_row, content="answered", status="complete")
+    assert contents(await pg_store.history(channel, 10**9, 5))[-1] == "answered"
