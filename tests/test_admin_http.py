@@ -7,8 +7,11 @@ with a cookie jar, reading CSRF tokens from the pages like a browser.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import select
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ from tests.fakes.admin_client import (
     running_console,
 )
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fakes.parley_process import parley_env, start_parley
+from tests.fakes.parley_process import ROOT, parley_env, start_parley
 from tests.fakes.targets import RecordingTarget
 
 _PARAM = re.compile(r"\{[^}]+\}")
@@ -268,3 +271,46 @@ def test_a_short_environment_password_is_a_config_error_that_hides_it(
     assert caught.value.problems == [
         "config: http.admin_password = <hidden>: must be at least 8 characters"
     ]
+
+
+def test_set_password_on_a_terminal_asks_twice_without_echo(tmp_path: Path) -> None:
+    """On a terminal the password is typed twice and never shown (getpass turns echo off)."""
+    master, terminal = os.openpty()
+    env = parley_env(PARLEY_STORAGE__PATH=str(tmp_path / "parley.db"), PYTHONPATH=str(ROOT))
+    # A session of its own: no controlling terminal, so getpass uses this pty, never the
+    # terminal the tests were started from.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "admin", "set-password"],
+        stdin=terminal, stdout=terminal, stderr=terminal,
+        env=env, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    os.close(terminal)
+    shown = b""
+
+    def read_until(needle: bytes) -> None:
+        nonlocal shown
+        while needle not in shown:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, shown  # a safety net: the prompt comes within seconds
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # the other end closed: the command ended
+                chunk = b""
+            if not chunk:
+                break
+            shown += chunk
+
+    try:
+        read_until(b"New admin password: ")
+        os.write(master, b"typed on a terminal\n")
+        read_until(b"Once more: ")
+        os.write(master, b"typed on a terminal\n")
+        read_until(b"Sessions signed in")
+        assert proc.wait(30) == 0, shown
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert b"typed on a terminal" not in shown
+    stored = (tmp_path / "admin-password").read_text()
+    assert stored.startswith("$argon2id$")
