@@ -1,4 +1,4 @@
-"""The `parley` command: run (default), chat, migrate, doctor, healthcheck.
+"""The `parley` command: run (default), chat, migrate, doctor, healthcheck, admin set-password.
 
 With bot/app.py, the composition root: it loads the settings with every platform's section and
 starts the platforms whose token is set (the console chat when none is).
@@ -22,6 +22,8 @@ from bot.logs import setup_logging
 from bot.platform import STOP_GRACE_S
 
 if TYPE_CHECKING:
+    from bot.app import ParleyApp
+    from bot.http_server import HttpExtension
     from bot.platform import Platform, PlatformAdapter
 
 log = logging.getLogger("parley")
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations and exit")
     sub.add_parser("doctor", help="check config, database, LLM backends, speech models, tokens")
     sub.add_parser("healthcheck", help="ask this machine's /healthz (Docker's HEALTHCHECK)")
+    admin = sub.add_parser("admin", help="the admin console (/admin)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin_sub.add_parser(
+        "set-password",
+        help="read a new admin password from standard input and store its argon2 hash",
+    )
     return parser
 
 
@@ -61,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from bot.app import load
 
+    config_path = resolve_config_path(args.config)
     try:
-        settings = load(resolve_config_path(args.config))
+        settings = load(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -77,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.doctor import run_doctor
 
             return asyncio.run(run_doctor(settings, platforms()))
+        if command == "admin":
+            from bot.admin.cli import set_password
+
+            return set_password(settings)
         if command == "healthcheck":
             from bot.health import probe, probe_url
 
@@ -88,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         if voice is not None and not voice.is_file():
             print(f"--voice: {voice} is not a file", file=sys.stderr)
             return EXIT_CONFIG
-        return asyncio.run(_run(settings, console=command == "chat", voice_file=voice))
+        return asyncio.run(
+            _run(settings, console=command == "chat", voice_file=voice, config_path=config_path)
+        )
     except asyncio.CancelledError:  # SIGTERM during start-up or shutdown
         return 0
     except ConfigError as exc:  # found at start-up, e.g. a token the platform refuses
@@ -114,7 +129,9 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _run(settings: Settings, *, console: bool, voice_file: Path | None) -> int:
+async def _run(
+    settings: Settings, *, console: bool, voice_file: Path | None, config_path: Path | None = None
+) -> int:
     from bot.app import ParleyApp
     from bot.health import platform_check
     from bot.http_server import serve_http
@@ -125,7 +142,12 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
     assert main is not None
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    async with ParleyApp(settings) as app, serve_http(settings.http, app.health_checks()) as checks:
+    async with (
+        ParleyApp(settings) as app,
+        serve_http(
+            settings.http, app.health_checks(), extensions=_http_extensions(app, config_path)
+        ) as checks,
+    ):
         enabled = app.enabled_platforms()
         if console or not enabled:
             from adapters.console import ConsoleChat
@@ -178,3 +200,13 @@ async def _stop_platforms(enabled: list[Platform], adapters: list[PlatformAdapte
             )
 
     await asyncio.gather(*(stop(p, a) for p, a in zip(enabled, adapters, strict=False)))
+
+
+def _http_extensions(app: ParleyApp, config_path: Path | None) -> list[HttpExtension]:
+    """The admin console on the [http] endpoint, unless it is turned off."""
+    http = app.settings.http
+    if not (http.enabled and http.admin):
+        return []
+    from bot.admin.console import AdminConsole
+
+    return [AdminConsole.for_app(app, config_path=config_path)]

@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -153,10 +154,40 @@ class TTSSettings(_Section):
     max_chars: int = Field(1500, ge=1)  # longer replies are spoken up to here
 
 
+MIN_ADMIN_PASSWORD_CHARS = 8
+
+
 class HTTPSettings(_Section):
+    """The operations endpoint: /healthz, /metrics and the admin console (/admin)."""
+
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback: reach /admin through an SSH tunnel (README)
     port: int = Field(8080, ge=0, le=65535)
+    admin: bool = True  # serve /admin; it stays locked until a password is set
+    # For containers; elsewhere `parley admin set-password` stores an argon2 hash in a file.
+    admin_password: SecretStr = SecretStr("")
+    admin_password_file: str = ""  # empty: "admin-password" beside storage.path
+    tls_cert: str = ""  # PEM certificate chain and key: serve HTTPS directly
+    tls_key: str = ""
+    behind_tls_proxy: bool = False  # a reverse proxy terminates TLS in front of Parley
+
+    @field_validator("admin_password")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < MIN_ADMIN_PASSWORD_CHARS:
+            raise ValueError(f"must be at least {MIN_ADMIN_PASSWORD_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> HTTPSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when browsers reach this endpoint over HTTPS (directly or through a proxy)."""
+        return bool(self.tls_cert) or self.behind_tls_proxy
 
 
 class LoggingSettings(_Section):

@@ -29,6 +29,11 @@ class TurnQueue:
         return max(0, len(self._lines.get(channel_key, ())) - 1)
 
     @property
+    def in_use(self) -> int:
+        """LLM slots held by replies being generated now (for the admin console)."""
+        return self.slots - self._free
+
+    @property
     def depth(self) -> int:
         """Turns waiting anywhere (for metrics)."""
         return sum(max(0, len(line) - 1) for line in self._lines.values()) + len(self._slot_waiters)
