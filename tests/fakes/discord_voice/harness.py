@@ -1,0 +1,67 @@
+"""Shared pieces of the voice-channel tests and benchmark: a real discord.py client on the fake.
+
+`discord_client(fake)` logs an unmodified `discord.Client` in to the fake Discord (REST and
+gateway redirected the way the Discord adapter does it) with the intents voice needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import discord
+import numpy as np
+import yarl
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from bot.speech.stt import Transcriber
+from tests.fakes import audio_samples
+from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.discord_voice.media import Pcm
+
+READY_S = 0.05  # guild_ready_timeout: the fake sends its only GUILD_CREATE right after READY
+START_TIMEOUT_S = 30.0  # hang guard
+
+
+@contextlib.asynccontextmanager
+async def discord_client(fake: FakeDiscord) -> AsyncIterator[discord.Client]:
+    """A logged-in, ready discord.py client (guilds + voice_states intents) on `fake`."""
+    saved = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
+    Route.BASE = fake.api_url
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.voice_states = True
+    client = discord.Client(intents=intents, guild_ready_timeout=READY_S)
+    task: asyncio.Task[None] | None = None
+    try:
+        await client.login(fake.token)
+        task = asyncio.create_task(client.connect(reconnect=False))
+        async with asyncio.timeout(START_TIMEOUT_S):
+            await client.wait_until_ready()
+        yield client
+    finally:
+        await client.close()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def voice_channel(client: discord.Client, channel_id: int) -> discord.VoiceChannel:
+    channel = client.get_channel(channel_id)
+    assert isinstance(channel, discord.VoiceChannel), channel
+    return channel
+
+
+async def transcribe(transcriber: Transcriber, pcm: Pcm, rate: int = 48_000) -> str:
+    """Whisper's transcript of mono float PCM (through Parley's Transcriber, as a WAV file)."""
+    wav = await asyncio.to_thread(audio_samples.encode, np.ascontiguousarray(pcm), rate, "wav")
+    return await transcriber.transcribe(wav, "audio/wav")
+
+
+def words(text: str) -> set[str]:
+    """Lower-case words of `text`, without punctuation."""
+    return set(audio_samples._words(text))
