@@ -62,6 +62,10 @@ MAX_CONCEALED_FRAMES = 5  # lost packets (a sequence gap) filled by Opus loss co
 UNKNOWN_SSRC_HOLD_S = 1.0  # how long packets of an unmapped SSRC wait for SPEAKING
 UNKNOWN_SSRC_MAX_PACKETS = 50  # ... and how many of them (1 s of audio)
 UNKNOWN_SSRC_MAX_STREAMS = 16  # bound on the memory junk traffic can take
+REKEY_HOLD_S = 0.5  # how long an undecryptable DAVE frame waits for the next epoch's key
+REKEY_MAX_PACKETS = 25  # ... at most this many per SSRC (0.5 s of audio)
+# Every DAVE-encrypted frame ends with this marker (https://daveprotocol.com/#payload-format).
+DAVE_MAGIC_MARKER = b"\xfa\xfa"
 PCM_SCALE = 32768.0  # int16 -> float in [-1, 1)
 
 
@@ -118,6 +122,7 @@ class ReceiveStats:
     unknown_ssrc_dropped: int = 0
     dave_failed: int = 0
     dave_passthrough: int = 0
+    dave_retried: int = 0  # frames decrypted after waiting for a new epoch
     late: int = 0
     concealed: int = 0
     decode_failed: int = 0
@@ -128,9 +133,11 @@ class ReceiveStats:
 
 @dataclass
 class _Held:
+    """Packets waiting: for their SSRC's user (`_held`) or for a new epoch (`_rekeying`)."""
+
     first_seen: float
-    packets: deque[tuple[RtpHeader, bytes, float]] = field(default_factory=deque)
-    reported: bool = False
+    packets: deque[tuple[Any, ...]] = field(default_factory=deque)
+    epoch: int | None = None
 
 
 class _SpeakerStream:
@@ -185,6 +192,7 @@ class VoiceReceiver:
         self._users: dict[int, int] = {}  # ssrc -> user id
         self._streams: dict[int, _SpeakerStream] = {}
         self._held: dict[int, _Held] = {}
+        self._rekeying: dict[int, _Held] = {}
         self._cipher: TransportCipher | None = None
         self._cipher_key: tuple[str, bytes] | None = None
         self._bad_mode: str | None = None
@@ -280,6 +288,9 @@ class VoiceReceiver:
         now = self._clock()
         for ssrc in [s for s, u in self._users.items() if u == user_id]:
             del self._users[ssrc]
+            pending = self._rekeying.pop(ssrc, None)
+            if pending is not None:
+                self._retry_packets(pending)
             stream = self._streams.pop(ssrc, None)
             if stream is not None:
                 self._emit(stream, stream.segmenter.flush(), now)
@@ -341,9 +352,22 @@ class VoiceReceiver:
         held.packets.append((header, payload, arrival))
 
     def _media(self, header: RtpHeader, payload: bytes, arrival: float, user_id: int) -> None:
+        pending = self._rekeying.get(header.ssrc)
+        if pending is not None and self._epoch() != pending.epoch:
+            self._retry(header.ssrc)
+            pending = None
         opus = self._dave_decrypt(payload, user_id)
         if opus is None:
+            if payload.endswith(DAVE_MAGIC_MARKER):
+                self._hold_for_rekey(header, payload, arrival, user_id)
             return
+        if pending is not None:
+            # This frame decrypts with the keys we hold, so the held ones never will.
+            del self._rekeying[header.ssrc]
+            self.stats.dave_failed += len(pending.packets)
+        self._decrypted(header, opus, arrival, user_id)
+
+    def _decrypted(self, header: RtpHeader, opus: bytes, arrival: float, user_id: int) -> None:
         stream = self._streams.get(header.ssrc)
         if stream is None:
             stream = self._streams[header.ssrc] = _SpeakerStream(
@@ -351,7 +375,38 @@ class VoiceReceiver:
             )
         self._feed(stream, header, opus, arrival)
 
-    def _dave_decrypt(self, payload: bytes, user_id: int) -> bytes | None:
+    def _epoch(self) -> int | None:
+        session = self._connection.dave_session
+        return session.epoch if session is not None else None
+
+    def _hold_for_rekey(
+        self, header: RtpHeader, payload: bytes, arrival: float, user_id: int
+    ) -> None:
+        """An encrypted frame we hold no key for: most likely the sender already moved to the
+        next epoch while discord.py is still processing the commit. Keep it for a moment."""
+        pending = self._rekeying.get(header.ssrc)
+        if pending is None:
+            pending = self._rekeying[header.ssrc] = _Held(first_seen=arrival)
+            pending.epoch = self._epoch()
+        if len(pending.packets) >= REKEY_MAX_PACKETS:
+            pending.packets.popleft()
+            self.stats.dave_failed += 1
+        pending.packets.append((header, payload, arrival, user_id))
+
+    def _retry(self, ssrc: int) -> None:
+        """The epoch changed: decrypt what was held for `ssrc`, in order."""
+        self._retry_packets(self._rekeying.pop(ssrc))
+
+    def _retry_packets(self, pending: _Held) -> None:
+        for header, payload, arrival, user_id in pending.packets:
+            opus = self._dave_decrypt(payload, user_id, count_failure=True)
+            if opus is not None:
+                self.stats.dave_retried += 1
+                self._decrypted(header, opus, arrival, user_id)
+
+    def _dave_decrypt(
+        self, payload: bytes, user_id: int, *, count_failure: bool = False
+    ) -> bytes | None:
         if payload == OPUS_SILENCE:
             return payload  # DAVE leaves the silence frame in the clear
         session = self._connection.dave_session
@@ -360,14 +415,16 @@ class VoiceReceiver:
         try:
             opus = session.decrypt(user_id, davey.MediaType.audio, payload)
         except ValueError as exc:
-            # Not decryptable with the keys we hold: a frame from before we joined the group,
-            # after a failed commit, or plain audio while passthrough is off. A peer drops it.
-            self.stats.dave_failed += 1
-            if self.stats.dave_failed in (1, 10, 100) or self.stats.dave_failed % 1000 == 0:
-                log.debug("voice: DAVE decrypt failed for user %d (%d so far): %s",
-                          user_id, self.stats.dave_failed, exc)  # fmt: skip
+            # No key for it: a frame of an epoch we are not in (yet), from before we joined,
+            # or plain audio while passthrough is off. A Discord client drops it too.
+            if count_failure or not payload.endswith(DAVE_MAGIC_MARKER):
+                self.stats.dave_failed += 1
+                failures = self.stats.dave_failed
+                if failures in (1, 10, 100) or failures % 1000 == 0:
+                    log.debug("voice: DAVE decrypt failed for user %d (%d so far): %s",
+                              user_id, failures, exc)  # fmt: skip
             return None
-        if opus is payload or opus == payload:
+        if opus == payload:
             self.stats.dave_passthrough += 1
         return bytes(opus)
 
@@ -413,6 +470,12 @@ class VoiceReceiver:
         self._emit(stream, stream.segmenter.push(pcm), arrival)
 
     def _tick(self, now: float) -> None:
+        for ssrc, pending in list(self._rekeying.items()):
+            if self._epoch() != pending.epoch:
+                self._retry(ssrc)
+            elif now - pending.first_seen >= REKEY_HOLD_S:
+                del self._rekeying[ssrc]
+                self.stats.dave_failed += len(pending.packets)
         for ssrc, held in list(self._held.items()):
             if now - held.first_seen >= self._hold_s:
                 del self._held[ssrc]

@@ -38,6 +38,9 @@ SILENT_FRAME = bytes(FRAME_BYTES)
 READY_POLL_S = 0.02  # discord.py signals no event when the DAVE group is ready: poll it
 DEFAULT_READY_TIMEOUT_S = 15.0  # joining + the MLS welcome normally take well under a second
 OPUS_BITRATE_KBPS = 64  # plenty for speech; discord.py's default (128) is tuned for music
+# Silence before each answer: the encoder and the listeners' jitter buffers settle on it, so
+# the first syllable is not the first packet of the talk spurt.
+LEAD_IN_FRAMES = 3
 
 SpeechInput = Pcm | Iterable[Pcm] | AsyncIterable[Pcm]
 
@@ -163,6 +166,7 @@ class Speaker:
                 loop.call_soon_threadsafe(settle)
 
             source = _QueuedSource(lambda: self._client.e2ee_ready)
+            source.push([SILENT_FRAME] * LEAD_IN_FRAMES)
             self._source = source
             self._client.play(
                 source,

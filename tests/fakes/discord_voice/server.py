@@ -281,13 +281,16 @@ class FakeHuman:
         announce_after_s: float = 0.0,
         stop_after_s: float | None = None,
         lead_in_s: float = 0.2,
+        pace: float = 1.0,
     ) -> None:
         """Stream 48 kHz mono `pcm` as a Discord client does: in real time, 20 ms per packet.
 
         `padding`: RTP padding octets on every packet. `announce`: send SPEAKING (op 5) for the
         SSRC (False: the bot never learns whose SSRC it is); `announce_after_s`: send it only
         after that much audio (UDP overtaking the websocket). `stop_after_s`: leave the call
-        that far into the speech (mid-utterance). `lead_in_s` of silence goes first.
+        that far into the speech (mid-utterance). `lead_in_s` of silence goes first. `pace`:
+        send that many times faster than real time (RTP timestamps stay those of real time,
+        as if the network delivered a backlog at once), to keep tests short.
         """
         lead = np.zeros(int(lead_in_s * RATE), dtype=np.float32)
         frames = stereo_frames(np.concatenate((lead, pcm)))
@@ -306,7 +309,8 @@ class FakeHuman:
                     announced = True
                 self.send_opus(self.encoder.encode(frame), marker=index == 0, padding=padding,
                                csrcs=csrcs)  # fmt: skip
-                await asyncio.sleep(max(0.0, start + (index + 1) * FRAME / RATE - loop.time()))
+                due = start + (index + 1) * FRAME / RATE / pace
+                await asyncio.sleep(max(0.0, due - loop.time()))
             for _ in range(SILENCE_FRAMES_AFTER_SPEECH):
                 self.send_opus(OPUS_SILENCE, padding=padding, csrcs=csrcs)
         finally:
@@ -553,13 +557,12 @@ class FakeVoiceServer:
         self.connections: list[BotConnection] = []
         self.tokens: dict[int, tuple[str, str]] = {}  # bot user -> (voice token, session id)
         self.identifies = 0
+        self.accept_resume = True  # False: answer RESUME with 4006, the client must join again
         self.port = 0
         self.udp_port = 0
         self.datagrams_in = 0
         self._runner: web.AppRunner | None = None
         self._udp: asyncio.DatagramTransport | None = None
-        self._speech_cache: dict[str, Pcm] = {}
-        self._synthesizer: Any = None
         self._used_ssrcs: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -596,8 +599,6 @@ class FakeVoiceServer:
             self._udp.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._synthesizer is not None:
-            await self._synthesizer.close()
 
     @property
     def endpoint(self) -> str:
@@ -668,15 +669,8 @@ class FakeVoiceServer:
             await connection.send_json(OP_DAVE_EXECUTE_TRANSITION, {"transition_id": transition_id})
 
     async def speech(self, text: str) -> Pcm:
-        """`text` in Parley's offline piper voice (bot.speech), 48 kHz mono; cached."""
-        if text not in self._speech_cache:
-            if self._synthesizer is None:
-                from bot.config import TTSSettings
-                from bot.speech.tts import SpeechSynthesizer
-
-                self._synthesizer = SpeechSynthesizer(TTSSettings(backends=["piper"]))
-            self._speech_cache[text] = await self._synthesizer.synthesize_pcm(text)
-        return self._speech_cache[text]
+        """`text` in Parley's offline piper voice (bot.speech), 48 kHz mono."""
+        return await speech(text)
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -932,7 +926,8 @@ class FakeVoiceServer:
     ) -> BotConnection | None:
         for connection in reversed(self.connections):
             if (
-                not connection.closed
+                self.accept_resume
+                and not connection.closed
                 and connection.session_id == data.get("session_id")
                 and connection.token == data.get("token")
             ):
@@ -1041,6 +1036,26 @@ class FakeVoiceServer:
         connection.counter = (connection.counter + 1) & 0xFFFF_FFFF
         packet = seal(connection.mode, connection.secret_key, clear, plain, connection.counter)
         self._udp.sendto(packet, connection.udp_addr)
+
+
+_speech_cache: dict[str, Pcm] = {}
+_synthesizer: list[Any] = []
+
+
+async def speech(text: str) -> Pcm:
+    """`text` in Parley's offline piper voice (bot.speech), 48 kHz mono; cached per process.
+
+    One synthesizer serves every test (loading piper takes seconds); it holds no event-loop
+    state (a worker thread only), so tests with different loops can share it.
+    """
+    if text not in _speech_cache:
+        if not _synthesizer:
+            from bot.config import TTSSettings
+            from bot.speech.tts import SpeechSynthesizer
+
+            _synthesizer.append(SpeechSynthesizer(TTSSettings(backends=["piper"])))
+        _speech_cache[text] = await _synthesizer[0].synthesize_pcm(text)
+    return _speech_cache[text]
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
