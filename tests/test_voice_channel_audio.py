@@ -55,12 +55,7 @@ async def assert_bot_is_heard(call: Call, whisper: Transcriber, text: str = ANSW
         assert heard.plain_speech == 0  # nothing the bot said left unencrypted
         assert heard.dave_failed == 0
         transcript = await transcribe(whisper, heard.speech_pcm())
-        sequences = [f.sequence for f in heard.frames]
-        gaps = [b - a for a, b in zip(sequences, sequences[1:], strict=False) if b - a != 1]
-        assert ANSWER_WORDS <= words(transcript), (
-            transcript, len(heard.frames), heard.speech_frames, gaps, heard.dropped_plain,
-            sequences[:5],
-        )  # fmt: skip
+        assert words(transcript) >= ANSWER_WORDS, transcript
 
 
 @pytest.mark.parametrize(

@@ -117,3 +117,15 @@ async def voice_call(
                 yield Call(fake, voice, session, people)
             finally:
                 await session.leave()
+
+
+def similarity(heard: Pcm, spoken: Pcm) -> float:
+    """Peak normalised cross-correlation of two clips (1.0: the same waveform at some offset).
+
+    Opus keeps speech waveforms close enough for this to tell "the same sentence, intact" from
+    "something else" or "cut short" without a speech recogniser.
+    """
+    size = 1 << int(np.ceil(np.log2(heard.size + spoken.size)))
+    spectrum = np.fft.rfft(heard, size) * np.conj(np.fft.rfft(spoken, size))
+    peak = float(np.max(np.abs(np.fft.irfft(spectrum, size))))
+    return peak / float(np.linalg.norm(heard) * np.linalg.norm(spoken) or 1.0)
