@@ -63,9 +63,10 @@ def heard_speech(call_human: object) -> int:
 async def test_someone_speaking_stops_the_bot(barge_in: bool) -> None:
     async with voice_call(ALICE, options=VoiceOptions(barge_in=barge_in)) as call:
         (alice,) = call.humans
+        question = await speech(QUESTION)  # ready before the bot starts (piper may be loading)
         answer = asyncio.create_task(call.session.speak(tone(5.0)))
         await call.voice.wait_for(lambda: heard_speech(alice) >= 25)  # half a second in
-        await alice.say_text(QUESTION)
+        await alice.say(question)
         utterance = await call.next_utterance()
         assert utterance.user_id == ALICE.id
         completed = await answer

@@ -28,7 +28,13 @@ from typing import Any, Protocol
 import davey
 import numpy as np
 
-from adapters.discord.voice.opus import FRAME_SAMPLES, OPUS_RATE, OPUS_SILENCE, MonoDecoder
+from adapters.discord.voice.opus import (
+    FRAME_SAMPLES,
+    OPUS_RATE,
+    OPUS_SILENCE,
+    MonoDecoder,
+    OpusDecodeError,
+)
 from adapters.discord.voice.rtp import (
     OPUS_PAYLOAD_TYPE,
     MalformedPacket,
@@ -66,7 +72,6 @@ REKEY_HOLD_S = 0.5  # how long an undecryptable DAVE frame waits for the next ep
 REKEY_MAX_PACKETS = 25  # ... at most this many per SSRC (0.5 s of audio)
 # Every DAVE-encrypted frame ends with this marker (https://daveprotocol.com/#payload-format).
 DAVE_MAGIC_MARKER = b"\xfa\xfa"
-PCM_SCALE = 32768.0  # int16 -> float in [-1, 1)
 
 
 class ConnectionView(Protocol):
@@ -458,12 +463,11 @@ class VoiceReceiver:
 
     def _decode(self, stream: _SpeakerStream, opus: bytes | None, arrival: float) -> None:
         try:
-            raw = stream.decoder.decode(opus, fec=False)
-        except Exception as exc:  # noqa: BLE001 - discord.opus.OpusError and ctypes errors
+            pcm = stream.decoder.decode(opus)
+        except OpusDecodeError as exc:
             self.stats.decode_failed += 1
             log.debug("voice: Opus decode failed for ssrc %d: %s", stream.ssrc, exc)
             return
-        pcm = np.frombuffer(raw, dtype=np.int16).astype(np.float32) / PCM_SCALE
         self.stats.frames += 1
         frames = self.stats.per_user_frames
         frames[stream.user_id] = frames.get(stream.user_id, 0) + 1

@@ -74,7 +74,6 @@ class VoiceSession:
         client = await channel.connect(
             cls=ParleyVoiceClient, timeout=options.connect_timeout_s, reconnect=True
         )
-        assert isinstance(client, ParleyVoiceClient)
         return cls(client, options)
 
     # -- listening -----------------------------------------------------------------------

@@ -254,6 +254,7 @@ class FakeHuman:
         self.frames_unsendable = 0  # frames skipped because the DAVE session was not ready
         self.pending_commit: davey.CommitWelcome | None = None
         self.speaking = False
+        self.speech_sent_at: float | None = None  # monotonic: first frame after the lead-in
 
     @property
     def user_id(self) -> int:
@@ -293,7 +294,9 @@ class FakeHuman:
         as if the network delivered a backlog at once), to keep tests short.
         """
         lead = np.zeros(int(lead_in_s * RATE), dtype=np.float32)
+        lead_frames = len(stereo_frames(lead)) if lead.size else 0
         frames = stereo_frames(np.concatenate((lead, pcm)))
+        self.speech_sent_at = None
         loop = asyncio.get_running_loop()
         start = loop.time()
         announced = False
@@ -307,6 +310,8 @@ class FakeHuman:
                 if announce and not announced and elapsed >= announce_after_s:
                     await self.server.announce(self)
                     announced = True
+                if index == lead_frames:
+                    self.speech_sent_at = time.monotonic()
                 self.send_opus(self.encoder.encode(frame), marker=index == 0, padding=padding,
                                csrcs=csrcs)  # fmt: skip
                 due = start + (index + 1) * FRAME / RATE / pace
