@@ -68,6 +68,17 @@ async def loop_lag(stop: asyncio.Event, lags: list[float]) -> None:
         lags.append(max(0.0, loop.time() - due))
 
 
+async def idle_lag() -> tuple[float, float]:
+    """(p99, max) loop lag in ms with the bot in a call where nobody speaks: the baseline."""
+    async with voice_call(FakeUser(snowflake(), "Quiet")):
+        stop, lags = asyncio.Event(), []
+        ticker = asyncio.create_task(loop_lag(stop, lags))
+        await asyncio.sleep(LISTEN_S)
+        stop.set()
+        await ticker
+    return 1000 * percentile(lags, 99), 1000 * max(lags)
+
+
 async def receive_cpu(speakers: int) -> tuple[float, float, float]:
     """(CPU % of a core per speaker, loop lag p99 ms, loop lag max ms)."""
     users = [FakeUser(snowflake(), f"Speaker{i}") for i in range(speakers)]
@@ -145,6 +156,10 @@ async def barge_in_times(call: Call) -> list[float]:
 async def main() -> None:
     rows: list[tuple[str, str]] = []
     await receive_cpu(1)  # warm-up run, not counted (piper's first synthesis, caches)
+    lag_p99, lag_max = await idle_lag()
+    rows.append(
+        ("loop lag, in a call, nobody speaking", f"p99 {lag_p99:.1f} ms, max {lag_max:.1f} ms")
+    )
     for speakers in SPEAKER_COUNTS:
         cpu, lag_p99, lag_max = await receive_cpu(speakers)
         rows.append(
