@@ -71,7 +71,7 @@ async def loop_lag(stop: asyncio.Event, lags: list[float]) -> None:
 async def idle_lag() -> tuple[float, float]:
     """(p99, max) loop lag in ms with the bot in a call where nobody speaks: the baseline."""
     async with voice_call(FakeUser(snowflake(), "Quiet")):
-        stop, lags = asyncio.Event(), []
+        stop, lags = asyncio.Event(), list[float]()
         ticker = asyncio.create_task(loop_lag(stop, lags))
         await asyncio.sleep(LISTEN_S)
         stop.set()
@@ -87,7 +87,7 @@ async def receive_cpu(speakers: int) -> tuple[float, float, float]:
         session = call.session
         reader = session.client.connection._socket_reader.ident
         worker0, reader0 = session.receive_cpu_seconds, thread_cpu(reader)
-        stop, lags = asyncio.Event(), []
+        stop, lags = asyncio.Event(), list[float]()
         ticker = asyncio.create_task(loop_lag(stop, lags))
         await asyncio.gather(*(human.say(pcm, lead_in_s=0.0) for human in call.humans))
         expected = sum(human.frames_sent for human in call.humans)

@@ -9,6 +9,7 @@ Transcriber, and what the bot says is decrypted and decoded at the fake side and
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,7 +19,7 @@ from bot.config import STTSettings
 from bot.speech.stt import Transcriber
 from tests.fakes.discord_voice.harness import Call, transcribe, voice_call, words
 from tests.fakes.discord_voice.media import AES_GCM, XCHACHA
-from tests.fakes.discord_voice.server import CLOSE_VOICE_SERVER_CRASHED
+from tests.fakes.discord_voice.server import CLOSE_VOICE_SERVER_CRASHED, FakeHuman
 from tests.fakes.discord_world import DiscordWorld
 
 pytestmark = [pytest.mark.speech, pytest.mark.asyncio(loop_scope="module")]
@@ -43,14 +44,15 @@ async def whisper() -> AsyncIterator[Transcriber]:
     await transcriber.close()
 
 
+def _heard_bot(human: FakeHuman) -> bool:
+    return BOT_ID in human.heard and human.heard[BOT_ID].silence_frames >= 5
+
+
 async def assert_bot_is_heard(call: Call, whisper: Transcriber, text: str = ANSWER) -> None:
     """The bot says `text`; every fake human decrypts and decodes it to those words."""
     assert await call.session.speak(await call.voice.speech(text))
     for human in call.humans:
-        await call.voice.wait_for(
-            lambda h=human: BOT_ID in h.heard and h.heard[BOT_ID].silence_frames >= 5,
-            HEARD_TIMEOUT_S,
-        )
+        await call.voice.wait_for(functools.partial(_heard_bot, human), HEARD_TIMEOUT_S)
         heard = human.heard[BOT_ID]
         assert heard.plain_speech == 0  # nothing the bot said left unencrypted
         assert heard.dave_failed == 0

@@ -106,8 +106,12 @@ async def voice_call(
     options: VoiceOptions | None = None,
 ) -> AsyncIterator[Call]:
     """The fake Discord with a voice channel, `humans` in it, and the bot joined and ready."""
-    server = {"modes": modes, "dave": dave, "prefer_bot_commits": prefer_bot_commits}
-    async with FakeDiscord() as fake, FakeVoiceServer(fake, **server) as voice:
+    async with (
+        FakeDiscord() as fake,
+        FakeVoiceServer(
+            fake, modes=modes, dave=dave, prefer_bot_commits=prefer_bot_commits
+        ) as voice,
+    ):
         people = [await voice.join(user) for user in humans]
         async with discord_client(fake) as client:
             session = await VoiceSession.join(voice_channel(client, voice.channel_id), options)

@@ -789,7 +789,7 @@ class FakeVoiceServer:
         """The client's op 4: join (or leave) a voice channel."""
         bot = self.discord.BOT
         channel = data.get("channel_id")
-        ready = next((f.data for f in session.frames if f.event == "READY"), {})
+        ready: dict[str, Any] = next((f.data for f in session.frames if f.event == "READY"), {})
         session_id = str(ready.get("session_id") or f"session-{bot.id}")
         if channel is None:
             await session.dispatch("VOICE_STATE_UPDATE", self._voice_state(bot, None, session_id))
@@ -1014,20 +1014,20 @@ class FakeVoiceServer:
                     if self._udp is not None:
                         self._udp.sendto(ip_discovery_response(ssrc, addr[0], addr[1]), addr)
             return
-        connection = next(
+        sender = next(
             (c for c in reversed(self.connections) if c.udp_addr == addr and c.secret_key), None
         )
-        if connection is None or len(data) < 12:
+        if sender is None or len(data) < 12:
             return
         try:
-            packet = parse_sent(connection.mode, connection.secret_key, data)
+            packet = parse_sent(sender.mode, sender.secret_key, data)
         except Exception:  # noqa: BLE001 - a packet that does not authenticate is dropped
             log.warning("fake voice: a packet from the bot did not decrypt")
             return
-        connection.packets_sent += 1
+        sender.packets_sent += 1
         arrival = time.monotonic()
         for human in list(self.humans.values()):
-            human.hear(connection.user_id, packet, arrival)
+            human.hear(sender.user_id, packet, arrival)
 
     def relay(self, human: FakeHuman, rtp: Rtp) -> None:
         """A human's packet, forwarded to every bot session with that session's key."""
