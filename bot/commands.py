@@ -26,6 +26,7 @@ VOICE_MODES = ("off", "reply-to-voice", "always")
 _CHOICES_SHOWN = 3  # usage lines list up to this many choices, else the parameter's name
 MSG_BLOCKED = "Sorry, you can't use this bot."
 MSG_NOT_SAVED = "I couldn't do that: {trouble}; please try again later."
+MSG_UNAVAILABLE = "/{name} is not available right now."
 
 
 class Access(Enum):
@@ -50,7 +51,7 @@ class Param:
     help: str
     choices: tuple[str, ...] = ()
     required: bool = False
-    kind: Literal["text", "flag"] = "text"
+    kind: Literal["text", "flag", "voice_channel"] = "text"  # voice_channel: a channel picker
     metavar: str = ""  # how usage lines show it (default: the name in capitals)
     labels: tuple[str, ...] = ()  # a longer label per choice, for menus that show them
 
@@ -69,6 +70,9 @@ class Command:
     turn: bool = False  # not a command: its text is a message to answer (/ask)
     platforms: tuple[str, ...] = ()  # only there (empty: everywhere)
     setting: str | None = None  # the chat setting its arguments change, for the audit log
+    # Its handler comes from the platform that offers it (`Commands.provide`), e.g. /join,
+    # which only the Discord adapter can carry out.
+    by_platform: bool = False
 
     @property
     def usage(self) -> str:
@@ -148,6 +152,18 @@ COMMANDS: tuple[Command, ...] = (
         private=True,
     ),
     Command("forget", "Delete every message you sent me", private=True),
+    Command(
+        "join",
+        "Join your voice channel (or the one named) and talk there",
+        params=(
+            Param(
+                "channel", "the voice channel (default: the one you are in)", kind="voice_channel"
+            ),
+        ),
+        platforms=("discord",),
+        by_platform=True,
+    ),
+    Command("leave", "Leave the voice channel", platforms=("discord",), by_platform=True),
 )
 
 
@@ -208,11 +224,23 @@ class Commands:
         if missing:
             raise RuntimeError(f"commands without a handler: {', '.join(missing)}")
 
+    def provide(self, name: str, handler: Handler) -> None:
+        """Carry out the table's platform command `name` with `handler` (the platform's)."""
+        command = find(name)
+        if command is None or not command.by_platform:
+            raise ValueError(f"/{name} is not a platform command of the table")
+        self._handlers[command.name] = handler
+
+    def withdraw(self, name: str, handler: Handler) -> None:
+        """The platform that provided `handler` for `name` stopped: the command is unavailable."""
+        if self._handlers.get(name) == handler:
+            del self._handlers[name]
+
     @staticmethod
     def _table_keys() -> list[str]:
         keys = []
         for command in COMMANDS:
-            if command.turn:
+            if command.turn or command.by_platform:
                 continue
             if command.subcommands:
                 keys += [f"{command.name} {sub.name}" for sub in command.subcommands]
@@ -241,7 +269,10 @@ class Commands:
             if not needed.allows(msg):
                 await self._audit_refusal(msg, channel_id, key, command, args)
                 return _refusal(key)
-            return await self._handlers[key](msg, channel_id, args)
+            handler = self._handlers.get(key)
+            if handler is None:  # a platform command whose platform is not running
+                return MSG_UNAVAILABLE.format(name=key)
+            return await handler(msg, channel_id, args)
         except StorageError as exc:  # the store logged it, once per kind of failure
             return MSG_NOT_SAVED.format(trouble=storage_trouble(exc.problem))
 

@@ -33,7 +33,7 @@ from bot.queue import TurnQueue
 from bot.ratelimit import UserRateLimiter
 from bot.storage import HistoryStore, Turn
 from bot.streaming import EditScheduler, ReplyStream
-from bot.types import IncomingMessage, ReplyTarget
+from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
@@ -301,7 +301,10 @@ class ConversationEngine:
             with contextlib.suppress(Exception):
                 await self._store_reply(turn, "", "failed")
             raise
-        voice = self._voice_reply(msg, settings)
+        live = isinstance(target, LiveSpeechTarget)
+        voice = self._voice_reply(msg, settings, live=live)
+        if voice is not None and isinstance(target, LiveSpeechTarget):
+            target.speak_live(voice.sentences())  # heard sentence by sentence as it streams
         stream = self.scheduler.open(target)
         streamed = _Streamed()
         typing = asyncio.create_task(self._keep_typing(target, streamed))
@@ -394,6 +397,13 @@ class ConversationEngine:
         turn_id: str,
     ) -> None:
         """Store the reply, show its final text (no marker) with the note, then the voice."""
+        if voice is not None and isinstance(target, LiveSpeechTarget):
+            # Spoken live: its last sentences go on whatever becomes of the text.
+            if status in ("complete", "partial"):
+                voice.end()
+            else:
+                await voice.cancel()
+            voice = None
         try:
             await self._store_reply(turn, answer, status)
         # What was streamed is shown even if it cannot be stored.
@@ -497,9 +507,12 @@ class ConversationEngine:
                 return
             await asyncio.sleep(_TYPING_EVERY_S)
 
-    def _voice_reply(self, msg: IncomingMessage, settings: ChannelSettings) -> VoiceReply | None:
+    def _voice_reply(
+        self, msg: IncomingMessage, settings: ChannelSettings, *, live: bool = False
+    ) -> VoiceReply | None:
         wanted = (
-            msg.wants_voice
+            live  # a voice channel: every answer is spoken
+            or msg.wants_voice
             or settings.voice_mode == "always"
             or (settings.voice_mode == "reply-to-voice" and msg.audio is not None)
         )

@@ -6,8 +6,12 @@ The engine never imports a platform library: an adapter turns its platform's upd
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bot.speech.voice_reply import SpokenSentence
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +110,17 @@ class ReplyTarget(TextTarget, Protocol):
 
     async def send_voice(self, clip: VoiceClip) -> None:
         """Upload synthesised speech as a voice message (with a plain-audio fallback)."""
+        ...
+
+
+@runtime_checkable
+class LiveSpeechTarget(Protocol):
+    """A reply target that speaks the answer live as it streams (a Discord voice channel).
+
+    The engine hands it the reply's sentences as they are synthesised, whatever the chat's
+    voice mode, instead of uploading a voice note at the end.
+    """
+
+    def speak_live(self, sentences: AsyncIterator[SpokenSentence]) -> None:
+        """Start saying `sentences` (in a task of its own); never blocks the reply's text."""
         ...

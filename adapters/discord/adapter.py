@@ -43,6 +43,7 @@ from adapters.discord.targets import (
     Clock,
     InteractionTarget,
 )
+from adapters.discord.voice.channels import VoiceChannels
 from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.platform import STOP_GRACE_S
@@ -94,6 +95,11 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.on_message(message)
 
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        self._adapter.on_voice_state(member, before, after)
+
 
 def _skipping_unreadable(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:
     """`parser`, logging and skipping an event it cannot read."""
@@ -134,6 +140,7 @@ class DiscordAdapter:
         self._gateway: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._saved_endpoints: tuple[str, yarl.URL] | None = None
+        self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,6 +173,18 @@ class DiscordAdapter:
         )
         self._client = client
         self._tree = build_command_tree(client, self)
+        self._voice = VoiceChannels(
+            client=client,
+            cfg=self._cfg,
+            engine=self._engine,
+            access=self._access,
+            language=self._stt_language,
+            reply_target=self._voice_reply_target,
+            limits=self._limits,
+            spawn=self._spawn,
+        )
+        self._commands.provide("join", self._voice.join)
+        self._commands.provide("leave", self._voice.leave)
         try:
             try:
                 await client.login(token)
@@ -185,11 +204,14 @@ class DiscordAdapter:
     async def stop(self) -> None:
         """Stop taking turns, let replies in progress finish (up to a grace period), disconnect."""
         self._stopping = True
+        # Voice channels are left at once (the turn in progress keeps its grace for its text).
+        leaving = asyncio.create_task(self._leave_voice())
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
             for task in pending:
                 task.cancel()  # the engine keeps what was streamed and marks it cut off
             await asyncio.gather(*pending, return_exceptions=True)
+        await leaving
         if self._client is not None:
             await self._client.close()
         if self._gateway is not None:
@@ -205,9 +227,17 @@ class DiscordAdapter:
         Route.BASE = self._cfg.api_base_url.rstrip("/")
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._cfg.gateway_url)
 
+    async def _leave_voice(self) -> None:
+        if self._voice is None:
+            return
+        self._commands.withdraw("join", self._voice.join)
+        self._commands.withdraw("leave", self._voice.leave)
+        await self._voice.close()
+
     def _intents(self) -> discord.Intents:
         intents = discord.Intents.none()
         intents.guilds = True  # channels, threads and roles, for permissions and mentions
+        intents.voice_states = True  # who is in which voice channel: /join, leaving when empty
         intents.guild_messages = True
         intents.dm_messages = True
         intents.message_content = self._cfg.message_content
@@ -248,6 +278,37 @@ class DiscordAdapter:
         if isinstance(error, discord.ConnectionClosed) and error.code == 4004:
             raise ConfigError([MSG_TOKEN_REFUSED]) from None
         raise RuntimeError("the Discord gateway closed before READY") from error
+
+    # -- voice channels --------------------------------------------------------------------
+
+    @property
+    def voice(self) -> VoiceChannels | None:
+        """The bot's voice conversations (None before `start()`)."""
+        return self._voice
+
+    def on_voice_state(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        """A gateway VOICE_STATE_UPDATE: someone joined, left or moved between voice channels."""
+        if self._voice is not None:
+            self._voice.on_voice_state(member, before, after)
+
+    async def _stt_language(self, channel_key: str) -> str:
+        """The `stt_language` setting of a text channel (voice turns are its conversation)."""
+        store = self._commands.store
+        channel_id = await store.channel_id("discord", channel_key)
+        return (await self._commands.channel_settings(channel_id)).stt_language
+
+    def _voice_reply_target(self, message: discord.Message) -> ChannelTarget:
+        """The reply target of a voice turn's written transcript, as for a chat message."""
+        assert self._rest is not None and self._client is not None
+        return ChannelTarget(
+            rest=self._rest,
+            http=self._client.http,
+            message=message,
+            limits=self._limits,
+            clock=self._clock,
+        )
 
     # -- chat messages ---------------------------------------------------------------------
 

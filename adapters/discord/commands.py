@@ -62,7 +62,7 @@ def _slash(
             prompt = str(options.get("prompt") or "")
             await handler.ask(interaction, prompt, bool(options.get("voice")))
             return
-        values = [options.get(param.name) for param in command.params]
+        values = [_value(param, options.get(param.name)) for param in command.params]
         args = " ".join(str(value) for value in values if value not in (None, ""))
         name = parent or command.name
         if parent is not None:
@@ -95,8 +95,20 @@ def _slash(
     )
 
 
+def _value(param: Param, value: Any) -> Any:
+    """An option's value as command text: a channel by its id (its name may have spaces)."""
+    if param.kind == "voice_channel" and isinstance(value, discord.abc.Snowflake):
+        return value.id
+    return value
+
+
+# How each kind of parameter is offered: a voice channel as Discord's channel picker, limited
+# to voice channels (discord.py derives the option's channel types from the annotation).
+_ANNOTATIONS: dict[str, Any] = {"flag": bool, "text": str, "voice_channel": discord.VoiceChannel}
+
+
 def _option(param: Param) -> inspect.Parameter:
-    annotation: Any = bool if param.kind == "flag" else str
+    annotation: Any = _ANNOTATIONS[param.kind]
     default: Any = inspect.Parameter.empty
     if not param.required:
         default = False if param.kind == "flag" else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -29,3 +29,11 @@ class DiscordSettings(PlatformSettings):
     channel_edits: float = Field(CHANNEL_EDITS, gt=0)  # edits per `channel_window_s`, a channel
     channel_window_s: float = Field(CHANNEL_WINDOW_S, gt=0)
     global_rate: float = Field(GLOBAL_RATE, gt=0)  # requests per second for the whole bot
+    # Voice channels (/join, /leave; README "Voice channels").
+    voice_channels: list[int] = Field(default_factory=list)  # /join may enter these; empty: any
+    voice_listen: Literal["free", "wake_word"] = "free"  # wake_word: only "<bot name>, ..."
+    voice_barge_in: bool = True  # someone speaking stops the bot's speech
+    voice_mirror_text: bool = True  # both sides' words also in the text channel /join came from
+    voice_pause_ms: int = Field(600, ge=200, le=3000)  # a pause this long ends an utterance
+    voice_empty_leave_s: float = Field(10.0, ge=0)  # leave once nobody else is there this long
+    voice_idle_leave_s: float = Field(900.0, ge=0)  # leave after this long unspoken to; 0: never

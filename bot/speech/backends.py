@@ -9,6 +9,7 @@ import asyncio
 import logging
 import math
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -107,11 +108,19 @@ class EdgeBackend:
         """Nothing to release: every request opens its own connection."""
 
 
+# Piper phonemizes with espeak-ng, a C library with process-wide state: two syntheses must not
+# run at once anywhere in the process, whichever backend (or voice) asks. Loaded voices are
+# kept per model for the process, so a second synthesizer (a voice channel, a test's next app)
+# does not load the same voice again; they are read-only once loaded.
+_piper_lock = threading.Lock()
+_piper_voices: dict[tuple[str, str], PiperVoice] = {}
+
+
 class PiperBackend:
     """Piper, an offline neural voice (the bundled joe-us voice unless `model_path` is set).
 
-    The voice loads on first use; one synthesis at a time in its own thread, since piper's
-    espeak phonemizer is not thread-safe.
+    The voice loads on first use; one synthesis at a time (for the whole process) in this
+    backend's own thread, since piper's espeak phonemizer is not thread-safe.
     """
 
     name = "piper"
@@ -140,10 +149,19 @@ class PiperBackend:
     def _load(self) -> PiperVoice:
         if self._voice is not None:
             return self._voice
+        model, config = self._paths()
+        with _piper_lock:
+            voice = _piper_voices.get((model, config))
+            if voice is None:
+                voice = _piper_voices[(model, config)] = self._load_voice(model, config)
+        self._voice = voice
+        return voice
+
+    @staticmethod
+    def _load_voice(model: str, config: str) -> PiperVoice:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
         from piper import PiperVoice
 
-        model, config = self._paths()
         load_errors = (
             OSError,
             ValueError,
@@ -154,11 +172,11 @@ class PiperBackend:
             ort_errors.NoSuchFile,
         )
         try:
-            self._voice = PiperVoice.load(model, config)
+            voice = PiperVoice.load(model, config)
         except load_errors as exc:
             raise BackendUnavailable(f"piper cannot load {model}: {exc}") from exc
         log.info("piper voice %s loaded", Path(model).name)
-        return self._voice
+        return voice
 
     def _paths(self) -> tuple[str, str]:
         if self._model_path:
@@ -176,7 +194,8 @@ class PiperBackend:
 
         voice = self._load()
         try:
-            chunks = [chunk.audio_float_array for chunk in voice.synthesize(text)]
+            with _piper_lock:
+                chunks = [chunk.audio_float_array for chunk in voice.synthesize(text)]
         except (ort_errors.Fail, ort_errors.RuntimeException) as exc:
             raise BackendError(f"piper failed: {exc}") from exc
         if not chunks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -14,7 +15,7 @@ import numpy as np
 
 from bot.config import STTSettings
 from bot.errors import AudioTooLarge, NoSpeech
-from bot.speech.audio import Pcm, decode_pcm
+from bot.speech.audio import Pcm, decode_pcm, resample, too_long
 from bot.speech.models import resolve_model_dir
 
 if TYPE_CHECKING:
@@ -39,6 +40,12 @@ NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
 
 NO_SPEECH_MESSAGE = "I couldn't hear anything in that recording."
+
+# Loaded models, shared by every Transcriber of the process with the same model and threads
+# (a Discord voice channel and voice notes, or the tests' many short-lived apps): a Whisper model
+# is read-only once loaded and CTranslate2 runs concurrent calls on it safely.
+_models: dict[tuple[str, int, int], WhisperModel] = {}
+_models_lock = threading.Lock()
 
 
 def _import_whisper() -> None:
@@ -111,6 +118,21 @@ class Transcriber:
         )
         return text
 
+    async def transcribe_pcm(
+        self, pcm: Pcm, rate: int, *, language: str | None = "en", speech_only: bool = False
+    ) -> str:
+        """The transcript of mono float PCM at `rate` Hz (e.g. a voice channel's utterance).
+
+        `speech_only`: the audio was already cut to speech (by a live VAD), so Whisper's own
+        VAD pass is skipped. Raises AudioTooLong / NoSpeech, as `transcribe` does.
+        """
+        max_seconds = self._settings.max_seconds
+        if pcm.size / rate > max_seconds:
+            raise too_long(max_seconds, pcm.size / rate)
+        speech = await self._run(partial(_pcm_speech, pcm, rate, speech_only=speech_only))
+        model = await self._ensure_model()
+        return await self._run(partial(_transcribe, model, speech, language))
+
     async def close(self) -> None:
         """Stop the worker pool; transcriptions still running finish first."""
         self._closed = True
@@ -131,25 +153,36 @@ class Transcriber:
 
     def _load(self) -> WhisperModel:
         folder = resolve_model_dir(self._settings.model, self._settings.cache_dir)
-        _import_whisper()
-        from faster_whisper import WhisperModel
+        workers = self._settings.workers
+        threads = cpu_threads_per_worker(workers)
+        key = (str(folder), threads, workers)
+        with _models_lock:
+            if key in _models:
+                return _models[key]
+            _import_whisper()
+            from faster_whisper import WhisperModel
 
-        started = time.perf_counter()
-        model = WhisperModel(
-            str(folder),
-            device="cpu",
-            compute_type=COMPUTE_TYPE,
-            cpu_threads=cpu_threads_per_worker(self._settings.workers),
-            num_workers=self._settings.workers,
-            local_files_only=True,
-        )
-        log.info("Whisper model %s loaded in %.1f s", folder, time.perf_counter() - started)
-        return model
+            started = time.perf_counter()
+            model = WhisperModel(
+                str(folder),
+                device="cpu",
+                compute_type=COMPUTE_TYPE,
+                cpu_threads=threads,
+                num_workers=workers,
+                local_files_only=True,
+            )
+            log.info("Whisper model %s loaded in %.1f s", folder, time.perf_counter() - started)
+            _models[key] = model
+            return model
 
 
 def _speech_only(audio: bytes, mime: str | None, *, max_seconds: float) -> Pcm:
     """Decoded audio with everything but speech cut out; NoSpeech when nothing is left."""
-    pcm = decode_pcm(audio, WHISPER_RATE, max_seconds=max_seconds, mime=mime)
+    return _cut_to_speech(decode_pcm(audio, WHISPER_RATE, max_seconds=max_seconds, mime=mime))
+
+
+def _cut_to_speech(pcm: Pcm) -> Pcm:
+    """16 kHz `pcm` with everything but speech cut out (Silero VAD); NoSpeech if none is left."""
     _import_whisper()
     from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
@@ -158,6 +191,16 @@ def _speech_only(audio: bytes, mime: str | None, *, max_seconds: float) -> Pcm:
         raise NoSpeech(NO_SPEECH_MESSAGE)
     pieces, _ = collect_chunks(pcm, chunks)
     return np.concatenate(pieces).astype(np.float32, copy=False)
+
+
+def _pcm_speech(pcm: Pcm, rate: int, *, speech_only: bool) -> Pcm:
+    """`pcm` at Whisper's rate, with everything but speech cut out unless it already is."""
+    audio = resample(pcm, rate, WHISPER_RATE)
+    if not speech_only:
+        return _cut_to_speech(audio)
+    if audio.size == 0:
+        raise NoSpeech(NO_SPEECH_MESSAGE)
+    return audio
 
 
 def _pick_language(model: WhisperModel, speech: Pcm, language: str | None) -> str:

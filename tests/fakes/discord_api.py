@@ -357,6 +357,9 @@ class FakeDiscord(DiscordWorld):
         }
         if guild_id is not None and schema.get("guild_id"):
             data["guild_id"] = str(guild_id)
+        resolved = self.resolved(user, data["options"])
+        if resolved:
+            data["resolved"] = resolved
         interaction = FakeInteraction(
             id=snowflake(),
             token=f"itoken-{snowflake()}",

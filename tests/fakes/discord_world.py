@@ -24,12 +24,26 @@ FLAG_VOICE_MESSAGE = 1 << 13
 
 # Permission bits.
 PERM_MANAGE_GUILD = 1 << 5
-PERM_MEMBER = (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31) | (1 << 46)
+# View channel, send, attach, read history, use application commands, send voice messages;
+# Connect and Speak in voice channels (Discord's @everyone defaults).
+PERM_CONNECT = 1 << 20
+PERM_SPEAK = 1 << 21
+PERM_MEMBER = (
+    (1 << 10)
+    | (1 << 11)
+    | (1 << 15)
+    | (1 << 16)
+    | (1 << 31)
+    | (1 << 46)
+    | PERM_CONNECT
+    | PERM_SPEAK
+)
 
 # Interaction and option types.
 INTERACTION_APPLICATION_COMMAND = 2
 OPTION_SUB_COMMAND = 1
 OPTION_SUB_COMMAND_GROUP = 2
+OPTION_CHANNEL = 7
 
 
 _snowflakes = itertools.count(1_200_000_000_000_000_000)
@@ -243,7 +257,11 @@ class DiscordWorld:
             "roles": self._roles(),
             "channels": [self._channel_payload(self.GENERAL_ID), *self.extra_channels],
             "threads": [self._channel_payload(self.THREAD_ID)],
-            "members": [self._member_payload(self.BOT)],
+            # Discord sends the members who are in voice channels, whatever the guild's size.
+            "members": [
+                self._member_payload(self.BOT),
+                *(state["member"] for state in self.voice_states if "member" in state),
+            ],
             "presences": [],
             "voice_states": list(self.voice_states),
             "emojis": [],
@@ -353,6 +371,29 @@ class DiscordWorld:
             payload["context"] = 0
             payload["authorizing_integration_owners"] = {"0": str(interaction.guild_id)}
         return payload
+
+    def resolved(self, user: FakeUser, options: list[dict[str, Any]]) -> dict[str, Any]:
+        """The `resolved` objects of an interaction: the channels its options name."""
+        known = {
+            int(c["id"]): c
+            for c in (
+                self._channel_payload(self.GENERAL_ID),
+                self._channel_payload(self.THREAD_ID),
+                *self.extra_channels,
+            )
+        }
+        channels: dict[str, Any] = {}
+        stack = list(options)
+        while stack:
+            option = stack.pop()
+            stack.extend(option.get("options", []))
+            if option.get("type") == OPTION_CHANNEL and int(option["value"]) in known:
+                channel = known[int(option["value"])]
+                channels[str(channel["id"])] = {
+                    **channel,
+                    "permissions": str(self._permissions(user)),
+                }
+        return {"channels": channels} if channels else {}
 
     # -- registered commands ---------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import discord
+from discord.channel import VocalGuildChannel
 
 from adapters.discord.voice.client import ParleyVoiceClient
 from adapters.discord.voice.opus import MonoDecoder
@@ -73,7 +73,7 @@ class VoiceSession:
     @classmethod
     async def join(
         cls,
-        channel: discord.VoiceChannel | discord.StageChannel,
+        channel: VocalGuildChannel,
         options: VoiceOptions | None = None,
     ) -> VoiceSession:
         """Connect to `channel` (through the gateway's voice state and voice server updates)."""

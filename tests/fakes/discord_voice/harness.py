@@ -1,7 +1,9 @@
 """Shared pieces of the voice-channel tests and benchmark: a real discord.py client on the fake.
 
 `discord_client(fake)` logs an unmodified `discord.Client` in to the fake Discord (REST and
-gateway redirected the way the Discord adapter does it) with the intents voice needs.
+gateway redirected the way the Discord adapter does it) with the intents voice needs;
+`voice_call(...)` joins a `VoiceSession` to the fake voice server. `voice_bot(...)` runs the
+whole bot instead (ParleyApp with speech + DiscordAdapter), joined through `/join`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import discord
 import numpy as np
@@ -18,12 +22,16 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.discord.voice import Utterance, VoiceOptions, VoiceSession
+from adapters.discord.voice.channels import VoiceChannels
+from adapters.discord.voice.conversation import VoiceConversation
 from bot.speech.stt import Transcriber
 from tests.fakes import audio_samples
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_voice.media import AES_GCM, XCHACHA, Pcm
-from tests.fakes.discord_voice.server import FakeHuman, FakeVoiceServer
+from tests.fakes.discord_voice.server import FakeHuman, FakeVoiceServer, Heard
 from tests.fakes.discord_world import FakeUser
+from tests.fakes.llm_server import FakeLLMServer, last_user_text
+from tests.fakes.platform_bots import RunningDiscord, discord_bot, discord_replies, discord_settings
 
 READY_S = 0.05  # guild_ready_timeout: the fake sends its only GUILD_CREATE right after READY
 START_TIMEOUT_S = 30.0  # hang guard
@@ -133,3 +141,113 @@ def similarity(heard: Pcm, spoken: Pcm) -> float:
     spectrum = np.fft.rfft(heard, size) * np.conj(np.fft.rfft(spoken, size))
     peak = float(np.max(np.abs(np.fft.irfft(spectrum, size))))
     return peak / float(np.linalg.norm(heard) * np.linalg.norm(spoken) or 1.0)
+
+
+# -- the whole bot in a voice channel: ParleyApp + DiscordAdapter + the fakes ----------------
+
+
+@dataclass
+class VoiceBot:
+    """The real bot (app + Discord adapter) on the fakes, with people in the voice channel."""
+
+    fake: FakeDiscord
+    voice: FakeVoiceServer
+    llm: FakeLLMServer
+    running: RunningDiscord
+    humans: list[FakeHuman]
+
+    @property
+    def voice_channels(self) -> VoiceChannels:
+        channels = self.running.adapter.voice
+        assert channels is not None, "the adapter has not started"
+        return channels
+
+    @property
+    def conversation(self) -> VoiceConversation:
+        """The bot's conversation in the fake server's voice channel (fails if not in one)."""
+        call = self.voice_channels.conversation(self.fake.GUILD_ID)
+        assert call is not None, "the bot is not in a voice channel"
+        return call
+
+    @property
+    def in_voice(self) -> bool:
+        return self.voice_channels.conversation(self.fake.GUILD_ID) is not None
+
+    @property
+    def transcriber(self) -> Transcriber:
+        """The bot's own Whisper (the same model: one per process), to check what it said."""
+        transcriber = self.running.app.engine.transcriber
+        assert transcriber is not None
+        return transcriber
+
+    async def command(self, name: str, user: FakeUser, **options: Any) -> str:
+        """`user` runs `/name` in #general; the bot's answer."""
+        interaction = await self.fake.interact(name, options, user=user)
+
+        def answer() -> str:
+            return "".join(m.content for m in self.fake.reply_messages(interaction))
+
+        await self.fake.wait_until(lambda: bool(answer()))
+        return answer()
+
+    async def join(self, user: FakeUser, **options: Any) -> str:
+        """`user` runs /join in #general; returns once the bot can be heard end to end."""
+        answer = await self.command("join", user, **options)
+        if self.in_voice:
+            session = self.conversation.session
+            await self.voice.wait_for(lambda: session.client.is_connected(), START_TIMEOUT_S)
+            if self.humans:
+                await session.wait_ready(START_TIMEOUT_S)
+            await self.voice.dave_settled()
+        return answer
+
+    def requests(self) -> list[str]:
+        """What the LLM was asked so far (each request's newest user message)."""
+        return [last_user_text(body) for body in self.llm.requests]
+
+    async def asked(self, count: int) -> list[str]:
+        """Wait until the LLM was asked `count` times (a hang guard only)."""
+        await self.voice.wait_for(lambda: len(self.llm.requests) >= count, UTTERANCE_TIMEOUT_S)
+        return self.requests()
+
+    def channel_text(self) -> list[str]:
+        """The bot's messages in #general (the linked text channel), oldest first."""
+        return discord_replies(self.fake, self.fake.GENERAL_ID)
+
+    async def heard_answer(self, human: FakeHuman, *, answers: int = 1) -> Heard:
+        """Wait until `human` heard the bot finish `answers` answers; what it heard."""
+
+        def done() -> bool:
+            call = self.voice_channels.conversation(self.fake.GUILD_ID)
+            heard = human.heard.get(self.fake.BOT.id)
+            return (
+                call is not None
+                and call.turns >= answers
+                and not call.answering
+                and heard is not None
+                and heard.silence_frames >= 5
+            )
+
+        await self.voice.wait_for(done, UTTERANCE_TIMEOUT_S)
+        return human.heard[self.fake.BOT.id]
+
+
+@contextlib.asynccontextmanager
+async def voice_bot(
+    tmp_path: Path,
+    llm: FakeLLMServer,
+    *humans: FakeUser,
+    join: FakeUser | None = None,
+    engine: dict[str, Any] | None = None,
+    **discord: Any,
+) -> AsyncIterator[VoiceBot]:
+    """The bot running on the fakes with `humans` in the voice channel; `join` runs /join."""
+    async with FakeDiscord() as fake, FakeVoiceServer(fake) as voice:
+        people = [await voice.join(user) for user in humans]
+        settings = discord_settings(tmp_path, fake, llm.url, engine=engine, **discord)
+        async with discord_bot(settings, speech=True) as running:
+            bot = VoiceBot(fake, voice, llm, running, people)
+            if join is not None:
+                answer = await bot.join(join)
+                assert bot.in_voice, answer
+            yield bot
