@@ -24,6 +24,7 @@ server's list that the client supports and encrypts with the method `_encrypt_<m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import select
 from collections.abc import Callable, Coroutine
@@ -134,6 +135,10 @@ class ParleyConnectionState(VoiceConnectionState):
     async def _resume_session(self) -> None:
         """RESUME on a new websocket; the UDP socket, its key and the DAVE session stay."""
         self._resumed = False
+        # The closed websocket's heartbeat thread would go on beating (into a closed loop,
+        # at the end): close it properly first, which stops that thread.
+        with contextlib.suppress(ConnectionClosed, OSError):
+            await self.ws.close()
         self.ws = await self._connect_websocket(True)
         while not self._resumed:
             await self.ws.poll_event()
