@@ -1,8 +1,15 @@
-"""Voice channel benchmarks: receive CPU per listened speaker, barge-in stop time.
+"""Voice channel benchmarks: answer latency, receive CPU per listened speaker, barge-in.
 
-Run: `.venv/bin/python bench/bench_voice.py` (about a minute; prints a Markdown table). The real
+Run: `.venv/bin/python bench/bench_voice.py` (a few minutes; prints a Markdown table). The real
 discord.py client joins the fake voice server (tests/fakes/discord_voice) with DAVE; fake humans
-speak real (piper) speech at real time, all at once.
+speak real (piper) speech at real time.
+
+- Answer latency: the whole bot (ParleyApp with Whisper and piper, the Discord adapter, /join)
+  in a call with one fake human who asks a question; from the end of their speech (the last
+  frame with sound leaving the fake human) to the first packet with sound of the answer at
+  the fake human, through VAD end-of-turn, Whisper, the LLM's first sentence, piper and the
+  Opus/DAVE send path. With the fake LLM (instant) and with the bundled model on the real
+  llama-server (started by the app, as `parley run` does). The bot's own stage times split it.
 
 - CPU per speaker: thread CPU time of the receive worker (RTP parse, transport and DAVE
   decryption, Opus decoding, VAD) plus discord.py's UDP reader thread, per second of audio and
@@ -13,14 +20,15 @@ speak real (piper) speech at real time, all at once.
 - Stop time: `stop_speaking()` -> the last packet with sound arriving at the fake listener.
 - Barge-in: a listener's speech (its first frame after silence) -> the last packet of the
   bot's speech with sound, through Silero VAD onset detection and the stop.
-End of speech -> first audio packet of the answer needs the engine: phase B.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +40,12 @@ trust_test_authority()  # before anything imports aiohttp (it reads the trust st
 
 import numpy as np  # noqa: E402
 
+from adapters.discord.voice.conversation import VoiceConversation  # noqa: E402
 from tests.fakes import audio_samples  # noqa: E402
-from tests.fakes.discord_voice.harness import Call, voice_call  # noqa: E402
+from tests.fakes.discord_voice.harness import Call, voice_bot, voice_call  # noqa: E402
 from tests.fakes.discord_voice.server import FakeHuman, speech  # noqa: E402
 from tests.fakes.discord_world import DiscordWorld, FakeUser, snowflake  # noqa: E402
+from tests.fakes.llm_server import Behaviour, FakeLLMServer  # noqa: E402
 
 PARAGRAPH = (
     "Parley is a small chat bot that runs on your own machine. It listens to voice notes and "
@@ -47,6 +57,12 @@ STOP_TRIALS = 20
 BARGE_IN_TRIALS = 10
 TICK_S = 0.01
 BOT_ID = DiscordWorld.BOT.id
+QUESTION = "what is the capital of France"
+FAKE_ANSWER = "Paris is the capital of France. It is a big city on the river Seine."
+LATENCY_TRIALS = 15
+LATENCY_TRIALS_REAL = 10
+REAL_MAX_TOKENS = 40  # the bundled model's answers, cut short: only their start is measured
+QUIET = 0.01  # |sample| below this is the end of speech (piper's output ends in near-silence)
 
 
 def thread_cpu(ident: int | None) -> float:
@@ -153,8 +169,93 @@ async def barge_in_times(call: Call) -> list[float]:
     return times
 
 
+# The stages of one answer: end of speech -> VAD end of turn, -> transcript, -> first
+# sentence sent to the call, -> its first packet with sound at the listener (seconds).
+Stages = tuple[float, float, float, float]
+
+
+def trimmed(pcm: np.ndarray) -> np.ndarray:
+    """`pcm` without its trailing near-silence: its end is the end of speech."""
+    loud = np.flatnonzero(np.abs(pcm) > QUIET)
+    return pcm[: loud[-1] + 1] if loud.size else pcm
+
+
+def turn_done(call: VoiceConversation, turns: int) -> bool:
+    return call.turns >= turns and not call.answering
+
+
+def first_speech_arrival(human: FakeHuman) -> float | None:
+    listened = human.heard.get(BOT_ID)
+    if listened is None:
+        return None
+    return next((f.arrival for f in listened.frames if f.speech), None)
+
+
+async def answer_latency(
+    llm: FakeLLMServer | str, trials: int, **settings: dict[str, object]
+) -> tuple[list[float], list[Stages]]:
+    """End of speech -> first sound of the answer, per trial, and the stage split of each:
+    (end of speech -> VAD end of turn, -> transcript, -> first sentence sent, -> first sound)."""
+    latencies: list[float] = []
+    stages: list[Stages] = []
+    question = trimmed(await speech(QUESTION))
+    with tempfile.TemporaryDirectory() as tmp:
+        async with voice_bot(Path(tmp), llm, DiscordWorld.ALICE, join=DiscordWorld.ALICE,
+                             **settings) as bot:  # fmt: skip
+            (alice,) = bot.humans
+            for trial in range(trials + 1):  # the first one warms up, not counted
+                alice.heard.clear()
+                await alice.say(question, lead_in_s=0.3)
+                ended = time.monotonic()
+                await bot.voice.wait_for(lambda: first_speech_arrival(alice) is not None)
+                arrival = first_speech_arrival(alice)
+                call = bot.conversation
+                call.hush()  # only the start of the answer is measured
+                await bot.voice.wait_for(functools.partial(turn_done, call, trial + 1))
+                # This question's turn (a misheard question may have been cut in two).
+                times = next(t for t in call.times if t.speech_ended > ended)
+                assert arrival is not None and times.answer_started is not None
+                if trial == 0:
+                    continue
+                latencies.append(arrival - ended)
+                stages.append(
+                    (
+                        times.speech_ended - ended,
+                        times.transcribed - times.speech_ended,
+                        times.answer_started - times.transcribed,
+                        arrival - times.answer_started,
+                    )
+                )
+    return latencies, stages
+
+
+def latency_rows(label: str, latencies: list[float], stages: list[Stages]) -> list[tuple[str, str]]:
+    names = ("VAD end of turn", "Whisper", "LLM first sentence + piper", "send + first packet")
+    split = ", ".join(
+        f"{name} {1000 * statistics.median(s[i] for s in stages):.0f}"
+        for i, name in enumerate(names)
+    )
+    return [
+        (
+            f"end of speech -> first answer audio, {label} ({len(latencies)} runs)",
+            spread(latencies),
+        ),
+        (f"... median split, ms ({label})", split),
+    ]
+
+
 async def main() -> None:
     rows: list[tuple[str, str]] = []
+    async with FakeLLMServer(behaviour=Behaviour(reply=FAKE_ANSWER)) as fake_llm:
+        latencies, stages = await answer_latency(fake_llm, LATENCY_TRIALS)
+    rows += latency_rows("fake LLM", latencies, stages)
+    latencies, stages = await answer_latency(
+        "",
+        LATENCY_TRIALS_REAL,
+        llm_settings={"base_url": ""},  # the managed llama-server with the bundled model
+        engine={"max_tokens": REAL_MAX_TOKENS},
+    )
+    rows += latency_rows("bundled model", latencies, stages)
     await receive_cpu(1)  # warm-up run, not counted (piper's first synthesis, caches)
     lag_p99, lag_max = await idle_lag()
     rows.append(

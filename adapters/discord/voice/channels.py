@@ -195,7 +195,8 @@ class VoiceChannels:
         cfg, engine = self._cfg, self._engine
         assert engine.transcriber is not None
         options = VoiceOptions(
-            segmenter=SegmenterOptions(min_silence_ms=cfg.voice_pause_ms),
+            # Pauses are reported so Whisper can start before the pause has ended the turn.
+            segmenter=SegmenterOptions(min_silence_ms=cfg.voice_pause_ms, report_pauses=True),
             barge_in=cfg.voice_barge_in,
         )
         # The models load now (in threads), not at the first utterance.

@@ -26,8 +26,10 @@ import itertools
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -249,6 +251,19 @@ class VoiceTurnDeps:
 class _Heard:
     utterance: Utterance
     transcript: asyncio.Task[str | None]
+    transcribed_at: float | None = None  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class TurnTimes:
+    """When one answered utterance went through each stage (monotonic seconds)."""
+
+    speech_ended: float  # the VAD heard the pause that ends it
+    transcribed: float  # Whisper's text was ready
+    answer_started: float | None  # its first synthesised sentence went to the call
+
+
+TIMES_KEPT = 100  # recent turns' stage times, for the logs and the benchmark
 
 
 class VoiceConversation:
@@ -277,8 +292,13 @@ class VoiceConversation:
         self.left_because: str | None = None  # set by whoever makes the bot leave
         self.last_activity = clock()
         self.turns = 0  # answered so far (for tests and logs)
+        self.times: deque[TurnTimes] = deque(maxlen=TIMES_KEPT)
         self.ignored = 0  # utterances not answered (not addressed, not heard, not allowed)
+        # Per SSRC: the transcription started at a pause, for the utterance if the pause lasts.
+        self._early: dict[int, tuple[Utterance, asyncio.Task[str | None]]] = {}
+        self.early_used = 0  # utterances whose transcript was ready from their pause
         session.on_speech_start(self._speech_started)
+        session.on_speech_pause(self._paused)
 
     @property
     def voice_channel(self) -> VocalGuildChannel:
@@ -309,11 +329,21 @@ class VoiceConversation:
                 self.last_activity = self._clock()
                 if self._closing:
                     continue
-                task = asyncio.create_task(self._transcribe(utterance))
-                self._heard.put_nowait(_Heard(utterance, task))
+                heard = _Heard(utterance, self._transcription(utterance))
+                heard.transcript.add_done_callback(partial(_stamp, heard, self._clock))
+                self._heard.put_nowait(heard)
         finally:
+            for _, early in self._early.values():
+                early.cancel()
+            self._early.clear()
             self._heard.put_nowait(None)
             await answering
+
+    def hush(self) -> None:
+        """Stop the answer being spoken now (what barge-in does); its text goes on."""
+        if self._current is not None:
+            self._current.interrupt()
+        self.session.stop_speaking()
 
     async def leave(self) -> None:
         """Stop answering (the turn in progress finishes its text) and leave the channel."""
@@ -329,6 +359,35 @@ class VoiceConversation:
         current = self._current
         if self._deps.barge_in and current is not None:
             current.interrupt()
+
+    def _paused(self, utterance: Utterance) -> None:
+        """A speaker paused: transcribe what they said so far, in case the pause lasts.
+
+        The pause ends the utterance only after `voice_pause_ms`; by then Whisper is (mostly)
+        done, and the transcript is used if the utterance is exactly this audio.
+        """
+        if self._closing:
+            return
+        stale = self._early.pop(utterance.ssrc, None)
+        if stale is not None:
+            stale[1].cancel()  # they spoke on after that pause
+        self._early[utterance.ssrc] = (utterance, asyncio.create_task(self._transcribe(utterance)))
+
+    def _transcription(self, utterance: Utterance) -> asyncio.Task[str | None]:
+        """The utterance's transcription: the one its pause started, or a new one."""
+        early = self._early.pop(utterance.ssrc, None)
+        if early is not None:
+            paused, task = early
+            same = (paused.user_id, paused.start, paused.end) == (
+                utterance.user_id,
+                utterance.start,
+                utterance.end,
+            )
+            if same and not task.cancelled():
+                self.early_used += 1
+                return task
+            task.cancel()
+        return asyncio.create_task(self._transcribe(utterance))
 
     async def _transcribe(self, utterance: Utterance) -> str | None:
         """The utterance's words, or None when it is not for us or nothing was heard."""
@@ -379,7 +438,7 @@ class VoiceConversation:
                 if text is None or self._closing:
                     self.ignored += 1
                     continue
-                await self._turn(heard.utterance, text)
+                await self._turn(heard, text)
             # One turn's error boundary: the conversation goes on with the next utterance.
             except Exception:
                 log.exception("voice: a turn in %s failed", self.voice_channel)
@@ -389,7 +448,8 @@ class VoiceConversation:
             if left is not None:
                 left.transcript.cancel()
 
-    async def _turn(self, utterance: Utterance, text: str) -> None:
+    async def _turn(self, heard: _Heard, text: str) -> None:
+        utterance = heard.utterance
         user_id = utterance.user_id
         member = self.guild.get_member(user_id)
         name = member.display_name if member is not None else f"user {user_id}"
@@ -423,11 +483,18 @@ class VoiceConversation:
             self._current = None
             self.turns += 1
             self.last_activity = self._clock()
-        if target.first_audio_at is not None:
+        times = TurnTimes(
+            speech_ended=utterance.ended_at,
+            transcribed=heard.transcribed_at or utterance.ended_at,
+            answer_started=target.first_audio_at,
+        )
+        self.times.append(times)
+        if times.answer_started is not None:
             log.debug(
-                "voice: user %d's utterance ended -> answer started in %.2f s",
+                "voice: user %d: pause heard -> text %.2f s -> first sentence %.2f s",
                 user_id,
-                target.first_audio_at - utterance.ended_at,
+                times.transcribed - times.speech_ended,
+                times.answer_started - times.speech_ended,
             )
 
     async def _mirror(self, name: str, text: str) -> discord.Message | None:
@@ -441,3 +508,7 @@ class VoiceConversation:
         except discord.HTTPException as exc:
             log.warning("voice: the transcript could not be written: %s", exc)
             return None
+
+
+def _stamp(heard: _Heard, clock: Callable[[], float], _task: object) -> None:
+    heard.transcribed_at = clock()

@@ -56,6 +56,7 @@ from adapters.discord.voice.vad import (
     Segmenter,
     SegmenterOptions,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
 )
 
@@ -103,6 +104,8 @@ class Utterance:
     started_at: float  # monotonic clock: when the speech began
     ended_at: float  # monotonic clock: when the pause that ends it was recognised
     cut_off: bool = False  # the speaker left mid-utterance
+    start: int = 0  # its first and last sample in the SSRC's stream (48 kHz)
+    end: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -179,6 +182,7 @@ class VoiceReceiver:
         *,
         on_utterance: Callable[[Utterance], None],
         on_speech_start: Callable[[int], None],
+        on_pause: Callable[[Utterance], None] | None = None,
         options: SegmenterOptions | None = None,
         unknown_ssrc_hold_s: float = UNKNOWN_SSRC_HOLD_S,
         clock: Callable[[], float] = time.monotonic,
@@ -187,6 +191,7 @@ class VoiceReceiver:
         self._loop = loop
         self._on_utterance = on_utterance
         self._on_speech_start = on_speech_start
+        self._on_pause = on_pause
         self._options = options or SegmenterOptions()
         self._hold_s = unknown_ssrc_hold_s
         self._clock = clock
@@ -500,6 +505,17 @@ class VoiceReceiver:
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._loop.call_soon_threadsafe(self._on_speech_start, stream.user_id)
+            elif isinstance(event, SpeechPaused) and self._on_pause is not None:
+                paused = Utterance(
+                    user_id=stream.user_id,
+                    ssrc=stream.ssrc,
+                    pcm=event.pcm,
+                    started_at=stream.samples_to_time(event.start, now),
+                    ended_at=now,
+                    start=event.start,
+                    end=event.end,
+                )
+                self._loop.call_soon_threadsafe(self._on_pause, paused)
             elif isinstance(event, SpeechEnded):
                 self.stats.utterances += 1
                 utterance = Utterance(
@@ -509,5 +525,7 @@ class VoiceReceiver:
                     started_at=stream.samples_to_time(event.start, now),
                     ended_at=now,
                     cut_off=event.cut_off,
+                    start=event.start,
+                    end=event.end,
                 )
                 self._loop.call_soon_threadsafe(self._on_utterance, utterance)

@@ -37,6 +37,7 @@ class VoiceOptions:
 
 
 SpeechStartListener = Callable[[int], None]
+PauseListener = Callable[[Utterance], None]
 
 
 def warm_up() -> None:
@@ -54,6 +55,7 @@ class VoiceSession:
         self._loop = asyncio.get_running_loop()
         self._utterances: asyncio.Queue[Utterance | None] = asyncio.Queue()
         self._speech_listeners: list[SpeechStartListener] = []
+        self._pause_listeners: list[PauseListener] = []
         self._closed = asyncio.Event()
         self._speaker = Speaker(client, ready_timeout_s=self.options.ready_timeout_s)
         self._receiver = VoiceReceiver(
@@ -61,6 +63,7 @@ class VoiceSession:
             self._loop,
             on_utterance=self._utterances.put_nowait,
             on_speech_start=self._speech_started,
+            on_pause=self._paused,
             options=self.options.segmenter,
             unknown_ssrc_hold_s=self.options.unknown_ssrc_hold_s,
         )
@@ -98,6 +101,11 @@ class VoiceSession:
     def on_speech_start(self, listener: SpeechStartListener) -> None:
         """Call `listener(user_id)` whenever someone starts speaking (after barge-in)."""
         self._speech_listeners.append(listener)
+
+    def on_speech_pause(self, listener: PauseListener) -> None:
+        """Call `listener(utterance)` when a speaker pauses long enough to maybe be done: the
+        utterance as it will be if the pause goes on (`SegmenterOptions.report_pauses`)."""
+        self._pause_listeners.append(listener)
 
     @property
     def stats(self) -> ReceiveStats:
@@ -174,6 +182,10 @@ class VoiceSession:
 
         # The worker's queue is FIFO: flushed utterances are delivered before the end marker.
         self._loop.run_in_executor(None, stop_then_end)
+
+    def _paused(self, utterance: Utterance) -> None:
+        for listener in list(self._pause_listeners):
+            listener(utterance)
 
     def _speech_started(self, user_id: int) -> None:
         if self.options.barge_in and self._speaker.speaking:

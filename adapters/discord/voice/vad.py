@@ -46,6 +46,9 @@ class SegmenterOptions:
     min_silence_ms: int = 600  # a pause this long ends the utterance: the speaker's turn is over
     speech_pad_ms: int = 200  # audio kept before the start and after the end of speech
     max_utterance_s: float = 30.0  # Whisper's window; longer speech is cut into pieces
+    # Also report `SpeechPaused` once a pause is `speech_pad_ms` long: the utterance so far, as
+    # it will end if the pause goes on (a listener can start transcribing it early).
+    report_pauses: bool = False
 
     @property
     def end_threshold(self) -> float:
@@ -64,6 +67,15 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """A pause began: if it lasts, the utterance will be exactly this (same audio, positions)."""
+
+    pcm: Pcm
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechEnded:
     """One utterance: 48 kHz mono PCM from `start` to `end` (stream sample positions)."""
 
@@ -73,7 +85,7 @@ class SpeechEnded:
     cut_off: bool  # ended by `flush` (the speaker left), not by a pause
 
 
-SegmentEvent = SpeechStarted | SpeechEnded
+SegmentEvent = SpeechStarted | SpeechPaused | SpeechEnded
 
 
 @functools.cache
@@ -170,6 +182,7 @@ class Segmenter:
         self._speaking = False
         self._start = 0  # first sample of the current speech
         self._silence_from: int | None = None  # where the current pause began
+        self._pause_reported: int | None = None  # the pause a SpeechPaused went out for
 
     @property
     def speaking(self) -> bool:
@@ -224,10 +237,26 @@ class Segmenter:
             self._silence_from = start
         if self._silence_from is not None and end - self._silence_from >= self._min_silence:
             self._finish(self._silence_from, events)
+        elif self._silence_from is not None and self._pause_worth_reporting(end):
+            self._pause_reported = self._silence_from
+            paused = self._utterance(self._start, self._silence_from, cut_off=False)
+            events.append(SpeechPaused(paused.pcm, paused.start, paused.end))
         elif end - self._start >= self._max_utterance:
             # Too long for one transcription: cut here and go on with a new utterance.
             events.append(self._utterance(self._start, end, cut_off=False, pad_end=False))
             self._start = end
+
+    def _pause_worth_reporting(self, end: int) -> bool:
+        """The pause is `speech_pad_ms` long (its padding is here), not reported yet, and what
+        came before it is long enough to be an utterance."""
+        silence_from = self._silence_from
+        return (
+            self._options.report_pauses
+            and silence_from is not None
+            and self._pause_reported != silence_from
+            and end - silence_from >= self._pad
+            and silence_from - self._start >= self._min_speech
+        )
 
     def _finish(self, speech_end: int, events: list[SegmentEvent]) -> None:
         self._speaking = False

@@ -152,7 +152,7 @@ class VoiceBot:
 
     fake: FakeDiscord
     voice: FakeVoiceServer
-    llm: FakeLLMServer
+    llm: FakeLLMServer | None  # None: a real LLM server (the benchmark's llama-server)
     running: RunningDiscord
     humans: list[FakeHuman]
 
@@ -202,12 +202,13 @@ class VoiceBot:
         return answer
 
     def requests(self) -> list[str]:
-        """What the LLM was asked so far (each request's newest user message)."""
+        """What the fake LLM was asked so far (each request's newest user message)."""
+        assert self.llm is not None, "a real LLM server keeps no record"
         return [last_user_text(body) for body in self.llm.requests]
 
     async def asked(self, count: int) -> list[str]:
         """Wait until the LLM was asked `count` times (a hang guard only)."""
-        await self.voice.wait_for(lambda: len(self.llm.requests) >= count, UTTERANCE_TIMEOUT_S)
+        await self.voice.wait_for(lambda: len(self.requests()) >= count, UTTERANCE_TIMEOUT_S)
         return self.requests()
 
     def channel_text(self) -> list[str]:
@@ -235,18 +236,24 @@ class VoiceBot:
 @contextlib.asynccontextmanager
 async def voice_bot(
     tmp_path: Path,
-    llm: FakeLLMServer,
+    llm: FakeLLMServer | str,
     *humans: FakeUser,
     join: FakeUser | None = None,
     engine: dict[str, Any] | None = None,
+    llm_settings: dict[str, Any] | None = None,
     **discord: Any,
 ) -> AsyncIterator[VoiceBot]:
-    """The bot running on the fakes with `humans` in the voice channel; `join` runs /join."""
+    """The bot running on the fakes with `humans` in the voice channel; `join` runs /join.
+
+    `llm`: the fake LLM, or the URL of a real server ("" starts the managed llama-server).
+    """
+    url = llm if isinstance(llm, str) else llm.url
+    fake_llm = None if isinstance(llm, str) else llm
     async with FakeDiscord() as fake, FakeVoiceServer(fake) as voice:
         people = [await voice.join(user) for user in humans]
-        settings = discord_settings(tmp_path, fake, llm.url, engine=engine, **discord)
+        settings = discord_settings(tmp_path, fake, url, engine=engine, llm=llm_settings, **discord)
         async with discord_bot(settings, speech=True) as running:
-            bot = VoiceBot(fake, voice, llm, running, people)
+            bot = VoiceBot(fake, voice, fake_llm, running, people)
             if join is not None:
                 answer = await bot.join(join)
                 assert bot.in_voice, answer
