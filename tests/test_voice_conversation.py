@@ -229,7 +229,9 @@ async def test_wake_word_mode_answers_only_what_starts_with_the_name(
     tmp_path: Path, fake_llm: FakeLLMServer
 ) -> None:
     fake_llm.behaviour = Behaviour(reply=SHORT_ANSWER)
-    async with voice_bot(tmp_path, fake_llm, ALICE, join=ALICE, voice_listen="wake_word") as bot:
+    async with voice_bot(
+        tmp_path, fake_llm, ALICE, join=ALICE, voice_listen="wake_word", voice_mirror_text=False
+    ) as bot:
         (alice,) = bot.humans
         await alice.say_text(QUESTION, pace=FAST)
         await bot.voice.wait_for(lambda: bot.conversation.ignored >= 1)
@@ -239,7 +241,11 @@ async def test_wake_word_mode_answers_only_what_starts_with_the_name(
         # Whisper may spell the name its own way; what is asked is what followed it.
         assert {"what", "capital", "france"} <= words(asked), asked
         assert "parley" not in asked.lower()
-        await bot.heard_answer(alice)
+        heard = await bot.heard_answer(alice)
+        assert heard.speech_frames > 0
+        # Not mirrored: nothing of the talk was written in the text channel.
+        written = bot.channel_text()
+        assert not [t for t in written if t.startswith("🎙️") or SHORT_ANSWER in t], written
 
 
 async def test_leave_then_join_a_named_channel(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
@@ -276,6 +282,14 @@ async def test_the_bot_leaves_when_the_channel_empties_and_at_shutdown(
         connection = bot.voice.bot_connection()
         await bot.running.adapter.stop()
         assert connection.closed
+
+
+async def test_the_bot_leaves_after_the_idle_time(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    async with voice_bot(tmp_path, fake_llm, ALICE, join=ALICE, voice_idle_leave_s=0.5) as bot:
+        # Alice is there but says nothing.
+        await bot.voice.wait_for(lambda: not bot.in_voice)
+        await bot.fake.wait_until(lambda: "nobody spoke to me" in bot.channel_text()[-1])
+        assert bot.voice.bot_connection().closed and fake_llm.requests == []
 
 
 async def test_join_refusals(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
