@@ -43,6 +43,8 @@ RUN --mount=type=cache,target=/var/cache/pip scripts/setup.sh
 FROM ${PYTHON_IMAGE} AS runtime
 
 # libgomp1: llama-server's OpenMP runtime. espeak-ng: the last-resort voice (many languages).
+# Discord voice channels need no system library: libopus comes with PyAV's wheel (av.libs),
+# libsodium with PyNaCl's, DAVE's MLS with davey's, the Silero VAD with faster-whisper.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 espeak-ng \

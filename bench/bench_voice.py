@@ -248,14 +248,19 @@ async def main() -> None:
     rows: list[tuple[str, str]] = []
     async with FakeLLMServer(behaviour=Behaviour(reply=FAKE_ANSWER)) as fake_llm:
         latencies, stages = await answer_latency(fake_llm, LATENCY_TRIALS)
-    rows += latency_rows("fake LLM", latencies, stages)
+    rows += latency_rows("fake LLM, Whisper tiny.en", latencies, stages)
+    async with FakeLLMServer(behaviour=Behaviour(reply=FAKE_ANSWER)) as fake_llm:
+        latencies, stages = await answer_latency(
+            fake_llm, LATENCY_TRIALS, stt_settings={"model": "base"}
+        )
+    rows += latency_rows("fake LLM, Whisper base (the default)", latencies, stages)
     latencies, stages = await answer_latency(
         "",
         LATENCY_TRIALS_REAL,
         llm_settings={"base_url": ""},  # the managed llama-server with the bundled model
         engine={"max_tokens": REAL_MAX_TOKENS},
     )
-    rows += latency_rows("bundled model", latencies, stages)
+    rows += latency_rows("bundled model, Whisper tiny.en", latencies, stages)
     await receive_cpu(1)  # warm-up run, not counted (piper's first synthesis, caches)
     lag_p99, lag_max = await idle_lag()
     rows.append(

@@ -264,3 +264,12 @@ async def test_segmenter_cuts_speech_and_ignores_silence_and_noise() -> None:
     assert not first.cut_off and last.cut_off
     assert similarity(first.pcm, pcm) > 0.95
     assert isinstance(events[0], SpeechStarted) and events[0].position >= 2 * RATE
+
+
+def test_libopus_comes_with_the_python_packages() -> None:
+    """The Docker image installs the same wheels as setup.sh and no libopus0: PyAV's copy it is."""
+    from adapters.discord.voice.opus import MonoDecoder, bundled_libopus, ensure_opus
+
+    assert bundled_libopus() is not None
+    ensure_opus()
+    assert MonoDecoder().decode(None).size == 960  # one concealed 20 ms frame

@@ -241,6 +241,7 @@ async def voice_bot(
     join: FakeUser | None = None,
     engine: dict[str, Any] | None = None,
     llm_settings: dict[str, Any] | None = None,
+    stt_settings: dict[str, Any] | None = None,
     **discord: Any,
 ) -> AsyncIterator[VoiceBot]:
     """The bot running on the fakes with `humans` in the voice channel; `join` runs /join.
@@ -251,7 +252,9 @@ async def voice_bot(
     fake_llm = None if isinstance(llm, str) else llm
     async with FakeDiscord() as fake, FakeVoiceServer(fake) as voice:
         people = [await voice.join(user) for user in humans]
-        settings = discord_settings(tmp_path, fake, url, engine=engine, llm=llm_settings, **discord)
+        settings = discord_settings(
+            tmp_path, fake, url, engine=engine, llm=llm_settings, stt=stt_settings, **discord
+        )
         async with discord_bot(settings, speech=True) as running:
             bot = VoiceBot(fake, voice, fake_llm, running, people)
             if join is not None:
