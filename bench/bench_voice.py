@@ -62,6 +62,7 @@ FAKE_ANSWER = "Paris is the capital of France. It is a big city on the river Sei
 LATENCY_TRIALS = 15
 LATENCY_TRIALS_REAL = 10
 REAL_MAX_TOKENS = 40  # the bundled model's answers, cut short: only their start is measured
+SOUND_RMS = 0.01  # a frame of the answer's speech (piper's speech: ~0.1)
 QUIET = 0.01  # |sample| below this is the end of speech (piper's output ends in near-silence)
 
 
@@ -188,7 +189,12 @@ def first_speech_arrival(human: FakeHuman) -> float | None:
     listened = human.heard.get(BOT_ID)
     if listened is None:
         return None
-    return next((f.arrival for f in listened.frames if f.speech), None)
+    # Louder than the fake's "speech" mark: the encoder's tail of an interrupted answer can leave
+    # faint sound in the silent lead-in of the next one.
+    return next(
+        (f.arrival for f in listened.frames if np.sqrt(np.mean(np.square(f.pcm))) > SOUND_RMS),
+        None,
+    )
 
 
 async def answer_latency(

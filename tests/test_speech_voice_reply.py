@@ -135,6 +135,64 @@ async def test_cancel_stops_a_synthesis_in_progress(
         reply.feed("more")
 
 
+async def test_live_sentences_come_as_each_is_synthesised_while_text_streams(
+    edge_service: EdgeTTSStandIn, synthesizer: SpeechSynthesizer
+) -> None:
+    reply = VoiceReply(synthesizer, max_chars=1000)
+    sentences = reply.sentences()  # before the text, as the engine does for a voice channel
+    stream(reply, "Hello there. The rest is still")
+    async with asyncio.timeout(SAFETY_TIMEOUT_S):
+        first = await anext(sentences)
+    assert first.text == "Hello there."
+    assert first.pcm.size == pytest.approx(TONE_SECONDS * SPEECH_RATE, rel=0.05)
+    stream(reply, " coming.")
+    reply.end()
+    async with asyncio.timeout(SAFETY_TIMEOUT_S):
+        rest = [sentence.text async for sentence in sentences]
+    assert rest == ["The rest is still coming."]
+
+
+async def test_live_sentences_end_at_once_when_nothing_is_speakable(
+    edge_service: EdgeTTSStandIn, synthesizer: SpeechSynthesizer
+) -> None:
+    reply = VoiceReply(synthesizer, max_chars=1000)
+    sentences = reply.sentences()
+    stream(reply, "```\ncode only\n```\n")
+    reply.end()
+    async with asyncio.timeout(SAFETY_TIMEOUT_S):
+        assert [s async for s in sentences] == []
+    assert edge_service.requests == []
+
+
+async def test_a_listener_leaving_early_stops_the_synthesis(
+    edge_service: EdgeTTSStandIn, synthesizer: SpeechSynthesizer
+) -> None:
+    reply = VoiceReply(synthesizer, max_chars=1000)
+    sentences = reply.sentences()
+    stream(reply, "One sentence. Two sentences. ")
+    async with asyncio.timeout(SAFETY_TIMEOUT_S):
+        await anext(sentences)
+        await sentences.aclose()  # barge-in: nobody listens to the rest
+    stream(reply, "Three sentences. Four. ")  # the text goes on; it is not spoken
+    reply.end()
+    spoken = [r.text for r in edge_service.requests]
+    assert spoken[0] == "One sentence." and not {"Three sentences.", "Four."} & set(spoken)
+
+
+async def test_live_sentences_raise_when_no_backend_can_speak(
+    edge_service: EdgeTTSStandIn,
+) -> None:
+    edge_service.mode = "no-audio"
+    synthesizer = SpeechSynthesizer(TTSSettings(backends=["edge"]))
+    reply = VoiceReply(synthesizer, max_chars=1000)
+    sentences = reply.sentences()
+    stream(reply, "One sentence. ")
+    reply.end()
+    async with asyncio.timeout(SAFETY_TIMEOUT_S):
+        with pytest.raises(SpeechSynthesisError):
+            await anext(sentences)
+
+
 @pytest.mark.speech
 async def test_offline_voice_reply_is_one_voice_note_of_every_sentence() -> None:
     text = "Good morning to you. " + audio_samples.KNOWN_SENTENCE

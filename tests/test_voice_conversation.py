@@ -21,6 +21,7 @@ from adapters.discord.voice.channels import (
     MSG_NOT_IN_VOICE,
     MSG_WHICH_CHANNEL,
 )
+from adapters.discord.voice.conversation import wake_word_rest
 from tests.fakes.discord_voice.harness import transcribe, voice_bot, words
 from tests.fakes.discord_voice.media import OpusEncoder, stereo_frames
 from tests.fakes.discord_voice.server import FakeHuman, speech
@@ -73,6 +74,21 @@ def long_story_or_weather(body: dict[str, Any]) -> str:
 def llm_behaviour() -> Behaviour:
     # Slow enough that the first sentence is spoken while the rest is still being written.
     return Behaviour(reply=ANSWER, delay_s=0.25)
+
+
+@pytest.mark.parametrize(
+    ("heard", "rest"),
+    [
+        ("Parley, what is the capital of France?", "what is the capital of France?"),
+        ("Hey Parley, tell me a story.", "tell me a story."),
+        ("Harley, what time is it?", "what time is it?"),  # Whisper's spelling of the name
+        ("Parley.", ""),  # the name alone: the speaker's next utterance counts
+        ("What is the capital of France, Parley?", None),  # not at the start
+        ("Tell me a story.", None),
+    ],
+)
+def test_the_wake_word_is_the_name_at_the_start(heard: str, rest: str | None) -> None:
+    assert wake_word_rest(heard, "Parley") == rest
 
 
 async def test_join_from_a_text_channel_then_talk(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
