@@ -34,6 +34,8 @@ class DiscordSettings(PlatformSettings):
     voice_listen: Literal["free", "wake_word"] = "free"  # wake_word: only "<bot name>, ..."
     voice_barge_in: bool = True  # someone speaking stops the bot's speech
     voice_mirror_text: bool = True  # both sides' words also in the text channel /join came from
-    voice_pause_ms: int = Field(600, ge=200, le=3000)  # a pause this long ends an utterance
+    # A pause this long ends an utterance: the speaker's turn is over. 500 ms, as OpenAI's
+    # realtime API's server VAD (`silence_duration_ms`); most of the answer's latency.
+    voice_pause_ms: int = Field(500, ge=200, le=3000)
     voice_empty_leave_s: float = Field(10.0, ge=0)  # leave once nobody else is there this long
     voice_idle_leave_s: float = Field(900.0, ge=0)  # leave after this long unspoken to; 0: never

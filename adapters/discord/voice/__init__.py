@@ -1,6 +1,10 @@
 """Live voice in Discord voice channels: listen per speaker, speak back, with DAVE (E2EE).
 
-Public API (phase B builds /join, /leave and voice turns on it)::
+The bot's side: `channels.VoiceChannels` (the /join and /leave handlers, leaving by itself) runs
+one `conversation.VoiceConversation` per server, which turns utterances into engine turns of the
+linked text channel and speaks their answers as they stream (`VoiceTurnTarget`).
+
+Underneath, one voice connection as utterances in and speech out::
 
     session = await VoiceSession.join(voice_channel, VoiceOptions())
     await session.wait_ready()            # the DAVE group is ready (connect() returns before)
