@@ -27,7 +27,7 @@ from bot.errors import (
 )
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
 from bot.prompt import build_request, fit_history, system_prompt
-from bot.queue import TurnQueue
+from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.storage import HistoryStore, Turn
 from bot.streaming import EditScheduler, ReplyStream
@@ -100,6 +100,8 @@ class ConversationEngine:
         # Per channel while its messages arrive: the lock, and how many hold or wait for it.
         self._arrivals: dict[str, tuple[asyncio.Lock, int]] = {}
         metrics.QUEUE_DEPTH.set_function(lambda: self.queue.depth)
+        metrics.LLM_SLOTS_IN_USE.set_function(lambda: self.queue.in_use)
+        metrics.LLM_SLOTS_TOTAL.set_function(lambda: self.queue.slots)
         self.transcriber = transcriber
         self.synthesizer = synthesizer
 
@@ -161,8 +163,8 @@ class ConversationEngine:
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
         gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
-        async with self.queue.turn(key, functools.partial(_show_position, target), gate):
-            await self._reply(msg, target, turn, text, turn_id)
+        async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
+            await self._reply(msg, target, turn, text, turn_id, slot)
 
     @contextlib.asynccontextmanager
     async def _arrival(self, key: str) -> AsyncIterator[None]:
@@ -218,7 +220,13 @@ class ConversationEngine:
         return await ChannelSettings.load(self.store, self.settings.engine, channel_id)
 
     async def _reply(
-        self, msg: IncomingMessage, target: ReplyTarget, turn: Turn, text: str, turn_id: str
+        self,
+        msg: IncomingMessage,
+        target: ReplyTarget,
+        turn: Turn,
+        text: str,
+        turn_id: str,
+        slot: TurnSlot,
     ) -> None:
         try:
             settings, request = await self._prepare(turn, text)
@@ -269,6 +277,9 @@ class ConversationEngine:
             status = "partial" if streamed.answer else "failed"
         finally:
             typing.cancel()
+            # Generation is over: the final edits, 429 waits and the voice note go on without
+            # the LLM slot (the channel's next turn still waits for them).
+            slot.release()
         if status == "complete" and not streamed.answer.strip():
             status, note = "failed", MSG_EMPTY
         metrics.REPLIES.labels(msg.platform, status).inc()
@@ -342,7 +353,7 @@ class ConversationEngine:
     ) -> None:
         show_reasoning = self.settings.llm.reasoning == "show"
         last_save = time.monotonic()
-        async for event in self.llm.stream(request):
+        async for event in self.llm.stream(request, affinity=str(turn.channel_id)):
             if event.reasoning and show_reasoning:
                 quoted = event.reasoning.replace("\n", "\n> ")
                 stream.append(quoted if streamed.reasoning_open else f"> 💭 {quoted}")
