@@ -15,7 +15,7 @@ from bot import metrics
 from bot.backoff import Backoff
 from bot.config import LLMSettings
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMTimeout, LLMUnavailable
-from bot.llm_pool import DEFAULT_SLOTS, Backend, BackendPool, Lease, Routing
+from bot.llm_pool import DEFAULT_SLOTS, SHARED_HOLD_S, Backend, BackendPool, Lease, Routing
 from bot.sse import DONE, SSEDecoder, ThinkSplitter, parse_chunk
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ _MAX_BACKOFF_S = 8.0
 _PROBE_MIN_S = 0.05  # re-probing an unhealthy backend: first wait (llm.backoff_s if longer) ...
 _PROBE_MAX_S = 30.0  # ... doubling up to this
 _NO_SLOT_COUNT = "no /props slot count, the default"
+_SLOTS_LOOK_BUSY_S = 1.0  # how often /slots is read while we have requests on the server ...
+_SLOTS_LOOK_IDLE_S = 5.0  # ... and while we have none
 
 
 @dataclass(slots=True)
@@ -98,6 +100,7 @@ class LLMClient:
         self._tokenize_ok: dict[str, bool] = {}
         self._session: aiohttp.ClientSession | None = None
         self._probers: dict[int, asyncio.Task[None]] = {}
+        self._watchers: dict[int, asyncio.Task[None]] = {}
         # Per URL: awaited before each try, e.g. while the managed llama-server restarts.
         self._wait_ready = {url.rstrip("/"): fn for url, fn in (wait_ready or {}).items()}
         self.pool.on_capacity(self._log_capacity)
@@ -129,12 +132,14 @@ class LLMClient:
         return self._session
 
     async def close(self) -> None:
-        for task in self._probers.values():
+        tasks = [*self._probers.values(), *self._watchers.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._probers.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._probers.clear()
+        self._watchers.clear()
         if self._session is not None:
             await self._session.close()
 
@@ -174,9 +179,16 @@ class LLMClient:
             return False
         except ValueError:  # not JSON: some other server's /props page
             data = None
-        reported = data.get("total_slots") if isinstance(data, dict) else None
+        props: dict[str, Any] = data if isinstance(data, dict) else {}
+        reported = props.get("total_slots")
         if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 1:
             self.pool.set_slots(backend, reported, "llama.cpp /props", llama=True)
+            # Another client's requests would make our pinned ones wait: watch /slots for
+            # them (unless the server says that endpoint is off).
+            backend.watch_slots = props.get("endpoint_slots") is not False
+            if backend.watch_slots:
+                await self._look_at_slots(backend)
+                self._watch_slots(backend)
         else:
             self.pool.set_slots(backend, default, _NO_SLOT_COUNT, llama=False)
         return True
@@ -211,6 +223,47 @@ class LLMClient:
     def status(self) -> dict[str, object]:
         """The pool as /healthz shows it: routing and, per backend, health and slots."""
         return {"routing": self.pool.routing, "backends": self.pool.status()}
+
+    def _watch_slots(self, backend: Backend) -> None:
+        task = self._watchers.get(backend.index)
+        if task is None or task.done():
+            self._watchers[backend.index] = asyncio.create_task(
+                self._keep_watching_slots(backend), name=f"llm-slots-{backend.index}"
+            )
+
+    async def _keep_watching_slots(self, backend: Backend) -> None:
+        while backend.watch_slots:
+            await asyncio.sleep(_SLOTS_LOOK_BUSY_S if backend.in_flight else _SLOTS_LOOK_IDLE_S)
+            if backend.healthy:
+                await self._look_at_slots(backend)
+
+    async def _look_at_slots(self, backend: Backend) -> None:
+        """Read /slots: slots processing that we do not hold belong to another client."""
+        try:
+            async with self._client().get(
+                backend.url + "/slots",
+                timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
+            ) as resp:
+                data = await resp.json(content_type=None) if resp.status == 200 else None
+                if resp.status != 200:
+                    backend.watch_slots = False  # --no-slots: our own count is all there is
+                    return
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return  # a failing server is the stream's and the prober's business
+        if not isinstance(data, list):
+            return
+        processing = {
+            s["id"]
+            for s in data
+            if isinstance(s, dict) and isinstance(s.get("id"), int) and s.get("is_processing")
+        }
+        if self.pool.slots_seen(backend, processing):
+            log.info(
+                "another client is using LLM backend %s: its slots are not pinned for %.0fs "
+                "(a pinned request would wait for a slot that client holds)",
+                backend.name,
+                SHARED_HOLD_S,
+            )
 
     # ------------------------------------------------------------------ health
 

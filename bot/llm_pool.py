@@ -27,7 +27,15 @@ DEFAULT_SLOTS = 4
 # Channels whose last slot is remembered: beyond that, the least recently active are forgotten.
 _HOMES_KEPT = 10_000
 
-AffinityResult = Literal["hit", "moved", "new", "off"]
+# Where a reply landed: "hit" the slot caching its chat's prompt, "moved" another slot (its own
+# was busy or taken), "new" a chat without a slot yet, "shared" unpinned because another client
+# uses the server, "off" no affinity asked for.
+AffinityResult = Literal["hit", "moved", "new", "shared", "off"]
+# After seeing another client's request on a server, pin no slot there for this long: a pinned
+# request waits for its slot while another client holds it, however many slots are free.
+SHARED_HOLD_S = 60.0
+# A slot released this recently may still show as processing in /slots (the server finishing).
+_JUST_RELEASED_S = 1.0
 
 
 def redact_url(url: str) -> str:
@@ -61,6 +69,9 @@ class Backend:
     owners: dict[int, str] = field(default_factory=dict)  # slot id -> whose prompt it caches
     last_used: dict[int, float] = field(default_factory=dict)  # slot id -> when (monotonic)
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    watch_slots: bool = False  # look at /slots for other clients' requests (llama.cpp)
+    shared_until: float = 0.0  # another client was seen using slots: no pinning until then
+    foreign: int = 0  # slots another client held at the last look at /slots
 
     @property
     def free(self) -> int:
@@ -107,7 +118,13 @@ class BackendPool:
         self._homes: OrderedDict[str, tuple[Backend, int | None]] = OrderedDict()
         self._listeners: list[Callable[[int], None]] = []
         self._capacity = self.capacity
-        self.stats: dict[AffinityResult, int] = {"hit": 0, "moved": 0, "new": 0, "off": 0}
+        self.stats: dict[AffinityResult, int] = {
+            "hit": 0,
+            "moved": 0,
+            "new": 0,
+            "shared": 0,
+            "off": 0,
+        }
 
     # ------------------------------------------------------------------ capacity
 
@@ -197,7 +214,8 @@ class BackendPool:
 
         def rank(b: Backend) -> tuple[bool, int, int, int]:
             at_home = b is home and b.free > 0
-            return (not at_home, -b.free, b.in_flight, b.index)
+            # Free slots as the server last showed them: other clients' requests count too.
+            return (not at_home, -max(0, b.free - b.foreign), b.in_flight, b.index)
 
         return sorted(healthy, key=rank) + sorted(sick, key=lambda b: b.index)
 
@@ -254,11 +272,38 @@ class BackendPool:
                 return True
         return False
 
+    def slots_seen(self, backend: Backend, processing: set[int]) -> bool:
+        """What /slots shows as processing; True when it reveals another client (newly)."""
+        now = self._clock()
+        recent = {s for s, at in backend.last_used.items() if now - at < _JUST_RELEASED_S}
+        foreign = processing - backend.busy - recent
+        backend.foreign = len(foreign)
+        if not foreign:
+            return False
+        newly = backend.shared_until <= now
+        backend.shared_until = now + SHARED_HOLD_S
+        return newly
+
     def _assign(self, backend: Backend, key: str | None) -> Lease:
         """Pick the llama.cpp slot: the key's own if free, else a free one nobody needs soon."""
-        if key is None or not self.affinity:
+        if not self.affinity:
             self.stats["off"] += 1
             return Lease(backend, None, "off")
+        if backend.llama and backend.shared_until > self._clock():
+            # Our view of its slots is incomplete: let the server pick an idle one.
+            self.stats["shared"] += 1
+            return Lease(backend, None, "shared")
+        free = [s for s in range(backend.slots) if s not in backend.busy]
+        if key is None:
+            if not backend.llama:
+                self.stats["off"] += 1
+                return Lease(backend, None, "off")
+            # Pinned all the same, to a slot no chat needs soon: an unpinned request could take
+            # the slot another chat is about to be pinned to, and that one would wait.
+            spare = self._spare_slot(backend, free)
+            backend.busy.add(spare)
+            self.stats["off"] += 1
+            return Lease(backend, spare, "off")
         home = self._homes.get(key)
         if not backend.llama:
             # The server chooses its slots (vLLM-style prefix caching is server-wide): staying
@@ -269,19 +314,21 @@ class BackendPool:
             self._remember(key, backend, None)
             self.stats[result] += 1
             return Lease(backend, None, result)
-        free = [s for s in range(backend.slots) if s not in backend.busy]
-        slot = home[1] if home is not None and home[0] is backend else None
-        if slot is not None and slot in free and backend.owners.get(slot) == key:
-            result = "hit"  # its prompt is still in that slot's cache
+        own = home[1] if home is not None and home[0] is backend else None
+        if own is not None and own in free and backend.owners.get(own) == key:
+            slot, result = own, "hit"  # its prompt is still in that slot's cache
         else:
-            # Never-used slots first, then the one idle the longest (its channel went quiet).
-            slot = min(free, key=lambda s: (s in backend.owners, backend.last_used.get(s, 0.0)))
-            result = "new" if home is None else "moved"
+            slot, result = self._spare_slot(backend, free), "new" if home is None else "moved"
         backend.busy.add(slot)
         backend.owners[slot] = key
         self._remember(key, backend, slot)
         self.stats[result] += 1
         return Lease(backend, slot, result)
+
+    @staticmethod
+    def _spare_slot(backend: Backend, free: list[int]) -> int:
+        """Never-used slots first, then the one idle the longest (its chat went quiet)."""
+        return min(free, key=lambda s: (s in backend.owners, backend.last_used.get(s, 0.0)))
 
     def _remember(self, key: str, backend: Backend, slot: int | None) -> None:
         self._homes[key] = (backend, slot)

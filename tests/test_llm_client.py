@@ -241,7 +241,7 @@ async def test_each_channel_is_pinned_to_its_own_free_slot(fake_llm: FakeLLMServ
         await llm.close()
     asked = [r["id_slot"] for r in fake_llm.requests]
     assert asked[:3] == asked[3:] and sorted(asked[:3]) == [0, 1, 2]
-    assert llm.pool.stats == {"hit": 3, "moved": 0, "new": 3, "off": 0}
+    assert llm.pool.stats == {"hit": 3, "moved": 0, "new": 3, "shared": 0, "off": 0}
 
 
 async def test_the_real_llama_server_reports_its_slots_and_honours_id_slot(
@@ -273,3 +273,42 @@ async def test_the_real_llama_server_reports_its_slots_and_honours_id_slot(
         assert int(str(again["cache_n"])) >= int(str(usage["prompt_n"])) - 12
     finally:
         await llm.close()
+
+
+async def test_another_client_on_the_server_turns_pinning_off_so_nothing_waits(
+    fake_llm: FakeLLMServer,
+) -> None:
+    release = asyncio.Event()
+
+    async def hold(body: dict[str, object]) -> None:
+        if body.get("max_tokens") == 99:  # the other client's long reply
+            await release.wait()
+
+    fake_llm.slots = 2
+    fake_llm.behaviour = Behaviour(reply="from the server", pause=hold)
+    other = client([fake_llm.url])  # say, a second bot process on the same server
+    ours = client([fake_llm.url])
+    try:
+        await other.discover()
+        holding = asyncio.create_task(
+            collect_text(other, LLMRequest(messages=[], max_tokens=99), "x")
+        )
+        await _until(lambda: fake_llm.in_flight == 1)
+        taken = fake_llm.slot_uses[0].slot
+        await ours.discover()  # its /slots shows a slot we do not hold
+        assert ours.pool.backends[0].shared_until > 0
+        for channel in ("a", "b"):
+            text = await asyncio.wait_for(collect_text(ours, LLMRequest(messages=[]), channel), 5)
+            assert text == "from the server"
+        assert [use.asked for use in fake_llm.slot_uses[1:]] == [None, None]
+        assert all(use.slot != taken and not use.waited for use in fake_llm.slot_uses[1:])
+        assert ours.pool.stats["shared"] == 2
+        release.set()
+        await holding
+    finally:
+        await other.close()
+        await ours.close()
+
+
+async def collect_text(llm: LLMClient, request: LLMRequest, affinity: str) -> str:
+    return "".join([e.text async for e in llm.stream(request, affinity=affinity)])

@@ -102,7 +102,7 @@ async def test_healthz_detail_shows_slots_in_use_and_the_queue(tmp_path: Path) -
             second = asyncio.create_task(
                 parley.engine.handle(message("b", channel="B"), RecordingTarget())
             )
-            await until(lambda: parley.engine.queue.depth == 1)
+            await until(lambda: parley.engine.queue.depth == 1 and llm.in_flight == 1)
             detail = parley.health_checks().details()["llm"]
             assert isinstance(detail, dict)
             assert (detail["slots_in_use"], detail["slots"], detail["queued"]) == (1, 1, 1)
