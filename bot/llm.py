@@ -101,6 +101,7 @@ class LLMClient:
         self._session: aiohttp.ClientSession | None = None
         self._probers: dict[int, asyncio.Task[None]] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._discovered = False  # capacity changes are logged once the start-up line is out
         # Per URL: awaited before each try, e.g. while the managed llama-server restarts.
         self._wait_ready = {url.rstrip("/"): fn for url, fn in (wait_ready or {}).items()}
         self.pool.on_capacity(self._log_capacity)
@@ -154,6 +155,7 @@ class LLMClient:
         await asyncio.gather(*(self._read_slots(b) for b in self.pool.backends))
         total = self.settings.concurrency or self.pool.capacity
         log.info("%d replies at once (%s)", total, self.capacity_source())
+        self._discovered = True
         return total
 
     async def _read_slots(self, backend: Backend) -> bool:
@@ -217,7 +219,7 @@ class LLMClient:
         return "; ".join(parts)
 
     def _log_capacity(self, capacity: int) -> None:
-        if not self.settings.concurrency:
+        if self._discovered and not self.settings.concurrency:
             log.info("now %d replies at once (%s)", capacity, self.capacity_source())
 
     def status(self) -> dict[str, object]:

@@ -374,3 +374,52 @@ def test_a_url_with_credentials_is_never_shown(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, llm={"backends": ["http://user:s3cret@127.0.0.1:9"]})
     client = LLMClient(settings.llm, settings.llm.backends, "chat")
     assert "s3cret" not in str(client.status()) and "s3cret" not in client.capacity_source()
+
+
+# -- the pool's bookkeeping, without a network --------------------------------------------
+
+
+async def test_places_on_a_full_server_go_in_order_and_a_failed_over_reply_goes_first() -> None:
+    from bot.llm_pool import BackendPool
+
+    pool = BackendPool(["http://a"], "failover", default_slots=1)
+    backend = pool.backends[0]
+    held = await pool.acquire(backend, "x")
+    order: list[str] = []
+
+    async def wait(name: str, first: bool = False) -> None:
+        lease = await pool.acquire(backend, name, first=first)
+        order.append(name)
+        pool.release(lease)
+
+    late = asyncio.create_task(wait("late"))
+    gone = asyncio.create_task(wait("gone"))
+    await asyncio.sleep(0)
+    urgent = asyncio.create_task(wait("urgent", first=True))
+    await asyncio.sleep(0)
+    gone.cancel()  # a waiter that gave up passes its place on
+    pool.release(held)
+    await asyncio.wait_for(asyncio.gather(late, urgent, return_exceptions=True), HANG_GUARD_S)
+    assert order == ["urgent", "late"] and backend.in_flight == 0
+
+
+def test_capacity_counts_healthy_servers_or_the_serving_one() -> None:
+    from bot.llm_pool import BackendPool
+
+    pool = BackendPool(["http://a", "http://b"], "least-busy", default_slots=3)
+    seen: list[int] = []
+    pool.on_capacity(seen.append)
+    a, b = pool.backends
+    pool.set_slots(a, 4, "llama.cpp /props", llama=True)
+    assert pool.capacity == 7
+    pool.failed(a, "connection refused")
+    assert pool.capacity == 3 and [x.url for x in pool.plan(None)] == ["http://b", "http://a"]
+    pool.failed(b, "connection refused")
+    assert pool.capacity == 7  # nobody answers: everyone counts, turns fail fast
+    pool.recovered(a)
+    assert seen == [7, 3, 7, 4]
+    failover = BackendPool(["http://a", "http://b"], "failover", default_slots=2)
+    failover.set_slots(failover.backends[1], 8, "llama.cpp /props", llama=True)
+    assert failover.capacity == 2  # the standby's slots do not count until it serves
+    failover.answered(failover.backends[1])
+    assert failover.capacity == 8
