@@ -95,7 +95,7 @@ class AffinityResult:
     later: list[float] = field(default_factory=list)  # turns 2..5
     cached: int = 0  # prompt tokens taken from a cache (llama.cpp timings cache_n), later turns
     processed: int = 0  # prompt tokens processed anew, later turns
-    hits: int = 0
+    landed: str = ""  # hit / moved / new / shared counts of the pool
 
     @property
     def ratio(self) -> float:
@@ -134,7 +134,8 @@ async def affinity_run(url: str, *, affinity: bool, tag: str, channels: int) -> 
             history = f"{prompt}{answer.splitlines()[0] if answer.strip() else ' ok'}\n"
 
     await asyncio.gather(*(channel(f"{tag}{i}") for i in range(channels)))
-    result.hits = llm.pool.stats["hit"]
+    stats = llm.pool.stats
+    result.landed = f"{stats['hit']} / {stats['moved']} / {stats['new']} / {stats['shared']}"
     await llm.close()
     return result
 
@@ -144,7 +145,7 @@ async def bench_affinity() -> None:
     print()
     print(
         "| llama-server | channels | affinity | TTFT turn 1 (median) | TTFT turns 2-5 (median) "
-        "| ratio | cached / processed prompt tokens, turns 2-5 | slot hits |"
+        "| ratio | cached / processed prompt tokens, turns 2-5 | slot hit / moved / new / shared |"
     )
     print("|---|---|---|---|---|---|---|---|")
     run = 0
@@ -161,7 +162,7 @@ async def bench_affinity() -> None:
                         f"| {label} | {channels} | {'on' if affinity else 'off'} "
                         f"| {median(result.first):.3f} s | {median(result.later):.3f} s "
                         f"| {result.ratio:.2f} | {result.cached} / {result.processed} "
-                        f"| {result.hits} |",
+                        f"| {result.landed if affinity else '-'} |",
                         flush=True,
                     )
     print()

@@ -1,4 +1,4 @@
-"""The `parley` command: run (default), chat, migrate, doctor, healthcheck.
+"""The `parley` command: run (default), chat, migrate, doctor, healthcheck, admin set-password.
 
 With bot/app.py, the composition root: it loads the settings with every platform's section and
 starts the platforms whose token is set (the console chat when none is).
@@ -12,20 +12,29 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Settings, resolve_config_path
 from bot.errors import ConfigError, LLMUnavailable, StorageError
 from bot.logs import setup_logging
+from bot.platform import STOP_GRACE_S
 
 if TYPE_CHECKING:
-    from bot.platform import PlatformAdapter
+    from bot.app import ParleyApp
+    from bot.http_server import HttpExtension
+    from bot.platform import Platform, PlatformAdapter
 
 log = logging.getLogger("parley")
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
+# SIGTERM to exit, whatever is unreachable: container runtimes send SIGKILL after 10 s. Replies
+# in progress get STOP_GRACE_S, the platforms' goodbyes the rest of PLATFORM_STOP_BUDGET_S,
+# then the managed llama-server and the store are closed.
+SHUTDOWN_BUDGET_S = 5.0
+PLATFORM_STOP_BUDGET_S = 3.5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations and exit")
     sub.add_parser("doctor", help="check config, database, LLM backends, speech models, tokens")
     sub.add_parser("healthcheck", help="ask this machine's /healthz (Docker's HEALTHCHECK)")
+    admin = sub.add_parser("admin", help="the admin console (/admin)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin_sub.add_parser(
+        "set-password",
+        help="read a new admin password from standard input and store its argon2 hash",
+    )
     return parser
 
 
@@ -54,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from bot.app import load
 
+    config_path = resolve_config_path(args.config)
     try:
-        settings = load(resolve_config_path(args.config))
+        settings = load(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -70,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.doctor import run_doctor
 
             return asyncio.run(run_doctor(settings, platforms()))
+        if command == "admin":
+            from bot.admin.cli import set_password
+
+            return set_password(settings)
         if command == "healthcheck":
             from bot.health import probe, probe_url
 
@@ -81,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         if voice is not None and not voice.is_file():
             print(f"--voice: {voice} is not a file", file=sys.stderr)
             return EXIT_CONFIG
-        return asyncio.run(_run(settings, console=command == "chat", voice_file=voice))
+        return asyncio.run(
+            _run(settings, console=command == "chat", voice_file=voice, config_path=config_path)
+        )
     except asyncio.CancelledError:  # SIGTERM during start-up or shutdown
         return 0
     except ConfigError as exc:  # found at start-up, e.g. a token the platform refuses
@@ -107,7 +129,9 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _run(settings: Settings, *, console: bool, voice_file: Path | None) -> int:
+async def _run(
+    settings: Settings, *, console: bool, voice_file: Path | None, config_path: Path | None = None
+) -> int:
     from bot.app import ParleyApp
     from bot.health import platform_check
     from bot.http_server import serve_http
@@ -118,7 +142,12 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
     assert main is not None
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    async with ParleyApp(settings) as app, serve_http(settings.http, app.health_checks()) as checks:
+    async with (
+        ParleyApp(settings) as app,
+        serve_http(
+            settings.http, app.health_checks(), extensions=_http_extensions(app, config_path)
+        ) as checks,
+    ):
         enabled = app.enabled_platforms()
         if console or not enabled:
             from adapters.console import ConsoleChat
@@ -136,14 +165,48 @@ async def _run(settings: Settings, *, console: bool, voice_file: Path | None) ->
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        names = ", ".join(platform.name for platform in enabled)
         try:
             for adapter in adapters:
                 await adapter.start()
-            names = ", ".join(platform.name for platform in enabled)
             log.info("Parley is running on %s; Ctrl-C to stop", names)
             await stop.wait()
         finally:
             warm_up.cancel()
-            for adapter in reversed(adapters):
-                await adapter.stop()
+            started = time.monotonic()
+            log.info(
+                "shutting down: replies in progress get %g s to finish (within %g s in all)",
+                STOP_GRACE_S,
+                SHUTDOWN_BUDGET_S,
+            )
+            await _stop_platforms(enabled, adapters)
+    # Leaving the `async with` above stopped the managed llama-server and closed the store.
+    log.info("stopped in %.1f s", time.monotonic() - started)
     return 0
+
+
+async def _stop_platforms(enabled: list[Platform], adapters: list[PlatformAdapter]) -> None:
+    """Stop every platform at once, within PLATFORM_STOP_BUDGET_S whatever answers or not."""
+
+    async def stop(platform: Platform, adapter: PlatformAdapter) -> None:
+        try:
+            async with asyncio.timeout(PLATFORM_STOP_BUDGET_S):
+                await adapter.stop()
+        except TimeoutError:
+            log.warning(
+                "%s did not stop within %g s (unreachable?): leaving without it",
+                platform.name,
+                PLATFORM_STOP_BUDGET_S,
+            )
+
+    await asyncio.gather(*(stop(p, a) for p, a in zip(enabled, adapters, strict=False)))
+
+
+def _http_extensions(app: ParleyApp, config_path: Path | None) -> list[HttpExtension]:
+    """The admin console on the [http] endpoint, unless it is turned off."""
+    http = app.settings.http
+    if not (http.enabled and http.admin):
+        return []
+    from bot.admin.console import AdminConsole
+
+    return [AdminConsole.for_app(app, config_path=config_path)]

@@ -15,6 +15,7 @@ from typing import Literal
 
 from bot.channel_config import CHANNEL_KEYS, ChannelSettings, parse_channel_value
 from bot.config import Settings
+from bot.errors import StorageError, storage_trouble
 from bot.personas import PERSONAS
 from bot.storage import HistoryStore
 from bot.types import IncomingMessage
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 VOICE_MODES = ("off", "reply-to-voice", "always")
 _CHOICES_SHOWN = 3  # usage lines list up to this many choices, else the parameter's name
 MSG_BLOCKED = "Sorry, you can't use this bot."
+MSG_NOT_SAVED = "I couldn't do that: {trouble}; please try again later."
 
 
 class Access(Enum):
@@ -233,12 +235,15 @@ class Commands:
             if sub is None:
                 return f"Usage: {command.usage}"
             command, key, args = sub, f"{command.name} {sub.name}", rest.strip()
-        channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
-        needed = command.change_access if args and command.change_access else command.access
-        if not needed.allows(msg):
-            await self._audit_refusal(msg, channel_id, key, command, args)
-            return _refusal(key)
-        return await self._handlers[key](msg, channel_id, args)
+        try:
+            channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+            needed = command.change_access if args and command.change_access else command.access
+            if not needed.allows(msg):
+                await self._audit_refusal(msg, channel_id, key, command, args)
+                return _refusal(key)
+            return await self._handlers[key](msg, channel_id, args)
+        except StorageError as exc:  # the store logged it, once per kind of failure
+            return MSG_NOT_SAVED.format(trouble=storage_trouble(exc.problem))
 
     async def _audit_refusal(
         self, msg: IncomingMessage, channel_id: int, key: str, command: Command, args: str

@@ -24,6 +24,7 @@ from pydantic import (
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -69,7 +70,8 @@ class LLMSettings(_Section):
     model: str = ""  # model name sent with each request; llama-server ignores it
     api: Literal["auto", "chat", "completion"] = "auto"
     prompt_format: PromptFormat = "plain"  # for api = "completion" (base models)
-    timeout_s: float = Field(120.0, gt=0)  # a whole reply; also a silent backend's deadline
+    timeout_s: float = Field(120.0, gt=0)  # a silent backend's deadline: no byte for this long
+    reply_timeout_s: float = Field(300.0, gt=0)  # a whole reply, request to last token
     connect_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10)  # before the first token, per backend
     backoff_s: float = Field(0.5, ge=0)
@@ -116,6 +118,10 @@ class EngineSettings(_Section):
     voice_mode: VoiceMode = "reply-to-voice"
     stt_language: str = "en"  # "auto": detect (only trusted when confident)
     max_input_chars: int = Field(4000, ge=1)
+    # Whole-reply caps, for a server that ignores max_tokens or never ends its stream; reasoning
+    # counts towards the characters.
+    max_reply_chars: int = Field(20_000, ge=1)
+    max_reply_messages: int = Field(8, ge=1)  # platform messages one reply may fill
     user_messages_per_minute: int = Field(20, ge=0)  # per user, across chats; 0: no limit
     blocked_users: list[str] = []  # "platform:user_id", e.g. "telegram:12345": ignored everywhere
 
@@ -172,10 +178,40 @@ class TTSSettings(_Section):
     max_chars: int = Field(1500, ge=1)  # longer replies are spoken up to here
 
 
+MIN_ADMIN_PASSWORD_CHARS = 8
+
+
 class HTTPSettings(_Section):
+    """The operations endpoint: /healthz, /metrics and the admin console (/admin)."""
+
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback: reach /admin through an SSH tunnel (README)
     port: int = Field(8080, ge=0, le=65535)
+    admin: bool = True  # serve /admin; it stays locked until a password is set
+    # For containers; elsewhere `parley admin set-password` stores an argon2 hash in a file.
+    admin_password: SecretStr = SecretStr("")
+    admin_password_file: str = ""  # empty: "admin-password" beside storage.path
+    tls_cert: str = ""  # PEM certificate chain and key: serve HTTPS directly
+    tls_key: str = ""
+    behind_tls_proxy: bool = False  # a reverse proxy terminates TLS in front of Parley
+
+    @field_validator("admin_password")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < MIN_ADMIN_PASSWORD_CHARS:
+            raise ValueError(f"must be at least {MIN_ADMIN_PASSWORD_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> HTTPSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when browsers reach this endpoint over HTTPS (directly or through a proxy)."""
+        return bool(self.tls_cert) or self.behind_tls_proxy
 
 
 class LoggingSettings(_Section):

@@ -141,6 +141,13 @@ def check_config(settings: Settings) -> list[Finding]:
                 "reachable from other machines",
             )
         )
+    if http.enabled and http.admin:
+        from bot.admin.exposure import exposure_warning, password_is_set, password_state
+
+        findings.append(Finding("admin", "ok", password_state(settings)))
+        warning = exposure_warning(http, password_set=password_is_set(settings))
+        if warning:
+            findings.append(Finding("admin", "warn", warning))
     return findings
 
 

@@ -8,13 +8,13 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot import metrics
 from bot.channel_config import ChannelSettings
-from bot.config import Settings
+from bot.config import EngineSettings, Settings
 from bot.errors import (
     AudioError,
     DeliveryError,
@@ -22,8 +22,10 @@ from bot.errors import (
     LLMStreamBroken,
     LLMTimeout,
     LLMUnavailable,
+    MessageNotStored,
     RetryAfter,
     SpeechSynthesisError,
+    StorageError,
 )
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
 from bot.prompt import build_request, fit_history, system_prompt
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TYPING_EVERY_S = 4.0  # platforms show "typing…" for about 5 s per call
+_FINISH_WHEN_CANCELLED_S = 1.0  # a cancelled reply's last edit, before the stream is dropped
 _SAVE_PARTIAL_EVERY_S = 2.0  # how much streamed text a hard crash can lose
 _HISTORY_ROWS = 400  # rows read per prompt before the token budget trims them
 
@@ -60,11 +63,53 @@ MSG_SLOW_DOWN = (
     "You're sending messages faster than I can answer (limit: {limit} a minute). "
     "Please wait a moment and try again."
 )
+# For adapters: an attachment the bot cannot read ("photos"), alone or with text to answer.
+MSG_UNREADABLE = "I can read text and voice messages, but I can't open {kind} yet."
+MSG_CAPTION_ONLY = "I can't open {kind} yet, so I'm answering the text that came with it."
+MSG_REPLY_TIMEOUT = "⚠️ I stopped this reply: it took longer than {seconds:g} s."
+MSG_REPLY_CAPPED = "⚠️ I stopped this reply: it reached the length limit for one answer."
 MSG_INTERNAL = (
     "⚠️ Something went wrong on my side while answering (ref {ref}). "
     "Your message is saved; please try again."
 )
 MSG_NO_STT = "Voice notes are not available on this bot (speech recognition is not installed)."
+
+
+class _ReplyCapped(Exception):
+    """A reply reached `engine.max_reply_chars` or `engine.max_reply_messages`."""
+
+
+class _ChatRefused(Exception):
+    """The chat refused the reply for good (blocked, deleted): stop generating it."""
+
+
+class _Caps:
+    """The whole-reply caps: characters (answer and reasoning together) and platform messages."""
+
+    def __init__(self, settings: EngineSettings, stream: ReplyStream) -> None:
+        self.max_chars = settings.max_reply_chars
+        self.max_messages = settings.max_reply_messages
+        self.stream = stream
+        self.reasoning = 0
+
+    def fit(self, streamed: _Streamed, piece: str) -> str:
+        """The part of `piece` that still fits under the character cap."""
+        room = self.max_chars - len(streamed.answer) - self.reasoning
+        return piece[: max(0, room)]
+
+    def check(self, streamed: _Streamed, reasoning: str) -> None:
+        """Raise `_ChatRefused` if the chat refused the reply, `_ReplyCapped` at a cap."""
+        refused = self.stream.refused
+        if refused is not None:
+            raise _ChatRefused(refused)
+        self.reasoning += len(reasoning)
+        if len(streamed.answer) + self.reasoning >= self.max_chars:
+            raise _ReplyCapped(f"{self.max_chars}-character cap")
+        # The writer may lag behind the text (it waits for rate budgets): count the messages the
+        # text needs as well as those it already has.
+        full = len(streamed.answer) >= self.max_messages * self.stream.max_chars
+        if full or self.stream.parts > self.max_messages:
+            raise _ReplyCapped(f"{self.max_messages}-message cap")
 
 
 @dataclass(slots=True)
@@ -107,15 +152,31 @@ class ConversationEngine:
 
     # ----------------------------------------------------------------- messages
 
-    async def handle(self, msg: IncomingMessage, target: ReplyTarget) -> None:
+    async def handle(
+        self,
+        msg: IncomingMessage,
+        target: ReplyTarget,
+        *,
+        on_stored: Callable[[], None] | None = None,
+        redeliverable: bool = False,
+    ) -> None:
         """Answer one text or voice message; every user-visible outcome goes through `target`.
+
+        `on_stored()` is called once the user's message is safely stored: a platform that
+        redelivers unconfirmed updates may confirm it then. If it cannot be stored, the user is
+        told why, unless `redeliverable`: then `MessageNotStored` is raised and the adapter
+        leaves the update unconfirmed, to come again.
 
         The turn's error boundary: an unexpected error is logged with the chat and a turn id,
         the user is told, and the engine goes on serving this chat and every other.
         """
         turn_id = secrets.token_hex(4)
         try:
-            await self._handle(msg, target, turn_id)
+            await self._handle(msg, target, turn_id, on_stored)
+        except MessageNotStored as exc:
+            if redeliverable:
+                raise
+            await _tell(target, exc.user_message)
         except (DeliveryError, RetryAfter) as exc:
             # The chat refused what the turn had to say (a notice, the voice note): nobody to tell.
             log.warning("turn %s: %s refused a message: %s", turn_id, target.chat_key, exc)
@@ -126,7 +187,13 @@ class ConversationEngine:
             )
             await _tell(target, MSG_INTERNAL.format(ref=turn_id))
 
-    async def _handle(self, msg: IncomingMessage, target: ReplyTarget, turn_id: str) -> None:
+    async def _handle(
+        self,
+        msg: IncomingMessage,
+        target: ReplyTarget,
+        turn_id: str,
+        on_stored: Callable[[], None] | None,
+    ) -> None:
         metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.audio else "text").inc()
         if f"{msg.platform}:{msg.user_id}" in self._blocked:
             log.info("ignoring a message from blocked user %s:%s", msg.platform, msg.user_id)
@@ -144,21 +211,27 @@ class ConversationEngine:
         # Messages of one channel are recorded and join its line in arrival order: the awaits
         # before that (a new channel's row, token counting over HTTP) finish in any order.
         async with self._arrival(key):
-            channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
-            if msg.audio is not None:
-                transcript = await self._transcribe(msg, target, channel_id)
-                if transcript is None:
+            try:
+                channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+                if msg.audio is not None:
+                    transcript = await self._transcribe(msg, target, channel_id)
+                    if transcript is None:
+                        return
+                    text = f"{transcript}\n\n{text}" if text else transcript
+                if not text:
                     return
-                text = f"{transcript}\n\n{text}" if text else transcript
-            if not text:
-                return
-            turn = await self.store.start_turn(
-                channel_id,
-                author_id=msg.user_id,
-                author_name=msg.user_name,
-                content=text,
-                token_count=await self._count_tokens(text),
-            )
+                turn = await self.store.start_turn(
+                    channel_id,
+                    author_id=msg.user_id,
+                    author_name=msg.user_name,
+                    content=text,
+                    token_count=await self._count_tokens(text),
+                )
+            except StorageError as exc:
+                # The store logged it (once per kind of failure); the user hears why.
+                raise MessageNotStored(exc) from exc
+        if on_stored is not None:
+            on_stored()
         # No await between the lock's release and joining the line (in turn()'s first step).
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
@@ -244,8 +317,21 @@ class ConversationEngine:
         status = "failed"
         note = ""
         try:
-            await self._consume(request, stream, voice, streamed, turn, started)
+            async with asyncio.timeout(self.settings.llm.reply_timeout_s):
+                await self._consume(request, stream, voice, streamed, turn, started)
             status = "complete"
+        except TimeoutError:  # the whole-reply limit (the LLM client's own become LLMTimeout)
+            log.warning("reply in %s stopped after %g s", target.chat_key, self._reply_timeout)
+            note = MSG_REPLY_TIMEOUT.format(seconds=self._reply_timeout)
+            status = "partial" if streamed.answer else "failed"
+        except _ChatRefused as exc:
+            # Blocked or gone: stop at once, so the slot and the chat's line are free again.
+            log.warning("reply in %s stopped: the chat refused it (%s)", target.chat_key, exc)
+            status = "partial" if streamed.answer else "failed"
+        except _ReplyCapped as exc:
+            log.warning("reply in %s cut at its %s", target.chat_key, exc)
+            note = MSG_REPLY_CAPPED
+            status = "partial" if streamed.answer else "failed"
         except LLMUnavailable as exc:
             log.warning("no LLM backend answered: %s", exc)
             note = MSG_LLM_DOWN
@@ -264,9 +350,15 @@ class ConversationEngine:
                 turn, streamed.answer, "partial" if streamed.answer else "failed"
             )
             typing.cancel()
-            # Best effort: the platform may be unreachable too.
-            with contextlib.suppress(DeliveryError, RetryAfter, OSError):
-                await asyncio.shield(stream.finish(stream.text + " …" if stream.text else None))
+            # Best effort and brief: the platform may be unreachable too, and a shutdown waits.
+            finish = asyncio.ensure_future(
+                stream.finish(stream.text + " …" if stream.text else None)
+            )
+            try:
+                async with asyncio.timeout(_FINISH_WHEN_CANCELLED_S):
+                    await asyncio.shield(finish)
+            except (TimeoutError, DeliveryError, RetryAfter, OSError):
+                await stream.cancel()
             if voice is not None:
                 await voice.cancel()
             raise
@@ -353,19 +445,26 @@ class ConversationEngine:
     ) -> None:
         show_reasoning = self.settings.llm.reasoning == "show"
         last_save = time.monotonic()
-        async for event in self.llm.stream(request, affinity=str(turn.channel_id)):
-            if event.reasoning and show_reasoning:
-                quoted = event.reasoning.replace("\n", "\n> ")
-                stream.append(quoted if streamed.reasoning_open else f"> 💭 {quoted}")
-                streamed.reasoning_open = True
-            if event.text:
+        caps = _Caps(self.settings.engine, stream)
+        # aclosing: leaving the loop early (a cap, the time limit, a refused chat) closes the
+        # connection at once, which is how llama-server learns to free the slot.
+        async with contextlib.aclosing(
+            self.llm.stream(request, affinity=str(turn.channel_id))
+        ) as events:
+            async for event in events:
+                caps.check(streamed, event.reasoning)
+                self._show_reasoning(event.reasoning, stream, streamed, show_reasoning)
+                if not event.text:
+                    continue
                 if streamed.first_token_at is None:
                     streamed.first_token_at = time.perf_counter()
                     metrics.TIME_TO_FIRST_TOKEN.observe(streamed.first_token_at - started)
                 if streamed.reasoning_open:
                     stream.append("\n\n")
                     streamed.reasoning_open = False
-                piece = event.text.lstrip() if not streamed.answer else event.text
+                piece = caps.fit(
+                    streamed, event.text.lstrip() if not streamed.answer else event.text
+                )
                 if not piece:
                     continue
                 streamed.answer += piece
@@ -376,6 +475,20 @@ class ConversationEngine:
                 if time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
                     last_save = time.monotonic()
                     await self.store.update_message(turn.reply_row, content=streamed.answer)
+                caps.check(streamed, "")
+
+    @staticmethod
+    def _show_reasoning(
+        reasoning: str, stream: ReplyStream, streamed: _Streamed, show: bool
+    ) -> None:
+        if reasoning and show:
+            quoted = reasoning.replace("\n", "\n> ")
+            stream.append(quoted if streamed.reasoning_open else f"> 💭 {quoted}")
+            streamed.reasoning_open = True
+
+    @property
+    def _reply_timeout(self) -> float:
+        return self.settings.llm.reply_timeout_s
 
     async def _store_reply(self, turn: Turn, answer: str, status: str) -> None:
         answer = answer.rstrip()

@@ -17,8 +17,39 @@ class ConfigError(ParleyError):
         self.problems = problems
 
 
+# What kind of storage failure, so the user and /healthz hear a reason and logs say it once.
+StorageProblem = Literal["full", "read_only", "io", "busy", "unavailable", "error"]
+
+
 class StorageError(ParleyError):
-    """The database cannot be used (e.g. it is newer than this code)."""
+    """The database cannot be used (newer than this code, full, unreachable...): see `problem`."""
+
+    def __init__(self, message: str, *, problem: StorageProblem = "error") -> None:
+        super().__init__(message)
+        self.problem: StorageProblem = problem
+
+
+def storage_trouble(problem: StorageProblem) -> str:
+    """What is wrong with the storage, in words for a user."""
+    if problem == "full":
+        return "the server's storage is full"
+    if problem == "read_only":
+        return "the server's storage is read-only"
+    return "the server's storage is not working right now"
+
+
+class MessageNotStored(ParleyError):
+    """The user's message could not be stored, so it was not answered; tell them `user_message`.
+
+    An adapter whose platform redelivers (Telegram polling) may instead leave the update
+    unconfirmed and try again; the others tell the user at once.
+    """
+
+    def __init__(self, cause: StorageError) -> None:
+        super().__init__(str(cause))
+        self.problem: StorageProblem = cause.problem
+        trouble = storage_trouble(cause.problem)
+        self.user_message = f"I couldn't save your message: {trouble}; please try again later."
 
 
 class RetryAfter(ParleyError):

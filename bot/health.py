@@ -95,13 +95,17 @@ class Connectable(Protocol):
 
 
 def database_check(store: HistoryStore) -> HealthCheck:
-    """Healthy while a read of the messages table answers."""
+    """Healthy while reads answer and writes work (after a failed write, a probe write decides)."""
 
     async def check() -> str | None:
         try:
             await store.get_message(0)
+            if store.health.problem is not None:
+                # Writes failed lately (a full disk): try one that leaves nothing, so /healthz
+                # turns green as soon as they work again, even with nobody writing.
+                await store.probe_write()
         except StorageError as exc:  # PostgreSQL: the message names host:port, no password
-            return str(exc)
+            return f"writes fail ({exc.problem}): {exc}" if store.health.problem else str(exc)
         except sqlite3.Error as exc:
             return f"query failed: {exc}"
         except ValueError as exc:  # aiosqlite: "no active connection" once closed

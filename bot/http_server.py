@@ -1,22 +1,47 @@
-"""The operations endpoint: /healthz and /metrics on [http] host:port (off by default)."""
+"""The operations endpoint: /healthz and /metrics on [http] host:port (off by default).
+
+Extensions (the admin console) add their routes to the same application before it starts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from bot.config import HTTPSettings
+from bot.errors import ConfigError
 from bot.health import HealthChecks
 
 log = logging.getLogger(__name__)
 
 HEALTHY = 200
 UNHEALTHY = 503  # what load balancers and orchestrators read as "take me out of rotation"
+
+
+class HttpExtension(Protocol):
+    """Adds routes (and start-up/clean-up hooks) to the endpoint's application."""
+
+    def install(self, app: web.Application, server: OpsServer) -> None: ...
+
+
+def _tls_context(settings: HTTPSettings) -> ssl.SSLContext:
+    """The server's TLS context from http.tls_cert and http.tls_key (blocking: reads files)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            [f"config: http.tls_cert / http.tls_key: cannot load them: {exc}"]
+        ) from None
+    return context
 
 
 class OpsServer:
@@ -28,10 +53,12 @@ class OpsServer:
         checks: HealthChecks,
         *,
         registry: CollectorRegistry = REGISTRY,
+        extensions: Sequence[HttpExtension] = (),
     ) -> None:
         self.settings = settings
         self.checks = checks
         self.registry = registry
+        self.extensions = list(extensions)
         self.port = settings.port
         self._runner: web.AppRunner | None = None
         self._failing: list[str] = []  # as of the last /healthz, to log changes only
@@ -39,17 +66,24 @@ class OpsServer:
     @property
     def url(self) -> str:
         """Base URL once started (with the real port when [http] port is 0)."""
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
         """Bind and serve; raises OSError when the address is taken."""
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        for extension in self.extensions:
+            extension.install(app, self)
+        # Reading the certificate and key touches the disk: off the event loop.
+        tls = (
+            await asyncio.to_thread(_tls_context, self.settings) if self.settings.tls_cert else None
+        )
         # No access log: a scraper every few seconds would drown the bot's own lines.
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        site = web.TCPSite(runner, self.settings.host, self.settings.port, ssl_context=tls)
         try:
             await site.start()
         except OSError:
@@ -90,15 +124,18 @@ class OpsServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_http(settings: HTTPSettings, checks: HealthChecks) -> AsyncIterator[HealthChecks]:
-    """Serve /healthz and /metrics while the block runs, when [http] is enabled.
+async def serve_http(
+    settings: HTTPSettings, checks: HealthChecks, *, extensions: Sequence[HttpExtension] = ()
+) -> AsyncIterator[HealthChecks]:
+    """Serve /healthz and /metrics (and the extensions' routes) while the block runs, when
+    [http] is enabled.
 
     Yields `checks`, so the caller can register the platforms' checks once they exist.
     """
     if not settings.enabled:
         yield checks
         return
-    server = OpsServer(settings, checks)
+    server = OpsServer(settings, checks, extensions=extensions)
     await server.start()
     try:
         yield checks

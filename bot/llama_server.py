@@ -18,7 +18,7 @@ from bot.errors import LLMUnavailable
 log = logging.getLogger(__name__)
 
 _HEALTH_POLL_S = 0.2
-_STOP_GRACE_S = 5.0
+_STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL: Parley's whole shutdown has 5 s (bot.cli)
 _RESTART_BACKOFF_S = 1.0  # first wait before a restart; doubles up to _RESTART_BACKOFF_MAX_S
 _RESTART_BACKOFF_MAX_S = 16.0
 

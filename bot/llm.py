@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -241,6 +241,7 @@ class LLMClient:
 
     async def _look_at_slots(self, backend: Backend) -> None:
         """Read /slots: slots processing that we do not hold belong to another client."""
+        asked_at = self.pool.now()
         try:
             async with self._client().get(
                 backend.url + "/slots",
@@ -259,7 +260,7 @@ class LLMClient:
             for s in data
             if isinstance(s, dict) and isinstance(s.get("id"), int) and s.get("is_processing")
         }
-        if self.pool.slots_seen(backend, processing):
+        if self.pool.slots_seen(backend, processing, asked_at):
             log.info(
                 "another client is using LLM backend %s: its slots are not pinned for %.0fs "
                 "(a pinned request would wait for a slot that client holds)",
@@ -314,7 +315,7 @@ class LLMClient:
 
     async def stream(
         self, request: LLMRequest, *, affinity: str | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Yield the reply as it streams. Closing the iterator closes the connection.
 
         `affinity` (a channel) keeps the turns of one conversation on the llama.cpp slot that

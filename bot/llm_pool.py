@@ -272,11 +272,21 @@ class BackendPool:
                 return True
         return False
 
-    def slots_seen(self, backend: Backend, processing: set[int]) -> bool:
-        """What /slots shows as processing; True when it reveals another client (newly)."""
+    def now(self) -> float:
+        """The pool's clock (monotonic seconds)."""
+        return self._clock()
+
+    def slots_seen(self, backend: Backend, processing: set[int], asked_at: float) -> bool:
+        """What /slots shows as processing; True when it reveals another client (newly).
+
+        `asked_at`: when /slots was asked. A slot ours at any moment since then (or released
+        just before: the server may still be finishing it) is not another client's.
+        """
         now = self._clock()
-        recent = {s for s, at in backend.last_used.items() if now - at < _JUST_RELEASED_S}
-        foreign = processing - backend.busy - recent
+        ours_lately = {
+            s for s, at in backend.last_used.items() if at >= asked_at - _JUST_RELEASED_S
+        }
+        foreign = processing - backend.busy - ours_lately
         backend.foreign = len(foreign)
         if not foreign:
             return False

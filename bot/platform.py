@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot.config import PlatformSettings, Settings
 
+# When a platform stops, replies in progress get this long to finish; then they are cancelled
+# (what was streamed is kept, marked cut off). Short, so SIGTERM ends Parley within seconds.
+STOP_GRACE_S = 2.0
+
 if TYPE_CHECKING:
     from bot.commands import Commands
     from bot.doctor import Finding

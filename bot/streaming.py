@@ -363,6 +363,27 @@ class ReplyStream:
             self._changed.set()
 
     @property
+    def refused(self) -> DeliveryError | None:
+        """Why the chat refused this reply for good (the user blocked the bot, the chat is gone).
+
+        Set once the writer has stopped on it: the reply's generation is then pointless.
+        """
+        task = self._task
+        if task.done() and not task.cancelled() and isinstance(task.exception(), DeliveryError):
+            return task.exception()  # type: ignore[return-value]
+        return None
+
+    @property
+    def parts(self) -> int:
+        """Platform messages this reply has filled or opened so far."""
+        return len(self._ids) + (self._message is not None)
+
+    @property
+    def max_chars(self) -> int:
+        """The longest message the target takes."""
+        return self._limits.max_chars
+
+    @property
     def text(self) -> str:
         """Everything appended so far."""
         if len(self._chunks) > 1:
@@ -531,7 +552,7 @@ class ReplyStream:
         return self._message
 
     def _refused(self, step: _Step, exc: DeliveryError) -> None:
-        if step.kind == "send":
+        if step.kind == "send" or exc.reason == "forbidden":  # the chat refuses the bot itself
             raise exc
         if step.kind == "delete":  # already gone, or it stays: either way nothing is lost
             self._message, self._done = None, True

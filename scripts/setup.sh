@@ -40,6 +40,19 @@ if [[ ",$EXTRAS," == *",dev,"* && ! -x "$PG_BIN/initdb" ]]; then
     fi
 fi
 
+# The admin console's browser test drives Debian's Chromium through chromium-driver (selenium):
+# installed with the dev extras when missing; the runtime image never needs them.
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+    step "Installing Chromium and chromium-driver for the browser test (apt-get)"
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null
+    else
+        echo "    not root (or no apt-get): install chromium and chromium-driver yourself" >&2
+    fi
+fi
+
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 

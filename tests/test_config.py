@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,14 +128,38 @@ def test_example_config_documents_every_key_with_its_default(
     example = load_settings(ROOT / "config.example.toml").model_dump()
     defaults = load_settings(None).model_dump()
 
-    def compare(ours: dict[str, object], theirs: dict[str, object], where: str) -> None:
+    def compare(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
         assert ours.keys() == theirs.keys(), where
         for key, value in ours.items():
             if isinstance(value, dict):
-                compare(value, theirs[key], f"{where}.{key}")  # type: ignore[arg-type]
+                compare(value, theirs[key], f"{where}.{key}")
             elif isinstance(value, float):
                 assert value == pytest.approx(theirs[key], rel=1e-3), f"{where}.{key}"
             else:
                 assert value == theirs[key], f"{where}.{key}"
 
     compare(example, defaults, "config")
+
+
+def test_unknown_and_secret_looking_keys_never_echo_their_value(tmp_path: Path) -> None:
+    # Reproduced before the fix: `config: telegram.tokn = '777:...': Extra inputs are not
+    # permitted` went to stderr, the logs and CI output.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    env["PARLEY_TELEGRAM__TOKN"] = "777:AAE-secret-token-value"
+    env["PARLEY_LLM__FALLBACK_URLS"] = '["http://admin:hunter2@127.0.0.1:9"]'
+    (tmp_path / "config.toml").write_text(
+        '[llm]\napi_key = 5\n[storage]\nurl = "mysql://root:pa55word@db/parley"\n'
+        '[http]\nadmin_passwrd = "letmein-now"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "migrate"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    for secret in ("777:AAE", "secret-token", "hunter2", "pa55word", "letmein"):
+        assert secret not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert "config: telegram.tokn: unknown key (did you mean telegram.token?)" in lines
+    assert "config: http.admin_passwrd: unknown key" in " ".join(lines)
+    assert any(line.startswith("config: llm.api_key = <hidden>:") for line in lines)
+    assert any(line.startswith("config: storage.url = <hidden>:") for line in lines)

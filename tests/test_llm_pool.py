@@ -423,3 +423,21 @@ def test_capacity_counts_healthy_servers_or_the_serving_one() -> None:
     assert failover.capacity == 2  # the standby's slots do not count until it serves
     failover.answered(failover.backends[1])
     assert failover.capacity == 8
+
+
+async def test_slots_shows_another_client_only_for_slots_not_ours_lately() -> None:
+    from bot.llm_pool import BackendPool
+
+    now = [100.0]
+    pool = BackendPool(["http://a"], "least-busy", default_slots=3, clock=lambda: now[0])
+    backend = pool.backends[0]
+    pool.set_slots(backend, 3, "llama.cpp /props", llama=True)
+    mine = await pool.acquire(backend, "x")
+    asked_at = pool.now()
+    now[0] += 5.0  # /slots answered slowly; meanwhile our request ended
+    pool.release(mine)
+    assert not pool.slots_seen(backend, {mine.slot or 0}, asked_at)  # it was ours
+    assert pool.slots_seen(backend, {2}, asked_at)  # nobody of ours was on slot 2
+    assert backend.shared_until == now[0] + 60.0
+    lease = await pool.acquire(backend, "x")
+    assert (lease.slot, lease.affinity) == (None, "shared")

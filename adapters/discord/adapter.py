@@ -30,14 +30,22 @@ from adapters.discord.commands import build_command_tree
 from adapters.discord.config import DiscordSettings
 from adapters.discord.limits import channel_limits
 from adapters.discord.rest import DiscordRest
-from adapters.discord.rules import AccessRules, audio_attachment, is_turn, readable_text
+from adapters.discord.rules import (
+    AccessRules,
+    audio_attachment,
+    is_turn,
+    readable_text,
+    unreadable_kind,
+)
 from adapters.discord.targets import (
     NOTICE_MENTIONS,
     ChannelTarget,
     Clock,
     InteractionTarget,
 )
+from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
 from bot.errors import ConfigError, DeliveryError, RetryAfter
+from bot.platform import STOP_GRACE_S
 from bot.splitter import split_markdown
 from bot.types import IncomingMessage, TargetLimits
 
@@ -47,7 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GUILD_READY_TIMEOUT_S = 2.0  # discord.py's default quiet time after the last GUILD_CREATE
-STOP_GRACE_S = 10.0  # replies in progress get this long to finish when the bot stops
 DEVELOPER_PORTAL = "https://discord.com/developers/applications"
 MSG_INTENT_REFUSED = (
     "discord.message_content: Discord refused the Message Content intent (gateway close 4014). "
@@ -276,6 +283,12 @@ class DiscordAdapter:
         assert self._client is not None and self._client.user is not None
         text = readable_text(message, self._client.user)
         attachment = audio_attachment(message)
+        kind = unreadable_kind(message)
+        if kind is not None and attachment is None:
+            log.info("Discord: %s in channel %s cannot be read", kind, message.channel.id)
+            await target.notice(
+                MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
+            )
         if not text and attachment is None:
             return
         audio = None

@@ -20,7 +20,12 @@ class AccessRules:
         self._cfg = settings
 
     def allowed(self, user_id: int, channel_id: int, parent_id: int | None = None) -> bool:
-        """Empty lists allow everyone everywhere; a thread is allowed when its parent is."""
+        """Empty lists allow everyone everywhere; a thread is allowed when its parent is.
+
+        The bot's own admins (`admin_ids`) are never locked out, as on Telegram.
+        """
+        if user_id in self._cfg.admin_ids:
+            return True
         if self._cfg.allowed_user_ids and user_id not in self._cfg.allowed_user_ids:
             return False
         if not self._cfg.allowed_channel_ids:
@@ -72,9 +77,25 @@ def readable_text(message: discord.Message, me: discord.ClientUser) -> str:
 
 
 def audio_attachment(message: discord.Message) -> discord.Attachment | None:
-    """The voice message's audio, or the first audio file attached."""
+    """The voice message's audio, or the first audio (or video: its sound) file attached."""
     for attachment in message.attachments:
         content_type = attachment.content_type or ""
-        if attachment.is_voice_message() or content_type.startswith("audio/"):
+        if attachment.is_voice_message() or content_type.startswith(("audio/", "video/")):
             return attachment
+    return None
+
+
+def unreadable_kind(message: discord.Message) -> str | None:
+    """What the message carries that Parley cannot read ("images", "stickers"), or None.
+
+    Audio and video attachments are read (their sound is transcribed); anything else attached is
+    named by its content type.
+    """
+    if message.stickers:
+        return "stickers"
+    for attachment in message.attachments:
+        content_type = attachment.content_type or ""
+        if attachment.is_voice_message() or content_type.startswith(("audio/", "video/")):
+            continue
+        return "images" if content_type.startswith("image/") else "files"
     return None

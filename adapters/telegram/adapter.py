@@ -9,7 +9,6 @@ engine keeps each chat's order itself).
 from __future__ import annotations
 
 import asyncio
-import datetime as dtm
 import logging
 import secrets
 from collections.abc import Coroutine
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import telegram.error
-from telegram import Audio, Message, Update, VideoNote, Voice
+from telegram import Audio, Message, Update, Video, VideoNote, Voice
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
 from adapters.telegram.commands import find as find_command
@@ -25,17 +24,21 @@ from adapters.telegram.commands import menu
 from adapters.telegram.config import TelegramSettings
 from adapters.telegram.errors import reason_of
 from adapters.telegram.limits import MAX_DOWNLOAD_BYTES, chat_limits
+from adapters.telegram.polling import Ticket, UpdatePoller
 from adapters.telegram.rules import (
     is_addressed,
     is_private,
     may_use,
     parse_command,
     strip_mention,
+    unreadable_kind,
 )
 from adapters.telegram.targets import TelegramReplyTarget
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
-from bot.errors import ConfigError, DeliveryError, RetryAfter
+from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
+from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
+from bot.platform import STOP_GRACE_S
 from bot.types import IncomingMessage
 
 if TYPE_CHECKING:
@@ -45,7 +48,6 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 POLL_TIMEOUT_S = 30  # long-poll length of getUpdates (Telegram allows up to 50)
-STOP_GRACE_S = 10.0  # replies in progress get this long to finish when the bot stops
 UPDATES = [Update.MESSAGE]  # the only update type the bot acts on
 
 MSG_REFUSED = "Sorry, I'm not available to you here. Please ask the bot's owner for access."
@@ -59,9 +61,9 @@ _MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
 _UNDELIVERED = (DeliveryError, RetryAfter, ConnectionError)
 
-_MESSAGES = filters.UpdateType.MESSAGE & (
-    filters.TEXT | filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE
-)
+# Every user message but commands and service messages (joins, pins...): what Parley cannot
+# read (a photo, a sticker) still gets an answer saying so.
+_MESSAGES = filters.UpdateType.MESSAGE & ~filters.StatusUpdate.ALL
 
 
 class TelegramAdapter:
@@ -82,6 +84,7 @@ class TelegramAdapter:
         self._stop_grace_s = stop_grace_s
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook: WebhookServer | None = None
+        self._poller: UpdatePoller | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -92,7 +95,7 @@ class TelegramAdapter:
             return False
         if self._tg.webhook_url:
             return self._webhook is not None
-        return app.updater is not None and app.updater.running
+        return self._poller is not None and self._poller.running
 
     async def start(self) -> None:
         """Log in, register the commands and start receiving; returns once running."""
@@ -107,9 +110,9 @@ class TelegramAdapter:
             .base_url(self._tg.api_base_url)
             .base_file_url(self._tg.file_base_url)
         )
-        if self._tg.webhook_url:
-            builder = builder.updater(None)
-        else:
+        # Updates come through UpdatePoller (confirmed once stored) or the webhook server.
+        builder = builder.updater(None)
+        if not self._tg.webhook_url:
             # One connection, as PTB's default for getUpdates; undecodable updates are skipped.
             builder = builder.get_updates_request(TolerantUpdatesRequest(connection_pool_size=1))
         application = builder.build()
@@ -136,18 +139,19 @@ class TelegramAdapter:
         if self._tg.webhook_url:
             await self._start_webhook(application)
         else:
-            assert application.updater is not None
-            await application.updater.start_polling(
-                timeout=dtm.timedelta(seconds=self._poll_timeout_s), allowed_updates=UPDATES
+            self._poller = UpdatePoller(
+                application, timeout_s=self._poll_timeout_s, allowed_updates=UPDATES
             )
+            await self._poller.start()
 
     async def stop(self) -> None:
         """Stop receiving, let replies in progress finish (up to a grace period), log out."""
         application, self._application = self._application, None
         if application is None:
             return
-        if application.updater is not None and application.updater.running:
-            await application.updater.stop()
+        if self._poller is not None:
+            await self._poller.stop()
+            self._poller = None
         if self._webhook is not None:
             await self._webhook.stop()
             self._webhook = None
@@ -183,7 +187,7 @@ class TelegramAdapter:
         if not may_use(self._tg, message.from_user.id, message.chat_id):
             self._spawn(self._tell(message, MSG_REFUSED))
             return
-        self._spawn(self._answer(message, bot.username))
+        self._spawn(self._answer(message, bot.username, ticket=self._claim()))
 
     async def _on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
@@ -199,7 +203,9 @@ class TelegramAdapter:
             self._spawn(self._tell(message, MSG_REFUSED))
             return
         if known is not None and known.turn:  # /ask: its text is a message to answer
-            self._spawn(self._answer(message, context.bot.username, text=command.args))
+            self._spawn(
+                self._answer(message, context.bot.username, text=command.args, ticket=self._claim())
+            )
             return
         self._spawn(self._run_command(message, command.name, command.args))
 
@@ -208,20 +214,52 @@ class TelegramAdapter:
 
     # -- answering -------------------------------------------------------------------------
 
-    async def _answer(self, message: Message, bot_username: str, text: str | None = None) -> None:
+    def _claim(self) -> Ticket | None:
+        """The polled update being handled now, claimed: it is confirmed once stored."""
+        ticket = self._poller.ticket() if self._poller is not None else None
+        if ticket is not None:
+            ticket.claim()
+        return ticket
+
+    async def _answer(
+        self,
+        message: Message,
+        bot_username: str,
+        text: str | None = None,
+        ticket: Ticket | None = None,
+    ) -> None:
         target = self._target(message)
         try:
             if text is None:
                 text = strip_mention(message.text or message.caption or "", bot_username)
+            kind = unreadable_kind(message)
+            if kind is not None:
+                log.info("Telegram: %s in chat %s cannot be read", kind, message.chat_id)
+                await target.notice(
+                    MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
+                )
+                if not text:
+                    return
             audio: bytes | None = None
             mime: str | None = None
-            media = message.voice or message.audio or message.video_note
+            media = message.voice or message.audio or message.video_note or message.video
             if media is not None:
                 audio = await self._download(media, target)
                 if audio is None:
                     return
                 mime = getattr(media, "mime_type", None) or _default_mime(media)
-            await self._engine.handle(self._incoming(message, text, audio, mime), target)
+            await self._engine.handle(
+                self._incoming(message, text, audio, mime),
+                target,
+                on_stored=ticket.stored if ticket is not None else None,
+                # Not stored: Telegram keeps an unconfirmed update; on the last try, say so.
+                redeliverable=ticket is not None and not ticket.last_attempt,
+            )
+        except MessageNotStored as exc:
+            assert ticket is not None  # only a redeliverable turn raises it
+            log.info("Telegram: update %d not stored (%s): trying again", ticket.update_id, exc)
+            ticket.not_stored()
+            ticket = None
         except _UNDELIVERED as exc:
             log.warning("reply to chat %s not delivered: %s", message.chat_id, exc)
         # One update's error boundary: log it, tell the user, keep polling.
@@ -229,6 +267,8 @@ class TelegramAdapter:
             log.exception("Telegram: handling a message in chat %s failed", message.chat_id)
             await self._tell(message, MSG_FAILED)
         finally:
+            if ticket is not None:
+                ticket.stored()  # answered, refused or failed otherwise: nothing to redeliver
             await target.close()
 
     async def _run_command(self, message: Message, name: str, args: str) -> None:
@@ -249,7 +289,7 @@ class TelegramAdapter:
             log.warning("message to chat %s not delivered: %s", message.chat_id, exc)
 
     async def _download(
-        self, media: Voice | Audio | VideoNote, target: TelegramReplyTarget
+        self, media: Voice | Audio | VideoNote | Video, target: TelegramReplyTarget
     ) -> bytes | None:
         """The recording's bytes, or None after telling the user why not."""
         limit = min(MAX_DOWNLOAD_BYTES, self._settings.stt.max_bytes)
@@ -329,5 +369,5 @@ class TelegramAdapter:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-def _default_mime(media: Voice | Audio | VideoNote) -> str:
-    return "video/mp4" if isinstance(media, VideoNote) else "audio/ogg"
+def _default_mime(media: Voice | Audio | VideoNote | Video) -> str:
+    return "video/mp4" if isinstance(media, VideoNote | Video) else "audio/ogg"

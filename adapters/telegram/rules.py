@@ -70,3 +70,31 @@ def may_use(settings: TelegramSettings, user_id: int, chat_id: int) -> bool:
     user_ok = not settings.allowed_user_ids or user_id in settings.allowed_user_ids
     chat_ok = not settings.allowed_chat_ids or chat_id in settings.allowed_chat_ids
     return user_ok and chat_ok
+
+
+# Kinds of message Parley cannot read yet, by the Message attribute that carries them, named as
+# the user is told ("I can't open photos yet"). Text, voice, audio, video notes and videos (their
+# sound is transcribed) are read; service messages (joins, pins, ...) are silently ignored.
+UNREADABLE_KINDS = (
+    ("photo", "photos"),
+    ("document", "files"),
+    ("sticker", "stickers"),
+    ("animation", "GIFs"),
+    ("location", "locations"),
+    ("venue", "places"),
+    ("poll", "polls"),
+    ("contact", "contacts"),
+    ("dice", "dice"),
+    ("game", "games"),
+    ("story", "stories"),
+    ("paid_media", "paid media"),
+    ("checklist", "checklists"),
+)
+
+
+def unreadable_kind(message: Message) -> str | None:
+    """What the message carries that Parley cannot read ("photos"), or None."""
+    for attribute, name in UNREADABLE_KINDS:
+        if getattr(message, attribute, None):
+            return name
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -12,7 +13,9 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any, Literal, Protocol
 
-from bot.errors import StorageError
+from bot.errors import StorageError, StorageProblem
+
+log = logging.getLogger(__name__)
 
 Role = Literal["user", "assistant"]
 Status = Literal["complete", "queued", "streaming", "partial", "failed", "interrupted"]
@@ -65,8 +68,16 @@ class Store(Protocol):
     made by one process is what every process reads at its next message.
     """
 
+    health: WriteHealth  # whether writes work, for /healthz
+
     async def close(self) -> None:
         """Release the connections (a PostgreSQL store also ends its turns' locks)."""
+
+    async def probe_write(self) -> None:
+        """Try a write that leaves nothing behind; raise StorageError if writes fail."""
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query in SQLite's dialect (`?` parameters), for reports."""
 
     async def channel_id(self, platform: str, channel_key: str) -> int:
         """The id of a channel, created on first use."""
@@ -181,6 +192,31 @@ def load_migrations(
         if migration.version != expected:
             raise StorageError(f"migration {migration.name} should be version {expected:04d}")
     return migrations
+
+
+class WriteHealth:
+    """Whether the store's writes work: logged once per kind of failure, and once on recovery.
+
+    A full disk fails every write: one ERROR line says so (not one per message), /healthz turns
+    red with the reason, and the first write that works again is logged and clears it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problem: StorageProblem | None = None
+        self.detail = ""
+
+    def failed(self, error: StorageError) -> None:
+        """A write failed with `error`."""
+        if error.problem != self.problem:
+            log.error("%s: writes fail (%s): %s", self.name, error.problem, error)
+        self.problem, self.detail = error.problem, str(error)
+
+    def succeeded(self) -> None:
+        """A write worked."""
+        if self.problem is not None:
+            log.warning("%s: writes work again (after: %s)", self.name, self.problem)
+        self.problem, self.detail = None, ""
 
 
 class LocalLocks:

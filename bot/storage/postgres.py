@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -28,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
-from bot.errors import StorageError
+from bot.errors import StorageError, StorageProblem
 from bot.storage.base import (
     PENDING,
     VISIBLE,
@@ -37,6 +38,7 @@ from bot.storage.base import (
     Status,
     StoredMessage,
     Turn,
+    WriteHealth,
     load_migrations,
 )
 
@@ -127,7 +129,32 @@ def storage_error(url: str, doing: str, exc: BaseException) -> StorageError:
     for secret in url_secrets(url):
         if len(secret) >= 4:
             text = text.replace(secret, "[REDACTED]")
-    return StorageError(text)
+    return StorageError(text, problem=_problem(exc))
+
+
+# SQLSTATE codes and classes (https://www.postgresql.org/docs/15/errcodes-appendix.html).
+_SQLSTATE_PROBLEMS: dict[str, StorageProblem] = {
+    "53100": "full",  # disk_full
+    "25006": "read_only",  # read_only_sql_transaction (a standby, default_transaction_read_only)
+    "58030": "io",  # io_error
+    "53300": "busy",  # too_many_connections
+    "40001": "busy",  # serialization_failure
+    "40P01": "busy",  # deadlock_detected
+}
+_SQLSTATE_CLASS_PROBLEMS: dict[str, StorageProblem] = {
+    "08": "unavailable",  # connection exception
+    "57": "unavailable",  # operator intervention: shutdown, crash recovery
+    "53": "full",  # insufficient resources
+}
+
+
+def _problem(exc: BaseException) -> StorageProblem:
+    code = getattr(exc, "sqlstate", None)
+    if isinstance(code, str):
+        return _SQLSTATE_PROBLEMS.get(code) or _SQLSTATE_CLASS_PROBLEMS.get(code[:2], "error")
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return "unavailable"
+    return "error"
 
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -361,6 +388,7 @@ class PostgresStore:
         # Channel rows are never deleted, so a key's id never changes: safe to keep per process.
         self._channel_ids: dict[tuple[str, str], int] = {}
         self._turns = LocalLocks()
+        self.health = WriteHealth(f"PostgreSQL at {location(url)}")
 
     @classmethod
     async def open(
@@ -404,18 +432,49 @@ class PostgresStore:
             await asyncio.wait_for(self._pool.close(), 10)
 
     @asynccontextmanager
-    async def _conn(self, doing: str = "query failed") -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; database errors leave as StorageError."""
+    async def _conn(
+        self, doing: str = "query failed", *, write: bool = False
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; database errors leave as StorageError (writes: in `health`)."""
         try:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
                 yield conn
         except _DB_ERRORS as exc:
-            raise storage_error(self._url, doing, exc) from exc
+            error = storage_error(self._url, doing, exc)
+            if write:
+                self.health.failed(error)
+            raise error from exc
+        if write:
+            self.health.succeeded()
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query written for SQLite: `?` parameters, LIKE.
+
+        The placeholders become $1, $2...; LIKE becomes ILIKE, which is case-insensitive like
+        SQLite's LIKE (for ASCII). For reports such as the admin console's.
+        """
+        numbered = iter(range(1, sql.count("?") + 1))
+        pg_sql = re.sub(r"\?", lambda _: f"${next(numbered)}", sql.replace(" LIKE ", " ILIKE "))
+        async with self._conn("query failed") as conn:
+            return [tuple(row) for row in await conn.fetch(pg_sql, *params)]
+
+    async def probe_write(self) -> None:
+        """Commit a write that leaves nothing behind: a row inserted and deleted again."""
+        await self._execute(
+            [
+                (
+                    "INSERT INTO audit_log (actor_id, action, created_at)"
+                    " VALUES ('parley', 'probe', 0)",
+                    (),
+                ),
+                ("DELETE FROM audit_log WHERE action = 'probe' AND actor_id = 'parley'", ()),
+            ]
+        )
 
     async def _execute(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[int]:
         """Run statements in one transaction; each one's affected row count."""
         counts = []
-        async with self._conn() as conn, conn.transaction():
+        async with self._conn("write failed", write=True) as conn, conn.transaction():
             for sql, params in statements:
                 status = await conn.execute(sql, *params)
                 counts.append(int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0)
@@ -530,7 +589,7 @@ class PostgresStore:
     ) -> Turn:
         """Store the user's message and reserve its reply's row (status 'queued') in one go."""
         now = time.time()
-        async with self._conn() as conn, conn.transaction():
+        async with self._conn("write failed", write=True) as conn, conn.transaction():
             # Ids come from one sequence shared by every process; this lock makes a channel's
             # rows commit in id order, so an earlier id is never still invisible to a later turn.
             await conn.execute(
@@ -563,7 +622,7 @@ class PostgresStore:
     ) -> int:
         """Record a turn that cannot be answered (e.g. an unreadable voice note) as 'failed'."""
         now = time.time()
-        async with self._conn() as conn:
+        async with self._conn("write failed", write=True) as conn:
             row = await conn.fetchval(
                 "INSERT INTO messages (channel_id, role, author_id, author_name, content, status,"
                 " created_at, updated_at) VALUES ($1, 'user', $2, $3, $4, 'failed', $5, $5)"

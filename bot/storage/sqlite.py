@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.errors import StorageError
+from bot.errors import StorageError, StorageProblem
 from bot.storage.base import (
     VISIBLE,
     LocalLocks,
@@ -27,6 +27,7 @@ from bot.storage.base import (
     Status,
     StoredMessage,
     Turn,
+    WriteHealth,
     load_migrations,
 )
 
@@ -82,7 +83,11 @@ async def _user_version(conn: aiosqlite.Connection) -> int:
 class SQLiteStore:
     """Conversation history, channel settings and the audit log of one SQLite database."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: str = ""
+    ) -> None:
+        self.path = path
+        self.health = WriteHealth(f"SQLite at {path}")
         self._writer = writer
         self._reader = reader
         # Channel rows are never deleted, so a key's id never changes: safe to keep.
@@ -101,7 +106,7 @@ class SQLiteStore:
             reader = await _connect(path)
         except sqlite3.Error as exc:
             raise StorageError(f"the database {path} cannot be opened: {exc}") from exc
-        return cls(writer, reader)
+        return cls(writer, reader, path)
 
     async def close(self) -> None:
         """Close both connections."""
@@ -120,21 +125,63 @@ class SQLiteStore:
             yield
 
     async def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[int]:
-        """Run statements in one transaction; return each statement's lastrowid or rowcount."""
+        """Run statements in one transaction; return each statement's lastrowid or rowcount.
+
+        A transaction, once begun, runs to its end even when the caller is cancelled (a reply
+        stopped at its time limit): torn between BEGIN and COMMIT, it would leave the one writer
+        connection inside a transaction and every later write refused.
+        """
+        task = asyncio.ensure_future(self._transaction(list(statements)))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         results = []
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params in statements:
-                    cur = await self._writer.execute(sql, params)
-                    is_insert = sql.lstrip().upper().startswith("INSERT")
-                    results.append(cur.lastrowid if is_insert else cur.rowcount)
-                    await cur.close()
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        cur = await self._writer.execute(sql, params)
+                        is_insert = sql.lstrip().upper().startswith("INSERT")
+                        results.append(cur.lastrowid if is_insert else cur.rowcount)
+                        await cur.close()
+                    await self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                error = write_error(self.path, exc)
+                self.health.failed(error)
+                raise error from exc
+        self.health.succeeded()
         return [r or 0 for r in results]
+
+    async def probe_write(self) -> None:
+        """Commit a write that leaves nothing behind: a row inserted and deleted again.
+
+        It must reach the disk: a rolled-back write never leaves SQLite's page cache, so it
+        would succeed on a full disk.
+        """
+        await self._write(
+            [
+                (
+                    "INSERT INTO audit_log (id, actor_id, action, created_at)"
+                    " VALUES (-1, 'parley', 'probe', 0)",
+                    (),
+                ),
+                ("DELETE FROM audit_log WHERE id = -1", ()),
+            ]
+        )
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query, `?` parameters (reports such as the admin console's).
+
+        On the reader connection: under WAL it never waits behind a write.
+        """
+        async with self._reader.execute(sql, params) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
 
     async def channel_id(self, platform: str, channel_key: str) -> int:
         """The id of a channel, created on first use."""
@@ -364,3 +411,26 @@ class SQLiteStore:
             [("DELETE FROM messages WHERE created_at < ?", (time.time() - days * 86400,))]
         )
         return count
+
+
+# SQLite's primary result codes (https://sqlite.org/rescode.html) and what they mean here.
+_PROBLEMS: dict[int, StorageProblem] = {
+    sqlite3.SQLITE_FULL: "full",
+    sqlite3.SQLITE_READONLY: "read_only",
+    sqlite3.SQLITE_IOERR: "io",
+    sqlite3.SQLITE_BUSY: "busy",
+    sqlite3.SQLITE_LOCKED: "busy",
+    sqlite3.SQLITE_CANTOPEN: "unavailable",
+}
+
+
+def write_error(path: str, exc: sqlite3.Error) -> StorageError:
+    """A StorageError for a failed write, with the kind of problem."""
+    code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_ERROR) & 0xFF
+    return StorageError(f"SQLite at {path}: {exc}", problem=_PROBLEMS.get(code, "error"))
+
+
+def _retrieve(task: asyncio.Task[list[int]]) -> None:
+    """A shielded write whose caller was cancelled: its error is still looked at (and logged)."""
+    if not task.cancelled():
+        task.exception()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.fakes.clock import ManualClock as ManualClock  # its old home: still importable here
+
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024  # what an interaction says the user may upload
 
 # Message flags.
@@ -31,19 +33,6 @@ OPTION_SUB_COMMAND_GROUP = 2
 
 
 _snowflakes = itertools.count(1_200_000_000_000_000_000)
-
-
-class ManualClock:
-    """A monotonic clock that moves only when told to; share one between the fake and the bot."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def snowflake() -> int:
@@ -141,6 +130,9 @@ class DiscordWorld:
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
         self._dm_channels: dict[int, int] = {}
         self._command_ids: dict[tuple[int | None, str], int] = {}
+        # Added by the voice fake: voice channels and who is in them, part of GUILD_CREATE.
+        self.extra_channels: list[dict[str, Any]] = []
+        self.voice_states: list[dict[str, Any]] = []
 
     def dm_channel(self, user: FakeUser) -> int:
         """The id of the DM channel between `user` and the bot."""
@@ -249,11 +241,11 @@ class DiscordWorld:
             "large": False,
             "member_count": 4,
             "roles": self._roles(),
-            "channels": [self._channel_payload(self.GENERAL_ID)],
+            "channels": [self._channel_payload(self.GENERAL_ID), *self.extra_channels],
             "threads": [self._channel_payload(self.THREAD_ID)],
             "members": [self._member_payload(self.BOT)],
             "presences": [],
-            "voice_states": [],
+            "voice_states": list(self.voice_states),
             "emojis": [],
             "stickers": [],
             "features": [],

@@ -11,9 +11,9 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import ClientConnectionResetError, web
 
@@ -48,6 +48,8 @@ class Behaviour:
     # Awaited after the first content chunk, with the request body: a test holds chosen
     # streams open (e.g. until another chat has been answered).
     pause: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    endless: bool = False  # repeat the reply's words for ever: no finish_reason, no [DONE]
+    reasoning_only: bool = False  # every chunk as `reasoning_content` (chat API), no content
 
 
 @dataclass
@@ -82,7 +84,7 @@ class FakeLLMServer:
         self._busy: set[int] = set()
         self._slot_waiters: list[asyncio.Future[None]] = []
 
-    async def __aenter__(self) -> FakeLLMServer:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_post("/v1/completions", self._complete)
@@ -95,7 +97,7 @@ class FakeLLMServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{self.port}"
         return self
 
@@ -195,14 +197,16 @@ class FakeLLMServer:
                 "".join(words[i : i + b.words_per_chunk])
                 for i in range(0, len(words), b.words_per_chunk)
             ]
-            for index, piece in enumerate(pieces):
+            sent: Iterable[str] = _forever(pieces) if b.endless else pieces
+            for index, piece in enumerate(sent):
                 if b.raw_after is not None and index == b.raw_after[0]:
                     await resp.write(b.raw_after[1])
                 if b.die_after_chunks is not None and index >= b.die_after_chunks:
                     assert request.transport is not None
                     request.transport.abort()  # like a killed server: no end of stream
                     return resp
-                chunk = _chat_chunk({"content": piece}) if chat else _text_chunk(piece)
+                key = "reasoning_content" if b.reasoning_only else "content"
+                chunk = _chat_chunk({key: piece}) if chat else _text_chunk(piece)
                 await _send(resp, chunk)
                 if index == 0 and b.pause is not None:
                     await b.pause(body)
@@ -224,6 +228,11 @@ class FakeLLMServer:
             if slot is not None:
                 self._free_slot(slot)
         return resp
+
+
+def _forever(pieces: list[str]) -> Iterator[str]:
+    while True:
+        yield from pieces or ["more "]
 
 
 async def _send(resp: web.StreamResponse, obj: dict[str, Any]) -> None:

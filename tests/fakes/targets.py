@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from bot.types import RateBudget, TargetLimits, VoiceClip
+from bot.types import RateBudget, ReplyTarget, TargetLimits, VoiceClip
 
 FAST_LIMITS = TargetLimits(
     max_chars=2000,
@@ -75,3 +75,7 @@ class RecordingTarget:
 
     async def send_voice(self, clip: VoiceClip) -> None:
         self.voices.append(clip)
+
+
+# The engine takes any ReplyTarget: mypy fails here, not in a test, if this fake drifts from it.
+_IS_A_REPLY_TARGET: type[ReplyTarget] = RecordingTarget

@@ -117,3 +117,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def port_of(url: str) -> int:
+    """The port of a fake's `http://127.0.0.1:<port>` URL, to put a relay in front of it."""
+    return int(url.rsplit(":", 1)[1])

@@ -1,0 +1,156 @@
+"""A database that refuses writes (a full disk): the user hears why, nothing acknowledged is lost.
+
+Reproduced before the fix on a full disk: five Telegram messages were dropped with an ERROR
+line each and no word to the user, and since python-telegram-bot had already confirmed their
+updates, they were gone for good. The disk here is a real small filesystem (tmpfs) when the
+machine lets the tests mount one, else SQLite's own size cap (max_page_count) stands in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import ParleyApp
+from bot.errors import MessageNotStored, StorageError
+from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.platform_bots import (
+    RunningTelegram,
+    echo_reply,
+    telegram_bot,
+    telegram_replies,
+    telegram_settings,
+)
+from tests.fakes.telegram_api import FakeTelegramAPI
+from tests.fakes.waits import eventually
+
+ANN = 801
+NOT_STORED = MessageNotStored(StorageError("", problem="full")).user_message
+DISK_BYTES = 4 * 1024 * 1024
+
+
+class SmallDisk:
+    """A small filesystem that a test fills up and frees again."""
+
+    def __init__(self, root: Path, mounted: bool) -> None:
+        self.root = root
+        self.mounted = mounted
+        self._filler = root / "filler"
+        self._app: ParleyApp | None = None
+
+    def attach(self, app: ParleyApp) -> None:
+        """Without a real small disk, the app's database gets a size cap instead."""
+        self._app = app
+
+    async def fill(self) -> None:
+        if self.mounted:
+            await asyncio.to_thread(self._fill_up)
+            return
+        assert self._app is not None
+        writer = self._app.store._writer  # type: ignore[attr-defined]
+        async with writer.execute("PRAGMA page_count") as cur:
+            row = await cur.fetchone()
+        await writer.execute(f"PRAGMA max_page_count = {row[0]}")
+
+    def _fill_up(self) -> None:
+        with open(self._filler, "wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+
+    async def free(self) -> None:
+        if self.mounted:
+            self._filler.unlink()
+            return
+        assert self._app is not None
+        await self._app.store._writer.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    root = tmp_path / "disk"
+    root.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(root)]
+    mounted = os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0
+    try:
+        yield SmallDisk(root, mounted)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+@contextlib.asynccontextmanager
+async def bot_on(
+    disk: SmallDisk, api: FakeTelegramAPI, llm: FakeLLMServer, tmp_path: Path
+) -> AsyncIterator[RunningTelegram]:
+    settings = telegram_settings(tmp_path, api, llm.url)
+    settings.storage.path = str(disk.root / "p.db")
+    async with telegram_bot(settings) as running:
+        disk.attach(running.app)
+        yield running
+
+
+async def database_problem(running: RunningTelegram) -> str | None:
+    results = {r.name: r.problem for r in await running.app.health_checks().run()}
+    return results["database"]
+
+
+def stored_texts(disk: SmallDisk) -> list[str]:
+    db = sqlite3.connect(disk.root / "p.db")
+    return [r[0] for r in db.execute("SELECT content FROM messages WHERE role = 'user'")]
+
+
+async def test_a_message_sent_while_the_disk_is_full_is_answered_once_it_has_room(
+    tmp_path: Path, small_disk: SmallDisk, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with FakeTelegramAPI() as api, FakeLLMServer(Behaviour(reply=echo_reply)) as llm:
+        ann = api.user(ANN, "Ann")
+        async with bot_on(small_disk, api, llm, tmp_path) as running:
+            api.send_text(api.private_chat(ann), ann, "before")
+            await api.wait_for(lambda a: "echo before" in telegram_replies(a, ANN))
+            await small_disk.fill()
+            api.send_text(api.private_chat(ann), ann, "while full")
+            # The update is tried again (Telegram keeps it unconfirmed), /healthz is red.
+            await eventually(lambda: "again (try 2 of" in caplog.text)
+            problem = await database_problem(running)
+            assert problem is not None and "writes fail (full)" in problem
+            await small_disk.free()
+            await api.wait_for(lambda a: "echo while full" in telegram_replies(a, ANN))
+            assert await database_problem(running) is None
+    assert telegram_replies(api, ANN) == ["echo before", "echo while full"]
+    assert stored_texts(small_disk) == ["before", "while full"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "writes fail (full)" in errors[0].getMessage()  # once per kind
+    assert any("writes work again" in r.getMessage() for r in caplog.records)
+
+
+async def test_after_its_last_try_the_user_is_told_and_the_bot_recovers_by_itself(
+    tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    async with FakeTelegramAPI() as api, FakeLLMServer(Behaviour(reply=echo_reply)) as llm:
+        ann = api.user(ANN, "Ann")
+        async with bot_on(small_disk, api, llm, tmp_path) as running:
+            api.send_text(api.private_chat(ann), ann, "before")
+            await api.wait_for(lambda a: "echo before" in telegram_replies(a, ANN))
+            await small_disk.fill()
+            api.send_text(api.private_chat(ann), ann, "lost cause")
+            await api.wait_for(lambda a: NOT_STORED in telegram_replies(a, ANN))
+            assert all("lost cause" not in json.dumps(body) for body in llm.requests)
+            assert "writes fail (full)" in (await database_problem(running) or "")
+            await small_disk.free()
+            # Nobody writes: the health check's own probe sees the room and turns green.
+            assert await database_problem(running) is None
+            api.send_text(api.private_chat(ann), ann, "after")
+            await api.wait_for(lambda a: "echo after" in telegram_replies(a, ANN))
+    assert telegram_replies(api, ANN) == ["echo before", NOT_STORED, "echo after"]
+    assert len(llm.requests) == 2
