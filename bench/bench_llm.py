@@ -300,6 +300,11 @@ async def bench_delivered() -> None:
                         rates[False], tokens = await direct()
                         cpu_raw.append((time.process_time() - cpu) * 1000 / tokens)
                 sequential.append(rates[True] / rates[False])
+                print(
+                    f"  one after the other {i}: direct {rates[False]:.1f}, "
+                    f"bot {rates[True]:.1f} tokens/s",
+                    file=sys.stderr,
+                )
     print(f"| measure (median of {ROUNDS} rounds, raw and bot at once) | value |")
     print("|---|---|")
     print(f"| straight from llama-server, first to last token | {median(raw_rates):.1f} tokens/s |")
@@ -352,18 +357,30 @@ async def pool_throughput(urls: list[str], tmp: Path, run: int) -> float:
 async def bench_servers() -> None:
     print(f"## (c) throughput, {CHANNELS} chats at once: one llama-server vs two (same machine)")
     print()
-    with tempfile.TemporaryDirectory() as name:
-        tmp = Path(name)
-        async with Server("a", SLOTS, 4096) as a, Server("b", SLOTS, 4096) as b:
+    print("| servers (-np 4 each) | threads | one: tokens/s | two: tokens/s | **two / one** |")
+    print("|---|---|---|---|---|")
+    cores = os.cpu_count() or 1
+    # Default threads (each server takes every core), then the cores split between the two.
+    for label, one_threads, two_threads in (
+        ("default", 0, 0),
+        (f"{cores} / {max(1, cores // 2)} + {max(1, cores // 2)}", cores, max(1, cores // 2)),
+    ):
+        with tempfile.TemporaryDirectory() as name:
+            tmp = Path(name)
             one, two = [], []
-            for run in range(4):
-                one.append(await pool_throughput([a.url], tmp, 2 * run))
-                two.append(await pool_throughput([a.url, b.url], tmp, 2 * run + 1))
-    print("| servers (-np 4 each, default threads) | tokens/s (median of 4, alternating) |")
-    print("|---|---|")
-    print(f"| one | {median(one):.1f} |")
-    print(f"| two | {median(two):.1f} |")
-    print(f"| **ratio two / one** | **{median(two) / median(one):.2f}** |")
+            async with (
+                Server("one", SLOTS, 4096, threads=one_threads) as single,
+                Server("a", SLOTS, 4096, threads=two_threads) as a,
+                Server("b", SLOTS, 4096, threads=two_threads) as b,
+            ):
+                for run in range(3):  # alternating, medians of 3
+                    one.append(await pool_throughput([single.url], tmp, 2 * run))
+                    two.append(await pool_throughput([a.url, b.url], tmp, 2 * run + 1))
+        print(
+            f"| {label} | {'llama-server decides' if not one_threads else 'set with -t'} "
+            f"| {median(one):.1f} | {median(two):.1f} | **{median(two) / median(one):.2f}** |",
+            flush=True,
+        )
     print()
 
 
