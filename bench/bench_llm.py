@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,7 +203,7 @@ def observe_stream(llm: LLMClient, times: TokenTimes) -> None:
 
     async def stream(
         request: LLMRequest, *, affinity: str | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         async for event in real(request, affinity=affinity):
             if event.text:
                 now = time.perf_counter()
