@@ -6,7 +6,7 @@ The engine never imports a platform library: an adapter turns its platform's upd
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -121,6 +121,10 @@ class LiveSpeechTarget(Protocol):
     voice mode, instead of uploading a voice note at the end.
     """
 
-    def speak_live(self, sentences: AsyncIterator[SpokenSentence]) -> None:
-        """Start saying `sentences` (in a task of its own); never blocks the reply's text."""
+    def speak_live(self, sentences: AsyncGenerator[SpokenSentence, None]) -> None:
+        """Start saying `sentences` (in a task of its own); never blocks the reply's text.
+
+        A generator, so that a target that stops listening can close it: that stops the
+        synthesis of what is still to come.
+        """
         ...

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +101,7 @@ class VoiceReply:
 
     # -- live ------------------------------------------------------------------------------
 
-    def sentences(self) -> AsyncIterator[SpokenSentence]:
+    def sentences(self) -> AsyncGenerator[SpokenSentence, None]:
         """Each sentence's speech as soon as it is synthesised, in order, until `end()`.
 
         Best called before the text streams; sentences already synthesised come first. The
@@ -118,7 +118,7 @@ class VoiceReply:
 
     async def _drain(
         self, live: asyncio.Queue[SpokenSentence | _Failed | None]
-    ) -> AsyncIterator[SpokenSentence]:
+    ) -> AsyncGenerator[SpokenSentence, None]:
         try:
             while (item := await live.get()) is not None:
                 if isinstance(item, _Failed):
