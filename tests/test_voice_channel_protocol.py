@@ -36,7 +36,7 @@ from tests.fakes.discord_voice.media import (
     seal,
     stereo_frames,
 )
-from tests.fakes.discord_voice.server import FakeVoiceServer, speech
+from tests.fakes.discord_voice.server import WAIT_TIMEOUT_S, FakeVoiceServer, speech
 from tests.fakes.discord_world import DiscordWorld
 
 pytestmark = pytest.mark.speech  # piper speaks for the fake humans
@@ -151,7 +151,7 @@ async def test_no_speech_before_end_to_end_encryption_is_ready() -> None:
                 await session.speak(tone(0.5))
             alice = await voice.join(ALICE)
             await voice.dave_settled()
-            await session.wait_ready(10.0)
+            await session.wait_ready(WAIT_TIMEOUT_S)  # a hang guard on a loaded machine
             assert await session.speak(tone(0.5)) is True
             await voice.wait_for(lambda: alice.heard.get(BOT_ID) is not None)
             await voice.wait_for(lambda: alice.heard[BOT_ID].silence_frames >= 5)

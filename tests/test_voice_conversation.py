@@ -70,6 +70,17 @@ def long_story_or_weather(body: dict[str, Any]) -> str:
     return LONG_STORY if "dragon" in last_user_text(body).lower() else SHORT_ANSWER
 
 
+def held_after_first_sentence(release: asyncio.Event) -> Behaviour:
+    """The fake LLM writes ANSWER's first sentence, then the rest only once `release` is set:
+    what a test checks "while the LLM is still writing" holds however slow the machine is."""
+
+    async def hold(body: dict[str, Any]) -> None:
+        await release.wait()
+
+    first_sentence = ANSWER.split(". ")[0].split()
+    return Behaviour(reply=ANSWER, words_per_chunk=len(first_sentence), pause=hold)
+
+
 @pytest.fixture
 def llm_behaviour() -> Behaviour:
     # Slow enough that the first sentence is spoken while the rest is still being written.
@@ -92,14 +103,18 @@ def test_the_wake_word_is_the_name_at_the_start(heard: str, rest: str | None) ->
 
 
 async def test_join_from_a_text_channel_then_talk(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    rest_of_the_answer = asyncio.Event()
+    fake_llm.behaviour = held_after_first_sentence(rest_of_the_answer)
     async with voice_bot(tmp_path, fake_llm, ALICE, join=ALICE) as bot:
         (alice,) = bot.humans
         await alice.say_text(QUESTION, pace=FAST)
         (asked,) = await bot.asked(1)
         assert {"what", "capital", "france"} <= words(asked), asked
-        # The first sentence is heard while the LLM is still writing the second.
+        # The first sentence is heard while the LLM is still writing the second (it writes
+        # that only once Alice heard the first: a bot waiting for the whole reply would hang).
         await bot.voice.wait_for(lambda: heard_speech(alice) > 0)
         assert fake_llm.in_flight == 1
+        rest_of_the_answer.set()
         heard = await bot.heard_answer(alice)
         assert heard.plain_speech == 0 and heard.dave_failed == 0  # end-to-end encrypted
         transcript = await transcribe(bot.transcriber, heard.speech_pcm())
@@ -177,6 +192,8 @@ async def test_a_speaker_leaving_mid_utterance_is_not_answered(
 async def test_a_rekey_while_the_bot_speaks_keeps_its_answer_heard(
     tmp_path: Path, fake_llm: FakeLLMServer
 ) -> None:
+    rest_of_the_answer = asyncio.Event()
+    fake_llm.behaviour = held_after_first_sentence(rest_of_the_answer)
     async with voice_bot(tmp_path, fake_llm, ALICE, join=ALICE) as bot:
         (alice,) = bot.humans
         await alice.say_text(QUESTION, pace=FAST)
@@ -185,6 +202,8 @@ async def test_a_rekey_while_the_bot_speaks_keeps_its_answer_heard(
         carol = await bot.voice.join(CAROL)  # a new member: Add, commit, a new epoch
         await bot.voice.dave_settled()
         assert bot.voice.group.epoch > epoch
+        # The second sentence is written (and spoken) only now, in the new epoch.
+        rest_of_the_answer.set()
         heard = await bot.heard_answer(alice)
         # Alice decrypted every frame, before and after the bot moved to the new epoch...
         assert heard.dave_failed == 0 and heard.plain_speech == 0
