@@ -343,6 +343,7 @@ class TelegramAdapter:
             message.get_bot(),
             chat_id=message.chat_id,
             limits=chat_limits(self._tg, is_private=private),
+            scheduler=self._engine.scheduler,  # every call under the bot's shared budgets
             use_drafts=private and self._tg.stream == "draft",
             # In a group the answer quotes the question, so it is clear whom it answers.
             reply_to_message_id=None if private else message.message_id,
