@@ -46,7 +46,6 @@ from adapters.discord.targets import (
 from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.platform import STOP_GRACE_S
-from bot.splitter import split_markdown
 from bot.types import IncomingMessage, TargetLimits
 
 if TYPE_CHECKING:
@@ -267,6 +266,7 @@ class DiscordAdapter:
             http=self._client.http,
             message=message,
             limits=self._limits,
+            scheduler=self._engine.scheduler,  # every call under the bot's shared budgets
             clock=self._clock,
         )
         try:
@@ -278,6 +278,8 @@ class DiscordAdapter:
                 await target.notice(MSG_FAILED_MESSAGE)
             except (DeliveryError, RetryAfter, OSError) as exc:
                 log.warning("Discord: could not tell the user: %s", exc)
+        finally:
+            await target.close()
 
     async def _answer_message(self, message: discord.Message, target: ChannelTarget) -> None:
         assert self._client is not None and self._client.user is not None
@@ -347,11 +349,18 @@ class DiscordAdapter:
             interaction=interaction,
             channel=self._client.get_partial_messageable(interaction.channel_id),
             limits=self._limits,
+            scheduler=self._engine.scheduler,  # every call under the bot's shared budgets
             clock=self._clock,
         )
         # "/ask voice:true" asks for a spoken reply whatever the channel's voice mode.
         msg = dataclasses.replace(self._interaction_message(interaction, prompt), wants_voice=voice)
-        self._spawn(self._engine.handle(msg, target))
+        self._spawn(self._handle(msg, target))
+
+    async def _handle(self, msg: IncomingMessage, target: InteractionTarget) -> None:
+        try:
+            await self._engine.handle(msg, target)
+        finally:
+            await target.close()
 
     async def run_command(
         self, interaction: discord.Interaction, name: str, args: str, *, ephemeral: bool
@@ -366,12 +375,22 @@ class DiscordAdapter:
         except Exception:
             log.exception("Discord: /%s failed", name)
             reply = MSG_FAILED
-        first, *more = split_markdown(reply, self._limits.max_chars) or [MSG_NO_REPLY]
-        await interaction.edit_original_response(content=first, allowed_mentions=NOTICE_MENTIONS)
-        for piece in more:
-            await interaction.followup.send(
-                piece, ephemeral=ephemeral, allowed_mentions=NOTICE_MENTIONS
-            )
+        assert self._rest is not None and self._client is not None
+        assert interaction.channel_id is not None
+        # The answer goes under the bot's budgets like every other call (a 429 pauses them).
+        target = InteractionTarget(
+            rest=self._rest,
+            interaction=interaction,
+            channel=self._client.get_partial_messageable(interaction.channel_id),
+            limits=self._limits,
+            scheduler=self._engine.scheduler,
+            clock=self._clock,
+            ephemeral=ephemeral,
+        )
+        try:
+            await target.answer(reply, empty=MSG_NO_REPLY)
+        except (DeliveryError, OSError) as exc:  # refused, or past the deadline: nobody to tell
+            log.warning("Discord: the answer to /%s was not delivered: %s", name, exc)
 
     async def _admit(self, interaction: discord.Interaction) -> bool:
         """Whether the user may use the bot here; refuses (privately) when not."""
