@@ -46,6 +46,9 @@ class Behaviour:
     raw_after: tuple[int, bytes] | None = None
     endless: bool = False  # repeat the reply's words for ever: no finish_reason, no [DONE]
     reasoning_only: bool = False  # every chunk as `reasoning_content` (chat API), no content
+    # Called as each content chunk goes out, with the request body, the chunk's index and the
+    # number of chunks: a benchmark notes when each reply's first and last tokens left.
+    on_chunk: Callable[[dict[str, Any], int, int], None] | None = None
 
 
 @dataclass
@@ -132,6 +135,8 @@ class FakeLLMServer:
                     assert request.transport is not None
                     request.transport.abort()  # like a killed server: no end of stream
                     return resp
+                if b.on_chunk is not None:
+                    b.on_chunk(body, index, len(pieces))
                 key = "reasoning_content" if b.reasoning_only else "content"
                 chunk = _chat_chunk({key: piece}) if chat else _text_chunk(piece)
                 await _send(resp, chunk)

@@ -141,11 +141,18 @@ class Bucket:
 
 @dataclass(slots=True)
 class FloodControl:
-    """Telegram-like flood control on message writes: per chat and for the whole bot."""
+    """Telegram-like flood control on message writes: per chat and for the whole bot.
+
+    Telegram documents only "about one message per second" in a chat and "about 30 messages per
+    second" overall (https://core.telegram.org/bots/faq). With `every_method`, the overall limit
+    counts every call but getUpdates (typing, deletions, getFile...): stricter than Telegram is
+    known to be, so a bot that passes it passes whatever Telegram counts.
+    """
 
     private: tuple[float, float] = (1.0, 3.0)  # (rate per s, burst) in one private chat
     group: tuple[float, float] = (20 / 60, 3.0)
     overall: tuple[float, float] = (30.0, 30.0)
+    every_method: bool = False
     _buckets: dict[object, Bucket] = field(default_factory=dict)
 
     def check(self, chat_id: object, is_private: bool, now: float) -> int | None:
@@ -157,6 +164,11 @@ class FloodControl:
         chat = self._buckets.setdefault(chat_id, Bucket(rate, burst))
         overall = self._buckets.setdefault("overall", Bucket(*self.overall))
         wait = max(chat.take(now), overall.take(now))
+        return None if wait == 0 else max(1, math.ceil(wait))
+
+    def check_overall(self, now: float) -> int | None:
+        """A call that counts for the whole bot only: None if it may pass, else `retry_after`."""
+        wait = self._buckets.setdefault("overall", Bucket(*self.overall)).take(now)
         return None if wait == 0 else max(1, math.ceil(wait))
 
 
@@ -437,7 +449,13 @@ class FakeTelegramAPI:
             raise injection.error
 
     def _flood_check(self, method: str, params: dict[str, Any]) -> None:
-        if self.flood is None or method.lower() not in _WRITE_METHODS:
+        if self.flood is None or method.lower() == "getupdates":
+            return
+        if method.lower() not in _WRITE_METHODS:
+            if self.flood.every_method:
+                retry_after = self.flood.check_overall(time.monotonic())
+                if retry_after is not None:
+                    raise too_many_requests(retry_after)
             return
         chat_id = params.get("chat_id")
         chat = self.chats.get(chat_id) if isinstance(chat_id, int) else None
