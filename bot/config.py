@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -60,6 +61,11 @@ class LLMSettings(_Section):
 
     base_url: str = ""  # e.g. http://127.0.0.1:8080; empty: start the managed llama-server
     fallback_urls: list[str] = []
+    # A pool of servers sharing the load (instead of base_url + fallback_urls).
+    backends: list[str] = []
+    # "least-busy": each reply to the server with the most free slots (the default for a pool);
+    # "failover": every reply to the first server that works (the default for base_url).
+    routing: Literal["auto", "least-busy", "failover"] = "auto"
     api_key: SecretStr = SecretStr("")
     model: str = ""  # model name sent with each request; llama-server ignores it
     api: Literal["auto", "chat", "completion"] = "auto"
@@ -69,16 +75,34 @@ class LLMSettings(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10)  # before the first token, per backend
     backoff_s: float = Field(0.5, ge=0)
-    concurrency: int = Field(0, ge=0)  # 0: the managed server's slots, else 2
+    # Replies generated at once. 0: the slots the servers report (llama.cpp /props total_slots),
+    # 4 per server that reports none (bot.llm_pool.DEFAULT_SLOTS).
+    concurrency: int = Field(0, ge=0, le=4096)
     reasoning: Literal["hide", "show"] = "hide"
     server: LLMServerSettings = LLMServerSettings()
 
-    @field_validator("base_url", "fallback_urls")
+    @field_validator("base_url", "fallback_urls", "backends")
     @classmethod
     def _http_urls(cls, value: str | list[str]) -> str | list[str]:
         for url in [value] if isinstance(value, str) else value:
             if url and not url.startswith(("http://", "https://")):
                 raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _one_way_to_name_servers(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value:
+            return value
+        if info.data.get("base_url") or info.data.get("fallback_urls"):
+            raise ValueError(
+                "set llm.backends or llm.base_url (+ llm.fallback_urls), not both: "
+                "list every server in llm.backends (with llm.routing = 'failover' to use "
+                "them in order)"
+            )
+        plain = [url.rstrip("/") for url in value]
+        if len(set(plain)) < len(plain):
+            raise ValueError("lists the same server twice")
         return value
 
 

@@ -29,7 +29,7 @@ from bot.errors import (
 )
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
 from bot.prompt import build_request, fit_history, system_prompt
-from bot.queue import TurnQueue
+from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.storage import HistoryStore, Turn
 from bot.streaming import EditScheduler, ReplyStream
@@ -145,6 +145,8 @@ class ConversationEngine:
         # Per channel while its messages arrive: the lock, and how many hold or wait for it.
         self._arrivals: dict[str, tuple[asyncio.Lock, int]] = {}
         metrics.QUEUE_DEPTH.set_function(lambda: self.queue.depth)
+        metrics.LLM_SLOTS_IN_USE.set_function(lambda: self.queue.in_use)
+        metrics.LLM_SLOTS_TOTAL.set_function(lambda: self.queue.slots)
         self.transcriber = transcriber
         self.synthesizer = synthesizer
 
@@ -234,8 +236,8 @@ class ConversationEngine:
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
         gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
-        async with self.queue.turn(key, functools.partial(_show_position, target), gate):
-            await self._reply(msg, target, turn, text, turn_id)
+        async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
+            await self._reply(msg, target, turn, text, turn_id, slot)
 
     @contextlib.asynccontextmanager
     async def _arrival(self, key: str) -> AsyncIterator[None]:
@@ -291,7 +293,13 @@ class ConversationEngine:
         return await ChannelSettings.load(self.store, self.settings.engine, channel_id)
 
     async def _reply(
-        self, msg: IncomingMessage, target: ReplyTarget, turn: Turn, text: str, turn_id: str
+        self,
+        msg: IncomingMessage,
+        target: ReplyTarget,
+        turn: Turn,
+        text: str,
+        turn_id: str,
+        slot: TurnSlot,
     ) -> None:
         try:
             settings, request = await self._prepare(turn, text)
@@ -361,6 +369,9 @@ class ConversationEngine:
             status = "partial" if streamed.answer else "failed"
         finally:
             typing.cancel()
+            # Generation is over: the final edits, 429 waits and the voice note go on without
+            # the LLM slot (the channel's next turn still waits for them).
+            slot.release()
         if status == "complete" and not streamed.answer.strip():
             status, note = "failed", MSG_EMPTY
         metrics.REPLIES.labels(msg.platform, status).inc()
@@ -437,7 +448,9 @@ class ConversationEngine:
         caps = _Caps(self.settings.engine, stream)
         # aclosing: leaving the loop early (a cap, the time limit, a refused chat) closes the
         # connection at once, which is how llama-server learns to free the slot.
-        async with contextlib.aclosing(self.llm.stream(request)) as events:
+        async with contextlib.aclosing(
+            self.llm.stream(request, affinity=str(turn.channel_id))
+        ) as events:
             async for event in events:
                 caps.check(streamed, event.reasoning)
                 self._show_reasoning(event.reasoning, stream, streamed, show_reasoning)
