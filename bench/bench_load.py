@@ -4,7 +4,8 @@ Each conversation is one private chat (Telegram) or DM channel (Discord) with on
 fake LLM streams every reply for 7 s (140 words at 20 words/s). The platform fakes enforce the
 platforms' limits and answer 429 past them (Telegram: 3 + 1/s per chat, 30/s overall, every
 method counted; Discord: 5 per 5 s per channel, 50/s overall, typing included). Conversations
-arrive all at once or as a Poisson stream (mean span 10 s, seeded).
+arrive all at once or as a Poisson stream (mean span 10 s, seeded). The LLM is an external
+llama.cpp server advertising 64 slots at /props, llm.concurrency unset (`--slots`).
 
 Measured per conversation, on the fakes' clocks (the same process, the same monotonic clock):
 - first text: first token leaving the LLM -> the platform receiving the reply's first message;
@@ -30,7 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import heapq
+import json
 import os
 import random
 import statistics
@@ -76,6 +79,9 @@ TELEGRAM_FIRST_P95_FACTOR = 1.1  # x the budgets' bound
 TELEGRAM_FINAL_P95_S = 1.9
 TELEGRAM_UPDATES_PER_S = 0.54
 DISCORD_FIRST_P95_S = 1.1
+# The acceptance's LLM: an external llama.cpp server advertising 64 slots at /props, with no
+# llm.concurrency set (Parley asks it). Past 64 conversations the rest wait in line.
+EXTERNAL_SLOTS = 64
 
 
 @dataclass
@@ -101,6 +107,7 @@ class Run:
     limits: TargetLimits
     conversations: list[Chat] = field(default_factory=list)
     rate_limited: int = 0
+    limited_calls: list[str] = field(default_factory=list)  # what got the 429s, for the report
     seconds: float = 0.0
 
     @property
@@ -127,12 +134,20 @@ class _Bucket:
         self.stamp = now
 
 
-def earliest(calls: list[tuple[float, int, int]], limits: TargetLimits) -> list[float]:
+def earliest(
+    calls: list[tuple[float, int, int]],
+    limits: TargetLimits,
+    covers: dict[int, int] | None = None,
+) -> list[float]:
     """When each call could leave at the earliest: `(ready_at, priority, chat)` each.
 
     Waiting calls go by priority, then first come, first served, each when both its chat's and
-    the platform's bucket hold a token: the order Parley's scheduler keeps.
+    the platform's bucket hold a token: the order Parley's scheduler keeps. `covers[i] = j`:
+    call i, made once call j is ready, makes j too (a first message that leaves after the
+    reply's last token shows the final text at once).
     """
+    covers = covers or {}
+    done: set[int] = set()
     platform = _Bucket(limits.platform)
     chats: dict[int, _Bucket] = defaultdict(lambda: _Bucket(limits.chat))
     order = sorted(range(len(calls)), key=lambda i: calls[i][0])
@@ -142,7 +157,8 @@ def earliest(calls: list[tuple[float, int, int]], limits: TargetLimits) -> list[
     while nxt < len(order) or waiting:
         while nxt < len(order) and calls[order[nxt]][0] <= now:
             i = order[nxt]
-            heapq.heappush(waiting, (calls[i][1], calls[i][0], i))
+            if i not in done:
+                heapq.heappush(waiting, (calls[i][1], calls[i][0], i))
             nxt += 1
         granted = None
         if waiting and platform.ready(now) <= now:
@@ -157,6 +173,12 @@ def earliest(calls: list[tuple[float, int, int]], limits: TargetLimits) -> list[
             platform.take(now)
             chats[calls[i][2]].take(now)
             leaves[i] = now
+            covered = covers.get(i)
+            if covered is not None and calls[covered][0] <= now:
+                leaves[covered] = now
+                done.add(covered)
+                waiting = [entry for entry in waiting if entry[2] != covered]
+                heapq.heapify(waiting)
             continue
         moments = [calls[order[nxt]][0]] if nxt < len(order) else []
         if waiting:
@@ -171,26 +193,37 @@ def most_updates(windows: list[tuple[float, float]], limits: TargetLimits) -> li
     """The most writes per second each conversation could get while its tokens stream.
 
     Every conversation writes whenever its chat's bucket and the platform's hold a token, the
-    one that wrote longest ago first: an upper bound for any scheduler under the same budgets.
+    one that wrote longest ago first; once its tokens end it still needs its final edit, which
+    goes first (as Parley's do): a max-min fair share of what the buckets leave.
     """
     platform = _Bucket(limits.platform)
     chats = [_Bucket(limits.chat) for _ in windows]
     counts = [0] * len(windows)
     last = [-1e9] * len(windows)
+    finals = set(range(len(windows)))  # final edits still to make
     now = min((start for start, _ in windows), default=0.0)
-    end = max((stop for _, stop in windows), default=0.0)
-    while now <= end:
+    while finals:
+        due = sorted((z, i) for i in finals if (z := windows[i][1]) <= now)
         active = [i for i, (a, z) in enumerate(windows) if a <= now <= z]
-        ready = [i for i in active if chats[i].ready(now) <= now]
-        if ready and platform.ready(now) <= now:
-            i = min(ready, key=lambda j: last[j])
-            platform.take(now)
-            chats[i].take(now)
-            counts[i] += 1
-            last[i] = now
-            continue
-        moments = [platform.ready(now)] + [chats[i].ready(now) for i in active]
-        moments += [a for a, _ in windows if a > now]
+        if platform.ready(now) <= now:
+            final = next((i for _, i in due if chats[i].ready(now) <= now), None)
+            if final is not None:
+                platform.take(now)
+                chats[final].take(now)
+                finals.discard(final)
+                continue
+            ready = [i for i in active if chats[i].ready(now) <= now]
+            if ready:
+                i = min(ready, key=lambda j: last[j])
+                platform.take(now)
+                chats[i].take(now)
+                counts[i] += 1
+                last[i] = now
+                continue
+        moments = [platform.ready(now)]
+        moments += [chats[i].ready(now) for i in active]
+        moments += [chats[i].ready(now) for _, i in due]
+        moments += [t for a, z in windows for t in (a, z) if t > now]
         later = [m for m in moments if m > now]
         if not later:
             break
@@ -214,8 +247,8 @@ class Bounds:
         chats = run.conversations
         calls = [(c.first_token, FIRST, i) for i, c in enumerate(chats)]
         calls += [(c.last_token, COMPLETE, i) for i, c in enumerate(chats)]
-        leaves = earliest(calls, run.limits)
         n = len(chats)
+        leaves = earliest(calls, run.limits, covers={i: n + i for i in range(n)})
         first = [leaves[i] - c.first_token for i, c in enumerate(chats)]
         final = [leaves[n + i] - c.last_token for i, c in enumerate(chats)]
         updates = most_updates([(c.first_token, c.last_token) for c in chats], run.limits)
@@ -334,7 +367,7 @@ async def run_telegram(chats: int, pattern: str, seed: int, slots: int | None) -
     with tempfile.TemporaryDirectory() as tmp:
         llm = _llm(by_question)
         if slots:
-            llm.slots = slots  # type: ignore[attr-defined]  # the fake of the llm branch
+            llm.slots = slots
         async with llm, FakeTelegramAPI(flood=flood) as api:
             settings = telegram_settings(
                 Path(tmp),
@@ -369,9 +402,9 @@ async def run_telegram(chats: int, pattern: str, seed: int, slots: int | None) -
             for call in api.calls:
                 if call.method.lower() in TELEGRAM_WRITES and call.ok:
                     writes[call.params["chat_id"]].append((call.at, str(call.params["text"])))
-            run.rate_limited = sum(
-                1 for c in api.calls if c.error is not None and c.error.status == 429
-            )
+            limited = [c for c in api.calls if c.error is not None and c.error.status == 429]
+            run.rate_limited = len(limited)
+            run.limited_calls = [f"{c.method} at {c.at:.3f}" for c in limited]
     for chat, user in zip(run.conversations, users, strict=True):
         _score(chat, writes[user["id"]])
     return run
@@ -384,7 +417,7 @@ async def run_discord(chats: int, pattern: str, seed: int, slots: int | None) ->
     with tempfile.TemporaryDirectory() as tmp:
         llm = _llm(by_question)
         if slots:
-            llm.slots = slots  # type: ignore[attr-defined]  # the fake of the llm branch
+            llm.slots = slots
         fake = FakeDiscord(
             channel_write_limit=DISCORD_CHANNEL_LIMIT, global_limit=DISCORD_GLOBAL_LIMIT
         )
@@ -425,7 +458,9 @@ async def run_discord(chats: int, pattern: str, seed: int, slots: int | None) ->
                 body = call.body if isinstance(call.body, dict) else {}
                 if call.channel_id is not None and call.status < 300 and "content" in body:
                     writes[call.channel_id].append((call.at, str(body["content"])))
-            run.rate_limited = sum(1 for c in fake.calls if c.status == 429)
+            limited = [c for c in fake.calls if c.status == 429]
+            run.rate_limited = len(limited)
+            run.limited_calls = [f"{c.method} {c.path} at {c.at:.3f}" for c in limited]
     for chat, channel in zip(run.conversations, channels, strict=True):
         _score(chat, writes[channel])
     return run
@@ -461,7 +496,7 @@ def report(run: Run) -> tuple[str, list[str]]:
     problems = []
     label = f"{run.platform}, {run.chats} {run.arrival}"
     if run.rate_limited:
-        problems.append(f"{label}: {run.rate_limited} x 429")
+        problems.append(f"{label}: {run.rate_limited} x 429 ({', '.join(run.limited_calls[:5])})")
     if run.complete < run.chats:
         problems.append(f"{label}: {run.chats - run.complete} replies incomplete")
     if run.chats == ACCEPT_CHATS and run.arrival == "burst":
@@ -496,10 +531,11 @@ def main() -> None:
     parser.add_argument("--chats", default="1,10,50,200", help="comma-separated levels")
     parser.add_argument("--arrival", default="burst,poisson", help="burst, poisson")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--dump", type=Path, help="write every conversation's figures (JSON)")
     parser.add_argument(
         "--slots",
         type=int,
-        default=0,
+        default=EXTERNAL_SLOTS,
         help="the fake LLM advertises this many slots and llm.concurrency is 0 (0: one per chat)",
     )
     args = parser.parse_args()
@@ -515,6 +551,7 @@ def main() -> None:
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     problems: list[str] = []
+    dumped: list[dict[str, Any]] = []
     for platform in args.platform.split(","):
         for chats in (int(n) for n in args.chats.split(",")):
             for pattern in args.arrival.split(","):
@@ -522,6 +559,16 @@ def main() -> None:
                 row, missed = report(run)
                 print(row, flush=True)
                 problems += missed
+                dumped.append(
+                    {
+                        "platform": run.platform,
+                        "chats": run.chats,
+                        "arrival": run.arrival,
+                        "conversations": [dataclasses.asdict(c) for c in run.conversations],
+                    }
+                )
+    if args.dump is not None:
+        args.dump.write_text(json.dumps(dumped, indent=1))
     if problems:
         print("\nBOUNDS MISSED:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
         sys.exit(1)
