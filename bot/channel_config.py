@@ -19,6 +19,9 @@ CHANNEL_KEYS: dict[str, str] = {
     "temperature": "sampling temperature, 0 to 2",
     "max_tokens": "longest reply, in tokens",
     "history_tokens": "how much past conversation the model sees, in tokens",
+    "memory_tokens": "how much remembered context (facts, older turns) the model sees, in tokens",
+    "group_context": "groups: show the model recent messages not addressed to it (true/false)",
+    "group_context_tokens": "how much of that group background the model sees, in tokens",
     "voice_mode": "off | reply-to-voice | always",
     "stt_language": "voice note language (e.g. en, de), or auto",
 }
@@ -33,6 +36,9 @@ class ChannelSettings:
     temperature: float
     max_tokens: int
     history_tokens: int
+    memory_tokens: int
+    group_context: bool
+    group_context_tokens: int
     voice_mode: VoiceMode
     stt_language: str
 

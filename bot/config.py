@@ -91,6 +91,11 @@ class EngineSettings(_Section):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=1, le=32768)
     history_tokens: int = Field(2048, ge=0)  # budget for past turns in the prompt
+    # Budget for what memory recalls: the user's remembered facts and relevant older turns.
+    memory_tokens: int = Field(256, ge=0)
+    # Groups: recent messages not addressed to the bot go into the prompt as background.
+    group_context: bool = True
+    group_context_tokens: int = Field(256, ge=0)  # budget for that background
     voice_mode: VoiceMode = "reply-to-voice"
     stt_language: str = "en"  # "auto": detect (only trusted when confident)
     max_input_chars: int = Field(4000, ge=1)

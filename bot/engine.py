@@ -28,10 +28,11 @@ from bot.errors import (
     StorageError,
 )
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
-from bot.prompt import build_request, fit_history, system_prompt
+from bot.memory import Recalled, recall_background, recall_facts, recall_turns, search_terms
+from bot.prompt import PromptTurn, build_request, fit_rows, system_prompt, with_recalled
 from bot.queue import TurnQueue
 from bot.ratelimit import UserRateLimiter
-from bot.storage import HistoryStore, Turn
+from bot.storage import HistoryStore, StoredMessage, Turn
 from bot.streaming import EditScheduler, ReplyStream
 from bot.types import IncomingMessage, ReplyTarget
 
@@ -237,6 +238,34 @@ class ConversationEngine:
         async with self.queue.turn(key, functools.partial(_show_position, target), gate):
             await self._reply(msg, target, turn, text, turn_id)
 
+    async def observe(self, msg: IncomingMessage) -> None:
+        """A group message the bot sees but was not addressed to: kept as background for the
+        prompts of later turns there (`group_context`), never answered and never sent to the
+        LLM on its own. Failures are logged, never raised: nobody waits for an answer."""
+        if msg.is_private or f"{msg.platform}:{msg.user_id}" in self._blocked:
+            return
+        text = msg.text.strip()[: self.settings.engine.max_input_chars]
+        if not text:
+            return
+        key = f"{msg.platform}:{msg.channel_key}"
+        try:
+            # In arrival order with the chat's turns, so the prompt shows it where it was said.
+            async with self._arrival(key):
+                channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+                if not (await self._channel_settings(channel_id)).group_context:
+                    return
+                await self.store.record_background(
+                    channel_id,
+                    author_id=msg.user_id,
+                    author_name=msg.user_name,
+                    content=text,
+                    token_count=estimate_tokens(text),
+                )
+        except StorageError as exc:  # the store logged it, once per kind of failure
+            log.info("background message in %s not kept: %s", key, exc)
+        except Exception:
+            log.exception("keeping a background message in %s failed", key)
+
     @contextlib.asynccontextmanager
     async def _arrival(self, key: str) -> AsyncIterator[None]:
         """Hold the channel's arrival lock (FIFO); it is dropped once nobody holds or awaits it."""
@@ -294,7 +323,7 @@ class ConversationEngine:
         self, msg: IncomingMessage, target: ReplyTarget, turn: Turn, text: str, turn_id: str
     ) -> None:
         try:
-            settings, request = await self._prepare(turn, text)
+            settings, request = await self._prepare(msg, turn, text)
             await self.store.update_message(turn.reply_row, status="streaming")
         except Exception:
             # Nothing was shown yet: the reply row must not stay 'queued' until the next start.
@@ -366,21 +395,74 @@ class ConversationEngine:
         metrics.REPLIES.labels(msg.platform, status).inc()
         await self._conclude(target, stream, voice, turn, streamed.answer, status, note, turn_id)
 
-    async def _prepare(self, turn: Turn, text: str) -> tuple[ChannelSettings, LLMRequest]:
-        """The chat's settings and the LLM request: persona, history in budget, the message."""
+    async def _prepare(
+        self, msg: IncomingMessage, turn: Turn, text: str
+    ) -> tuple[ChannelSettings, LLMRequest]:
+        """The chat's settings and the LLM request: persona, what memory recalls, the group's
+        background, history in budget, the message."""
         settings = await self._channel_settings(turn.channel_id)
         rows = await self.store.history(turn.channel_id, turn.user_row, _HISTORY_ROWS)
-        history = fit_history(rows, settings.history_tokens)
+        kept = fit_rows(rows, settings.history_tokens)
+        recalled = await self._recall(
+            msg, turn, text, settings, kept, complete=len(rows) == len(kept) < _HISTORY_ROWS
+        )
+        bot_name = self.settings.engine.bot_name
+        system = with_recalled(
+            system_prompt(settings, bot_name), recalled, user_name=msg.user_name, bot_name=bot_name
+        )
         request = build_request(
             api=self.llm.api,
             prompt_format=self.settings.llm.prompt_format,
-            system=system_prompt(settings, self.settings.engine.bot_name),
-            history=history,
+            system=system,
+            history=[PromptTurn(row.role, row.content) for row in kept],
             user_text=text,
             settings=settings,
-            bot_name=self.settings.engine.bot_name,
+            bot_name=bot_name,
         )
         return settings, request
+
+    async def _recall(
+        self,
+        msg: IncomingMessage,
+        turn: Turn,
+        text: str,
+        settings: ChannelSettings,
+        kept: list[StoredMessage],
+        *,
+        complete: bool,
+    ) -> Recalled:
+        """Facts, older turns beyond the history (unless `complete`: the history is all there
+        is) and, in groups, the background since the oldest turn shown."""
+        terms = search_terms(text)
+        facts, used = await recall_facts(
+            self.store,
+            msg.platform,
+            msg.user_id,
+            terms,
+            private=msg.is_private,
+            budget=settings.memory_tokens,
+        )
+        oldest = kept[0].id if kept else turn.user_row
+        earlier = []
+        if not complete:
+            earlier = await recall_turns(
+                self.store,
+                turn.channel_id,
+                turn.user_row,
+                oldest,
+                terms,
+                budget=settings.memory_tokens - used,
+            )
+        background = []
+        if settings.group_context and not msg.is_private:
+            background = await recall_background(
+                self.store,
+                turn.channel_id,
+                turn.user_row,
+                kept[0].id if kept else 0,
+                budget=settings.group_context_tokens,
+            )
+        return Recalled(facts, earlier, background)
 
     async def _conclude(
         self,

@@ -33,6 +33,7 @@ from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import (
     AccessRules,
     audio_attachment,
+    is_background,
     is_turn,
     readable_text,
     unreadable_kind,
@@ -43,6 +44,7 @@ from adapters.discord.targets import (
     Clock,
     InteractionTarget,
 )
+from bot.commands import CommandReply
 from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.platform import STOP_GRACE_S
@@ -69,6 +71,7 @@ MSG_TOKEN_REFUSED = (
 MSG_NOT_ALLOWED = "Sorry, I'm not available here."
 MSG_FAILED_MESSAGE = "⚠️ Something went wrong on my side with that message. Please try again."
 MSG_FAILED = "⚠️ Something went wrong on my side with that command. Please try again."
+MSG_FILE_FAILED = "Sorry, Discord did not take the file (it may be too large)."
 MSG_NO_REPLY = "Done."  # an empty command reply: Discord refuses empty messages
 MSG_AUDIO_TOO_LARGE = "That audio file is too large ({size:.1f} MB; the limit is {limit:.1f} MB)."
 MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it again."
@@ -254,11 +257,34 @@ class DiscordAdapter:
     def on_message(self, message: discord.Message) -> None:
         """A gateway MESSAGE_CREATE: answer it in its own task when it is a turn for us."""
         assert self._client is not None and self._client.user is not None
-        if self._stopping or not is_turn(message, self._client.user):
+        if self._stopping:
+            return
+        me = self._client.user
+        turn = is_turn(message, me)
+        # Server chatter not addressed to the bot is never answered, but it is context for the
+        # next message that is (the engine keeps it if group_context is on).
+        if not turn and not is_background(message, me):
             return
         channel = message.channel
         if self._access.allowed(message.author.id, channel.id, getattr(channel, "parent_id", None)):
-            self._spawn(self._answer(message))
+            self._spawn(self._answer(message) if turn else self._observe(message))
+
+    async def _observe(self, message: discord.Message) -> None:
+        """Hand server chatter to the engine as background: no reply, no typing, no LLM call."""
+        assert self._client is not None and self._client.user is not None
+        text = readable_text(message, self._client.user)
+        if not text:
+            return
+        await self._engine.observe(
+            IncomingMessage(
+                platform="discord",
+                channel_key=str(message.channel.id),  # a thread is a conversation of its own
+                user_id=str(message.author.id),
+                user_name=message.author.display_name,
+                text=text,
+                message_id=str(message.id),
+            )
+        )
 
     async def _answer(self, message: discord.Message) -> None:
         assert self._rest is not None and self._client is not None
@@ -359,19 +385,42 @@ class DiscordAdapter:
         """Any other command: the engine's reply text, split at the message limit."""
         if not await self._admit(interaction) or not await _defer(interaction, ephemeral=ephemeral):
             return
-        msg = self._interaction_message(interaction, f"/{name} {args}".strip())
+        msg = dataclasses.replace(
+            self._interaction_message(interaction, f"/{name} {args}".strip()),
+            private_reply=ephemeral,  # only the caller sees the answer
+        )
         try:
-            reply = await self._commands.run(msg, name, args)
+            reply = await self._commands.execute(msg, name, args)
         # One interaction's error boundary: log it, tell the user.
         except Exception:
             log.exception("Discord: /%s failed", name)
-            reply = MSG_FAILED
-        first, *more = split_markdown(reply, self._limits.max_chars) or [MSG_NO_REPLY]
+            reply = CommandReply(MSG_FAILED)
+        first, *more = split_markdown(reply.text, self._limits.max_chars) or [MSG_NO_REPLY]
         await interaction.edit_original_response(content=first, allowed_mentions=NOTICE_MENTIONS)
         for piece in more:
             await interaction.followup.send(
                 piece, ephemeral=ephemeral, allowed_mentions=NOTICE_MENTIONS
             )
+        if reply.files:
+            assert self._rest is not None and self._client is not None
+            assert interaction.channel_id is not None
+            target = InteractionTarget(
+                rest=self._rest,
+                http=self._client.http,
+                interaction=interaction,
+                channel=self._client.get_partial_messageable(interaction.channel_id),
+                limits=self._limits,
+                clock=self._clock,
+                ephemeral=ephemeral,
+            )
+            for file in reply.files:
+                try:
+                    await target.send_file(file)
+                except DeliveryError as exc:
+                    log.warning("Discord: a file was not delivered: %s", exc)
+                    await interaction.followup.send(
+                        MSG_FILE_FAILED, ephemeral=ephemeral, allowed_mentions=NOTICE_MENTIONS
+                    )
 
     async def _admit(self, interaction: discord.Interaction) -> bool:
         """Whether the user may use the bot here; refuses (privately) when not."""

@@ -56,6 +56,13 @@ def is_turn(message: discord.Message, me: discord.ClientUser) -> bool:
     return isinstance(replied, discord.Message) and replied.author.id == me.id
 
 
+def is_background(message: discord.Message, me: discord.ClientUser) -> bool:
+    """A person's server message that is no turn for us: group chatter the bot may keep."""
+    if message.author.id == me.id or message.author.bot or message.guild is None:
+        return False
+    return message.type in CHAT_MESSAGE_TYPES and not is_turn(message, me)
+
+
 def readable_text(message: discord.Message, me: discord.ClientUser) -> str:
     """The text as a person reads it: the bot's mention dropped, other mentions as @name."""
     names = {user.id: user.display_name for user in message.mentions}

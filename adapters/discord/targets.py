@@ -22,7 +22,7 @@ from adapters.discord.limits import INTERACTION_TOKEN_LIFETIME_S
 from adapters.discord.rest import DiscordRest, InteractionTokenExpired
 from bot.errors import DeliveryError, RetryAfter
 from bot.splitter import split_markdown
-from bot.types import TargetLimits, VoiceClip
+from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ async def post_voice_message(
 
 def _audio_file(clip: VoiceClip) -> discord.File:
     return discord.File(io.BytesIO(clip.ogg_opus), filename=AUDIO_FALLBACK_FILENAME)
+
+
+def _upload(file: OutgoingFile) -> discord.File:
+    return discord.File(io.BytesIO(file.data), filename=file.name)
 
 
 class _DiscordTarget:
@@ -217,6 +221,18 @@ class ChannelTarget(_DiscordTarget):
         except discord.HTTPException as exc:
             raise delivery_error("voice reply not delivered", exc) from exc
 
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload an attachment (e.g. an export) as a reply to the message it answers."""
+        try:
+            await self._message.channel.send(
+                file.caption or None,
+                file=_upload(file),
+                reference=self._message.to_reference(fail_if_not_exists=False),
+                allowed_mentions=NOTICE_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            raise delivery_error("file not delivered", exc) from exc
+
 
 class _Kind(Enum):
     ORIGINAL = "original"
@@ -242,8 +258,10 @@ class InteractionTarget(_DiscordTarget):
         channel: discord.PartialMessageable,
         limits: TargetLimits,
         clock: Clock = time.monotonic,
+        ephemeral: bool = False,
     ) -> None:
         super().__init__(rest=rest, http=http, channel_id=channel.id, limits=limits, clock=clock)
+        self._ephemeral = ephemeral  # files go to the caller alone (a private command's)
         self._interaction = interaction
         self._channel = channel  # where the reply goes on once the token has expired
         self._app_id = interaction.application_id
@@ -377,6 +395,24 @@ class InteractionTarget(_DiscordTarget):
                 await self._channel.send(file=_audio_file(clip))
         except discord.HTTPException as exc:
             raise delivery_error("voice reply not delivered", exc) from exc
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload an attachment as a follow-up (the response's text stays), or in the channel
+        once the interaction's token has expired."""
+        try:
+            if self._token_alive():
+                await self._interaction.followup.send(
+                    file.caption or discord.utils.MISSING,
+                    file=_upload(file),
+                    ephemeral=self._ephemeral,
+                    allowed_mentions=NOTICE_MENTIONS,
+                )
+            else:
+                await self._channel.send(
+                    file.caption or None, file=_upload(file), allowed_mentions=NOTICE_MENTIONS
+                )
+        except discord.HTTPException as exc:
+            raise delivery_error("file not delivered", exc) from exc
 
 
 def _beyond(text: str, shown: str) -> str:

@@ -26,16 +26,19 @@ from adapters.telegram.errors import reason_of
 from adapters.telegram.limits import MAX_DOWNLOAD_BYTES, chat_limits
 from adapters.telegram.polling import Ticket, UpdatePoller
 from adapters.telegram.rules import (
+    conversation_key,
     is_addressed,
     is_private,
     may_use,
     parse_command,
     strip_mention,
+    topic_id,
     unreadable_kind,
 )
 from adapters.telegram.targets import TelegramReplyTarget
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
+from bot.commands import CommandReply
 from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
 from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
 from bot.platform import STOP_GRACE_S
@@ -57,6 +60,7 @@ MSG_AUDIO_TOO_LARGE = (
 )
 MSG_FAILED = "⚠️ Something went wrong on my side with that message. Please try again."
 MSG_DOWNLOAD_FAILED = "Sorry, I couldn't download that recording. Please try again."
+MSG_FILE_FAILED = "Sorry, Telegram did not take the file. Please try again later."
 _MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
 _UNDELIVERED = (DeliveryError, RetryAfter, ConnectionError)
@@ -183,6 +187,10 @@ class TelegramAdapter:
             return
         bot = context.bot
         if not is_addressed(message, bot.id, bot.username):
+            # Group chatter: never answered, but what was said around the bot is context for
+            # the next message addressed to it (the engine keeps it if group_context is on).
+            if may_use(self._tg, message.from_user.id, message.chat_id):
+                self._spawn(self._observe(message))
             return
         if not may_use(self._tg, message.from_user.id, message.chat_id):
             self._spawn(self._tell(message, MSG_REFUSED))
@@ -271,15 +279,27 @@ class TelegramAdapter:
                 ticket.stored()  # answered, refused or failed otherwise: nothing to redeliver
             await target.close()
 
+    async def _observe(self, message: Message) -> None:
+        """Hand group chatter to the engine as background: no reply, no typing, no LLM call."""
+        text = message.text or message.caption or ""
+        if text.strip():
+            await self._engine.observe(self._incoming(message, text))
+
     async def _run_command(self, message: Message, name: str, args: str) -> None:
         msg = self._incoming(message, message.text or "")
         try:
-            reply = await self._commands.run(msg, name, args)
+            reply = await self._commands.execute(msg, name, args)
         # One command's error boundary: log it, tell the user.
         except Exception:
             log.exception("Telegram: /%s in chat %s failed", name, message.chat_id)
-            reply = MSG_FAILED
-        await self._tell(message, reply)
+            reply = CommandReply(MSG_FAILED)
+        await self._tell(message, reply.text)
+        for file in reply.files:
+            try:
+                await self._target(message).send_file(file)
+            except _UNDELIVERED as exc:
+                log.warning("file to chat %s not delivered: %s", message.chat_id, exc)
+                await self._tell(message, MSG_FILE_FAILED)
 
     async def _tell(self, message: Message, text: str) -> None:
         """A plain answer outside the engine's replies (command results, refusals)."""
@@ -324,7 +344,8 @@ class TelegramAdapter:
         replied = message.reply_to_message
         return IncomingMessage(
             platform=PLATFORM,
-            channel_key=str(message.chat_id),
+            # A forum topic is a conversation of its own.
+            channel_key=conversation_key(message),
             user_id=str(user.id),
             user_name=user.full_name,
             text=text,
@@ -345,7 +366,7 @@ class TelegramAdapter:
             use_drafts=private and self._tg.stream == "draft",
             # In a group the answer quotes the question, so it is clear whom it answers.
             reply_to_message_id=None if private else message.message_id,
-            thread_id=message.message_thread_id if message.is_topic_message else None,
+            thread_id=topic_id(message),  # every reply, notice and voice note lands in the topic
         )
 
     # -- tasks -----------------------------------------------------------------------------

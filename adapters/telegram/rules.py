@@ -42,6 +42,17 @@ def is_addressed(message: Message, bot_id: int, bot_username: str) -> bool:
     return False
 
 
+def topic_id(message: Message) -> int | None:
+    """The forum topic the message was sent in (None: not a forum, or its General topic)."""
+    return message.message_thread_id if message.is_topic_message else None
+
+
+def conversation_key(message: Message) -> str:
+    """The conversation a message belongs to: its chat, or `chat:topic` in a forum topic."""
+    topic = topic_id(message)
+    return str(message.chat_id) if topic is None else f"{message.chat_id}:{topic}"
+
+
 def strip_mention(text: str, bot_username: str) -> str:
     """The text without `@bot` mentions, which only address the message."""
     pattern = rf"(?<!\w)@{re.escape(bot_username)}(?!\w)"

@@ -31,7 +31,7 @@ from adapters.telegram.errors import (
 from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import MAX_CAPTION_CHARS
 from bot.backoff import Backoff
-from bot.types import TargetLimits, VoiceClip
+from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,21 @@ class TelegramReplyTarget:
                 await _retrying(
                     partial(self._bot.send_document, self._chat_id, audio, caption=caption, **where)
                 )
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload a document (e.g. an export), in the topic it answers."""
+        document = InputFile(file.data, filename=file.name)
+        caption = _caption(file.caption) or None
+        with delivery_errors():
+            await _retrying(
+                partial(
+                    self._bot.send_document,
+                    self._chat_id,
+                    document,
+                    caption=caption,
+                    **self._where(),
+                )
+            )
 
     async def close(self) -> None:
         """The engine is done with this message: drop a leftover queue notice."""

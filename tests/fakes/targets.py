@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from bot.types import RateBudget, TargetLimits, VoiceClip
+from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 FAST_LIMITS = TargetLimits(
     max_chars=2000,
@@ -26,6 +26,7 @@ class RecordingTarget:
     notices: list[str] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     voices: list[VoiceClip] = field(default_factory=list)
+    files: list[OutgoingFile] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     typing_calls: int = 0
     first_text: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,3 +76,6 @@ class RecordingTarget:
 
     async def send_voice(self, clip: VoiceClip) -> None:
         self.voices.append(clip)
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        self.files.append(file)
