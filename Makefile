@@ -10,7 +10,7 @@ run: setup  ## set everything up and start the bot (console chat when no platfor
 test: setup  ## set everything up, lint, type-check, and run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy bot adapters
+	$(VENV)/bin/mypy bot adapters tests bench
 	$(VENV)/bin/pytest
 
 setup:
@@ -19,7 +19,7 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy bot adapters
+	$(VENV)/bin/mypy bot adapters tests bench
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

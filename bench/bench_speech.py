@@ -7,6 +7,7 @@ Real-time factor (RTF) = processing time / audio duration: 0.1 means 10 s of aud
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import sys
@@ -143,7 +144,7 @@ async def main() -> None:
             await transcriber.warm_up()
             rows.append((f"Whisper {model}: first load", f"{time.perf_counter() - started:.2f} s"))
             await transcriber.transcribe(clip.ogg_opus)  # warm: VAD model, caches
-            seconds = await best_of(RUNS, lambda t=transcriber: t.transcribe(clip.ogg_opus))
+            seconds = await best_of(RUNS, functools.partial(transcriber.transcribe, clip.ogg_opus))
             rows.append(
                 (
                     f"transcription RTF, {model} ({clip.duration_s:.1f} s voice note)",

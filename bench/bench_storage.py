@@ -36,7 +36,7 @@ WRITES = 1000
 CONTENT = "message text " * 4
 
 
-def percentile(samples: list[float], q: float) -> float:
+def percentile(samples: list[float], q: int) -> float:
     return (
         statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if q < 100 else max(samples)
     )

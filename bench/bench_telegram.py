@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.telegram.adapter import TelegramAdapter
-from bot.app import ParleyApp
+from adapters.telegram.config import TelegramSettings
+from bot.app import ParleyApp, full_settings_class
 from bot.config import Settings
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.telegram_api import ApiCall, FakeTelegramAPI, FloodControl
@@ -64,7 +65,7 @@ async def run(mode: str, chats: int, words: int, words_per_s: float) -> Row:
             FakeLLMServer(behaviour=behaviour) as llm,
             FakeTelegramAPI(flood=FloodControl()) as api,
         ):
-            settings = Settings(
+            settings = full_settings_class()(
                 llm={"base_url": llm.url, "concurrency": chats},
                 engine={"voice_mode": "off"},
                 storage={"path": str(Path(tmp) / "bench.db")},
@@ -116,7 +117,7 @@ def _summarise(
     return Row(
         mode=mode,
         chats=chats,
-        cap=settings.telegram.private_rate,
+        cap=TelegramSettings.of(settings).private_rate,
         mean_rate=statistics.fmean(rates) if rates else 0.0,
         peak_rate=max(peaks, default=0),
         overall_rate=(len(ok) - 1) / span if span > 0 else 0.0,

@@ -42,8 +42,11 @@ def load(path: str | Path | None = None) -> Settings:
     return load_settings(path, settings_sections())
 
 
-def full_settings_class() -> type[Settings]:
-    """`Settings` with every platform's section (for building settings in code and tests)."""
+def full_settings_class() -> Callable[..., Settings]:
+    """`Settings` with every platform's section (for building settings in code and tests).
+
+    Typed as a callable: the platforms' sections are fields made at run time, unknown to mypy.
+    """
     return settings_class(settings_sections())
 
 

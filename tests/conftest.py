@@ -1,13 +1,19 @@
-"""Shared fixtures: settings on a temporary database, the fake LLM, the real llama-server."""
+"""Shared fixtures and builders: settings, the fakes, the platform drivers, the real llama-server.
+
+One builder per kind of object: settings come from `make_settings` (and, for a bot on a
+platform fake, tests/fakes/platform_bots.py), fakes from the fixtures here. A module changes
+how the fake LLM answers by overriding `llm_behaviour`.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +23,14 @@ from hypothesis import settings as hypothesis_settings
 from bot.app import full_settings_class
 from bot.config import Settings
 from bot.types import IncomingMessage
-from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.clock import ManualClock
+from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.telegram_api import FakeTelegramAPI
 
 if TYPE_CHECKING:
     from bot.app import ParleyApp
+    from tests.fakes.drivers import PlatformDriver
     from tests.fakes.postgres import PostgresServer
 
 # Loopback fakes must never be reached through a proxy from the environment.
@@ -35,12 +45,12 @@ hypothesis_settings.register_profile("explore", deadline=None, print_blob=True)
 hypothesis_settings.load_profile("parley")
 
 
-def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+def make_settings(tmp_path: Path, **sections: Mapping[str, Any]) -> Settings:
     """The one Settings builder: the database under tmp_path, fast retries, per-test overrides.
 
     Every platform's section is there (`telegram={...}`, `discord={...}`), as `parley` loads them.
     """
-    base: dict[str, dict[str, object]] = {
+    base: dict[str, dict[str, Any]] = {
         "storage": {"path": str(tmp_path / "parley.db")},
         "llm": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10.0, "connect_timeout_s": 2.0},
     }
@@ -54,10 +64,65 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
     return lambda **sections: make_settings(tmp_path, **sections)
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for a server a test starts, or a dead URL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
-async def fake_llm() -> AsyncIterator[FakeLLMServer]:
-    async with FakeLLMServer() as server:
+def llm_behaviour() -> Behaviour:
+    """How `fake_llm` answers; a test module overrides this fixture to change it."""
+    return Behaviour()
+
+
+@pytest.fixture
+async def fake_llm(llm_behaviour: Behaviour) -> AsyncIterator[FakeLLMServer]:
+    async with FakeLLMServer(behaviour=llm_behaviour) as server:
         yield server
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegramAPI]:
+    """The Bot API fake."""
+    async with FakeTelegramAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """Time that moves only when the test says so."""
+    return ManualClock()
+
+
+@pytest.fixture
+def discord_clock() -> Callable[[], float]:
+    """The `discord` fake's clock; a module overrides this fixture (e.g. with `clock`)."""
+    return time.monotonic
+
+
+@pytest.fixture
+async def discord(discord_clock: Callable[[], float]) -> AsyncIterator[FakeDiscord]:
+    """The Discord fake (REST and gateway); interaction tokens and windows run on its clock."""
+    async with FakeDiscord(clock=discord_clock) as fake:
+        yield fake
+
+
+@pytest.fixture(params=("telegram", "discord"))  # the platforms tests/fakes/drivers.py drives
+def platform_name(request: pytest.FixtureRequest) -> str:
+    """Each platform in turn: a test that takes it (or `driver`) runs once per platform."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def driver(platform_name: str) -> AsyncIterator[PlatformDriver]:
+    """A driver on a fresh fake of each platform in turn (tests/fakes/drivers.py)."""
+    # Imported here: the drivers build settings with `make_settings`, from this module.
+    from tests.fakes.drivers import open_driver
+
+    async with open_driver(platform_name) as platform_driver:
+        yield platform_driver
 
 
 @pytest.fixture
@@ -71,10 +136,10 @@ async def app(fake_llm: FakeLLMServer, tmp_path: Path) -> AsyncIterator[ParleyAp
 
 
 def message(
-    text: str = "", *, channel: str = "c1", user: str = "u1", **extra: object
+    text: str = "", *, channel: str = "c1", user: str = "u1", **extra: Any
 ) -> IncomingMessage:
     """An IncomingMessage as an adapter would build it."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {
         "platform": "test",
         "channel_key": channel,
         "user_id": user,
@@ -82,7 +147,7 @@ def message(
         "text": text,
     }
     fields.update(extra)
-    return IncomingMessage(**fields)  # type: ignore[arg-type]
+    return IncomingMessage(**fields)
 
 
 @pytest.fixture(scope="session")

@@ -20,43 +20,43 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return parley_env(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"), **extra)
 
 
-async def test_parley_run_serves_telegram_until_sigterm(tmp_path: Path) -> None:
-    async with (
-        FakeLLMServer(Behaviour(reply=lambda b: f"echo: {last_user_text(b)}")) as llm,
-        FakeTelegramAPI() as api,
-    ):
+async def test_parley_run_serves_telegram_until_sigterm(
+    tmp_path: Path, telegram: FakeTelegramAPI
+) -> None:
+    async with FakeLLMServer(Behaviour(reply=lambda b: f"echo: {last_user_text(b)}")) as llm:
         env = _env(
             tmp_path,
             PARLEY_LLM__BASE_URL=llm.url,
-            PARLEY_TELEGRAM__TOKEN=api.token,
-            PARLEY_TELEGRAM__API_BASE_URL=api.api_base_url,
-            PARLEY_TELEGRAM__FILE_BASE_URL=api.file_base_url,
+            PARLEY_TELEGRAM__TOKEN=telegram.token,
+            PARLEY_TELEGRAM__API_BASE_URL=telegram.api_base_url,
+            PARLEY_TELEGRAM__FILE_BASE_URL=telegram.file_base_url,
         )
         proc = await start_parley("run", env=env, stdin=asyncio.subprocess.DEVNULL)
-        user = api.user(42, "Ada")
-        chat = api.private_chat(user)
-        api.send_text(chat, user, "hello bot")
-        await api.wait_for(
+        user = telegram.user(42, "Ada")
+        chat = telegram.private_chat(user)
+        telegram.send_text(chat, user, "hello bot")
+        await telegram.wait_for(
             lambda a: any(m.text == "echo: hello bot" for m in a.bot_messages(chat["id"]))
         )
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
-    assert api.token not in (out + err).decode()
+    assert telegram.token not in (out + err).decode()
     assert "Parley is running on telegram" in err.decode()
 
 
-async def test_a_refused_token_is_a_clear_error(tmp_path: Path) -> None:
-    async with FakeLLMServer() as llm, FakeTelegramAPI() as api:
-        env = _env(
-            tmp_path,
-            PARLEY_LLM__BASE_URL=llm.url,
-            PARLEY_TELEGRAM__TOKEN="123456:not-the-right-token",
-            PARLEY_TELEGRAM__API_BASE_URL=api.api_base_url,
-            PARLEY_TELEGRAM__FILE_BASE_URL=api.file_base_url,
-        )
-        proc = await start_parley("run", env=env, stdin=asyncio.subprocess.DEVNULL)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+async def test_a_refused_token_is_a_clear_error(
+    tmp_path: Path, fake_llm: FakeLLMServer, telegram: FakeTelegramAPI
+) -> None:
+    env = _env(
+        tmp_path,
+        PARLEY_LLM__BASE_URL=fake_llm.url,
+        PARLEY_TELEGRAM__TOKEN="123456:not-the-right-token",
+        PARLEY_TELEGRAM__API_BASE_URL=telegram.api_base_url,
+        PARLEY_TELEGRAM__FILE_BASE_URL=telegram.file_base_url,
+    )
+    proc = await start_parley("run", env=env, stdin=asyncio.subprocess.DEVNULL)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "Traceback" not in err.decode()
     assert "config: telegram.token: Telegram does not accept it" in err.decode()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,11 +128,11 @@ def test_example_config_documents_every_key_with_its_default(
     example = load_settings(ROOT / "config.example.toml").model_dump()
     defaults = load_settings(None).model_dump()
 
-    def compare(ours: dict[str, object], theirs: dict[str, object], where: str) -> None:
+    def compare(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
         assert ours.keys() == theirs.keys(), where
         for key, value in ours.items():
             if isinstance(value, dict):
-                compare(value, theirs[key], f"{where}.{key}")  # type: ignore[arg-type]
+                compare(value, theirs[key], f"{where}.{key}")
             elif isinstance(value, float):
                 assert value == pytest.approx(theirs[key], rel=1e-3), f"{where}.{key}"
             else:

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from discord.http import HTTPClient, Route
 
+from tests.fakes.clock import ManualClock
 from tests.fakes.discord_api import (
     ALREADY_ACKNOWLEDGED,
     INTERACTION_DEADLINE_S,
@@ -20,7 +21,6 @@ from tests.fakes.discord_api import (
     FakeDiscord,
 )
 from tests.fakes.discord_gateway import CLOSE_DISALLOWED_INTENTS, INTENT_MESSAGE_CONTENT
-from tests.fakes.discord_world import ManualClock
 
 ASK = {"name": "ask", "description": "Ask", "options": [
     {"type": 3, "name": "prompt", "description": "Prompt", "required": True},
@@ -28,20 +28,14 @@ ASK = {"name": "ask", "description": "Ask", "options": [
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def discord_clock(clock: ManualClock) -> ManualClock:
+    return clock  # the fake's time moves only when a test advances it
 
 
 @pytest.fixture
-async def fake(clock: ManualClock) -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(clock=clock) as server:
-        yield server
-
-
-@pytest.fixture
-async def http(fake: FakeDiscord) -> AsyncIterator[aiohttp.ClientSession]:
-    headers = {"Authorization": f"Bot {fake.token}"}
-    async with aiohttp.ClientSession(base_url=fake.url, headers=headers) as session:
+async def http(discord: FakeDiscord) -> AsyncIterator[aiohttp.ClientSession]:
+    headers = {"Authorization": f"Bot {discord.token}"}
+    async with aiohttp.ClientSession(base_url=discord.url, headers=headers) as session:
         yield session
 
 
@@ -53,11 +47,11 @@ async def call(
 
 
 async def test_late_interaction_callback_is_refused(
-    fake: FakeDiscord, http: aiohttp.ClientSession, clock: ManualClock
+    discord: FakeDiscord, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
-    await call(http, "PUT", f"/applications/{fake.APPLICATION_ID}/commands", [ASK])
-    on_time = await fake.interact("ask", {"prompt": "hi"})
-    late = await fake.interact("ask", {"prompt": "hi"})
+    await call(http, "PUT", f"/applications/{discord.APPLICATION_ID}/commands", [ASK])
+    on_time = await discord.interact("ask", {"prompt": "hi"})
+    late = await discord.interact("ask", {"prompt": "hi"})
     status, body, _ = await call(
         http, "POST", f"/interactions/{on_time.id}/{on_time.token}/callback?with_response=1",
         {"type": 5},
@@ -76,13 +70,13 @@ async def test_late_interaction_callback_is_refused(
     assert (status, body["code"]) == (400, ALREADY_ACKNOWLEDGED)
 
 
-async def test_unsynced_command_cannot_be_used(fake: FakeDiscord) -> None:
+async def test_unsynced_command_cannot_be_used(discord: FakeDiscord) -> None:
     with pytest.raises(LookupError, match="not registered"):
-        await fake.interact("ask", {"prompt": "hi"})
+        await discord.interact("ask", {"prompt": "hi"})
 
 
-async def test_429_has_discords_shape(fake: FakeDiscord, http: aiohttp.ClientSession) -> None:
-    fake.rate_limit("GET", "/users/@me", retry_after=0.5)
+async def test_429_has_discords_shape(discord: FakeDiscord, http: aiohttp.ClientSession) -> None:
+    discord.rate_limit("GET", "/users/@me", retry_after=0.5)
     status, body, response = await call(http, "GET", "/users/@me")
     assert status == 429
     # Exactly this: discord.py reads no JSON body from any other Content-Type.
@@ -94,25 +88,25 @@ async def test_429_has_discords_shape(fake: FakeDiscord, http: aiohttp.ClientSes
     assert status == 200
 
 
-async def test_discord_py_waits_out_a_429_by_itself(fake: FakeDiscord) -> None:
+async def test_discord_py_waits_out_a_429_by_itself(discord: FakeDiscord) -> None:
     """Why streamed edits bypass discord.py's HTTP client: it sleeps and resends on its own."""
-    fake.rate_limit("GET", "/users/@me", retry_after=0.05)
+    discord.rate_limit("GET", "/users/@me", retry_after=0.05)
     saved = Route.BASE
-    Route.BASE = fake.api_url
+    Route.BASE = discord.api_url
     client = HTTPClient(asyncio.get_running_loop())
     try:
-        me = await client.static_login(fake.token)
+        me = await client.static_login(discord.token)
     finally:
         Route.BASE = saved
         await client.close()
-    assert me["id"] == str(fake.BOT.id)
-    assert [c.status for c in fake.calls_to("GET", "/users/@me")] == [429, 200]
+    assert me["id"] == str(discord.BOT.id)
+    assert [c.status for c in discord.calls_to("GET", "/users/@me")] == [429, 200]
 
 
 async def test_message_length_and_empty_messages_are_refused(
-    fake: FakeDiscord, http: aiohttp.ClientSession
+    discord: FakeDiscord, http: aiohttp.ClientSession
 ) -> None:
-    path = f"/channels/{fake.GENERAL_ID}/messages"
+    path = f"/channels/{discord.GENERAL_ID}/messages"
     status, body, _ = await call(http, "POST", path, {"content": "x" * (MAX_MESSAGE_CHARS + 1)})
     assert (status, body["code"]) == (400, INVALID_FORM_BODY)
     status, body, _ = await call(http, "POST", path, {"content": ""})
@@ -123,13 +117,13 @@ async def test_message_length_and_empty_messages_are_refused(
 
 async def test_refused_privileged_intent_closes_with_4014() -> None:
     async with (
-        FakeDiscord(grant_message_content=False) as fake,
+        FakeDiscord(grant_message_content=False) as discord,
         aiohttp.ClientSession() as session,
-        session.ws_connect(fake.gateway_url + "?v=10&encoding=json") as ws,
+        session.ws_connect(discord.gateway_url + "?v=10&encoding=json") as ws,
     ):
         hello = json.loads((await ws.receive()).data)
         assert hello["op"] == 10
-        identify = {"token": fake.token, "intents": INTENT_MESSAGE_CONTENT, "properties": {}}
+        identify = {"token": discord.token, "intents": INTENT_MESSAGE_CONTENT, "properties": {}}
         await ws.send_json({"op": 2, "d": identify})
         closed = await ws.receive()
         assert closed.type is aiohttp.WSMsgType.CLOSE

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from edge_tts import communicate
 
 from adapters import platforms as all_platforms
 from bot.doctor import run_doctor
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_api import FakeTelegramAPI
@@ -25,15 +23,12 @@ BAD_TELEGRAM_TOKEN = "999999:not-the-bots-token"
 BAD_DISCORD_TOKEN = "not.the.bots.token"
 REPO = Path(__file__).resolve().parent.parent
 # The small bundled speech models: the checks look at files, nothing is loaded.
-SPEECH = {"stt": {"model": "tiny.en"}, "tts": {"backends": ["piper"]}}
+SPEECH: dict[str, dict[str, Any]] = {"stt": {"model": "tiny.en"}, "tts": {"backends": ["piper"]}}
 
 
 def dead_url() -> str:
     """A loopback URL where nothing listens (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def rows(report: str) -> dict[str, tuple[str, str]]:
@@ -45,18 +40,6 @@ def rows(report: str) -> dict[str, tuple[str, str]]:
         check, status, detail = re.split(r"\s{2,}", line, maxsplit=2)
         parsed[check] = (status, detail)
     return parsed
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegramAPI]:
-    async with FakeTelegramAPI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def discord() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
 
 
 def platforms(

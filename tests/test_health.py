@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,7 @@ from bot.health import (
 )
 from bot.http_server import OpsServer, serve_http
 from bot.storage import SQLiteStore
-from tests.conftest import make_settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import free_port, make_settings
 
 
 class RestartableBackend:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from bot.config import LLMSettings
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMUnavailable
-from bot.llm import LLMClient, LLMRequest, StreamEvent
+from bot.llm import Api, LLMClient, LLMRequest, StreamEvent
 from bot.sse import SSEDecoder, ThinkSplitter, parse_chunk
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 
-FAST = {"retries": 1, "backoff_s": 0.01, "timeout_s": 5.0, "connect_timeout_s": 1.0}
+FAST: dict[str, Any] = {"retries": 1, "backoff_s": 0.01, "timeout_s": 5.0, "connect_timeout_s": 1.0}
 DEAD_URL = "http://127.0.0.1:9"  # discard port: nothing listens
 
 
-def client(urls: list[str], api: str = "chat", **overrides: object) -> LLMClient:
-    return LLMClient(LLMSettings(**{**FAST, **overrides}), urls, api)  # type: ignore[arg-type]
+def client(urls: list[str], api: Api = "chat", **overrides: Any) -> LLMClient:
+    return LLMClient(LLMSettings(**{**FAST, **overrides}), urls, api)
 
 
 async def collect(llm: LLMClient, request: LLMRequest | None = None) -> list[StreamEvent]:
@@ -34,7 +35,7 @@ def text_of(events: list[StreamEvent]) -> str:
 
 
 @pytest.mark.parametrize("api", ["chat", "completion"])
-async def test_streams_text_with_pings_usage_and_done(fake_llm: FakeLLMServer, api: str) -> None:
+async def test_streams_text_with_pings_usage_and_done(fake_llm: FakeLLMServer, api: Api) -> None:
     fake_llm.behaviour = Behaviour(reply="Paris is the capital of France.", ping=True)
     events = await collect(client([fake_llm.url], api))
     assert text_of(events) == "Paris is the capital of France."

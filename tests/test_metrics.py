@@ -21,13 +21,12 @@ from bot.app import ParleyApp
 from bot.config import Settings
 from bot.health import HealthChecks
 from bot.http_server import OpsServer
-from tests.conftest import make_settings
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.platform_bots import telegram_bot, telegram_settings, telegram_shows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 ANN = 1001
 REPLY = "Nice to meet you, Ann. How can I help today?"
-FAST_RATE = 50.0  # messages per second: the reply streams without waiting on the budget
 METRICS = (
     "parley_messages_in_total",
     "parley_replies_total",
@@ -44,50 +43,30 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeTelegramAPI]:
-    async with FakeTelegramAPI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLMServer]:
+def llm_behaviour() -> Behaviour:
     # A dozen chunks over about half a second: the reply is streamed by several edits.
-    async with FakeLLMServer(behaviour=Behaviour(reply=REPLY, delay_s=0.05)) as server:
-        yield server
+    return Behaviour(reply=REPLY, delay_s=0.05)
 
 
 def bot_settings(
-    tmp_path: Path, api: FakeTelegramAPI, llm: FakeLLMServer, **llm_extra: Any
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer, **llm_extra: Any
 ) -> Settings:
-    return make_settings(
-        tmp_path,
-        llm={"base_url": llm.url, "retries": 0, **llm_extra},
-        engine={"voice_mode": "off"},
-        telegram={
-            "token": api.token,
-            "api_base_url": api.api_base_url,
-            "file_base_url": api.file_base_url,
-            "private_rate": FAST_RATE,
-        },
-        http={"enabled": True, "port": 0},
-    )
+    http = {"enabled": True, "port": 0}
+    return telegram_settings(tmp_path, telegram, fake_llm.url, llm=llm_extra, http=http)
 
 
 @contextlib.asynccontextmanager
 async def running_bot(settings: Settings) -> AsyncIterator[tuple[ParleyApp, TelegramAdapter, str]]:
-    """The app, the Telegram adapter and the HTTP endpoint, as `parley run` starts them.
+    """The bot on the Telegram fake and its HTTP endpoint, as `parley run` starts them.
 
     `adapter.stop()` waits for the replies in progress: after it, every counter has moved.
     """
-    async with ParleyApp(settings, speech=False) as app:
-        server = OpsServer(settings.http, app.health_checks())
+    async with telegram_bot(settings) as bot:
+        server = OpsServer(settings.http, bot.app.health_checks())
         await server.start()
-        adapter = TelegramAdapter(app.services, poll_timeout_s=1)
-        await adapter.start()
         try:
-            yield app, adapter, server.url
+            yield bot.app, bot.adapter, server.url
         finally:
-            await adapter.stop()
             await server.stop()
 
 
@@ -119,10 +98,6 @@ def change(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 
-def shows(chat_id: int, fragment: str) -> Any:
-    return lambda api: any(fragment in m.text for m in api.bot_messages(chat_id))
-
-
 async def test_metrics_exposes_every_parley_metric() -> None:
     server = OpsServer(Settings().http.model_copy(update={"port": 0}), HealthChecks())
     await server.start()
@@ -141,13 +116,13 @@ async def test_metrics_exposes_every_parley_metric() -> None:
 
 
 async def test_counters_move_during_a_telegram_conversation(
-    tmp_path: Path, api: FakeTelegramAPI, llm: FakeLLMServer
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
 ) -> None:
-    ann = api.user(ANN, "Ann")
-    async with running_bot(bot_settings(tmp_path, api, llm)) as (_, adapter, url):
+    ann = telegram.user(ANN, "Ann")
+    async with running_bot(bot_settings(tmp_path, telegram, fake_llm)) as (_, adapter, url):
         before = await samples(url)
-        api.send_text(api.private_chat(ann), ann, "Hi, I'm Ann")
-        await api.wait_for(shows(ANN, REPLY))
+        telegram.send_text(telegram.private_chat(ann), ann, "Hi, I'm Ann")
+        await telegram.wait_for(telegram_shows(ANN, REPLY))
         await adapter.stop()
         after = await samples(url)
 
@@ -164,30 +139,30 @@ async def test_counters_move_during_a_telegram_conversation(
     edits = moved("parley_platform_calls_total", platform="telegram", method="edit")
     finals = moved("parley_platform_calls_total", platform="telegram", method="finalize")
     assert edits >= 1
-    assert edits + finals == len(api.calls_to("editMessageText"))
+    assert edits + finals == len(telegram.calls_to("editMessageText"))
     assert moved("parley_rate_limited_total", platform="telegram") == 0
 
 
 async def test_a_telegram_429_is_counted(
-    tmp_path: Path, api: FakeTelegramAPI, llm: FakeLLMServer
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
 ) -> None:
-    ann = api.user(ANN, "Ann")
-    api.rate_limit("editMessageText", retry_after=1)
-    async with running_bot(bot_settings(tmp_path, api, llm)) as (_, adapter, url):
+    ann = telegram.user(ANN, "Ann")
+    telegram.rate_limit("editMessageText", retry_after=1)
+    async with running_bot(bot_settings(tmp_path, telegram, fake_llm)) as (_, adapter, url):
         before = await samples(url)
-        api.send_text(api.private_chat(ann), ann, "Hi, I'm Ann")
-        await api.wait_for(shows(ANN, REPLY))
+        telegram.send_text(telegram.private_chat(ann), ann, "Hi, I'm Ann")
+        await telegram.wait_for(telegram_shows(ANN, REPLY))
         await adapter.stop()
         after = await samples(url)
-    assert [c.error.status for c in api.calls_to("editMessageText") if c.error] == [429]
+    assert [c.error.status for c in telegram.calls_to("editMessageText") if c.error] == [429]
     assert change(before, after, "parley_rate_limited_total", platform="telegram") == 1
 
 
 async def test_queue_depth_counts_replies_waiting_for_a_slot(
-    tmp_path: Path, api: FakeTelegramAPI, llm: FakeLLMServer
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
 ) -> None:
-    ann = api.user(ANN, "Ann")
-    settings = bot_settings(tmp_path, api, llm, concurrency=1)
+    ann = telegram.user(ANN, "Ann")
+    settings = bot_settings(tmp_path, telegram, fake_llm, concurrency=1)
     async with running_bot(settings) as (app, _, url):
         assert value(await samples(url), "parley_queue_depth") == 0
 
@@ -196,8 +171,8 @@ async def test_queue_depth_counts_replies_waiting_for_a_slot(
 
         # Another chat's reply holds the only LLM slot, so Ann's message has to wait.
         async with app.engine.queue.turn("test:other", ignore_position):
-            api.send_text(api.private_chat(ann), ann, "Hi, I'm Ann")
-            await api.wait_for(shows(ANN, "in line"))
+            telegram.send_text(telegram.private_chat(ann), ann, "Hi, I'm Ann")
+            await telegram.wait_for(telegram_shows(ANN, "in line"))
             assert value(await samples(url), "parley_queue_depth") == 1
-        await api.wait_for(shows(ANN, REPLY))
+        await telegram.wait_for(telegram_shows(ANN, REPLY))
         assert value(await samples(url), "parley_queue_depth") == 0

@@ -9,13 +9,13 @@ first failing payload is the one reported.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
-import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import pytest
@@ -23,21 +23,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from adapters.telegram.webhook import SECRET_HEADER
+from tests.conftest import free_port
 from tests.fakes.discord_api import FakeDiscord
-from tests.fakes.discord_world import FakeMessage, FakeUser, snowflake
+from tests.fakes.discord_world import FakeMessage, snowflake
+from tests.fakes.drivers import DiscordDriver, Person, PlatformDriver, TelegramDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
-from tests.fakes.platform_bots import (
-    discord_bot,
-    discord_replies,
-    discord_settings,
-    echo_reply,
-    telegram_bot,
-    telegram_replies,
-    telegram_settings,
-)
+from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
 from tests.fakes.telegram_api import FakeTelegramAPI
 
-ANN, CANARY = 1001, 1002  # Telegram users: the damaged updates come "from" Ann
+D = TypeVar("D", bound=PlatformDriver)
+
+ANN = 1001  # the Telegram user of the webhook test
 NO_LIMIT = {"user_messages_per_minute": 0}  # every example sends messages from the same users
 EXAMPLES = 40  # per test; each one is a round trip through the running bot
 
@@ -110,153 +106,143 @@ def damage(data: st.DataObject, payload: dict[str, Any], fields: Sequence[str]) 
     return payload
 
 
-# -- Telegram ------------------------------------------------------------------------------
-
-
 @dataclass
-class TelegramWorld:
-    """A running bot on the Telegram fake, and the chats the examples use."""
+class World(Generic[D]):
+    """A running bot on one platform's fake: damaged payloads come from Ann, the canary is Cai."""
 
-    api: FakeTelegramAPI
-    ann: dict[str, Any]
-    canary: dict[str, Any]
+    driver: D
+    ann: Person
+    canary: Person
     pings: Iterator[int] = field(default_factory=itertools.count)
 
     async def still_answers(self) -> None:
         """A good message from another user is answered."""
         text = f"ping {next(self.pings)}"
-        self.api.send_text(self.api.private_chat(self.canary), self.canary, text)
-        await self.api.wait_for(lambda a: f"echo {text}" in telegram_replies(a, CANARY))
+        await self.driver.say(self.canary, text)
+        await self.driver.wait_until(lambda: f"echo {text}" in self.driver.replies(self.canary))
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[FakeLLMServer]:
-    async with FakeLLMServer(behaviour=Behaviour(reply=echo_reply)) as server:
-        yield server
+def llm_behaviour() -> Behaviour:
+    return Behaviour(reply=echo_reply)
+
+
+@contextlib.asynccontextmanager
+async def running_world(driver: D, tmp_path: Path, llm_url: str) -> AsyncIterator[World[D]]:
+    async with driver.running(driver.settings(tmp_path, llm_url, engine=NO_LIMIT)):
+        yield World(driver, driver.person("Ann"), driver.person("Cai"))
+
+
+# -- Telegram ------------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def telegram(tmp_path: Path, llm: FakeLLMServer) -> AsyncIterator[TelegramWorld]:
-    async with FakeTelegramAPI() as api:
-        config = telegram_settings(tmp_path, api, llm.url, engine=NO_LIMIT)
-        async with telegram_bot(config):
-            yield TelegramWorld(api, api.user(ANN, "Ann"), api.user(CANARY, "Cai"))
+async def telegram_world(
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
+) -> AsyncIterator[World[TelegramDriver]]:
+    async with running_world(TelegramDriver(telegram), tmp_path, fake_llm.url) as world:
+        yield world
 
 
-def telegram_update(world: TelegramWorld) -> dict[str, Any]:
+def telegram_update(world: World[TelegramDriver]) -> dict[str, Any]:
     """A well-formed update (with the fake's next update_id) to damage."""
-    group = world.api.group_chat(-100777)
-    return world.api.text_update(group, world.ann, "@ParleyTestBot hello there")
+    api = world.driver.api
+    group = api.group_chat(-100777)
+    return api.text_update(group, world.driver.user(world.ann), "@ParleyTestBot hello there")
 
 
 @FUZZ
 @given(data=st.data())
 async def test_damaged_telegram_messages_are_skipped(
-    telegram: TelegramWorld, data: st.DataObject
+    telegram_world: World[TelegramDriver], data: st.DataObject
 ) -> None:
-    update = telegram_update(telegram)
-    telegram.api.push({**update, "message": damage(data, update["message"], TELEGRAM_FIELDS)})
-    await telegram.still_answers()
+    update = telegram_update(telegram_world)
+    damaged = damage(data, update["message"], TELEGRAM_FIELDS)
+    telegram_world.driver.api.push({**update, "message": damaged})
+    await telegram_world.still_answers()
 
 
 @FUZZ
 @given(kind=st.sampled_from(("message", *TELEGRAM_UPDATE_TYPES)), body=ANY_JSON)
 async def test_telegram_updates_of_any_shape_are_skipped(
-    telegram: TelegramWorld, kind: str, body: Any
+    telegram_world: World[TelegramDriver], kind: str, body: Any
 ) -> None:
-    update_id = telegram_update(telegram)["update_id"]
-    telegram.api.push({"update_id": update_id, kind: body})
-    await telegram.still_answers()
+    update_id = telegram_update(telegram_world)["update_id"]
+    telegram_world.driver.api.push({"update_id": update_id, kind: body})
+    await telegram_world.still_answers()
 
 
-async def test_an_unreadable_update_does_not_hold_up_its_batch(telegram: TelegramWorld) -> None:
+async def test_an_unreadable_update_does_not_hold_up_its_batch(
+    telegram_world: World[TelegramDriver],
+) -> None:
     # Regression: PTB decodes a getUpdates batch as a whole; one bad update used to fail every
     # poll from then on, and the bot answered nobody.
-    update = telegram_update(telegram)
-    telegram.api.push({**update, "message": {"message_id": 1}})  # no date, no chat
-    await telegram.still_answers()
+    update = telegram_update(telegram_world)
+    telegram_world.driver.api.push({**update, "message": {"message_id": 1}})  # no date, no chat
+    await telegram_world.still_answers()
 
 
 async def test_webhook_acknowledges_an_unreadable_update(
-    tmp_path: Path, llm: FakeLLMServer
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/hook"
     headers = {SECRET_HEADER: "s3cret"}
-    async with FakeTelegramAPI() as api:
-        config = telegram_settings(
-            tmp_path, api, llm.url, webhook_url=url, webhook_port=port, webhook_secret="s3cret"
-        )
-        ann = api.user(ANN, "Ann")
-        chat = api.private_chat(ann)
-        async with telegram_bot(config), aiohttp.ClientSession() as http:
-            bad = api.text_update(chat, ann, "lost")
-            bad["message"]["date"] = 2**62  # outside what a datetime can hold
-            async with http.post(url, json=bad, headers=headers) as response:
-                assert response.status == 200  # Telegram would redeliver a failed update
-            good = api.text_update(chat, ann, "hello")
-            async with http.post(url, json=good, headers=headers) as response:
-                assert response.status == 200
-            await api.wait_for(lambda a: telegram_replies(a, ANN) == ["echo hello"])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    config = telegram_settings(
+        tmp_path,
+        telegram,
+        fake_llm.url,
+        webhook_url=url,
+        webhook_port=port,
+        webhook_secret="s3cret",
+    )
+    ann = telegram.user(ANN, "Ann")
+    chat = telegram.private_chat(ann)
+    async with telegram_bot(config), aiohttp.ClientSession() as http:
+        bad = telegram.text_update(chat, ann, "lost")
+        bad["message"]["date"] = 2**62  # outside what a datetime can hold
+        async with http.post(url, json=bad, headers=headers) as response:
+            assert response.status == 200  # Telegram would redeliver a failed update
+        good = telegram.text_update(chat, ann, "hello")
+        async with http.post(url, json=good, headers=headers) as response:
+            assert response.status == 200
+        await telegram.wait_for(lambda a: telegram_replies(a, ANN) == ["echo hello"])
 
 
 # -- Discord -------------------------------------------------------------------------------
 
 
-@dataclass
-class DiscordWorld:
-    """A running bot on the Discord fake; damaged events come from Zed, the canary is Cai."""
-
-    fake: FakeDiscord
-    zed: FakeUser = field(default_factory=lambda: FakeUser(snowflake(), "Zed"))
-    canary: FakeUser = field(default_factory=lambda: FakeUser(snowflake(), "Cai"))
-    pings: Iterator[int] = field(default_factory=itertools.count)
-
-    def event(self) -> dict[str, Any]:
-        """A well-formed MESSAGE_CREATE payload of a DM to damage."""
-        message = FakeMessage(
-            id=snowflake(),
-            channel_id=self.fake.dm_channel(self.zed),
-            author=self.zed,
-            content="hello there",
-        )
-        return self.fake.message_payload(message, event=True)
-
-    async def still_answers(self) -> None:
-        """A good message from another user is answered."""
-        text = f"ping {next(self.pings)}"
-        await self.fake.post_message(self.canary, text, dm=True)
-        channel = self.fake.dm_channel(self.canary)
-        await self.fake.wait_until(lambda: f"echo {text}" in discord_replies(self.fake, channel))
-
-
 @pytest.fixture
-async def discord(tmp_path: Path, llm: FakeLLMServer) -> AsyncIterator[DiscordWorld]:
-    async with FakeDiscord() as fake:
-        config = discord_settings(tmp_path, fake, llm.url, engine=NO_LIMIT)
-        async with discord_bot(config):
-            yield DiscordWorld(fake)
+async def discord_world(
+    tmp_path: Path, discord: FakeDiscord, fake_llm: FakeLLMServer
+) -> AsyncIterator[World[DiscordDriver]]:
+    async with running_world(DiscordDriver(discord), tmp_path, fake_llm.url) as world:
+        yield world
+
+
+def discord_event(world: World[DiscordDriver]) -> dict[str, Any]:
+    """A well-formed MESSAGE_CREATE payload of Ann's DM to damage."""
+    fake, ann = world.driver.fake, world.driver.user(world.ann)
+    message = FakeMessage(
+        id=snowflake(), channel_id=fake.dm_channel(ann), author=ann, content="hello there"
+    )
+    return fake.message_payload(message, event=True)
 
 
 @FUZZ
 @given(data=st.data())
 async def test_damaged_discord_messages_are_skipped(
-    discord: DiscordWorld, data: st.DataObject
+    discord_world: World[DiscordDriver], data: st.DataObject
 ) -> None:
-    await discord.fake.gateway.dispatch(
-        "MESSAGE_CREATE", damage(data, discord.event(), DISCORD_FIELDS)
-    )
-    await discord.still_answers()
+    damaged = damage(data, discord_event(discord_world), DISCORD_FIELDS)
+    await discord_world.driver.fake.gateway.dispatch("MESSAGE_CREATE", damaged)
+    await discord_world.still_answers()
 
 
 @FUZZ
 @given(body=ANY_JSON)
-async def test_discord_events_of_any_shape_are_skipped(discord: DiscordWorld, body: Any) -> None:
-    await discord.fake.gateway.dispatch("MESSAGE_CREATE", body)
-    await discord.still_answers()
+async def test_discord_events_of_any_shape_are_skipped(
+    discord_world: World[DiscordDriver], body: Any
+) -> None:
+    await discord_world.driver.fake.gateway.dispatch("MESSAGE_CREATE", body)
+    await discord_world.still_answers()

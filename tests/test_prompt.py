@@ -6,13 +6,13 @@ from bot.channel_config import ChannelSettings
 from bot.config import EngineSettings
 from bot.personas import PERSONAS
 from bot.prompt import PromptTurn, build_request, fit_history, render_raw, system_prompt
-from bot.storage import StoredMessage
+from bot.storage import Role, StoredMessage
 
 SETTINGS = ChannelSettings.resolve(EngineSettings(), {})
 
 
-def row(i: int, role: str, content: str, tokens: int) -> StoredMessage:
-    return StoredMessage(i, role, "u", "U", content, "complete", tokens, 0.0)  # type: ignore[arg-type]
+def row(i: int, role: Role, content: str, tokens: int | None) -> StoredMessage:
+    return StoredMessage(i, role, "u", "U", content, "complete", tokens, 0.0)
 
 
 def test_at_least_five_presets_and_custom_text() -> None:
@@ -33,7 +33,7 @@ def test_history_keeps_the_newest_turns_within_budget() -> None:
     ]
     assert fit_history(newest_first, 25) == [PromptTurn("user", "c"), PromptTurn("assistant", "d")]
     assert fit_history(newest_first, 5) == []
-    unknown = [row(1, "user", "x" * 35, None)]  # type: ignore[arg-type]
+    unknown = [row(1, "user", "x" * 35, None)]
     assert fit_history(unknown, 10) == [PromptTurn("user", "x" * 35)]  # estimated at 10 tokens
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,16 @@ from bot.config import LoggingSettings, Settings
 from bot.engine import MSG_LLM_DOWN
 from bot.errors import ConfigError
 from bot.logs import setup_logging
-from tests.fakes.discord_api import FakeDiscord
-from tests.fakes.discord_world import FakeUser, snowflake
+from tests.fakes.drivers import open_driver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
-from tests.fakes.platform_bots import (
-    discord_bot,
-    discord_replies,
-    discord_settings,
-    telegram_bot,
-    telegram_replies,
-    telegram_settings,
-)
+from tests.fakes.platform_bots import telegram_bot, telegram_settings
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 TELEGRAM_TOKEN = "7312345678:AAF-secret-telegram-token-xyz"
 DISCORD_TOKEN = "MTEwMDAw.secret-discord-token.xyz"
 API_KEY = "sk-parley-secret-api-key-xyz"
+TOKENS = {"telegram": TELEGRAM_TOKEN, "discord": DISCORD_TOKEN}  # each bot's token
 REPLY = "Here is a reply long enough to be streamed in several edits, word by word."
-ANN = 4001
 
 
 def pieces(secret: str) -> list[str]:
@@ -54,8 +45,7 @@ def leaks(text: str | bytes, *secrets: str) -> list[str]:
     found = []
     for secret in secrets:
         for piece in pieces(secret):
-            needle: str | bytes = piece.encode() if isinstance(text, bytes) else piece
-            if needle in text:  # type: ignore[operator]
+            if piece.encode() in text if isinstance(text, bytes) else piece in text:
                 found.append(piece)
     return found
 
@@ -86,65 +76,43 @@ def database_bytes(tmp_path: Path) -> bytes:
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[FakeLLMServer]:
-    async with FakeLLMServer(behaviour=Behaviour(reply=REPLY, delay_s=0.02)) as server:
-        yield server
+def llm_behaviour() -> Behaviour:
+    return Behaviour(reply=REPLY, delay_s=0.02)
 
 
-async def test_telegram_conversation_leaks_no_secret(tmp_path: Path, llm: FakeLLMServer) -> None:
-    async with FakeTelegramAPI(token=TELEGRAM_TOKEN) as api:
-        settings = telegram_settings(tmp_path, api, llm.url, llm={"api_key": API_KEY})
-        ann = api.user(ANN, "Ann")
-        chat = api.private_chat(ann)
+async def test_a_conversation_leaks_no_secret(
+    tmp_path: Path, platform_name: str, fake_llm: FakeLLMServer
+) -> None:
+    async with open_driver(platform_name, token=TOKENS[platform_name]) as driver:
+        settings = driver.settings(tmp_path, fake_llm.url, llm={"api_key": API_KEY})
+        ann = driver.person("Ann")
         with debug_logs(settings) as logs:
-            async with telegram_bot(settings):
-                api.rate_limit("editMessageText", retry_after=1)
-                api.send_text(chat, ann, "hello")
-                await api.wait_for(lambda a: telegram_replies(a, ANN) == [REPLY])
-                llm.behaviour.status = 503  # the LLM is down: an error path
-                api.send_text(chat, ann, "are you there?")
-                await api.wait_for(lambda a: MSG_LLM_DOWN in telegram_replies(a, ANN))
-                api.send_text(chat, ann, "/config show")
-                await api.wait_for(
-                    lambda a: "Settings for this chat" in telegram_replies(a, ANN)[-1]
-                )
+            async with driver.running(settings):
+                driver.rate_limit_next_edit()
+                await driver.say(ann, "hello")
+                await driver.wait_until(lambda: driver.replies(ann) == [REPLY])
+                fake_llm.behaviour.status = 503  # the LLM is down: an error path
+                await driver.say(ann, "are you there?")
+                await driver.wait_until(lambda: MSG_LLM_DOWN in driver.replies(ann))
+                shown = await driver.command(ann, "config show")
+    assert "Settings for this chat" in shown
     log_text = logs.getvalue()
-    assert "getUpdates" in log_text and "429" in log_text  # DEBUG lines were captured
-    assert [line for line in log_text.splitlines() if leaks(line, TELEGRAM_TOKEN, API_KEY)] == []
-    sent = [json.dumps(call.params, ensure_ascii=False) for call in api.calls]
-    assert [s for s in sent if leaks(s, TELEGRAM_TOKEN, API_KEY)] == []
-    assert leaks(database_bytes(tmp_path), TELEGRAM_TOKEN, API_KEY) == []
+    # DEBUG lines were captured, the 429 among them.
+    assert driver.debug_log_marker in log_text and "429" in log_text
+    secrets = (*TOKENS.values(), API_KEY)
+    assert [line for line in log_text.splitlines() if leaks(line, *secrets)] == []
+    assert [s for s in driver.sent_payloads() if leaks(s, *secrets)] == []
+    assert leaks(database_bytes(tmp_path), *secrets) == []
 
 
-async def test_discord_conversation_leaks_no_secret(tmp_path: Path, llm: FakeLLMServer) -> None:
-    zed = FakeUser(snowflake(), "Zed")
-    async with FakeDiscord(token=DISCORD_TOKEN) as fake:
-        settings = discord_settings(tmp_path, fake, llm.url, llm={"api_key": API_KEY})
-        with debug_logs(settings) as logs:
-            async with discord_bot(settings):
-                channel = fake.dm_channel(zed)
-                fake.rate_limit("PATCH", r"/channels/\d+/messages/\d+")
-                await fake.post_message(zed, "hello", dm=True)
-                await fake.wait_until(lambda: discord_replies(fake, channel) == [REPLY])
-                llm.behaviour.status = 503
-                await fake.post_message(zed, "are you there?", dm=True)
-                await fake.wait_until(lambda: MSG_LLM_DOWN in discord_replies(fake, channel))
-                shown = await fake.interact("config show", user=zed, dm=True)
-                await fake.wait_until(lambda: shown.original_id is not None)
-    log_text = logs.getvalue()
-    assert "MESSAGE_CREATE" in log_text and "429" in log_text  # DEBUG lines were captured
-    assert [line for line in log_text.splitlines() if leaks(line, DISCORD_TOKEN, API_KEY)] == []
-    sent = [json.dumps(call.body, ensure_ascii=False) for call in fake.calls]
-    assert [s for s in sent if leaks(s, DISCORD_TOKEN, API_KEY)] == []
-    assert leaks(database_bytes(tmp_path), DISCORD_TOKEN, API_KEY) == []
-
-
-async def test_refused_telegram_token_is_not_shown(tmp_path: Path, llm: FakeLLMServer) -> None:
-    async with FakeTelegramAPI() as api:  # it expects another token: ours gets a 401
-        settings = telegram_settings(tmp_path, api, llm.url, token=TELEGRAM_TOKEN)
-        with debug_logs(settings) as logs, pytest.raises(ConfigError) as refused:
-            async with telegram_bot(settings):
-                pass
+async def test_refused_telegram_token_is_not_shown(
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
+) -> None:
+    # The fake expects another token: ours gets a 401.
+    settings = telegram_settings(tmp_path, telegram, fake_llm.url, token=TELEGRAM_TOKEN)
+    with debug_logs(settings) as logs, pytest.raises(ConfigError) as refused:
+        async with telegram_bot(settings):
+            pass
     assert "telegram.token" in str(refused.value)
     assert leaks(str(refused.value), TELEGRAM_TOKEN) == []
     assert [line for line in logs.getvalue().splitlines() if leaks(line, TELEGRAM_TOKEN)] == []
@@ -169,7 +137,9 @@ async def echo_key_backend(request: web.Request) -> web.Response:
     return web.json_response(body, status=401)
 
 
-async def test_a_backend_error_quoting_the_api_key_is_not_repeated(tmp_path: Path) -> None:
+async def test_a_backend_error_quoting_the_api_key_is_not_repeated(
+    tmp_path: Path, platform_name: str
+) -> None:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", echo_key_backend)
     runner = web.AppRunner(app, handle_signals=False)
@@ -178,15 +148,15 @@ async def test_a_backend_error_quoting_the_api_key_is_not_repeated(tmp_path: Pat
     await site.start()
     backend = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        async with FakeTelegramAPI(token=TELEGRAM_TOKEN) as api:
-            settings = telegram_settings(tmp_path, api, backend, llm={"api_key": API_KEY})
-            ann = api.user(ANN, "Ann")
+        async with open_driver(platform_name, token=TOKENS[platform_name]) as driver:
+            settings = driver.settings(tmp_path, backend, llm={"api_key": API_KEY})
+            ann = driver.person("Ann")
             with debug_logs(settings) as logs:
-                async with telegram_bot(settings):
-                    api.send_text(api.private_chat(ann), ann, "hello")
-                    await api.wait_for(lambda a: telegram_replies(a, ANN))
+                async with driver.running(settings):
+                    await driver.say(ann, "hello")
+                    await driver.wait_until(lambda: driver.replies(ann))
     finally:
         await runner.cleanup()
-    assert "refused" in telegram_replies(api, ANN)[0]  # the user hears what went wrong...
-    assert leaks(" ".join(telegram_replies(api, ANN)), API_KEY) == []  # ...but not the key
+    assert "refused" in driver.replies(ann)[0]  # the user hears what went wrong...
+    assert leaks(" ".join(driver.replies(ann)), API_KEY) == []  # ...but not the key
     assert [line for line in logs.getvalue().splitlines() if leaks(line, API_KEY)] == []

@@ -7,22 +7,14 @@ rounds with injected faults and reports the memory figures.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.fakes.chat_load import DiscordLoad, LoadResult, TelegramLoad
-from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.chat_load import LoadResult
+from tests.fakes.drivers import PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
-from tests.fakes.platform_bots import (
-    discord_bot,
-    discord_settings,
-    echo_reply,
-    telegram_bot,
-    telegram_settings,
-)
-from tests.fakes.telegram_api import FakeTelegramAPI
+from tests.fakes.platform_bots import echo_reply
 
 CHATS = 200
 PER_CHAT = 3
@@ -33,9 +25,8 @@ DEADLINE_S = 150.0  # a hang guard: a round that runs out reports what is missin
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[FakeLLMServer]:
-    async with FakeLLMServer(behaviour=Behaviour(reply=echo_reply)) as server:
-        yield server
+def llm_behaviour() -> Behaviour:
+    return Behaviour(reply=echo_reply)
 
 
 def assert_delivered(result: LoadResult) -> None:
@@ -43,21 +34,10 @@ def assert_delivered(result: LoadResult) -> None:
     assert result.answered == result.messages == CHATS * PER_CHAT
 
 
-async def test_telegram_200_chats_lose_nothing_and_keep_order(
-    tmp_path: Path, llm: FakeLLMServer
+async def test_200_chats_lose_nothing_and_keep_order(
+    tmp_path: Path, driver: PlatformDriver, fake_llm: FakeLLMServer
 ) -> None:
-    async with FakeTelegramAPI() as api:
-        settings = telegram_settings(tmp_path, api, llm.url, llm={"concurrency": SLOTS})
-        async with telegram_bot(settings):
-            result = await TelegramLoad(api, chats=CHATS).round(PER_CHAT, deadline_s=DEADLINE_S)
-    assert_delivered(result)
-
-
-async def test_discord_200_chats_lose_nothing_and_keep_order(
-    tmp_path: Path, llm: FakeLLMServer
-) -> None:
-    async with FakeDiscord() as fake:
-        settings = discord_settings(tmp_path, fake, llm.url, llm={"concurrency": SLOTS})
-        async with discord_bot(settings):
-            result = await DiscordLoad(fake, chats=CHATS).round(PER_CHAT, deadline_s=DEADLINE_S)
+    settings = driver.settings(tmp_path, fake_llm.url, llm={"concurrency": SLOTS})
+    async with driver.running(settings):
+        result = await driver.load(CHATS).round(PER_CHAT, deadline_s=DEADLINE_S)
     assert_delivered(result)

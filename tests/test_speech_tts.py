@@ -18,6 +18,7 @@ from bot.config import TTSSettings
 from bot.errors import SpeechSynthesisError
 from bot.speech.audio import SPEECH_RATE, Pcm, decode_pcm
 from bot.speech.tts import BACKEND_RETRY_S, SpeechSynthesizer
+from tests.fakes.clock import ManualClock
 from tests.fakes.edge_tts_service import TONE_HZ, TONE_SECONDS, EdgeTTSStandIn, Mode
 
 ESPEAK_TONE_HZ = 660.0
@@ -42,16 +43,6 @@ with wave.open(buffer, "wb") as wav:
     wav.writeframes(struct.pack(f"<{{len(samples)}}h", *samples))
 sys.stdout.buffer.write(buffer.getvalue())
 """
-
-
-class FakeClock:
-    """Monotonic seconds that only move when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def tone_share(pcm: Pcm, frequency: float) -> float:
@@ -108,7 +99,7 @@ async def test_edge_voice_speaks_through_the_real_client(edge_service: EdgeTTSSt
 
 @pytest.mark.speech
 async def test_when_edge_fails_the_offline_voice_answers(edge_service: EdgeTTSStandIn) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     synthesizer = SpeechSynthesizer(
         TTSSettings(backends=["edge", "piper"], edge_timeout_s=0.5), clock=clock
     )
@@ -116,7 +107,7 @@ async def test_when_edge_fails_the_offline_voice_answers(edge_service: EdgeTTSSt
     try:
         for attempt, mode in enumerate(modes, 1):
             edge_service.mode = mode
-            clock.now += BACKEND_RETRY_S + 1  # edge is first in line again
+            clock.advance(BACKEND_RETRY_S + 1)  # edge is first in line again
             clip = await synthesizer.synthesize("The offline voice answers.")
             assert edge_service.connections == attempt
             # piper speaks the sentence: longer than the stand-in's tone, and not a tone.
@@ -129,7 +120,7 @@ async def test_when_edge_fails_the_offline_voice_answers(edge_service: EdgeTTSSt
 async def test_an_unreachable_backend_waits_at_the_back_of_the_line(
     edge_service: EdgeTTSStandIn, fake_espeak: Path
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     synthesizer = SpeechSynthesizer(
         TTSSettings(backends=["edge", "espeak"], edge_timeout_s=0.5), clock=clock
     )
@@ -140,7 +131,7 @@ async def test_an_unreachable_backend_waits_at_the_back_of_the_line(
     assert [call["text"] for call in espeak_calls(fake_espeak)] == ["One.", "Two."]
 
     edge_service.mode = "speak"
-    clock.now += BACKEND_RETRY_S + 1
+    clock.advance(BACKEND_RETRY_S + 1)
     clip = await synthesizer.synthesize("Three.")
     assert edge_service.connections == 2
     assert [request.text for request in edge_service.requests] == ["Three."]

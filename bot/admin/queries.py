@@ -1,20 +1,17 @@
 """Read-only queries the admin console needs, as small functions taking the store.
 
-The `Store` contract has no listing or search (the bot never needs them), so these run their own
-SQL on the store's connections: SQLite's reader connection (WAL: it never waits behind a write),
-or a connection from the PostgreSQL store's pool. The SQL is written once, with `?` parameters,
-and is the same on both but for LIKE, which is ILIKE on PostgreSQL (case-insensitive, as SQLite's
-LIKE is for ASCII). If the contract grows these reads, re-point `_fetch`.
+The bot itself never lists or searches chats, so these are the console's own SQL, written once in
+SQLite's dialect and run through the store's read-only `fetch` (which adapts it for PostgreSQL:
+`$n` parameters, ILIKE for LIKE).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from bot.storage import SQLiteStore, Store
+from bot.storage import Store
 
 PREVIEW_CHARS = 120
 _LIKE_ESCAPE = "\\"  # as written in the ESCAPE clause of search_messages
@@ -103,18 +100,7 @@ def _json_text(raw: str | None) -> str:
 
 
 async def _fetch(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Rows of one read-only query on whichever database the store uses."""
-    if isinstance(store, SQLiteStore):
-        async with store._reader.execute(sql, params) as cur:
-            return [tuple(row) for row in await cur.fetchall()]
-    from bot.storage.postgres import PostgresStore
-
-    if isinstance(store, PostgresStore):
-        numbered = iter(range(1, sql.count("?") + 1))
-        pg_sql = re.sub(r"\?", lambda _: f"${next(numbered)}", sql.replace(" LIKE ", " ILIKE "))
-        async with store._conn("admin console query failed") as conn:
-            return [tuple(row) for row in await conn.fetch(pg_sql, *params)]
-    raise TypeError(f"the admin console cannot read a {type(store).__name__}")
+    return await store.fetch(sql, params)
 
 
 _MESSAGE_COLUMNS = (

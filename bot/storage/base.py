@@ -106,6 +106,9 @@ class Store(Protocol):
     async def probe_write(self) -> None:
         """Try a write that leaves nothing behind; raise StorageError if writes fail."""
 
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query in SQLite's dialect (`?` parameters), for reports."""
+
     async def channel_id(self, platform: str, channel_key: str) -> int:
         """The id of a channel, created on first use."""
 

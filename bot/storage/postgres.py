@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -467,6 +468,17 @@ class PostgresStore:
             raise error from exc
         if write:
             self.health.succeeded()
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query written for SQLite: `?` parameters, LIKE.
+
+        The placeholders become $1, $2...; LIKE becomes ILIKE, which is case-insensitive like
+        SQLite's LIKE (for ASCII). For reports such as the admin console's.
+        """
+        numbered = iter(range(1, sql.count("?") + 1))
+        pg_sql = re.sub(r"\?", lambda _: f"${next(numbered)}", sql.replace(" LIKE ", " ILIKE "))
+        async with self._conn("query failed") as conn:
+            return [tuple(row) for row in await conn.fetch(pg_sql, *params)]
 
     async def probe_write(self) -> None:
         """Commit a write that leaves nothing behind: a row inserted and deleted again."""

@@ -186,6 +186,14 @@ class SQLiteStore:
             ]
         )
 
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query, `?` parameters (reports such as the admin console's).
+
+        On the reader connection: under WAL it never waits behind a write.
+        """
+        async with self._reader.execute(sql, params) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
     async def channel_id(self, platform: str, channel_key: str) -> int:
         """The id of a channel, created on first use."""
         key = (platform, channel_key)

@@ -79,6 +79,7 @@ def encode(pcm: Pcm, rate: int, fmt: Format) -> bytes:
         # Every stream must exist before the first packet is written.
         video = _square_video_stream(container) if fmt == "video-note" else None
         stream = container.add_stream(codec, rate=codec_rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)  # every codec in _CONTAINERS is an audio one
         if video is not None:
             _write_video(container, video, seconds=pcm.size / rate)
         for frame in _resample(np.ascontiguousarray(pcm, dtype=np.float32), rate, codec_rate):

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeUser, snowflake
@@ -51,6 +52,18 @@ class LoadResult:
             self.out_of_order += 1
         if present != expected and len(self.problems) < SHOWN_PROBLEMS:
             self.problems.append(f"chat {chat}: expected {expected}, got {got}")
+
+
+class ChatLoad(Protocol):
+    """Rounds of messages into many chats of one platform fake."""
+
+    def forget(self) -> None:
+        """Drop the fake's records of earlier rounds."""
+        ...
+
+    async def round(self, per_chat: int, *, deadline_s: float) -> LoadResult:
+        """Send `per_chat` messages into every chat at once and wait for all the replies."""
+        ...
 
 
 def _questions(round_no: int, per_chat: int) -> list[str]:
@@ -197,3 +210,7 @@ def _count_errors(result: LoadResult, statuses: Iterable[int]) -> None:
             result.rate_limited += 1
         elif status >= 500:
             result.server_errors += 1
+
+
+# Each platform's load is a ChatLoad: mypy fails here if one drifts from the other.
+_ARE_CHAT_LOADS: tuple[type[ChatLoad], ...] = (TelegramLoad, DiscordLoad)

@@ -23,9 +23,9 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from tests.fakes.discord_gateway import INTENT_MESSAGE_CONTENT, Gateway, GatewaySession
 from tests.fakes.discord_world import (
@@ -199,7 +199,7 @@ class FakeDiscord(DiscordWorld):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FakeDiscord:
+    async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self.gateway.handle)
         app.router.add_get("/attachments/{id}/{filename}", self._download)
@@ -394,6 +394,11 @@ class FakeDiscord(DiscordWorld):
         ids = [interaction.original_id, *interaction.followup_ids]
         return [self.messages[i] for i in ids if i is not None and not self.messages[i].deleted]
 
+    def original_response(self, interaction: FakeInteraction) -> FakeMessage:
+        """The interaction's original response (deferred or not); a test fails if none yet."""
+        assert interaction.original_id is not None, "the interaction has no response yet"
+        return self.messages[interaction.original_id]
+
     def calls_to(self, method: str, path_pattern: str) -> list[Call]:
         """Recorded calls whose method matches and whose path matches the regex fully."""
         pattern = re.compile(path_pattern)
@@ -458,7 +463,9 @@ class FakeDiscord(DiscordWorld):
             files: list[FilePart] = []
             reader = await request.multipart()
             async for part in reader:
-                data = await part.read()  # type: ignore[union-attr]
+                # discord.py's uploads are flat: one part per file and payload_json.
+                assert isinstance(part, BodyPartReader), "nested multipart"
+                data = await part.read()
                 if part.name == "payload_json":
                     body = json.loads(data)
                 else:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.fakes.clock import ManualClock as ManualClock  # its old home: still importable here
+
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024  # what an interaction says the user may upload
 
 # Message flags.
@@ -31,19 +33,6 @@ OPTION_SUB_COMMAND_GROUP = 2
 
 
 _snowflakes = itertools.count(1_200_000_000_000_000_000)
-
-
-class ManualClock:
-    """A monotonic clock that moves only when told to; share one between the fake and the bot."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def snowflake() -> int:

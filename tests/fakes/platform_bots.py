@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,20 @@ def echo_reply(body: dict[str, Any]) -> str:
     return echoed(last_user_text(body))
 
 
+Section = Mapping[str, Any] | None
+
+
 def _common(
-    llm_url: str, engine: dict[str, Any] | None, llm: dict[str, Any] | None
+    llm_url: str, engine: Section, llm: Section, stt: Section, http: Section
 ) -> dict[str, Any]:
+    """The core sections: the fake LLM, no voice replies unless asked, the small speech models."""
     return {
         "llm": {"base_url": llm_url, "retries": 0, **(llm or {})},
         "engine": {"voice_mode": "off", **(engine or {})},
+        # Used only by a bot started with speech=True: the small Whisper model, the offline voice.
+        "stt": {"model": "tiny.en", "show_transcript": True, **(stt or {})},
+        "tts": {"backends": ["piper"]},
+        "http": {**(http or {})},
     }
 
 
@@ -57,8 +66,10 @@ def telegram_settings(
     llm_url: str,
     *,
     via: str | None = None,
-    engine: dict[str, Any] | None = None,
-    llm: dict[str, Any] | None = None,
+    engine: Section = None,
+    llm: Section = None,
+    stt: Section = None,
+    http: Section = None,
     **telegram: Any,
 ) -> Settings:
     """Settings for the Telegram fake; `via` is a proxy's base URL standing in for the fake's."""
@@ -72,7 +83,8 @@ def telegram_settings(
         "global_rate": FAST_RATE,
         **telegram,
     }
-    return make_settings(tmp_path, **_common(llm_url, engine, llm), telegram=values)
+    sections = _common(llm_url, engine, llm, stt, http)
+    return make_settings(tmp_path, **sections, telegram=values)
 
 
 def discord_settings(
@@ -81,8 +93,10 @@ def discord_settings(
     llm_url: str,
     *,
     via: str | None = None,
-    engine: dict[str, Any] | None = None,
-    llm: dict[str, Any] | None = None,
+    engine: Section = None,
+    llm: Section = None,
+    stt: Section = None,
+    http: Section = None,
     **discord: Any,
 ) -> Settings:
     """Settings for the Discord fake; `via` is a proxy's base URL standing in for the fake's."""
@@ -96,7 +110,8 @@ def discord_settings(
         "global_rate": FAST_RATE,
         **discord,
     }
-    return make_settings(tmp_path, **_common(llm_url, engine, llm), discord=values)
+    sections = _common(llm_url, engine, llm, stt, http)
+    return make_settings(tmp_path, **sections, discord=values)
 
 
 @dataclass
@@ -116,9 +131,11 @@ class RunningDiscord:
 
 
 @contextlib.asynccontextmanager
-async def telegram_bot(settings: Settings) -> AsyncIterator[RunningTelegram]:
-    """ParleyApp + TelegramAdapter (long polling), running for the block."""
-    async with ParleyApp(settings, speech=False) as app:
+async def telegram_bot(
+    settings: Settings, *, speech: bool = False
+) -> AsyncIterator[RunningTelegram]:
+    """ParleyApp + TelegramAdapter (long polling or webhook), running for the block."""
+    async with ParleyApp(settings, speech=speech) as app:
         adapter = TelegramAdapter(app.services, poll_timeout_s=TELEGRAM_POLL_S)
         await adapter.start()
         try:
@@ -128,10 +145,12 @@ async def telegram_bot(settings: Settings) -> AsyncIterator[RunningTelegram]:
 
 
 @contextlib.asynccontextmanager
-async def discord_bot(settings: Settings) -> AsyncIterator[RunningDiscord]:
-    """ParleyApp + DiscordAdapter (gateway), running for the block."""
-    async with ParleyApp(settings, speech=False) as app:
-        adapter = DiscordAdapter(app.services, guild_ready_timeout=DISCORD_READY_S)
+async def discord_bot(
+    settings: Settings, *, speech: bool = False, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[RunningDiscord]:
+    """ParleyApp + DiscordAdapter (gateway), running for the block; `clock` is the adapter's."""
+    async with ParleyApp(settings, speech=speech) as app:
+        adapter = DiscordAdapter(app.services, guild_ready_timeout=DISCORD_READY_S, clock=clock)
         await adapter.start()
         try:
             yield RunningDiscord(app, adapter)
@@ -179,6 +198,11 @@ def telegram_replies(api: FakeTelegramAPI, chat_id: int) -> list[str]:
         for m in api.bot_messages(chat_id)
         if m.kind == "text" and not m.text.startswith(QUEUE_NOTICE_PREFIX)
     ]
+
+
+def telegram_shows(chat_id: int, fragment: str) -> Callable[[FakeTelegramAPI], bool]:
+    """A `wait_for` predicate: one of the bot's messages in the chat contains `fragment`."""
+    return lambda api: any(fragment in m.text for m in api.bot_messages(chat_id))
 
 
 def discord_replies(fake: FakeDiscord, channel_id: int) -> list[str]:

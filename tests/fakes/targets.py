@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
+from bot.types import OutgoingFile, RateBudget, ReplyTarget, TargetLimits, VoiceClip
 
 FAST_LIMITS = TargetLimits(
     max_chars=2000,
@@ -79,3 +79,7 @@ class RecordingTarget:
 
     async def send_file(self, file: OutgoingFile) -> None:
         self.files.append(file)
+
+
+# The engine takes any ReplyTarget: mypy fails here, not in a test, if this fake drifts from it.
+_IS_A_REPLY_TARGET: type[ReplyTarget] = RecordingTarget

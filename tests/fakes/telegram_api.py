@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -148,8 +148,11 @@ class FloodControl:
     overall: tuple[float, float] = (30.0, 30.0)
     _buckets: dict[object, Bucket] = field(default_factory=dict)
 
-    def check(self, chat_id: int, is_private: bool, now: float) -> int | None:
-        """None if the write may pass, else the `retry_after` to answer."""
+    def check(self, chat_id: object, is_private: bool, now: float) -> int | None:
+        """None if the write may pass, else the `retry_after` to answer.
+
+        `chat_id` is as the bot sent it: one bucket per distinct value, like Telegram's.
+        """
         rate, burst = self.private if is_private else self.group
         chat = self._buckets.setdefault(chat_id, Bucket(rate, burst))
         overall = self._buckets.setdefault("overall", Bucket(*self.overall))
@@ -199,7 +202,7 @@ class FakeTelegramAPI:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FakeTelegramAPI:
+    async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._on_method)
         app.router.add_get("/file/bot{token}/{path:.+}", self._on_file)
@@ -208,7 +211,7 @@ class FakeTelegramAPI:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         return self
 
@@ -551,7 +554,8 @@ class FakeTelegramAPI:
     # -- helpers ---------------------------------------------------------------------------
 
     def _chat(self, params: dict[str, Any]) -> dict[str, Any]:
-        chat = self.chats.get(params.get("chat_id"))  # type: ignore[arg-type]
+        chat_id = params.get("chat_id")
+        chat = self.chats.get(chat_id) if isinstance(chat_id, int) else None
         if chat is None:
             raise ApiError(400, "Bad Request: chat not found")
         return chat
