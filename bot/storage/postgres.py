@@ -89,6 +89,16 @@ def _session_of_row(row: str, channel: str) -> str:
     )
 
 
+# A prompt's history: an index range scan of one session, newest first (params: channel, row,
+# visible statuses, limit). tests/test_migrations.py checks its plan.
+HISTORY_SQL = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+    f" WHERE channel_id = $1 AND session_id = {_session_of_row('$2', '$1')}"
+    " AND id < $2 AND status = ANY($3::text[]) AND content <> ''"
+    " ORDER BY id DESC LIMIT $4"
+)
+
+
 def tsquery(terms: Sequence[str]) -> str:
     """A tsquery matching any of `terms`; only word characters go in, so never query syntax."""
     words = ("".join(ch for ch in term if ch.isalnum() or ch == "_") for term in terms)
@@ -688,10 +698,7 @@ class PostgresStore:
         """
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                f" WHERE channel_id = $1 AND session_id = {_session_of_row('$2', '$1')}"
-                " AND id < $2 AND status = ANY($3::text[]) AND content <> ''"
-                " ORDER BY id DESC LIMIT $4",
+                HISTORY_SQL,
                 channel_id,
                 before_row,
                 list(VISIBLE),

@@ -43,6 +43,14 @@ _VISIBLE_SQL = "status IN ({})".format(", ".join(f"'{status}'" for status in VIS
 _CURRENT_SESSION = "(SELECT session_id FROM channels WHERE id = ?)"
 # The session of a message row (params: row, channel): the chat's current one if there is no row.
 _SESSION_OF_ROW = f"COALESCE((SELECT session_id FROM messages WHERE id = ?), {_CURRENT_SESSION})"
+# A prompt's history: an index range scan of one session, newest first (params: channel, row,
+# channel, row, limit). tests/test_migrations.py checks its plan.
+HISTORY_SQL = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_session_recent"
+    f" WHERE channel_id = ? AND session_id = {_SESSION_OF_ROW}"
+    f" AND id < ? AND {_VISIBLE_SQL} AND content != ''"
+    " ORDER BY id DESC LIMIT ?"
+)
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
@@ -300,11 +308,7 @@ class SQLiteStore:
         Only `before_row`'s session (when there is no such row: the chat's current session).
         """
         async with self._reader.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_session_recent"
-            f" WHERE channel_id = ? AND session_id = {_SESSION_OF_ROW}"
-            f" AND id < ? AND {_VISIBLE_SQL} AND content != ''"
-            " ORDER BY id DESC LIMIT ?",
-            (channel_id, before_row, channel_id, before_row, limit),
+            HISTORY_SQL, (channel_id, before_row, channel_id, before_row, limit)
         ) as cur:
             rows = await cur.fetchall()
         return [StoredMessage(*tuple(row)) for row in rows]

@@ -248,6 +248,12 @@ class FakeTelegramAPI:
         self.chats[chat_id] = chat
         return chat
 
+    def forum_chat(self, chat_id: int, title: str = "Test forum") -> dict[str, Any]:
+        """A supergroup with topics: messages in a topic carry its `message_thread_id`."""
+        chat = {"id": chat_id, "type": "supergroup", "title": title, "is_forum": True}
+        self.chats[chat_id] = chat
+        return chat
+
     def text_update(
         self,
         chat: dict[str, Any],
@@ -255,9 +261,13 @@ class FakeTelegramAPI:
         text: str,
         *,
         reply_to: StoredMessage | None = None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
-        """An update carrying a text message; mentions and commands get their entities."""
-        message = self._user_message(chat, user, reply_to)
+        """An update carrying a text message; mentions and commands get their entities.
+
+        `topic`: the forum topic (message_thread_id) it is written in.
+        """
+        message = self._user_message(chat, user, reply_to, topic)
         message["text"] = text
         entities = _auto_entities(text)
         if entities:
@@ -312,12 +322,13 @@ class FakeTelegramAPI:
         payload: Any,
         *,
         caption: str | None = None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
         """An update with any other kind of message (photo, document, sticker, location...).
 
         `payload` is the field's value as the Bot API shapes it, e.g. a list of PhotoSize.
         """
-        message = self._user_message(chat, user, None)
+        message = self._user_message(chat, user, None, topic)
         message[kind] = payload
         if caption:
             message["caption"] = caption
@@ -602,7 +613,11 @@ class FakeTelegramAPI:
         return next(self._message_ids.setdefault(chat_id, itertools.count(1)))
 
     def _user_message(
-        self, chat: dict[str, Any], user: dict[str, Any], reply_to: StoredMessage | None
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        reply_to: StoredMessage | None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
         self.chats[chat["id"]] = chat
         message: dict[str, Any] = {
@@ -611,6 +626,9 @@ class FakeTelegramAPI:
             "chat": chat,
             "from": user,
         }
+        if topic is not None:
+            message["message_thread_id"] = topic
+            message["is_topic_message"] = True
         if reply_to is not None:
             message["reply_to_message"] = self._message_json(reply_to)
         return message
