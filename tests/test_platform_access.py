@@ -169,7 +169,7 @@ async def test_telegram_allow_lists_admit_listed_users_in_listed_chats(
     assert sorted(asked(fake_llm)) == ["ann in the group", "root elsewhere"]
 
 
-# -- Discord: an allow list of users; their messages are answered, others' are not ----------
+# -- Discord: an allow list of users; their messages (and admins') are answered, others' not --
 
 
 def reply_of(fake: FakeDiscord, interaction: FakeInteraction) -> str:
@@ -188,7 +188,11 @@ async def test_discord_allow_list_admits_listed_users_only(
     tmp_path: Path, discord: FakeDiscord, fake_llm: FakeLLMServer
 ) -> None:
     settings = discord_settings(
-        tmp_path, discord, fake_llm.url, allowed_user_ids=[discord.ALICE.id]
+        tmp_path,
+        discord,
+        fake_llm.url,
+        allowed_user_ids=[discord.ALICE.id],
+        admin_ids=[discord.BOB.id],
     )
     async with discord_bot(settings):
         await discord.post_message(discord.CAROL, "carol asks", mention_bot=True)
@@ -196,5 +200,10 @@ async def test_discord_allow_list_admits_listed_users_only(
         await discord.post_message(discord.ALICE, "alice asks", mention_bot=True)
         general = discord.GENERAL_ID
         await discord.wait_until(lambda: "echo alice asks" in discord_replies(discord, general))
+        # The bot's own admins are never locked out, as on Telegram.
+        await discord.post_message(discord.BOB, "bob the admin asks", mention_bot=True)
+        await discord.wait_until(
+            lambda: "echo bob the admin asks" in discord_replies(discord, general)
+        )
     assert refused == MSG_NOT_ALLOWED
-    assert asked(fake_llm) == ["alice asks"]
+    assert asked(fake_llm) == ["alice asks", "bob the admin asks"]

@@ -20,7 +20,12 @@ class AccessRules:
         self._cfg = settings
 
     def allowed(self, user_id: int, channel_id: int, parent_id: int | None = None) -> bool:
-        """Empty lists allow everyone everywhere; a thread is allowed when its parent is."""
+        """Empty lists allow everyone everywhere; a thread is allowed when its parent is.
+
+        The bot's own admins (`admin_ids`) are never locked out, as on Telegram.
+        """
+        if user_id in self._cfg.admin_ids:
+            return True
         if self._cfg.allowed_user_ids and user_id not in self._cfg.allowed_user_ids:
             return False
         if not self._cfg.allowed_channel_ids:

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 OP_DISPATCH = 0
 OP_HEARTBEAT = 1
 OP_IDENTIFY = 2
+OP_VOICE_STATE_UPDATE = 4
 OP_RESUME = 6
 OP_INVALID_SESSION = 9
 OP_HELLO = 10
@@ -89,6 +90,9 @@ class GatewaySession:
         await self.socket.close(code=code, message=reason.encode())
 
 
+VoiceStateHandler = Callable[[GatewaySession, dict[str, Any]], Awaitable[None]]
+
+
 class Gateway:
     """Accepts gateway connections for the fake and runs each session's protocol."""
 
@@ -107,6 +111,9 @@ class Gateway:
         self._ready_events = ready_events
         self._on_change = on_change
         self.sessions: list[GatewaySession] = []
+        # Set by the voice fake (tests/fakes/discord_voice): answers a client's op 4 (join or
+        # leave a voice channel) with VOICE_STATE_UPDATE / VOICE_SERVER_UPDATE dispatches.
+        self.on_voice_state: VoiceStateHandler | None = None
 
     @property
     def live(self) -> list[GatewaySession]:
@@ -136,6 +143,8 @@ class Gateway:
                 await session.send(OP_HEARTBEAT_ACK, None)
             elif op == OP_IDENTIFY:
                 await self._identify(session, data)
+            elif op == OP_VOICE_STATE_UPDATE and self.on_voice_state is not None:
+                await self.on_voice_state(session, data)
             elif op == OP_RESUME:
                 # Sessions are not kept: tell the client to identify afresh, as Discord does
                 # for a session it no longer knows.

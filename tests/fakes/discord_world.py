@@ -130,6 +130,9 @@ class DiscordWorld:
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
         self._dm_channels: dict[int, int] = {}
         self._command_ids: dict[tuple[int | None, str], int] = {}
+        # Added by the voice fake: voice channels and who is in them, part of GUILD_CREATE.
+        self.extra_channels: list[dict[str, Any]] = []
+        self.voice_states: list[dict[str, Any]] = []
 
     def dm_channel(self, user: FakeUser) -> int:
         """The id of the DM channel between `user` and the bot."""
@@ -238,11 +241,11 @@ class DiscordWorld:
             "large": False,
             "member_count": 4,
             "roles": self._roles(),
-            "channels": [self._channel_payload(self.GENERAL_ID)],
+            "channels": [self._channel_payload(self.GENERAL_ID), *self.extra_channels],
             "threads": [self._channel_payload(self.THREAD_ID)],
             "members": [self._member_payload(self.BOT)],
             "presences": [],
-            "voice_states": [],
+            "voice_states": list(self.voice_states),
             "emojis": [],
             "stickers": [],
             "features": [],
