@@ -22,6 +22,7 @@ from bot.errors import ConfigError
 from bot.health import HealthChecks, database_check, llm_check
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient
+from bot.models import ModelCatalog
 from bot.platform import Platform, PlatformAdapter, Services
 from bot.storage import HistoryStore, open_store
 from bot.streaming import EditScheduler
@@ -61,6 +62,7 @@ class ParleyApp:
         self.llm: LLMClient
         self.engine: ConversationEngine
         self.commands: Commands
+        self.models: ModelCatalog
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
@@ -75,6 +77,7 @@ class ParleyApp:
             if self.server is not None:
                 waits[self.server.url] = self.server.wait_ready
             self.llm = LLMClient(s.llm, urls, api, wait_ready=waits)
+            self.models = ModelCatalog(s.llm, self.llm)  # the chats' /model choices
             transcriber, synthesizer = self._speech()
             self.engine = ConversationEngine(
                 s,
@@ -84,6 +87,7 @@ class ParleyApp:
                 slots=slots,
                 transcriber=transcriber,
                 synthesizer=synthesizer,
+                models=self.models,
             )
             self.commands = Commands(s, self.store)
             if s.storage.retention_days:
@@ -169,6 +173,8 @@ class ParleyApp:
             for part in (engine.transcriber, engine.synthesizer):
                 if part is not None:
                     await part.close()
+        if hasattr(self, "models"):
+            await self.models.close()
         if hasattr(self, "llm"):
             await self.llm.close()
         if self.server is not None:

@@ -12,6 +12,8 @@ from bot.config import EngineSettings, VoiceMode
 if TYPE_CHECKING:
     from bot.storage import HistoryStore
 
+MODEL_KEY = "model"  # the chat setting /model stores (and audits)
+
 # Keys `config set` accepts, with the one-line help `config show` prints.
 CHANNEL_KEYS: dict[str, str] = {
     "persona": "persona preset or custom text",
@@ -41,12 +43,16 @@ class ChannelSettings:
     group_context_tokens: int
     voice_mode: VoiceMode
     stt_language: str
+    # The model the chat picked with /model (llm.models); "": the default. Not a `config set`
+    # key: /model checks the name against the configuration.
+    model: str = ""
 
     @classmethod
     def resolve(cls, defaults: EngineSettings, overrides: dict[str, Any]) -> ChannelSettings:
         values = {key: getattr(defaults, key) for key in CHANNEL_KEYS}
         values.update({k: v for k, v in overrides.items() if k in CHANNEL_KEYS})
-        return cls(**values)
+        model = overrides.get(MODEL_KEY)
+        return cls(**values, model=model if isinstance(model, str) else "")
 
     @classmethod
     async def load(

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from bot.channel_config import CHANNEL_KEYS, ChannelSettings, parse_channel_value
+from bot.channel_config import CHANNEL_KEYS, MODEL_KEY, ChannelSettings, parse_channel_value
 from bot.config import Settings
 from bot.errors import StorageError, storage_trouble
 from bot.llm import estimate_tokens
 from bot.memory import MAX_MEMORIES_PER_USER, MAX_MEMORY_CHARS
+from bot.models import DEFAULT_MODEL
 from bot.personas import PERSONAS
 from bot.sessions import AUTO_NAME, EXPORT_MAX_MESSAGES, export_markdown, normalise_name
 from bot.storage import MAIN_SESSION, HistoryStore, Memory, Session
@@ -184,6 +185,13 @@ COMMANDS: tuple[Command, ...] = (
         private=True,
     ),
     Command(
+        "model",
+        "Show the models, or pick one for this chat",
+        params=(Param("name", "a model from /model, or default"),),
+        change_access=Access.OWNER,
+        setting=MODEL_KEY,
+    ),
+    Command(
         "session",
         "This chat's conversations: start a new one, list, resume, export",
         subcommands=(
@@ -265,6 +273,7 @@ class Commands:
             "config set": self._config_set,
             "forget": self._forget,
             "remember": self._remember,
+            "model": self._model,
             "memory show": self._memory_show,
             "memory forget": self._memory_forget,
             "memory share": self._memory_share,
@@ -381,6 +390,33 @@ class Commands:
             f" I also forgot the {_count(facts, 'fact')} you asked me to remember." if facts else ""
         )
         return f"Deleted {deleted} of your messages.{also}"
+
+    # -- model -----------------------------------------------------------------------------
+
+    async def _model(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
+        models = self.settings.llm.models
+        current = (await self.channel_settings(channel_id)).model or DEFAULT_MODEL
+        if current != DEFAULT_MODEL and current not in models:
+            current = DEFAULT_MODEL  # picked once, since taken out of the configuration
+        if not args:
+            lines = ["Models:", _model_line(DEFAULT_MODEL, "the bot's default", current)]
+            lines += [
+                _model_line(name, entry.about or entry.model, current)
+                for name, entry in models.items()
+            ]
+            lines.append(
+                "/model NAME picks one for this chat (admins do in groups)."
+                if models
+                else "Only the default is set up here ([llm.models] in the config adds more)."
+            )
+            return "\n".join(lines)
+        name = args.strip().lower()
+        if name != DEFAULT_MODEL and name not in models:
+            return f"There is no model called “{args.strip()}”. /model lists them."
+        await self.store.set_channel_setting(
+            channel_id, MODEL_KEY, name, actor_id=msg.user_id, actor_name=msg.user_name, old=current
+        )
+        return f"This chat now uses {name} (was {current}). It applies from the next message."
 
     # -- memory ----------------------------------------------------------------------------
 
@@ -544,6 +580,7 @@ class Commands:
 
 
 _REFUSALS = {
+    "model": "Only admins can change the model here.",
     "persona": "Only admins can change the persona here.",
     "voice": "Only admins can change voice replies here.",
     "config set": "Sorry, only admins can change settings.",
@@ -562,6 +599,11 @@ def _memory_id(args: str) -> int | None:
     if not word.isdigit():
         raise ValueError(args)
     return int(word)
+
+
+def _model_line(name: str, about: str, current: str) -> str:
+    mark = " (this chat)" if name == current else ""
+    return f"• {name}" + (f" — {about}" if about else "") + mark
 
 
 def _memory_line(memory: Memory) -> str:

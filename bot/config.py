@@ -55,6 +55,30 @@ class LLMServerSettings(_Section):
     max_restarts: int = Field(5, ge=0)
 
 
+# The largest picture sent to a model that takes images (a photo from a phone is 1-4 MB; base64
+# makes the request a third larger).
+DEFAULT_MAX_IMAGE_BYTES = 5 * 1024 * 1024
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+
+
+class ModelSettings(_Section):
+    """One model a chat can pick with `/model NAME`: an entry of `[llm.models.NAME]`."""
+
+    url: str = ""  # its OpenAI-compatible server; empty: the default servers (llm.base_url...)
+    model: str = ""  # the model name sent with each request; empty: llm.model
+    api: Literal["auto", "chat", "completion"] = "auto"  # auto: chat with a url, else llm's api
+    api_key: SecretStr = SecretStr("")  # empty: llm.api_key
+    vision: bool = False  # it takes images even if its server does not say so (/props)
+    about: str = ""  # one line /model shows, e.g. "bigger, slower, sees images"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
 class LLMSettings(_Section):
     """Where replies come from: any OpenAI-compatible server, or the managed llama-server."""
 
@@ -71,7 +95,24 @@ class LLMSettings(_Section):
     backoff_s: float = Field(0.5, ge=0)
     concurrency: int = Field(0, ge=0)  # 0: the managed server's slots, else 2
     reasoning: Literal["hide", "show"] = "hide"
+    # Models a chat may pick with /model NAME (the default servers stay the default).
+    models: dict[str, ModelSettings] = {}
+    # The default servers take images even if they do not say so (llama-server with a
+    # multimodal projector reports it in /props; others do not).
+    vision: bool = False
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)  # larger pictures are refused
     server: LLMServerSettings = LLMServerSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        for name in value:
+            if name == "default" or not _MODEL_NAME.match(name):
+                raise ValueError(
+                    f"model name {name!r}: lowercase letters, digits, . _ - (up to 40), "
+                    "and not 'default' (the default servers' name)"
+                )
+        return value
 
     @field_validator("base_url", "fallback_urls")
     @classmethod
@@ -273,10 +314,12 @@ def _secret_values(model: BaseModel) -> list[str]:
     values: list[str] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
-        if isinstance(value, SecretStr) and value.get_secret_value():
-            values.append(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            values += _secret_values(value)
+        # Sections nest (llm.server) and some are keyed (llm.models.NAME.api_key).
+        for item in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(item, SecretStr) and item.get_secret_value():
+                values.append(item.get_secret_value())
+            elif isinstance(item, BaseModel):
+                values += _secret_values(item)
     return values
 
 

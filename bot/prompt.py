@@ -8,8 +8,10 @@ chat API's system message, and the raw prompts of base models.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bot.channel_config import ChannelSettings
 from bot.config import PromptFormat
@@ -17,6 +19,7 @@ from bot.llm import LLMRequest, estimate_tokens
 from bot.memory import Recalled
 from bot.personas import persona_text
 from bot.storage import StoredMessage
+from bot.types import ImageInput
 
 # Base models continue text rather than follow instructions: a couple of example turns show them
 # the shape of a conversation, and stop strings end the answer where the next turn would begin.
@@ -119,17 +122,42 @@ def build_request(
     user_text: str,
     settings: ChannelSettings,
     bot_name: str,
+    images: Sequence[dict[str, Any]] = (),
+    model: str = "",
 ) -> LLMRequest:
-    """The LLM request for one reply: chat messages, or a raw prompt in `prompt_format`."""
+    """The LLM request for one reply: chat messages, or a raw prompt in `prompt_format`.
+
+    `images` (from `image_parts`) go with the message being answered, after its text: chat only.
+    """
     turns = [*history, PromptTurn("user", user_text)]
-    request = LLMRequest(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    request = LLMRequest(
+        temperature=settings.temperature, max_tokens=settings.max_tokens, model=model
+    )
     if api == "chat":
-        request.messages = [{"role": "system", "content": system}] + [
-            {"role": t.role, "content": t.content} for t in turns
-        ]
+        request.messages = [{"role": "system", "content": system}]
+        request.messages += [{"role": t.role, "content": t.content} for t in turns]
+        if images:
+            text = [{"type": "text", "text": user_text}] if user_text else []
+            request.messages[-1]["content"] = [*text, *images]
         return request
     request.prompt, request.stop = render_raw(prompt_format, system, turns, bot_name)
     return request
+
+
+def image_parts(images: Sequence[ImageInput]) -> list[dict[str, Any]]:
+    """OpenAI image content parts: each picture as a base64 data URL with its MIME type.
+
+    Megabytes of base64 for a big picture: run it in a worker thread.
+    """
+    return [
+        {
+            "type": "image_url",
+            "image_url": {
+                "url": f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+            },
+        }
+        for image in images
+    ]
 
 
 def render_raw(

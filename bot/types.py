@@ -11,6 +11,14 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """A picture the user sent, as downloaded, for a model that takes images."""
+
+    data: bytes
+    mime: str  # image/jpeg, image/png, image/webp or image/gif
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One normalised user message, text or voice, from any platform."""
 
@@ -27,6 +35,7 @@ class IncomingMessage:
     is_private: bool = False  # a DM / private chat
     wants_voice: bool = False  # the user asked for a spoken reply (Discord: /ask voice:true)
     private_reply: bool = False  # a command's answer is seen by the caller alone (Discord)
+    images: tuple[ImageInput, ...] = ()  # pictures, when the chat's model takes them
 
 
 @dataclass(frozen=True, slots=True)

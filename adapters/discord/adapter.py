@@ -33,6 +33,7 @@ from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import (
     AccessRules,
     audio_attachment,
+    image_attachments,
     is_background,
     is_turn,
     readable_text,
@@ -45,11 +46,18 @@ from adapters.discord.targets import (
     InteractionTarget,
 )
 from bot.commands import CommandReply
-from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
+from bot.engine import (
+    MAX_IMAGES_PER_MESSAGE,
+    MSG_CAPTION_ONLY,
+    MSG_IMAGE_TOO_LARGE,
+    MSG_NO_VISION,
+    MSG_NO_VISION_TEXT,
+    MSG_UNREADABLE,
+)
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.platform import STOP_GRACE_S
 from bot.splitter import split_markdown
-from bot.types import IncomingMessage, TargetLimits
+from bot.types import ImageInput, IncomingMessage, TargetLimits
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -75,6 +83,7 @@ MSG_FILE_FAILED = "Sorry, Discord did not take the file (it may be too large)."
 MSG_NO_REPLY = "Done."  # an empty command reply: Discord refuses empty messages
 MSG_AUDIO_TOO_LARGE = "That audio file is too large ({size:.1f} MB; the limit is {limit:.1f} MB)."
 MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it again."
+MSG_PICTURE_UNREADABLE = "I couldn't download that picture. Please send it again."
 _MEGABYTE = 1024 * 1024
 
 
@@ -309,13 +318,20 @@ class DiscordAdapter:
         assert self._client is not None and self._client.user is not None
         text = readable_text(message, self._client.user)
         attachment = audio_attachment(message)
+        images: tuple[ImageInput, ...] = ()
+        pictures = image_attachments(message)
+        if pictures:
+            seen = await self._pictures(message, pictures, bool(text), target)
+            if seen is None and attachment is None:
+                return  # told why they cannot be seen, and there is nothing else to answer
+            images = seen or ()
         kind = unreadable_kind(message)
         if kind is not None and attachment is None:
             log.info("Discord: %s in channel %s cannot be read", kind, message.channel.id)
             await target.notice(
                 MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
             )
-        if not text and attachment is None:
+        if not text and attachment is None and not images:
             return
         audio = None
         if attachment is not None:
@@ -337,8 +353,43 @@ class DiscordAdapter:
             reply_to=str(reference.message_id) if reference and reference.message_id else None,
             message_id=str(message.id),
             is_private=message.guild is None,
+            images=images,
         )
         await self._engine.handle(msg, target)
+
+    async def _pictures(
+        self,
+        message: discord.Message,
+        pictures: list[discord.Attachment],
+        has_text: bool,
+        target: ChannelTarget,
+    ) -> tuple[ImageInput, ...] | None:
+        """The pictures for the model, or () after telling the user why they are left out
+        (None: nothing else to answer). Nothing is downloaded for a model that cannot see."""
+        if not await self._engine.takes_images("discord", str(message.channel.id)):
+            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
+            return () if has_text else None
+        limit = self._settings.llm.max_image_bytes
+        fitting = [p for p in pictures if p.size <= limit][:MAX_IMAGES_PER_MESSAGE]
+        if len(fitting) < len(pictures[:MAX_IMAGES_PER_MESSAGE]):
+            largest = max(p.size for p in pictures)
+            await target.notice(
+                MSG_IMAGE_TOO_LARGE.format(size_mb=largest / _MEGABYTE, limit_mb=limit / _MEGABYTE)
+            )
+        images = []
+        for picture in fitting:
+            try:
+                data = await picture.read()
+            except discord.HTTPException as exc:
+                log.warning("Discord: picture download failed: %s", exc)
+                await target.notice(MSG_PICTURE_UNREADABLE)
+                continue
+            images.append(
+                ImageInput(data, (picture.content_type or "").split(";")[0].strip().lower())
+            )
+        if not images and not has_text:
+            return None
+        return tuple(images)
 
     async def _download(
         self, attachment: discord.Attachment, target: ChannelTarget

@@ -26,11 +26,13 @@ from adapters.telegram.errors import reason_of
 from adapters.telegram.limits import MAX_DOWNLOAD_BYTES, chat_limits
 from adapters.telegram.polling import Ticket, UpdatePoller
 from adapters.telegram.rules import (
+    Picture,
     conversation_key,
     is_addressed,
     is_private,
     may_use,
     parse_command,
+    picture_of,
     strip_mention,
     topic_id,
     unreadable_kind,
@@ -39,10 +41,16 @@ from adapters.telegram.targets import TelegramReplyTarget
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
 from bot.commands import CommandReply
-from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
+from bot.engine import (
+    MSG_CAPTION_ONLY,
+    MSG_IMAGE_TOO_LARGE,
+    MSG_NO_VISION,
+    MSG_NO_VISION_TEXT,
+    MSG_UNREADABLE,
+)
 from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
 from bot.platform import STOP_GRACE_S
-from bot.types import IncomingMessage
+from bot.types import ImageInput, IncomingMessage
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -60,6 +68,7 @@ MSG_AUDIO_TOO_LARGE = (
 )
 MSG_FAILED = "⚠️ Something went wrong on my side with that message. Please try again."
 MSG_DOWNLOAD_FAILED = "Sorry, I couldn't download that recording. Please try again."
+MSG_PICTURE_FAILED = "Sorry, I couldn't download that picture. Please try again."
 MSG_FILE_FAILED = "Sorry, Telegram did not take the file. Please try again later."
 _MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
@@ -240,6 +249,14 @@ class TelegramAdapter:
         try:
             if text is None:
                 text = strip_mention(message.text or message.caption or "", bot_username)
+            images: tuple[ImageInput, ...] = ()
+            limit = min(MAX_DOWNLOAD_BYTES, self._settings.llm.max_image_bytes)
+            picture = picture_of(message, limit)
+            if picture is not None:
+                seen = await self._picture(message, picture, limit, bool(text), target)
+                if seen is None:
+                    return  # told why it cannot be seen, and there is no text to answer
+                images = seen
             kind = unreadable_kind(message)
             if kind is not None:
                 log.info("Telegram: %s in chat %s cannot be read", kind, message.chat_id)
@@ -257,7 +274,7 @@ class TelegramAdapter:
                     return
                 mime = getattr(media, "mime_type", None) or _default_mime(media)
             await self._engine.handle(
-                self._incoming(message, text, audio, mime),
+                self._incoming(message, text, audio, mime, images),
                 target,
                 on_stored=ticket.stored if ticket is not None else None,
                 # Not stored: Telegram keeps an unconfirmed update; on the last try, say so.
@@ -308,6 +325,38 @@ class TelegramAdapter:
         except _UNDELIVERED as exc:
             log.warning("message to chat %s not delivered: %s", message.chat_id, exc)
 
+    async def _picture(
+        self,
+        message: Message,
+        picture: Picture,
+        limit: int,
+        has_text: bool,
+        target: TelegramReplyTarget,
+    ) -> tuple[ImageInput, ...] | None:
+        """The picture for the model, or () after telling the user why it is left out (None:
+        nothing else to answer). Nothing is downloaded for a model that cannot see it."""
+        if not await self._engine.takes_images(PLATFORM, conversation_key(message)):
+            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
+            return () if has_text else None
+        too_large = MSG_IMAGE_TOO_LARGE.format(size_mb=picture.size / _MB, limit_mb=limit / _MB)
+        data: bytes | None = None
+        if picture.size <= limit:
+            try:
+                file = await picture.media.get_file()
+                data = bytes(await file.download_as_bytearray())
+            except telegram.error.BadRequest as exc:
+                log.info("picture download refused: %s", exc)
+                if reason_of(exc) != "too_large":
+                    too_large = MSG_PICTURE_FAILED
+            except telegram.error.TelegramError as exc:
+                log.warning("picture download failed: %s", exc)
+                too_large = MSG_PICTURE_FAILED
+        if data is None or len(data) > limit:
+            log.info("picture of %d bytes in chat %s left out", picture.size, message.chat_id)
+            await target.notice(too_large)
+            return () if has_text else None
+        return (ImageInput(data, picture.mime),)
+
     async def _download(
         self, media: Voice | Audio | VideoNote | Video, target: TelegramReplyTarget
     ) -> bytes | None:
@@ -338,6 +387,7 @@ class TelegramAdapter:
         text: str,
         audio: bytes | None = None,
         mime: str | None = None,
+        images: tuple[ImageInput, ...] = (),
     ) -> IncomingMessage:
         user = message.from_user
         assert user is not None  # the handlers skip messages without a sender
@@ -355,6 +405,7 @@ class TelegramAdapter:
             reply_to=str(replied.message_id) if replied is not None else None,
             message_id=str(message.message_id),
             is_private=is_private(message),
+            images=images,
         )
 
     def _target(self, message: Message) -> TelegramReplyTarget:

@@ -89,6 +89,13 @@ class PlatformDriver(ABC):
         """`person` writes `text` in the group without addressing the bot."""
 
     @abstractmethod
+    async def send_picture(
+        self, person: Person, data: bytes, *, mime: str = "image/jpeg", caption: str = ""
+    ) -> None:
+        """`person` sends the bot a picture in their private chat (Telegram: a photo if JPEG,
+        else an image file; Discord: an attachment)."""
+
+    @abstractmethod
     def files(self, person: Person | None = None, *, group: bool = False) -> list[bytes]:
         """The files the bot uploaded into the chat (documents, attachments), oldest first."""
 
@@ -206,6 +213,15 @@ class TelegramDriver(PlatformDriver):
     async def chatter(self, person: Person, text: str) -> None:
         self.api.send_text(self.group, self.user(person), text)
 
+    async def send_picture(
+        self, person: Person, data: bytes, *, mime: str = "image/jpeg", caption: str = ""
+    ) -> None:
+        chat, user = self._chat(person, False), self.user(person)
+        if mime == "image/jpeg":
+            self.api.push(self.api.photo_update(chat, user, [data], caption=caption or None))
+        else:
+            self.api.push(self.api.image_file_update(chat, user, data, mime, caption=caption))
+
     def files(self, person: Person | None = None, *, group: bool = False) -> list[bytes]:
         chat_id = self._chat_id(person, group)
         return [
@@ -322,6 +338,12 @@ class DiscordDriver(PlatformDriver):
 
     async def chatter(self, person: Person, text: str) -> None:
         await self.fake.post_message(self.user(person), text, channel_id=self.fake.GENERAL_ID)
+
+    async def send_picture(
+        self, person: Person, data: bytes, *, mime: str = "image/jpeg", caption: str = ""
+    ) -> None:
+        picture = self.fake.add_attachment(data, "picture." + mime.rsplit("/", 1)[-1], mime)
+        await self.fake.post_message(self.user(person), caption, dm=True, attachments=[picture])
 
     def files(self, person: Person | None = None, *, group: bool = False) -> list[bytes]:
         channel = self._channel(person, group)

@@ -20,10 +20,14 @@ ReplyFn = Callable[[dict[str, Any]], str]
 
 
 def last_user_text(body: dict[str, Any]) -> str:
-    """The newest user message of a chat or raw-completion request."""
+    """The newest user message of a chat or raw-completion request (its text parts)."""
     if body.get("messages"):
         users = [m["content"] for m in body["messages"] if m.get("role") == "user"]
-        return users[-1] if users else ""
+        if not users:
+            return ""
+        if isinstance(users[-1], list):  # content parts: text and images
+            return " ".join(p["text"] for p in users[-1] if p.get("type") == "text")
+        return str(users[-1])
     found = re.findall(r"^User: (.*)$", body.get("prompt", ""), flags=re.M)
     return found[-1] if found else ""
 
@@ -57,6 +61,8 @@ class FakeLLMServer:
     in_flight: int = 0
     max_in_flight: int = 0
     cancelled: int = 0
+    # /props `modalities.vision`, as llama-server reports it when started with --mmproj.
+    vision: bool = False
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
@@ -70,6 +76,7 @@ class FakeLLMServer:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/props", self._props)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -82,6 +89,9 @@ class FakeLLMServer:
         assert self._runner is not None
         self._closing.set()  # releases hung handlers
         await self._runner.cleanup()
+
+    async def _props(self, request: web.Request) -> web.Response:
+        return web.json_response({"modalities": {"vision": self.vision, "audio": False}})
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -338,6 +338,48 @@ class FakeTelegramAPI:
         self._remember(message, kind=kind)
         return self._wrap(message)
 
+    def photo_update(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        sizes: list[bytes],
+        *,
+        caption: str | None = None,
+        file_sizes: list[int] | None = None,
+        topic: int | None = None,
+    ) -> dict[str, Any]:
+        """An update with a photo: one PhotoSize per entry of `sizes` (smallest first), each a
+        downloadable file; `file_sizes` overrides the sizes advertised."""
+        photo = []
+        for index, data in enumerate(sizes):
+            advertised = file_sizes[index] if file_sizes is not None else None
+            file_id = self._store_file(data, advertised)
+            side = 90 * (index + 1)
+            photo.append(
+                {
+                    "file_id": file_id,
+                    "file_unique_id": f"u{file_id}",
+                    "width": side,
+                    "height": side,
+                    "file_size": self.file_sizes[file_id],
+                }
+            )
+        return self.media_update(chat, user, "photo", photo, caption=caption, topic=topic)
+
+    def image_file_update(
+        self, chat: dict[str, Any], user: dict[str, Any], data: bytes, mime: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """An update with a picture sent as a file (a document with an image MIME type)."""
+        file_id = self._store_file(data, None)
+        document = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_name": "picture." + mime.rsplit("/", 1)[-1],
+            "mime_type": mime,
+            "file_size": len(data),
+        }
+        return self.media_update(chat, user, "document", document, **kwargs)
+
     def bot_said(self, chat: dict[str, Any], text: str) -> StoredMessage:
         """A message the bot sent earlier (e.g. to reply to it in a group)."""
         self.chats[chat["id"]] = chat

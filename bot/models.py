@@ -1,0 +1,136 @@
+"""The models a chat can pick (`llm.models`, `/model NAME`) and whether a model takes images.
+
+A model with its own `url` gets an LLM client of its own, with that server alone: a chat that
+picked it is answered there and only there. A model without one is another model name on the
+default servers (a vLLM or Ollama serving several), sent with each request.
+
+Whether a model takes images: `vision = true` says so; otherwise every one of its servers must
+report it, as llama-server started with a multimodal projector does in `/props`
+(`modalities.vision`). Only the chat API carries images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from bot.config import LLMSettings, ModelSettings
+from bot.llm import Api, LLMClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"  # the name of the default servers and model
+VISION_RECHECK_S = 300.0  # a server restarted with (or without) a projector is noticed this soon
+_PROPS_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatModel:
+    """Where a chat's requests go: a client (its servers) and the model name to send."""
+
+    name: str
+    client: LLMClient
+    model: str  # sent with each request ("": the server's own)
+    vision: bool  # configured to take images (else the servers are asked)
+    about: str = ""
+    own_client: bool = False  # the catalog created `client` (and closes it)
+
+
+class ModelCatalog:
+    """The default model and the ones `llm.models` names; `pick(name)` for a chat's choice."""
+
+    def __init__(self, settings: LLMSettings, default: LLMClient) -> None:
+        self._settings = settings
+        self.default = ChatModel(DEFAULT_MODEL, default, settings.model, settings.vision)
+        self._models = {
+            name: self._entry(name, entry, default) for name, entry in settings.models.items()
+        }
+        self._vision: dict[str, tuple[bool, float]] = {}  # server URL -> (reports it, when)
+        # The API key each server is asked with (its model's, else llm.api_key).
+        self._keys = {url: settings.api_key.get_secret_value() for url in default.urls}
+        for chosen in self._models.values():
+            for url in chosen.client.urls:
+                self._keys.setdefault(url, chosen.client.settings.api_key.get_secret_value())
+        self._session: aiohttp.ClientSession | None = None
+
+    def _entry(self, name: str, entry: ModelSettings, default: LLMClient) -> ChatModel:
+        model = entry.model or self._settings.model
+        if not entry.url:
+            return ChatModel(name, default, model, entry.vision, entry.about)
+        api: Api = "chat" if entry.api == "auto" else entry.api
+        update: dict[str, object] = {"model": model, "base_url": entry.url, "fallback_urls": []}
+        if entry.api_key.get_secret_value():
+            update["api_key"] = entry.api_key
+        client = LLMClient(self._settings.model_copy(update=update), [entry.url], api)
+        return ChatModel(name, client, model, entry.vision, entry.about, own_client=True)
+
+    @property
+    def names(self) -> list[str]:
+        """Every model a chat can pick, the default first."""
+        return [DEFAULT_MODEL, *self._models]
+
+    def find(self, name: str) -> ChatModel | None:
+        """The model called `name` (case ignored), or None."""
+        name = name.strip().lower()
+        return self.default if name == DEFAULT_MODEL else self._models.get(name)
+
+    def pick(self, name: str) -> ChatModel:
+        """A chat's model: the one it picked, or the default (also for a name no longer set)."""
+        if not name or name == DEFAULT_MODEL:
+            return self.default
+        chosen = self._models.get(name)
+        if chosen is None:
+            log.warning("a chat picked the model %r, which llm.models no longer has", name)
+            return self.default
+        return chosen
+
+    async def sees_images(self, chosen: ChatModel) -> bool:
+        """Whether requests to `chosen` may carry images."""
+        if chosen.client.api != "chat":
+            return False  # a raw completion prompt has no place for a picture
+        if chosen.vision:
+            return True
+        for url in chosen.client.urls:
+            if not await self._reports_vision(url):
+                return False
+        return True
+
+    async def _reports_vision(self, url: str) -> bool:
+        known = self._vision.get(url)
+        if known is not None and time.monotonic() - known[1] < VISION_RECHECK_S:
+            return known[0]
+        reports = False
+        key = self._keys.get(url, "")
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        try:
+            async with self._http().get(
+                url + "/props",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=_PROPS_TIMEOUT_S),
+            ) as resp:
+                data = await resp.json(content_type=None) if resp.status == 200 else None
+            modalities = data.get("modalities") if isinstance(data, dict) else None
+            reports = isinstance(modalities, dict) and modalities.get("vision") is True
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # Unreachable now: say no, and ask again at the next picture. (No URL in the log:
+            # one may carry credentials.)
+            log.info("could not ask a model server whether it takes images: %s", type(exc).__name__)
+            return False
+        self._vision[url] = (reports, time.monotonic())
+        return reports
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        """Close the clients the catalog made and its own HTTP session."""
+        for chosen in self._models.values():
+            if chosen.own_client:
+                await chosen.client.close()
+        if self._session is not None:
+            await self._session.close()
