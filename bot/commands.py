@@ -195,13 +195,13 @@ COMMANDS: tuple[Command, ...] = (
         "session",
         "This chat's conversations: start a new one, list, resume, export",
         subcommands=(
+            Command("list", "This chat's conversations"),  # the first: what a bare /session does
             Command(
                 "new",
                 "Start a new conversation (this one is kept)",
                 params=(Param("name", "a name for it: letters, digits, - and _"),),
                 access=Access.OWNER,
             ),
-            Command("list", "This chat's conversations"),
             Command(
                 "resume",
                 "Go back to a conversation",
@@ -316,7 +316,8 @@ class Commands:
         key = command.name
         if command.subcommands:
             verb, _, rest = args.partition(" ")
-            default = command.subcommands[0].name  # /config → show, /memory → show
+            # A bare /config, /memory, /session runs the first subcommand: show, show, list.
+            default = command.subcommands[0].name
             sub = next((s for s in command.subcommands if s.name == (verb or default)), None)
             if sub is None:
                 return CommandReply(f"Usage: {command.usage}")

@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
+from bot.app import ParleyApp
 from bot.prompt import BACKGROUND_HEADING, MEMORY_HEADING
+from bot.types import IncomingMessage
+from tests.conftest import message
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.drivers import Person, PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
@@ -224,3 +227,27 @@ async def test_discord_renders_the_new_commands_with_their_options(
         ("name", False)
     ]
     assert [(o["name"], o["required"]) for o in session["resume"]["options"]] == [("name", True)]
+
+
+async def test_session_commands_name_check_and_refuse(app: ParleyApp) -> None:
+    def owner() -> IncomingMessage:
+        return message(is_private=True, channel="dm")
+
+    async def run(msg: IncomingMessage, args: str) -> str:
+        return await app.commands.run(msg, "session", args)
+
+    assert (await run(owner(), "")).startswith("This chat's conversations:\n• main — 0 messages")
+    assert (
+        await run(owner(), "export")
+    ) == "This conversation (“main”) is empty: nothing to export yet."
+    assert "“session-2”" in await run(owner(), "new")
+    assert "“session-3”" in await run(owner(), "new")
+    assert "/session resume session-2" in await run(owner(), "new session-2")  # taken
+    assert (await run(owner(), "new no spaces!")).startswith("A conversation's name is one word")
+    assert (await run(owner(), "resume nope")).startswith("There is no conversation called “nope”")
+    assert (await run(owner(), "resume SESSION-2")) == "Back to “session-2” (0 messages)."
+    # In a group, starting or resuming a conversation is for admins.
+    group = message(channel="group")
+    assert await run(group, "new x") == "Sorry, only admins can use /session new here."
+    assert await run(group, "resume main") == "Sorry, only admins can use /session resume here."
+    assert (await run(message(channel="group", is_admin=True), "new x")).startswith("Started")

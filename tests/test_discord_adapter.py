@@ -46,6 +46,7 @@ COMMANDS = {
     "forget",
     "remember",
     "memory",
+    "model",
     "session",
 }
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
