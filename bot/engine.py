@@ -474,7 +474,7 @@ class ConversationEngine:
         complete: bool,
     ) -> Recalled:
         """Facts, older turns beyond the history (unless `complete`: the history is all there
-        is) and, in groups, the background since the oldest turn shown."""
+        is) and, in groups, the background since the oldest turn shown (or all of it)."""
         terms = search_terms(text)
         facts, used = await recall_facts(
             self.store,
@@ -497,11 +497,13 @@ class ConversationEngine:
             )
         background = []
         if settings.group_context and not msg.is_private:
+            # What was said around the turns shown; all of it when the whole history is shown.
+            after = 0 if complete or not kept else kept[0].id
             background = await recall_background(
                 self.store,
                 turn.channel_id,
                 turn.user_row,
-                kept[0].id if kept else 0,
+                after,
                 budget=settings.group_context_tokens,
             )
         return Recalled(facts, earlier, background)

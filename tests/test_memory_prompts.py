@@ -149,3 +149,31 @@ async def test_a_base_model_sees_the_memory_in_its_raw_prompt(
     prompt = fake_llm.requests[-1]["prompt"]
     assert f"{MEMORY_HEADING}\nFacts user u1 asked you to remember" in prompt
     assert prompt.index("- My cat is called Mimi") < prompt.index("User: cat name?")
+
+
+async def test_background_is_kept_only_where_it_may_be(
+    fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        tmp_path, llm={"base_url": fake_llm.url}, engine={"blocked_users": ["test:troll"]}
+    )
+    async with ParleyApp(settings, speech=False) as parley:
+        engine, run = parley.engine, parley.commands.run
+        await engine.observe(message("from a blocked user", user="troll", channel="g"))
+        await engine.observe(message("in a private chat", is_private=True, channel="g"))
+        await engine.observe(message("   ", channel="g"))
+        await engine.observe(message("kept", channel="g"))
+        # An admin turns it off for one group: nothing more is kept there, nor shown.
+        assert "group_context is now False" in await run(
+            message(channel="g", is_admin=True), "config", "set group_context false"
+        )
+        await engine.observe(message("not kept", channel="g"))
+        await engine.handle(message("anything?", channel="g"), RecordingTarget())
+        await run(message(channel="g", is_admin=True), "config", "set group_context true")
+        await engine.handle(message("and now?", channel="g"), RecordingTarget())
+        channel = await parley.store.channel_id("test", "g")
+        kept = await parley.store.background(channel, 10**9, 0, 10)
+    assert [row.content for row in kept] == ["kept"]
+    off, on = fake_llm.requests
+    assert BACKGROUND_HEADING not in off["messages"][0]["content"]
+    assert "- user u1: kept" in on["messages"][0]["content"]
