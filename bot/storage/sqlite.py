@@ -510,8 +510,16 @@ class SQLiteStore:
             " WHERE messages_fts MATCH ? AND m.channel_id = ?"
             f" AND m.session_id = {_SESSION_OF_ROW} AND m.id < ?"
             f" AND m.{_VISIBLE_SQL} AND m.content != ''"
-            " ORDER BY bm25(messages_fts), m.id DESC LIMIT ?",
-            (fts_query(terms), channel_id, turn_row, channel_id, before_row, limit),
+            # The chat column only scopes the search: it weighs nothing in the score.
+            " ORDER BY bm25(messages_fts, 1.0, 0.0), m.id DESC LIMIT ?",
+            (
+                f'chat : "c{int(channel_id)}" AND ({fts_query(terms)})',
+                channel_id,
+                turn_row,
+                channel_id,
+                before_row,
+                limit,
+            ),
         ) as cur:
             rows = await cur.fetchall()
         return [StoredMessage(*tuple(row)) for row in rows]
