@@ -18,10 +18,13 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from adapters.telegram.webhook import SECRET_HEADER
 from bot.app import ParleyApp
 from bot.errors import MessageNotStored, StorageError
+from tests.conftest import free_port
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import (
     RunningTelegram,
@@ -154,3 +157,33 @@ async def test_after_its_last_try_the_user_is_told_and_the_bot_recovers_by_itsel
             await api.wait_for(lambda a: "echo after" in telegram_replies(a, ANN))
     assert telegram_replies(api, ANN) == ["echo before", NOT_STORED, "echo after"]
     assert len(llm.requests) == 2
+
+
+async def test_a_webhook_update_is_refused_until_it_is_stored(
+    tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    # Telegram resends a webhook update that was not answered with 200: that is the retry.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    async with FakeTelegramAPI() as api, FakeLLMServer(Behaviour(reply=echo_reply)) as llm:
+        ann = api.user(ANN, "Ann")
+        settings = telegram_settings(
+            tmp_path, api, llm.url, webhook_url=url, webhook_port=port, webhook_secret="s3cret"
+        )
+        settings.storage.path = str(small_disk.root / "p.db")
+        update = api.text_update(api.private_chat(ann), ann, "by webhook")
+        headers = {SECRET_HEADER: "s3cret"}
+        async with telegram_bot(settings) as running, aiohttp.ClientSession() as http:
+            small_disk.attach(running.app)
+            await small_disk.fill()
+            for _ in range(2):
+                async with http.post(url, json=update, headers=headers) as refused:
+                    assert refused.status == 500
+            await small_disk.free()
+            async with http.post(url, json=update, headers=headers) as accepted:
+                assert accepted.status == 200
+            await api.wait_for(lambda a: "echo by webhook" in telegram_replies(a, ANN))
+            async with http.post(url, json=update, headers=headers) as duplicate:
+                assert duplicate.status == 200  # handled already: not answered twice
+    assert telegram_replies(api, ANN) == ["echo by webhook"]
+    assert stored_texts(small_disk) == ["by webhook"]

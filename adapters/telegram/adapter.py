@@ -232,8 +232,9 @@ class TelegramAdapter:
     # -- answering -------------------------------------------------------------------------
 
     def _claim(self) -> Ticket | None:
-        """The polled update being handled now, claimed: it is confirmed once stored."""
-        ticket = self._poller.ticket() if self._poller is not None else None
+        """The update being handled now, claimed: it is confirmed once its message is stored."""
+        receiver = self._poller or self._webhook
+        ticket = receiver.tickets.current if receiver is not None else None
         if ticket is not None:
             ticket.claim()
         return ticket

@@ -1,4 +1,4 @@
-"""Long polling that confirms an update only once its message is stored.
+"""Updates confirmed only once their message is stored: long polling, and the webhook's tickets.
 
 Telegram forgets an update once a getUpdates call asks for a later offset. PTB's Updater asks
 as soon as it has queued a batch, so a message whose turn then failed to be stored (a full disk)
@@ -48,6 +48,7 @@ class Ticket:
     failed_at: float | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(RETRY_INITIAL_S, RETRY_MAX_S))
     retry_at: float = 0.0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # settled, or failed
     _poller: UpdatePoller | None = None
 
     @property
@@ -62,15 +63,47 @@ class Ticket:
     def stored(self) -> None:
         """The update's message is stored (or needs no storing): confirm it."""
         self.settled = True
-        if self._poller is not None:
-            self._poller.wake()
+        self._changed()
 
     def not_stored(self) -> None:
         """Storing failed: leave the update unconfirmed and try it again after a while."""
         self.failed_at = time.monotonic()
         self.retry_at = self.failed_at + self.backoff.next()
+        self._changed()
+
+    def retry(self) -> None:
+        """The update comes again after a failure: one more try."""
+        self.attempt += 1
+        self.failed_at = None
+        self.claimed = False
+        self.changed.clear()
+
+    def _changed(self) -> None:
+        self.changed.set()
         if self._poller is not None:
             self._poller.wake()
+
+
+class Tickets:
+    """Every update's ticket by id, and which one PTB's handlers are running for now."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, Ticket] = {}
+        self.current: Ticket | None = None
+
+    async def hand_over(
+        self, application: Application[Any, Any, Any, Any, Any, Any], update: Update, ticket: Ticket
+    ) -> None:
+        """Run PTB's handlers for `update`; a handler that takes it on claims its ticket."""
+        ticket.claimed = False
+        self.current = ticket
+        try:
+            await application.process_update(update)
+        finally:
+            self.current = None
+        if not ticket.claimed:
+            ticket.settled = True  # no handler took it on: nothing to store
+            ticket.changed.set()
 
 
 class UpdatePoller:
@@ -86,9 +119,9 @@ class UpdatePoller:
         self._application = application
         self._timeout_s = timeout_s
         self._allowed = list(allowed_updates)
-        self._tickets: dict[int, Ticket] = {}
+        self.tickets = Tickets()
+        self._tickets = self.tickets.by_id
         self._next_offset: int | None = None
-        self._current: Ticket | None = None  # the update being handed to the handlers
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._network = Backoff(NETWORK_RETRY_S, NETWORK_RETRY_MAX_S)
@@ -98,10 +131,6 @@ class UpdatePoller:
     def running(self) -> bool:
         """True while the loop runs."""
         return self._task is not None and not self._task.done()
-
-    def ticket(self) -> Ticket | None:
-        """The ticket of the update PTB's handlers are running for now (in the handler only)."""
-        return self._current
 
     def wake(self) -> None:
         """A ticket changed: the next poll may confirm more, or retry now."""
@@ -174,22 +203,14 @@ class UpdatePoller:
             elif ticket.settled or ticket.failed_at is None or now < ticket.retry_at:
                 continue  # already handled, being handled, or not yet due again
             else:
-                ticket.attempt += 1
-                ticket.failed_at = None
+                ticket.retry()
                 log.info(
                     "Telegram: update %d again (try %d of %d)",
                     update.update_id,
                     ticket.attempt,
                     STORE_ATTEMPTS,
                 )
-            ticket.claimed = False
-            self._current = ticket
-            try:
-                await self._application.process_update(update)
-            finally:
-                self._current = None
-            if not ticket.claimed:
-                ticket.settled = True  # no handler took it on: nothing to store
+            await self.tickets.hand_over(self._application, update, ticket)
             handed += 1
         return handed
 
