@@ -132,3 +132,27 @@ async def test_a_discord_thread_is_answered_in_the_thread_with_its_own_history(
     assert "tulip" not in json.dumps(in_thread)  # the thread has its own history
     assert "what is the code word?" in json.dumps(again)
     assert "tulip" not in json.dumps(again)
+
+
+async def test_a_queue_notice_lands_in_the_topic_of_the_message_that_waits(
+    tmp_path: Path,
+) -> None:
+    slow = Behaviour(reply=echo_reply, first_delay_s=0.5)  # the first still thinks at the second
+    async with FakeTelegramAPI() as api, FakeLLMServer(slow) as llm:
+        ann, bob = api.user(ANN, "Ann"), api.user(ANN + 1, "Bob")
+        forum = api.forum_chat(FORUM)
+        settings = telegram_settings(tmp_path, api, llm.url, llm={"concurrency": 1})
+        async with telegram_bot(settings):
+            api.send_text(forum, ann, f"{MENTION} question in seven", topic=7)
+            api.send_text(forum, bob, f"{MENTION} question in nine", topic=9)
+            await api.wait_for(
+                lambda a: (
+                    {echoed("question in seven"), echoed("question in nine")}
+                    <= set(telegram_replies(a, FORUM))
+                )
+            )
+    notices = [c for c in api.calls_to("sendMessage") if c.params["text"].startswith("⏳")]
+    (notice,) = notices
+    waited = 9 if "seven" in json.dumps(llm.requests[0]) else 7
+    assert notice.params["message_thread_id"] == waited
+    assert set(posted_topics(api)) == {7, 9} and None not in posted_topics(api)
