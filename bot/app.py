@@ -19,9 +19,9 @@ from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
 from bot.engine import ConversationEngine
 from bot.errors import ConfigError
-from bot.health import HealthChecks, database_check, llm_check
+from bot.health import HealthChecks, database_check, llm_check, llm_status
 from bot.llama_server import ManagedLlamaServer
-from bot.llm import Api, LLMClient
+from bot.llm import Api, LLMClient, configured_urls
 from bot.models import ModelCatalog
 from bot.platform import Platform, PlatformAdapter, Services
 from bot.storage import HistoryStore, open_store
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_CONCURRENCY = 2  # for an external server whose slot count we do not know
 _RETENTION_SWEEP_S = 3600.0
 BUNDLED_MODEL_TEMPERATURE = 0.3  # unless engine.temperature is set
 
@@ -72,12 +71,18 @@ class ParleyApp:
             interrupted = await self.store.mark_interrupted()
             if interrupted:
                 log.warning("%d replies were interrupted by the last shutdown", interrupted)
-            urls, api, slots = await self._backends()
+            urls, api = await self._backends()
             waits: dict[str, Callable[[], Awaitable[None]]] = {}
+            known: dict[str, int] = {}
             if self.server is not None:
                 waits[self.server.url] = self.server.wait_ready
-            self.llm = LLMClient(s.llm, urls, api, wait_ready=waits)
+                known[self.server.url] = self.server.slots
+            self.llm = LLMClient(s.llm, urls, api, wait_ready=waits, known_slots=known)
+            slots = await self.llm.discover()  # logs "N replies at once (source)"
             self.models = ModelCatalog(s.llm, self.llm)  # the chats' /model choices
+            # A model's own servers answer its chats only, but their turns wait in the same
+            # line: it is as long as all the servers run at once.
+            slots += await self.models.discover()
             transcriber, synthesizer = self._speech()
             self.engine = ConversationEngine(
                 s,
@@ -89,6 +94,11 @@ class ParleyApp:
                 synthesizer=synthesizer,
                 models=self.models,
             )
+            # A server down, back or resized: the line follows (llm.concurrency fixes the
+            # default servers' part).
+            if not s.llm.concurrency:
+                self.llm.pool.on_capacity(self._resize_queue)
+            self.models.on_capacity(self._resize_queue)
             self.commands = Commands(s, self.store)
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
@@ -96,6 +106,10 @@ class ParleyApp:
             await self.aclose()
             raise
         return self
+
+    def _resize_queue(self, _capacity: int) -> None:
+        default = self.settings.llm.concurrency or self.llm.capacity
+        self.engine.queue.resize(default + self.models.capacity)
 
     @property
     def services(self) -> Services:
@@ -110,11 +124,11 @@ class ParleyApp:
         """A platform's adapter, connected to this app's engine and commands."""
         return platform.create(self.services)
 
-    async def _backends(self) -> tuple[list[str], Api, int]:
+    async def _backends(self) -> tuple[list[str], Api]:
         s = self.settings.llm
-        if s.base_url:
+        if urls := configured_urls(s):
             api: Api = "chat" if s.api == "auto" else s.api
-            return [s.base_url, *s.fallback_urls], api, s.concurrency or _DEFAULT_CONCURRENCY
+            return urls, api
         log_path = Path(self.settings.storage.path).resolve().parent / "llama-server.log"
         self.server = ManagedLlamaServer(s.server, log_path=log_path)
         url = await self.server.start()
@@ -127,7 +141,7 @@ class ParleyApp:
             api = "completion" if self.server.uses_bundled_model else "chat"
         else:
             api = s.api
-        return [url, *s.fallback_urls], api, s.concurrency or self.server.slots
+        return [url, *s.fallback_urls], api
 
     def _speech(self) -> tuple[Transcriber | None, SpeechSynthesizer | None]:
         if not self.speech:
@@ -161,6 +175,7 @@ class ParleyApp:
         checks = HealthChecks()
         checks.add("database", database_check(self.store))
         checks.add("llm", llm_check(self.llm))
+        checks.add_detail("llm", llm_status(self.llm, self.engine.queue))
         return checks
 
     async def aclose(self) -> None:

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -65,18 +66,39 @@ class ModelSettings(_Section):
     """One model a chat can pick with `/model NAME`: an entry of `[llm.models.NAME]`."""
 
     url: str = ""  # its OpenAI-compatible server; empty: the default servers (llm.base_url...)
+    backends: list[str] = []  # or a pool of its own servers (instead of url)
+    routing: Literal["auto", "least-busy", "failover"] = "auto"  # over those, as llm.routing
     model: str = ""  # the model name sent with each request; empty: llm.model
     api: Literal["auto", "chat", "completion"] = "auto"  # auto: chat with a url, else llm's api
     api_key: SecretStr = SecretStr("")  # empty: llm.api_key
     vision: bool = False  # it takes images even if its server does not say so (/props)
     about: str = ""  # one line /model shows, e.g. "bigger, slower, sees images"
 
-    @field_validator("url")
+    @field_validator("url", "backends")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+    def _http_urls(cls, value: str | list[str]) -> str | list[str]:
+        for url in [value] if isinstance(value, str) else value:
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError("must start with http:// or https://")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_servers(self) -> ModelSettings:
+        if self.url and self.backends:
+            raise ValueError("set url (one server) or backends (a pool), not both")
+        if len(set(self.servers)) < len(self.servers):
+            raise ValueError("lists the same server twice")
+        return self
+
+    @property
+    def servers(self) -> list[str]:
+        """Its own servers (no trailing slash); empty: it runs on the default servers."""
+        return [url.rstrip("/") for url in (self.backends or [self.url]) if url]
+
+
+def _chat_unless(api: str) -> str:
+    """The API a configured server is spoken to with: "auto" is chat there."""
+    return "chat" if api == "auto" else api
 
 
 class LLMSettings(_Section):
@@ -84,6 +106,11 @@ class LLMSettings(_Section):
 
     base_url: str = ""  # e.g. http://127.0.0.1:8080; empty: start the managed llama-server
     fallback_urls: list[str] = []
+    # A pool of servers sharing the load (instead of base_url + fallback_urls).
+    backends: list[str] = []
+    # "least-busy": each reply to the server with the most free slots (the default for a pool);
+    # "failover": every reply to the first server that works (the default for base_url).
+    routing: Literal["auto", "least-busy", "failover"] = "auto"
     api_key: SecretStr = SecretStr("")
     model: str = ""  # model name sent with each request; llama-server ignores it
     api: Literal["auto", "chat", "completion"] = "auto"
@@ -93,7 +120,9 @@ class LLMSettings(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0, le=10)  # before the first token, per backend
     backoff_s: float = Field(0.5, ge=0)
-    concurrency: int = Field(0, ge=0)  # 0: the managed server's slots, else 2
+    # Replies generated at once. 0: the slots the servers report (llama.cpp /props total_slots),
+    # 4 per server that reports none (bot.llm_pool.DEFAULT_SLOTS).
+    concurrency: int = Field(0, ge=0, le=4096)
     reasoning: Literal["hide", "show"] = "hide"
     # Models a chat may pick with /model NAME (the default servers stay the default).
     models: dict[str, ModelSettings] = {}
@@ -114,12 +143,59 @@ class LLMSettings(_Section):
                 )
         return value
 
-    @field_validator("base_url", "fallback_urls")
+    @model_validator(mode="after")
+    def _model_servers(self) -> LLMSettings:
+        """Each server belongs to one pool (two pools would each count its slots as theirs),
+        and the models of one pool talk to it alike (one client: one api, one api_key)."""
+        key = self.api_key.get_secret_value()
+        default = [u.rstrip("/") for u in self.backends or [self.base_url, *self.fallback_urls]]
+        pools: list[tuple[str, list[str], tuple[str, str]]] = []
+        if self.base_url or self.backends:
+            pools.append(("the default servers", default, (_chat_unless(self.api), key)))
+        for name, entry in self.models.items():
+            servers = entry.servers
+            if not servers:
+                continue
+            how = (_chat_unless(entry.api), entry.api_key.get_secret_value() or key)
+            for owner, others, their_how in pools:
+                if servers == others:
+                    if how != their_how:
+                        raise ValueError(
+                            f"llm.models.{name} is on the same servers as {owner} but with another "
+                            "api or api_key: the models of one server list share them"
+                        )
+                    break
+                if set(servers) & set(others):
+                    raise ValueError(
+                        f"llm.models.{name} shares a server with {owner} but not the whole "
+                        "list (each would count its slots): give them the same url or backends"
+                    )
+            else:
+                pools.append((f"llm.models.{name}", servers, how))
+        return self
+
+    @field_validator("base_url", "fallback_urls", "backends")
     @classmethod
     def _http_urls(cls, value: str | list[str]) -> str | list[str]:
         for url in [value] if isinstance(value, str) else value:
             if url and not url.startswith(("http://", "https://")):
                 raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _one_way_to_name_servers(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value:
+            return value
+        if info.data.get("base_url") or info.data.get("fallback_urls"):
+            raise ValueError(
+                "set llm.backends or llm.base_url (+ llm.fallback_urls), not both: "
+                "list every server in llm.backends (with llm.routing = 'failover' to use "
+                "them in order)"
+            )
+        plain = [url.rstrip("/") for url in value]
+        if len(set(plain)) < len(plain):
+            raise ValueError("lists the same server twice")
         return value
 
 

@@ -26,6 +26,8 @@ import aiohttp
 
 from bot.config import LLMServerSettings, LLMSettings, Settings
 from bot.errors import ConfigError, LLMUnavailable, StorageError
+from bot.llm import configured_urls
+from bot.llm_pool import redact_url
 from bot.logs import RedactSecrets
 
 if TYPE_CHECKING:
@@ -123,9 +125,10 @@ def check_config(settings: Settings) -> list[Finding]:
     """The configuration parsed (else the CLI stops earlier); summarise what it turns on."""
     platforms = [section.NAME for section in settings.platform_sections() if section.enabled]
     http = settings.http
+    llm = ", ".join(map(redact_url, configured_urls(settings.llm))) or "managed llama-server"
     summary = (
         f"platforms: {', '.join(platforms) or 'none (console chat)'}; "
-        f"LLM: {settings.llm.base_url or 'managed llama-server'}; "
+        f"LLM: {llm}; "
         f"http: {f'{http.host}:{http.port}' if http.enabled else 'off'}"
     )
     findings = [Finding("config", "ok", summary)]
@@ -202,12 +205,12 @@ def check_database(settings: Settings) -> list[Finding]:
 
 
 async def check_llm(settings: LLMSettings) -> list[Finding]:
-    """The managed llama-server's binary and model, or the configured server; then fallbacks."""
-    urls = [settings.base_url] if settings.base_url else []
-    urls += settings.fallback_urls
+    """The managed llama-server's binary and model, or the configured servers; then fallbacks."""
+    urls = configured_urls(settings)
     findings: list[Finding] = []
-    if not settings.base_url:
+    if not urls:
         findings += await check_managed_server(settings.server)
+        urls = settings.fallback_urls
     if urls:
         headers = {}
         if key := settings.api_key.get_secret_value():

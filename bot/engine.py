@@ -38,7 +38,7 @@ from bot.prompt import (
     system_prompt,
     with_recalled,
 )
-from bot.queue import TurnQueue
+from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.storage import HistoryStore, StoredMessage, Turn
 from bot.streaming import EditScheduler, ReplyStream
@@ -168,6 +168,8 @@ class ConversationEngine:
         # Per channel while its messages arrive: the lock, and how many hold or wait for it.
         self._arrivals: dict[str, tuple[asyncio.Lock, int]] = {}
         metrics.QUEUE_DEPTH.set_function(lambda: self.queue.depth)
+        metrics.LLM_SLOTS_IN_USE.set_function(lambda: self.queue.in_use)
+        metrics.LLM_SLOTS_TOTAL.set_function(lambda: self.queue.slots)
         self.transcriber = transcriber
         self.synthesizer = synthesizer
 
@@ -261,8 +263,8 @@ class ConversationEngine:
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
         gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
-        async with self.queue.turn(key, functools.partial(_show_position, target), gate):
-            await self._reply(msg, target, turn, text, turn_id)
+        async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
+            await self._reply(msg, target, turn, text, turn_id, slot)
 
     async def takes_images(self, platform: str, channel_key: str) -> bool:
         """Whether the model this chat uses takes images (adapters ask before downloading)."""
@@ -352,7 +354,13 @@ class ConversationEngine:
         return await ChannelSettings.load(self.store, self.settings.engine, channel_id)
 
     async def _reply(
-        self, msg: IncomingMessage, target: ReplyTarget, turn: Turn, text: str, turn_id: str
+        self,
+        msg: IncomingMessage,
+        target: ReplyTarget,
+        turn: Turn,
+        text: str,
+        turn_id: str,
+        slot: TurnSlot,
     ) -> None:
         try:
             settings, request, chosen = await self._prepare(msg, turn, text)
@@ -422,6 +430,9 @@ class ConversationEngine:
             status = "partial" if streamed.answer else "failed"
         finally:
             typing.cancel()
+            # Generation is over: the final edits, 429 waits and the voice note go on without
+            # the LLM slot (the channel's next turn still waits for them).
+            slot.release()
         if status == "complete" and not streamed.answer.strip():
             status, note = "failed", MSG_EMPTY
         metrics.REPLIES.labels(msg.platform, status).inc()
@@ -565,7 +576,9 @@ class ConversationEngine:
         # aclosing: leaving the loop early (a cap, the time limit, a refused chat) closes the
         # connection at once, which is how llama-server learns to free the slot.
         # The chat's model: its own servers only, when it has them.
-        async with contextlib.aclosing(chosen.client.stream(request)) as events:
+        async with contextlib.aclosing(
+            chosen.client.stream(request, affinity=str(turn.channel_id))
+        ) as events:
             async for event in events:
                 caps.check(streamed, event.reasoning)
                 self._show_reasoning(event.reasoning, stream, streamed, show_reasoning)

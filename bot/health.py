@@ -20,15 +20,18 @@ from bot.errors import StorageError
 
 if TYPE_CHECKING:
     from bot.llm import LLMClient
+    from bot.queue import TurnQueue
     from bot.storage import HistoryStore
 
 HealthCheck = Callable[[], Awaitable[str | None]]
+Detail = Callable[[], object]  # more state /healthz shows under its name (not a check)
 
 # One check may take this long before it counts as failing (an LLM probe itself gives up after
 # llm.connect_timeout_s, 5 s by default).
 CHECK_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 20.0  # the Docker probe: all checks run concurrently, so one timeout and a margin
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+_RESERVED_KEYS = ("status", "checks", "failing")  # /healthz's own keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class HealthChecks:
     def __init__(self, *, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
         self._checks: dict[str, HealthCheck] = {}
+        self._details: dict[str, Detail] = {}
 
     @property
     def names(self) -> list[str]:
@@ -59,6 +63,16 @@ class HealthChecks:
         if name in self._checks:
             raise ValueError(f"a health check named {name!r} is already registered")
         self._checks[name] = check
+
+    def add_detail(self, name: str, detail: Detail) -> None:
+        """Show `detail()` (JSON-ready, no secrets) under `name` in every /healthz answer."""
+        if name in _RESERVED_KEYS or name in self._details:
+            raise ValueError(f"/healthz already has a {name!r} entry")
+        self._details[name] = detail
+
+    def details(self) -> dict[str, object]:
+        """Every detail, taken now."""
+        return {name: detail() for name, detail in self._details.items()}
 
     async def run(self) -> list[CheckResult]:
         """Run every check at once; results in registration order."""
@@ -111,6 +125,20 @@ def llm_check(llm: LLMClient) -> HealthCheck:
         return "no backend answers: " + ", ".join(llm.urls)
 
     return check
+
+
+def llm_status(llm: LLMClient, queue: TurnQueue) -> Detail:
+    """LLM slots in use and in total, the turns waiting, and each backend's health and slots."""
+
+    def detail() -> dict[str, object]:
+        return {
+            "slots_in_use": queue.in_use,
+            "slots": queue.slots,
+            "queued": queue.depth,
+            **llm.status(),
+        }
+
+    return detail
 
 
 def platform_check(adapter: Connectable) -> HealthCheck:

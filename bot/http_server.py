@@ -114,6 +114,7 @@ class OpsServer:
         }
         if failing:
             body["failing"] = failing
+        body.update(self.checks.details())  # e.g. "llm": slots in use, total, queue
         return web.json_response(body, status=UNHEALTHY if failing else HEALTHY)
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -1,24 +1,32 @@
-"""Streaming client for OpenAI-compatible servers (llama.cpp, vLLM, Ollama, OpenAI)."""
+"""Streaming client for OpenAI-compatible servers (llama.cpp, vLLM, Ollama, OpenAI), or a pool."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
 
+from bot import metrics
 from bot.backoff import Backoff
 from bot.config import LLMSettings
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMTimeout, LLMUnavailable
+from bot.llm_pool import DEFAULT_SLOTS, SHARED_HOLD_S, Backend, BackendPool, Lease, Routing
 from bot.sse import DONE, SSEDecoder, ThinkSplitter, parse_chunk
 
 log = logging.getLogger(__name__)
 
 Api = Literal["chat", "completion"]
 _MAX_BACKOFF_S = 8.0
+_PROBE_MIN_S = 0.05  # re-probing an unhealthy backend: first wait (llm.backoff_s if longer) ...
+_PROBE_MAX_S = 30.0  # ... doubling up to this
+_NO_SLOT_COUNT = "no /props slot count, the default"
+_SLOTS_LOOK_BUSY_S = 1.0  # how often /slots is read while we have requests on the server ...
+_SLOTS_LOOK_IDLE_S = 5.0  # ... and while we have none
 
 
 @dataclass(slots=True)
@@ -48,8 +56,26 @@ class _RetryableError(Exception):
     """A failure before the first token that another try (or backend) may not have."""
 
 
+def configured_urls(settings: LLMSettings) -> list[str]:
+    """The servers named in the settings: `backends`, else `base_url` + `fallback_urls`."""
+    if settings.backends:
+        return list(settings.backends)
+    return [settings.base_url, *settings.fallback_urls] if settings.base_url else []
+
+
+def resolve_routing(settings: LLMSettings, backends: int) -> Routing:
+    """`llm.routing`, with "auto" meaning least-busy for a pool (`backends`), else failover."""
+    if settings.routing != "auto":
+        return settings.routing
+    return "least-busy" if settings.backends and backends > 1 else "failover"
+
+
 class LLMClient:
-    """Streams replies from the first healthy backend among `urls`, failing over in order."""
+    """Streams replies from a pool of backends: routed, failed over, pinned to cached slots.
+
+    `known_slots` gives the slot count of servers we run ourselves (the managed llama-server);
+    the others are asked (`discover()`). `affinity` off sends no `id_slot` (benchmarks compare).
+    """
 
     def __init__(
         self,
@@ -58,17 +84,41 @@ class LLMClient:
         api: Api,
         *,
         wait_ready: dict[str, Callable[[], Awaitable[None]]] | None = None,
+        routing: Routing | None = None,
+        known_slots: Mapping[str, int] | None = None,
+        affinity: bool = True,
     ) -> None:
         if not urls:
             raise ValueError("LLMClient needs at least one base URL")
         self.settings = settings
-        self.urls = [url.rstrip("/") for url in urls]
         self.api: Api = api
-        self._preferred = 0  # index of the backend that answered last
+        self.pool = BackendPool(
+            urls,
+            routing or resolve_routing(settings, len(urls)),
+            default_slots=settings.concurrency or DEFAULT_SLOTS,
+            affinity=affinity,
+        )
+        self._known_slots = {url.rstrip("/"): n for url, n in (known_slots or {}).items()}
         self._tokenize_ok: dict[str, bool] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._probers: dict[int, asyncio.Task[None]] = {}
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._discovered = False  # capacity changes are logged once the start-up line is out
         # Per URL: awaited before each try, e.g. while the managed llama-server restarts.
         self._wait_ready = {url.rstrip("/"): fn for url, fn in (wait_ready or {}).items()}
+        self.pool.on_capacity(self._log_capacity)
+        for backend in self.pool.backends:
+            _watch_backend(backend)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every backend's base URL, in configuration order."""
+        return [b.url for b in self.pool.backends]
+
+    @property
+    def capacity(self) -> int:
+        """Replies the healthy backends run at once (see `BackendPool.capacity`)."""
+        return self.pool.capacity
 
     def _headers(self) -> dict[str, str]:
         key = self.settings.api_key.get_secret_value()
@@ -85,8 +135,168 @@ class LLMClient:
         return self._session
 
     async def close(self) -> None:
+        tasks = [*self._probers.values(), *self._watchers.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._probers.clear()
+        self._watchers.clear()
         if self._session is not None:
             await self._session.close()
+
+    # ------------------------------------------------------------------ slots
+
+    async def discover(self) -> int:
+        """Ask every backend how many replies it runs at once; log it and return the total.
+
+        llama.cpp reports `total_slots` at /props; a server without it counts as
+        `llm.concurrency` or DEFAULT_SLOTS. A set `llm.concurrency` is the total either way.
+        """
+        await asyncio.gather(*(self._read_slots(b) for b in self.pool.backends))
+        total = self.settings.concurrency or self.pool.capacity
+        log.info("%d replies at once (%s)", total, self.capacity_source())
+        self._discovered = True
+        return total
+
+    async def _read_slots(self, backend: Backend) -> bool:
+        """Set the backend's slots from /props (or the default); False when it is unreachable."""
+        if backend.url in self._known_slots:
+            slots = self._known_slots[backend.url]
+            self.pool.set_slots(backend, slots, "managed llama-server -np", llama=True)
+            return True
+        default = self.settings.concurrency or DEFAULT_SLOTS
+        try:
+            async with self._client().get(
+                backend.url + "/props",
+                timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
+            ) as resp:
+                data = await resp.json(content_type=None) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problem = (
+                _describe_client_error(exc)
+                if isinstance(exc, aiohttp.ClientError)
+                else f"no answer in {self.settings.connect_timeout_s:g}s"
+            )
+            self._mark_failed(backend, problem)
+            return False
+        except ValueError:  # not JSON: some other server's /props page
+            data = None
+        props: dict[str, Any] = data if isinstance(data, dict) else {}
+        reported = props.get("total_slots")
+        if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 1:
+            self.pool.set_slots(backend, reported, "llama.cpp /props", llama=True)
+            # Another client's requests would make our pinned ones wait: watch /slots for
+            # them (unless the server says that endpoint is off).
+            backend.watch_slots = props.get("endpoint_slots") is not False
+            if backend.watch_slots:
+                await self._look_at_slots(backend)
+                self._watch_slots(backend)
+        else:
+            self.pool.set_slots(backend, default, _NO_SLOT_COUNT, llama=False)
+        return True
+
+    def capacity_source(self) -> str:
+        """Where the number of replies at once comes from, for the log ("llama.cpp /props: 4")."""
+        pool = self.pool
+        if self.settings.concurrency:
+            return "llm.concurrency"
+        serving = [b for b in pool.backends if b.healthy] or pool.backends
+        if pool.routing == "failover":
+            first = pool.plan(None)[0]
+            parts = [f"{first.source}: {first.slots}"]
+            if len(pool.backends) > 1:
+                parts.append(f"failover: {len(pool.backends) - 1} more on standby")
+        else:
+            counts: dict[str, list[str]] = {}
+            for backend in serving:
+                counts.setdefault(backend.source, []).append(str(backend.slots))
+            parts = [f"{source}: {' + '.join(n)}" for source, n in counts.items()]
+        down = [b.name for b in pool.backends if not b.healthy]
+        if down and len(down) < len(pool.backends):
+            parts.append("not answering: " + ", ".join(down))
+        elif down:
+            parts.append("no server answers yet")
+        return "; ".join(parts)
+
+    def _log_capacity(self, capacity: int) -> None:
+        if self._discovered and not self.settings.concurrency:
+            log.info("now %d replies at once (%s)", capacity, self.capacity_source())
+
+    def status(self) -> dict[str, object]:
+        """The pool as /healthz shows it: routing and, per backend, health and slots."""
+        return {"routing": self.pool.routing, "backends": self.pool.status()}
+
+    def _watch_slots(self, backend: Backend) -> None:
+        task = self._watchers.get(backend.index)
+        if task is None or task.done():
+            self._watchers[backend.index] = asyncio.create_task(
+                self._keep_watching_slots(backend), name=f"llm-slots-{backend.index}"
+            )
+
+    async def _keep_watching_slots(self, backend: Backend) -> None:
+        while backend.watch_slots:
+            await asyncio.sleep(_SLOTS_LOOK_BUSY_S if backend.in_flight else _SLOTS_LOOK_IDLE_S)
+            if backend.healthy:
+                await self._look_at_slots(backend)
+
+    async def _look_at_slots(self, backend: Backend) -> None:
+        """Read /slots: slots processing that we do not hold belong to another client."""
+        asked_at = self.pool.now()
+        try:
+            async with self._client().get(
+                backend.url + "/slots",
+                timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
+            ) as resp:
+                data = await resp.json(content_type=None) if resp.status == 200 else None
+                if resp.status != 200:
+                    backend.watch_slots = False  # --no-slots: our own count is all there is
+                    return
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return  # a failing server is the stream's and the prober's business
+        if not isinstance(data, list):
+            return
+        processing = {
+            s["id"]
+            for s in data
+            if isinstance(s, dict) and isinstance(s.get("id"), int) and s.get("is_processing")
+        }
+        if self.pool.slots_seen(backend, processing, asked_at):
+            log.info(
+                "another client is using LLM backend %s: its slots are not pinned for %.0fs "
+                "(a pinned request would wait for a slot that client holds)",
+                backend.name,
+                SHARED_HOLD_S,
+            )
+
+    # ------------------------------------------------------------------ health
+
+    def _mark_failed(self, backend: Backend, problem: str) -> None:
+        if self.pool.failed(backend, problem):
+            log.warning(
+                "LLM backend %s is unhealthy (%s); re-probing it in the background",
+                backend.name,
+                problem,
+            )
+        task = self._probers.get(backend.index)
+        if task is None or task.done():
+            self._probers[backend.index] = asyncio.create_task(
+                self._reprobe(backend), name=f"llm-probe-{backend.index}"
+            )
+
+    async def _reprobe(self, backend: Backend) -> None:
+        """Probe an unhealthy backend with backoff until it answers, then count its slots again."""
+        backoff = Backoff(max(self.settings.backoff_s, _PROBE_MIN_S), _PROBE_MAX_S)
+        while not backend.healthy:
+            await asyncio.sleep(backoff.next())
+            if backend.healthy or not await self.healthy(backend.url):
+                continue
+            # A restarted server may have other slots.
+            if await self._read_slots(backend) and self.pool.recovered(backend):
+                log.info("LLM backend %s answers again (%d slots)", backend.name, backend.slots)
+
+    # ------------------------------------------------------------------ streaming
 
     def _payload(self, request: LLMRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
@@ -106,45 +316,69 @@ class LLMClient:
         body["prompt"] = request.prompt
         return "/v1/completions", body
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def stream(
+        self, request: LLMRequest, *, affinity: str | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Yield the reply as it streams. Closing the iterator closes the connection.
 
-        Raises LLMUnavailable (nothing answered), LLMRequestRejected (4xx), LLMTimeout (no answer in
-        llm.timeout_s) or LLMStreamBroken (the stream stopped after the first token).
+        `affinity` (a channel) keeps the turns of one conversation on the llama.cpp slot that
+        caches its prompt while that slot is free. Raises LLMUnavailable (nothing answered),
+        LLMRequestRejected (4xx), LLMTimeout (no answer in llm.timeout_s) or LLMStreamBroken
+        (the stream stopped after the first token).
         """
         path, body = self._payload(request)
-        order = [(self._preferred + i) % len(self.urls) for i in range(len(self.urls))]
+        plan = self.pool.plan(affinity)
         problems: list[str] = []
-        for index in order:
-            url = self.urls[index]
+        for position, backend in enumerate(plan):
             backoff = Backoff(self.settings.backoff_s, _MAX_BACKOFF_S)  # jittered: no herd
             for attempt in range(self.settings.retries + 1):
                 if attempt:
+                    if self.pool.routing == "least-busy" and any(
+                        b.healthy for b in plan[position + 1 :]
+                    ):
+                        break  # another healthy server is there: no time lost on retries
                     await asyncio.sleep(backoff.next())
+                if backend.url in self._wait_ready:
+                    await self._wait_ready[backend.url]()
+                # A reply that lost its server goes ahead of the newcomers on the next one.
+                lease = await self.pool.acquire(backend, affinity, first=bool(problems))
+                if lease.affinity != "off":
+                    metrics.LLM_SLOT_AFFINITY.labels(lease.affinity).inc()
                 started = False
-                if url in self._wait_ready:
-                    await self._wait_ready[url]()
                 try:
-                    async for event in self._stream_one(url + path, body):
+                    async for event in self._stream_one(lease, path, body):
                         if not started:
                             started = True
-                            self._preferred = index
+                            self.pool.answered(backend)
                         yield event
                     return
                 except _RetryableError as exc:
+                    self._mark_failed(backend, str(exc))
                     if started:
                         raise LLMStreamBroken(str(exc)) from None
-                    problems.append(f"{url}: {exc}")
-                    log.warning("LLM backend %s failed (try %d): %s", url, attempt + 1, exc)
+                    problems.append(f"{backend.name}: {exc}")
+                    log.warning(
+                        "LLM backend %s failed (try %d): %s", backend.name, attempt + 1, exc
+                    )
                 except LLMTimeout:
+                    self._mark_failed(backend, "timed out")
                     if started:
                         raise
-                    problems.append(f"{url}: no answer in {self.settings.timeout_s:g}s")
-                    log.warning("LLM backend %s timed out", url)
+                    problems.append(f"{backend.name}: no answer in {self.settings.timeout_s:g}s")
+                    log.warning("LLM backend %s timed out", backend.name)
                     break  # a hung backend gets no second try: fail over at once
+                finally:
+                    self.pool.release(lease)
         raise LLMUnavailable("; ".join(problems))
 
-    async def _stream_one(self, url: str, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+    async def _stream_one(
+        self, lease: Lease, path: str, body: dict[str, Any]
+    ) -> AsyncIterator[StreamEvent]:
+        url = lease.backend.url + path
+        if lease.backend.llama:
+            body = {**body, "cache_prompt": True}  # the default, said out loud
+            if lease.slot is not None:
+                body["id_slot"] = lease.slot
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.settings.connect_timeout_s,
@@ -174,6 +408,8 @@ class LLMClient:
                     finished = finished or chunk.finish_reason is not None
                     if chunk.error:
                         raise _RetryableError(f"server error in stream: {chunk.error}")
+                    if chunk.timings:
+                        _count_prompt_tokens(chunk.timings)
                     text, inline_reasoning = think.feed(chunk.text)
                     event = StreamEvent(
                         text=text,
@@ -190,13 +426,15 @@ class LLMClient:
             if text or reasoning:
                 yield StreamEvent(text=text, reasoning=reasoning)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise LLMTimeout(f"no data from {url} in {self.settings.timeout_s:g}s") from exc
+            raise LLMTimeout(
+                f"no data from {lease.backend.name} in {self.settings.timeout_s:g}s"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise _RetryableError(_describe_client_error(exc)) from None
 
     async def tokenize(self, text: str) -> int | None:
         """Count tokens with llama-server's /tokenize; None when no backend offers it."""
-        url = self.urls[self._preferred]
+        url = self.pool.plan(None)[0].url
         if self._tokenize_ok.get(url) is False:
             return None
         try:
@@ -231,6 +469,22 @@ class LLMClient:
             except (aiohttp.ClientError, TimeoutError):
                 return False
         return False
+
+
+def _watch_backend(backend: Backend) -> None:
+    """Export the backend's slots, our requests on it and its health as gauges."""
+    name = backend.name
+    metrics.LLM_BACKEND_SLOTS.labels(name).set_function(lambda: backend.slots)
+    metrics.LLM_BACKEND_IN_FLIGHT.labels(name).set_function(lambda: backend.in_flight)
+    metrics.LLM_BACKEND_HEALTHY.labels(name).set_function(lambda: float(backend.healthy))
+
+
+def _count_prompt_tokens(timings: dict[str, Any]) -> None:
+    """llama.cpp's timings: prompt tokens taken from the slot's cache vs processed anew."""
+    for key, kind in (("cache_n", "cached"), ("prompt_n", "processed")):
+        value = timings.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            metrics.LLM_PROMPT_TOKENS.labels(kind).inc(value)
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:

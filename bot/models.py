@@ -1,8 +1,10 @@
 """The models a chat can pick (`llm.models`, `/model NAME`) and whether a model takes images.
 
-A model with its own `url` gets an LLM client of its own, with that server alone: a chat that
-picked it is answered there and only there. A model without one is another model name on the
-default servers (a vLLM or Ollama serving several), sent with each request.
+A model with servers of its own (`url`, or a pool in `backends`) is answered there and only
+there: each distinct list of servers gets one LLM client, a pool with its own routing, health
+and slot affinity, shared by the models on those servers (an Ollama serving several). A model
+without servers is another model name on the default servers, sent with each request. The
+settings refuse a server in two lists: two pools would each count its slots as theirs.
 
 Whether a model takes images: `vision = true` says so; otherwise every one of its servers must
 report it, as llama-server started with a multimodal projector does in `/props`
@@ -11,8 +13,10 @@ report it, as llama-server started with a multimodal projector does in `/props`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -36,7 +40,6 @@ class ChatModel:
     model: str  # sent with each request ("": the server's own)
     vision: bool  # configured to take images (else the servers are asked)
     about: str = ""
-    own_client: bool = False  # the catalog created `client` (and closes it)
 
 
 class ModelCatalog:
@@ -45,6 +48,9 @@ class ModelCatalog:
     def __init__(self, settings: LLMSettings, default: LLMClient) -> None:
         self._settings = settings
         self.default = ChatModel(DEFAULT_MODEL, default, settings.model, settings.vision)
+        # One client per list of servers; the default servers' is the app's own.
+        self._clients: dict[tuple[str, ...], LLMClient] = {tuple(default.urls): default}
+        self._own: list[LLMClient] = []  # the clients the catalog made (and discovers, closes)
         self._models = {
             name: self._entry(name, entry, default) for name, entry in settings.models.items()
         }
@@ -58,14 +64,46 @@ class ModelCatalog:
 
     def _entry(self, name: str, entry: ModelSettings, default: LLMClient) -> ChatModel:
         model = entry.model or self._settings.model
-        if not entry.url:
+        servers = tuple(entry.servers)
+        if not servers:
             return ChatModel(name, default, model, entry.vision, entry.about)
-        api: Api = "chat" if entry.api == "auto" else entry.api
-        update: dict[str, object] = {"model": model, "base_url": entry.url, "fallback_urls": []}
-        if entry.api_key.get_secret_value():
-            update["api_key"] = entry.api_key
-        client = LLMClient(self._settings.model_copy(update=update), [entry.url], api)
-        return ChatModel(name, client, model, entry.vision, entry.about, own_client=True)
+        client = self._clients.get(servers)
+        if client is None:
+            api: Api = "chat" if entry.api == "auto" else entry.api
+            # Its own pool: routed over its servers alone. llm.concurrency is the default
+            # servers' count; these report their slots (or count DEFAULT_SLOTS each).
+            update: dict[str, object] = {
+                "model": model,
+                "base_url": "",
+                "fallback_urls": [],
+                "backends": list(servers),
+                "routing": entry.routing,
+                "concurrency": 0,
+            }
+            if entry.api_key.get_secret_value():
+                update["api_key"] = entry.api_key
+            client = LLMClient(self._settings.model_copy(update=update), list(servers), api)
+            self._clients[servers] = client
+            self._own.append(client)
+        return ChatModel(name, client, model, entry.vision, entry.about)
+
+    async def discover(self) -> int:
+        """Ask the models' own servers how many replies they run at once; their total.
+
+        (The default servers are the app's to discover.)
+        """
+        counts = await asyncio.gather(*(client.discover() for client in self._own))
+        return sum(counts)
+
+    @property
+    def capacity(self) -> int:
+        """Replies the models' own healthy servers run at once (0: none of their own)."""
+        return sum(client.capacity for client in self._own)
+
+    def on_capacity(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(capacity)` when the models' own servers' capacity changes."""
+        for client in self._own:
+            client.pool.on_capacity(lambda _: listener(self.capacity))
 
     @property
     def names(self) -> list[str]:
@@ -129,8 +167,7 @@ class ModelCatalog:
 
     async def close(self) -> None:
         """Close the clients the catalog made and its own HTTP session."""
-        for chosen in self._models.values():
-            if chosen.own_client:
-                await chosen.client.close()
+        for client in self._own:
+            await client.close()
         if self._session is not None:
             await self._session.close()

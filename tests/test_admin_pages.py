@@ -23,6 +23,7 @@ from bot.app import ParleyApp, load
 from bot.config import HTTPSettings
 from bot.doctor import check_config
 from bot.http_server import OpsServer
+from bot.llm_pool import DEFAULT_SLOTS
 from tests.conftest import make_settings, message
 from tests.fakes.admin_client import (
     PASSWORD,
@@ -336,7 +337,8 @@ async def test_the_overview_reads_health_backends_slots_and_metrics(
     assert data["backends"] == [
         {"url": fake_llm.url, "healthy": True, "busy": None, "slots": None}
     ]  # the fake has no /slots page
-    assert data["engine"] == {"slots": 2, "busy": 0, "queue": 0}
+    # A server without /props counts as the documented default.
+    assert data["engine"] == {"slots": DEFAULT_SLOTS, "busy": 0, "queue": 0}
     assert data["totals"]["replies"] == old["totals"]["replies"] + 1
     assert data["totals"]["messages_in"] == old["totals"]["messages_in"] + 1
     charts = {series["key"]: series for series in data["series"]}

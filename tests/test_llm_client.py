@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from bot.config import LLMSettings
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMUnavailable
 from bot.llm import Api, LLMClient, LLMRequest, StreamEvent
+from bot.llm_pool import Routing
 from bot.sse import SSEDecoder, ThinkSplitter, parse_chunk
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 
@@ -18,8 +21,10 @@ FAST: dict[str, Any] = {"retries": 1, "backoff_s": 0.01, "timeout_s": 5.0, "conn
 DEAD_URL = "http://127.0.0.1:9"  # discard port: nothing listens
 
 
-def client(urls: list[str], api: Api = "chat", **overrides: Any) -> LLMClient:
-    return LLMClient(LLMSettings(**{**FAST, **overrides}), urls, api)
+def client(
+    urls: list[str], api: Api = "chat", routing: Routing | None = None, **overrides: Any
+) -> LLMClient:
+    return LLMClient(LLMSettings(**{**FAST, **overrides}), urls, api, routing=routing)
 
 
 async def collect(llm: LLMClient, request: LLMRequest | None = None) -> list[StreamEvent]:
@@ -152,3 +157,158 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+# -- slots, routing, affinity (issues 13 and 16) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("props", "slots", "llama"),
+    [
+        ({"total_slots": 3}, 3, True),
+        ({"total_slots": 0}, 4, False),  # nonsense: the default, and no llama.cpp extras
+        ({"total_slots": "many"}, 4, False),
+        ({"total_slots": True}, 4, False),
+        ([3], 4, False),
+        ("not json", 4, False),
+        (None, 4, False),  # 404: vLLM, Ollama, OpenAI
+    ],
+)
+async def test_props_total_slots_is_read_and_junk_is_not_trusted(
+    props: object, slots: int, llama: bool
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        if props is None:
+            return web.Response(status=404)
+        if isinstance(props, str):
+            return web.Response(text=props)
+        return web.json_response(props)
+
+    app = web.Application()
+    app.router.add_get("/props", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    llm = client([f"http://127.0.0.1:{port}"])
+    try:
+        assert await llm.discover() == slots
+        backend = llm.pool.backends[0]
+        assert (backend.slots, backend.llama, backend.healthy) == (slots, llama, True)
+    finally:
+        await llm.close()
+        await runner.cleanup()
+
+
+async def test_an_unreachable_server_at_start_is_counted_once_it_answers() -> None:
+    async with FakeLLMServer(slots=2) as up:
+        llm = client([DEAD_URL, up.url], routing="least-busy")
+        try:
+            assert await llm.discover() == 2
+            assert "not answering: http://127.0.0.1:9" in llm.capacity_source()
+            assert not llm.pool.backends[0].healthy
+        finally:
+            await llm.close()
+
+
+async def test_least_busy_moves_to_another_server_at_once_when_one_fails() -> None:
+    async with (
+        FakeLLMServer(Behaviour(status=503), slots=2) as bad,
+        FakeLLMServer(Behaviour(reply="from the good one"), slots=2) as good,
+    ):
+        llm = client([bad.url, good.url], routing="least-busy")
+        await llm.discover()
+        try:
+            for _ in range(3):
+                events = [e async for e in llm.stream(LLMRequest(messages=[]), affinity="c")]
+                assert text_of(events) == "from the good one"
+        finally:
+            await llm.close()
+        assert len(bad.requests) == 1  # no retries while a healthy server is there
+        assert len(good.requests) == 3
+
+
+async def test_each_channel_is_pinned_to_its_own_free_slot(fake_llm: FakeLLMServer) -> None:
+    fake_llm.slots = 3
+    llm = client([fake_llm.url])
+    await llm.discover()
+    try:
+        for channel in ["a", "b", "c", "a", "b", "c"]:
+            async for _ in llm.stream(LLMRequest(messages=[]), affinity=channel):
+                pass
+    finally:
+        await llm.close()
+    asked = [r["id_slot"] for r in fake_llm.requests]
+    assert asked[:3] == asked[3:] and sorted(asked[:3]) == [0, 1, 2]
+    assert llm.pool.stats == {"hit": 3, "moved": 0, "new": 3, "shared": 0, "off": 0}
+
+
+async def test_the_real_llama_server_reports_its_slots_and_honours_id_slot(
+    llama_server_url: str,
+) -> None:
+    llm = client([llama_server_url], api="completion", timeout_s=60.0)
+    try:
+        assert await llm.discover() == 2  # the fixture's -np 2, from /props total_slots
+        backend = llm.pool.backends[0]
+        assert backend.llama and backend.source == "llama.cpp /props"
+        history = "Q: What is the capital of France?\nA: Paris\n" * 12
+        request = LLMRequest(prompt=history + "Q: And of Italy?\nA:", max_tokens=24, stop=["\n"])
+        pinned: set[int] = set()
+        usage: dict[str, object] = {}
+        async with aiohttp.ClientSession() as session:
+            async for event in llm.stream(request, affinity="chat"):
+                usage |= event.usage
+                if not pinned:
+                    pinned = set(backend.busy)
+                    async with session.get(llama_server_url + "/slots") as resp:
+                        processing = {s["id"] for s in await resp.json() if s["is_processing"]}
+                    assert processing == pinned  # the slot we asked for is the one working
+        request.prompt = history + "Q: And of Spain?\nA:"
+        again: dict[str, object] = {}
+        async for event in llm.stream(request, affinity="chat"):
+            again |= event.usage
+        assert llm.pool.stats["hit"] == 1
+        # The second turn found the shared history in its slot's cache.
+        assert int(str(again["cache_n"])) >= int(str(usage["prompt_n"])) - 12
+    finally:
+        await llm.close()
+
+
+async def test_another_client_on_the_server_turns_pinning_off_so_nothing_waits(
+    fake_llm: FakeLLMServer,
+) -> None:
+    release = asyncio.Event()
+
+    async def hold(body: dict[str, object]) -> None:
+        if body.get("max_tokens") == 99:  # the other client's long reply
+            await release.wait()
+
+    fake_llm.slots = 2
+    fake_llm.behaviour = Behaviour(reply="from the server", pause=hold)
+    other = client([fake_llm.url])  # say, a second bot process on the same server
+    ours = client([fake_llm.url])
+    try:
+        await other.discover()
+        holding = asyncio.create_task(
+            collect_text(other, LLMRequest(messages=[], max_tokens=99), "x")
+        )
+        await _until(lambda: fake_llm.in_flight == 1)
+        taken = fake_llm.slot_uses[0].slot
+        await ours.discover()  # its /slots shows a slot we do not hold
+        assert ours.pool.backends[0].shared_until > 0
+        for channel in ("a", "b"):
+            text = await asyncio.wait_for(collect_text(ours, LLMRequest(messages=[]), channel), 5)
+            assert text == "from the server"
+        assert [use.asked for use in fake_llm.slot_uses[1:]] == [None, None]
+        assert all(use.slot != taken and not use.waited for use in fake_llm.slot_uses[1:])
+        assert ours.pool.stats["shared"] == 2
+        release.set()
+        await holding
+    finally:
+        await other.close()
+        await ours.close()
+
+
+async def collect_text(llm: LLMClient, request: LLMRequest, affinity: str) -> str:
+    return "".join([e.text async for e in llm.stream(request, affinity=affinity)])

@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
-from bot.engine import MSG_IMAGE_TOO_LARGE, MSG_NO_VISION
+from bot.config import load_settings
+from bot.engine import MSG_IMAGE_TOO_LARGE, MSG_LLM_DOWN, MSG_NO_VISION
+from bot.errors import ConfigError
+from bot.llm import LLMClient
+from bot.models import ModelCatalog
 from tests.fakes.drivers import PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import echo_reply, echoed
@@ -89,6 +93,42 @@ async def test_model_name_sends_the_chats_next_request_there_and_only_there(
         ("config.refused", "model", None, None),
         ("config.set", "model", '"big"', '"default"'),
     ]
+
+
+async def test_a_model_with_a_pool_of_its_own_is_answered_by_its_servers_alone(
+    tmp_path: Path, driver: PlatformDriver, fake_llm: FakeLLMServer, other_llm: FakeLLMServer
+) -> None:
+    """Both sides are pools (llm.backends): a chat's model fails over inside its own pool and,
+    with every one of its servers down, is told so; the default pool never takes its turns."""
+    ann, bob = driver.person("Ann"), driver.person("Bob")
+    fake_llm.slots, other_llm.slots = 2, 3  # llama.cpp servers: /props total_slots
+    echo = Behaviour(reply=echo_reply)
+    async with (
+        FakeLLMServer(behaviour=echo, slots=2) as default_two,
+        FakeLLMServer(behaviour=echo, slots=1) as own_two,
+    ):
+        models = {"pool": {"backends": [other_llm.url, own_two.url], "about": "two servers"}}
+        llm = {"base_url": "", "backends": [fake_llm.url, default_two.url], "models": models}
+        async with driver.running(driver.settings(tmp_path, "", llm=llm)) as bot:
+            # One line for every server's slots: the default pool's 4 and the model's 4.
+            assert bot.app.engine.queue.slots == 8
+            await driver.command(ann, "model", "pool")
+            await driver.say(ann, "one")
+            await driver.wait_until(lambda: echoed("one") in driver.replies(ann))
+            await other_llm.stop()
+            await driver.say(ann, "two")  # its first server is gone: its other one answers
+            await driver.wait_until(lambda: echoed("two") in driver.replies(ann))
+            await own_two.stop()
+            await driver.say(ann, "three")  # the default servers are up, but not its own
+            await driver.wait_until(lambda: MSG_LLM_DOWN in driver.replies(ann))
+            await driver.say(bob, "hello default")
+            await driver.wait_until(lambda: echoed("hello default") in driver.replies(bob))
+        assert driver.replies(ann)[1:] == [echoed("one"), echoed("two"), MSG_LLM_DOWN]
+        own = [last_user_text(b) for b in [*other_llm.requests, *own_two.requests]]
+        assert sorted(own) == ["one", "two"]
+        assert "two" in [last_user_text(b) for b in own_two.requests]
+        default = [last_user_text(b) for b in [*fake_llm.requests, *default_two.requests]]
+        assert default == ["hello default"]
 
 
 async def test_a_picture_reaches_a_model_that_sees_as_an_image_part(
@@ -169,3 +209,57 @@ async def test_a_chat_that_picks_a_model_with_eyes_can_send_it_pictures(
     assert image_parts(blind) == [] and last_user_text(blind) == "first try"
     (seeing,) = other_llm.requests
     assert image_parts(seeing) == ["data:image/jpeg;base64," + b64(JPEG)]
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            '[llm.models.x]\nurl = "http://a:1"\nbackends = ["http://b:1"]',
+            "config: llm.models.x = {...}: set url (one server) or backends (a pool), not both",
+        ),
+        (
+            '[llm.models.x]\nbackends = ["http://b:1", "http://b:1/"]',
+            "config: llm.models.x = {...}: lists the same server twice",
+        ),
+        (
+            '[llm.models.x]\nbackends = ["http://a:1", "http://b:1"]',
+            "config: llm = {...}: llm.models.x shares a server with the default servers",
+        ),
+        (
+            '[llm.models.x]\nurl = "http://b:1"\n[llm.models.y]\nbackends = ["http://b:1", '
+            '"http://c:1"]',
+            "config: llm = {...}: llm.models.y shares a server with llm.models.x",
+        ),
+        (
+            '[llm.models.x]\nurl = "http://b:1"\n[llm.models.y]\nurl = "http://b:1"\n'
+            'api_key = "sk-model-y-secret"',
+            "config: llm = {...}: llm.models.y is on the same servers as llm.models.x",
+        ),
+        ('[llm.models.default]\nmodel = "m"', "config: llm.models = {...}: model name 'default'"),
+    ],
+)
+def test_model_servers_are_validated(tmp_path: Path, toml: str, expected: str) -> None:
+    """A server is in one pool only (two pools would each count its slots as theirs)."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[llm]\nbase_url = "http://a:1"\n{toml}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value
+    assert "sk-model-y" not in str(caught.value)  # a secret is never shown
+
+
+def test_models_on_the_default_servers_or_one_server_list_share_a_client(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[llm]\nbase_url = "http://a:1"\n[llm.models.same]\nurl = "http://a:1/"\n'
+        '[llm.models.p]\nurl = "http://b:1"\nmodel = "p"\n[llm.models.q]\nurl = "http://b:1"\n'
+        'model = "q"\n'
+    )
+    llm = load_settings(path).llm
+    default = LLMClient(llm, ["http://a:1"], "chat")
+    catalog = ModelCatalog(llm, default)
+    same, p, q = (catalog.pick(name) for name in ("same", "p", "q"))
+    assert same.client is default  # the default servers' pool, its slots counted once
+    assert p.client is q.client and p.client.urls == ["http://b:1"]
+    assert (p.model, q.model) == ("p", "q")

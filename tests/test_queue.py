@@ -102,4 +102,62 @@ async def test_a_turn_waiting_at_its_gate_holds_no_slot() -> None:
     opened.set()
     await asyncio.wait_for(asyncio.gather(gated, behind), 5)
     assert events == ["gate wait", "b1", "gate open", "a1", "gate closed", "a2"]
-    assert queue.depth == 0 and queue._free == 1
+    assert queue.depth == 0 and queue.in_use == 0
+
+
+async def test_a_released_slot_serves_another_channel_while_the_turn_keeps_its_line() -> None:
+    queue = TurnQueue(slots=1)
+    delivered = asyncio.Event()
+    events: list[str] = []
+
+    async def nothing(n: int) -> None:
+        return None
+
+    async def generate_then_deliver() -> None:
+        async with queue.turn("a", nothing) as slot:
+            events.append("a1 generated")
+            slot.release()  # generation over: delivery goes on without the slot
+            slot.release()  # idempotent
+            await delivered.wait()
+            events.append("a1 delivered")
+
+    async def turn(channel: str, name: str) -> None:
+        async with queue.turn(channel, nothing):
+            events.append(name)
+
+    first = asyncio.create_task(generate_then_deliver())
+    behind = asyncio.create_task(turn("a", "a2"))
+    await asyncio.wait_for(turn("b", "b1"), 5)  # the only slot is free again
+    assert events == ["a1 generated", "b1"] and not behind.done()
+    delivered.set()
+    await asyncio.wait_for(asyncio.gather(first, behind), 5)
+    assert events == ["a1 generated", "b1", "a1 delivered", "a2"]
+    assert queue.in_use == 0 and queue.depth == 0
+
+
+async def test_resizing_lets_waiters_in_or_holds_newcomers_back() -> None:
+    queue = TurnQueue(slots=1)
+    gate = asyncio.Event()
+    running: list[str] = []
+
+    async def nothing(n: int) -> None:
+        return None
+
+    async def turn(channel: str) -> None:
+        async with queue.turn(channel, nothing):
+            running.append(channel)
+            await gate.wait()
+
+    tasks = [asyncio.create_task(turn(c)) for c in "abc"]
+    await asyncio.sleep(0.01)
+    assert running == ["a"] and queue.waiting_for_slot == 2
+    queue.resize(3)  # a server came back: both waiters start at once
+    await asyncio.sleep(0.01)
+    assert running == ["a", "b", "c"] and queue.in_use == 3
+    queue.resize(1)  # a server went down: the running ones finish, newcomers wait
+    late = asyncio.create_task(turn("d"))
+    await asyncio.sleep(0.01)
+    assert queue.waiting_for_slot == 1 and queue.slots == 1
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks, late), 5)
+    assert running[-1] == "d" and queue.in_use == 0

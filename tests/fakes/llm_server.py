@@ -1,7 +1,8 @@
 """A loopback stand-in for an OpenAI-compatible server (llama.cpp's), for error paths and speed.
 
 It speaks the real wire format: SSE `data:` chunks, `:` keep-alive pings, the final usage chunk with
-`"choices": []`, `data: [DONE]`; errors as JSON bodies; /health, /tokenize, /v1/models.
+`"choices": []`, `data: [DONE]`; errors as JSON bodies; /health, /tokenize, /v1/models; with
+`slots` set, llama.cpp's /props (`total_slots`), /slots and `id_slot` scheduling.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -48,8 +49,20 @@ class Behaviour:
     # Raw bytes written into the stream after this many content chunks, e.g. an event nobody
     # can parse: (chunks, bytes).
     raw_after: tuple[int, bytes] | None = None
+    # Awaited after the first content chunk, with the request body: a test holds chosen
+    # streams open (e.g. until another chat has been answered).
+    pause: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     endless: bool = False  # repeat the reply's words for ever: no finish_reason, no [DONE]
     reasoning_only: bool = False  # every chunk as `reasoning_content` (chat API), no content
+
+
+@dataclass
+class SlotUse:
+    """One request as llama-server's scheduler saw it: the id_slot asked for, the slot used."""
+
+    asked: int | None  # the request's id_slot (None: not sent)
+    slot: int
+    waited: bool  # the slot (or every slot) was busy: the request waited for it
 
 
 @dataclass
@@ -63,11 +76,19 @@ class FakeLLMServer:
     cancelled: int = 0
     # /props `modalities.vision`, as llama-server reports it when started with --mmproj.
     vision: bool = False
+    # llama.cpp's slots: /props reports total_slots, /slots their state, and a request waits for
+    # its id_slot (or any slot) to be free, as llama-server defers it. None: a server without
+    # /props (vLLM, Ollama): no slots, every request runs at once.
+    slots: int | None = None
+    slot_uses: list[SlotUse] = field(default_factory=list)
+    port: int = 0  # 0: any free port; set it to start a server again where one was stopped
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self.url = ""
+        self._busy: set[int] = set()
+        self._slot_waiters: list[asyncio.Future[None]] = []
 
     async def __aenter__(self) -> Self:
         app = web.Application()
@@ -77,21 +98,69 @@ class FakeLLMServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/props", self._props)
+        app.router.add_get("/slots", self._slots)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop serving, as a killed server would: open streams break, connections are refused."""
+        if self._runner is None:
+            return
         self._closing.set()  # releases hung handlers
         await self._runner.cleanup()
+        self._runner = None
 
     async def _props(self, request: web.Request) -> web.Response:
-        return web.json_response({"modalities": {"vision": self.vision, "audio": False}})
+        if self.slots is None and not self.vision:
+            return web.json_response({"error": {"message": "File Not Found"}}, status=404)
+        props: dict[str, Any] = {
+            "default_generation_settings": {"n_ctx": 1024},
+            "modalities": {"vision": self.vision, "audio": False},
+        }
+        if self.slots is not None:
+            props["total_slots"] = self.slots
+        return web.json_response(props)
+
+    async def _slots(self, request: web.Request) -> web.Response:
+        if self.slots is None:
+            return web.json_response({"error": {"message": "File Not Found"}}, status=404)
+        return web.json_response(
+            [{"id": i, "is_processing": i in self._busy} for i in range(self.slots)]
+        )
+
+    async def _take_slot(self, asked: int | None) -> int:
+        """Like llama-server: the asked slot when free, else any free one; wait while none is."""
+        assert self.slots is not None
+        waited = False
+        while True:
+            if asked is not None and 0 <= asked < self.slots:
+                free = [asked] if asked not in self._busy else []
+            else:
+                free = [i for i in range(self.slots) if i not in self._busy]
+            if free:
+                break
+            waited = True
+            freed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(freed)
+            await freed
+        self._busy.add(free[0])
+        self.slot_uses.append(SlotUse(asked, free[0], waited))
+        return free[0]
+
+    def _free_slot(self, slot: int) -> None:
+        self._busy.discard(slot)
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for waiter in waiters:  # each looks again (the one it wants may still be busy)
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -119,11 +188,15 @@ class FakeLLMServer:
             return web.Response(status=503)
         reply = b.reply(body) if callable(b.reply) else b.reply
         chat = "messages" in body
+        slot = None
+        if self.slots is not None:
+            asked = body.get("id_slot")
+            slot = await self._take_slot(asked if isinstance(asked, int) else None)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
         try:
+            await resp.prepare(request)
             if b.ping:
                 await resp.write(b": ping\n\n")
             if chat:
@@ -145,6 +218,8 @@ class FakeLLMServer:
                 key = "reasoning_content" if b.reasoning_only else "content"
                 chunk = _chat_chunk({key: piece}) if chat else _text_chunk(piece)
                 await _send(resp, chunk)
+                if index == 0 and b.pause is not None:
+                    await b.pause(body)
                 if b.delay_s:
                     await asyncio.sleep(b.delay_s)
             final = _chat_chunk({}, finish="stop") if chat else _text_chunk("", finish="stop")
@@ -160,6 +235,8 @@ class FakeLLMServer:
             raise
         finally:
             self.in_flight -= 1
+            if slot is not None:
+                self._free_slot(slot)
         return resp
 
 
