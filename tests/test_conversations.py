@@ -113,6 +113,22 @@ async def test_memory_forget_removes_a_fact_from_every_later_prompt(
     assert listing.startswith("I don't remember anything about you yet")
 
 
+async def test_forget_also_forgets_every_fact_about_the_caller(
+    tmp_path: Path, driver: PlatformDriver, fake_llm: FakeLLMServer
+) -> None:
+    ann, bob = driver.person("Ann"), driver.person("Bob")
+    async with driver.running(driver.settings(tmp_path, fake_llm.url)):
+        await driver.command(ann, "remember", "My cat is called Mimi")
+        await driver.command(bob, "remember", "My dog is called Rex")
+        await ask(driver, fake_llm, ann, "Hello")
+        forgot = await driver.command(ann, "forget")
+        ann_after = await ask(driver, fake_llm, ann, "What is my cat called?")
+        bob_after = await ask(driver, fake_llm, bob, "What is my dog called?")
+    assert forgot.endswith(" I also forgot the 1 fact you asked me to remember.")
+    assert "Mimi" not in str(ann_after) and MEMORY_HEADING not in system_of(ann_after)
+    assert "Rex" in system_of(bob_after)  # someone else's /forget leaves Bob's facts alone
+
+
 async def test_another_users_memory_never_appears_and_a_fact_is_private_by_default(
     tmp_path: Path, driver: PlatformDriver, fake_llm: FakeLLMServer
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from telegram import Bot
 
@@ -13,8 +14,9 @@ from adapters.telegram.targets import TelegramReplyTarget
 from bot.engine import MSG_NO_VISION
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 from tests.fakes.discord_api import FakeDiscord
-from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import (
+    QUEUE_NOTICE_PREFIX,
     discord_bot,
     discord_replies,
     discord_settings,
@@ -134,11 +136,27 @@ async def test_a_discord_thread_is_answered_in_the_thread_with_its_own_history(
     assert "tulip" not in json.dumps(again)
 
 
+def queue_notice(params: dict[str, Any]) -> bool:
+    return str(params.get("text", "")).startswith(QUEUE_NOTICE_PREFIX)
+
+
 async def test_a_queue_notice_lands_in_the_topic_of_the_message_that_waits(
     tmp_path: Path,
 ) -> None:
-    slow = Behaviour(reply=echo_reply, first_delay_s=0.5)  # the first still thinks at the second
-    async with FakeTelegramAPI() as api, FakeLLMServer(slow) as llm:
+    held: list[str] = []
+
+    async def hold_the_first(body: dict[str, Any]) -> None:
+        # The first reply streams until the other topic's message was told it waits (one slot).
+        held.append(last_user_text(body))
+        if len(held) == 1:
+            await api.wait_for(
+                lambda a: any(queue_notice(c.params) for c in a.calls_to("sendMessage"))
+            )
+
+    async with (
+        FakeTelegramAPI() as api,
+        FakeLLMServer(Behaviour(reply=echo_reply, pause=hold_the_first)) as llm,
+    ):
         ann, bob = api.user(ANN, "Ann"), api.user(ANN + 1, "Bob")
         forum = api.forum_chat(FORUM)
         settings = telegram_settings(tmp_path, api, llm.url, llm={"concurrency": 1})
@@ -151,8 +169,7 @@ async def test_a_queue_notice_lands_in_the_topic_of_the_message_that_waits(
                     <= set(telegram_replies(a, FORUM))
                 )
             )
-    notices = [c for c in api.calls_to("sendMessage") if c.params["text"].startswith("⏳")]
-    (notice,) = notices
-    waited = 9 if "seven" in json.dumps(llm.requests[0]) else 7
+    (notice,) = [c for c in api.calls_to("sendMessage") if queue_notice(c.params)]
+    waited = 9 if "seven" in held[0] else 7
     assert notice.params["message_thread_id"] == waited
     assert set(posted_topics(api)) == {7, 9} and None not in posted_topics(api)
