@@ -93,6 +93,9 @@ class ModelCatalog:
         (The default servers are the app's to discover.)
         """
         counts = await asyncio.gather(*(client.discover() for client in self._own))
+        for client, count in zip(self._own, counts, strict=True):
+            names = ", ".join(n for n, m in self._models.items() if m.client is client)
+            log.info("/model %s: servers of their own, %d more replies at once", names, count)
         return sum(counts)
 
     @property
