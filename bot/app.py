@@ -176,6 +176,8 @@ class ParleyApp:
         checks.add("database", database_check(self.store))
         checks.add("llm", llm_check(self.llm))
         checks.add_detail("llm", llm_status(self.llm, self.engine.queue))
+        if self.models.status():  # a model's servers down leave its chats only unanswered
+            checks.add_detail("models", self.models.status)
         return checks
 
     async def aclose(self) -> None:

@@ -103,6 +103,15 @@ class ModelCatalog:
         """Replies the models' own healthy servers run at once (0: none of their own)."""
         return sum(client.capacity for client in self._own)
 
+    def status(self) -> dict[str, object]:
+        """Per model with servers of its own: routing and each server's health and slots, as
+        /healthz shows them (no URL credentials)."""
+        return {
+            name: chosen.client.status()
+            for name, chosen in self._models.items()
+            if chosen.client is not self.default.client
+        }
+
     def on_capacity(self, listener: Callable[[int], None]) -> None:
         """Call `listener(capacity)` when the models' own servers' capacity changes."""
         for client in self._own:

@@ -121,6 +121,11 @@ async def test_a_model_with_a_pool_of_its_own_is_answered_by_its_servers_alone(
             await own_two.stop()
             await driver.say(ann, "three")  # the default servers are up, but not its own
             await driver.wait_until(lambda: MSG_LLM_DOWN in driver.replies(ann))
+            # /healthz shows the model's own servers (not a failing check: the others answer).
+            health = bot.app.health_checks()
+            pool = health.details()["models"]["pool"]
+            assert [b["healthy"] for b in pool["backends"]] == [False, False]
+            assert pool["routing"] == "least-busy"
             await driver.say(bob, "hello default")
             await driver.wait_until(lambda: echoed("hello default") in driver.replies(bob))
         assert driver.replies(ann)[1:] == [echoed("one"), echoed("two"), MSG_LLM_DOWN]
