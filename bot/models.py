@@ -71,9 +71,9 @@ class ModelCatalog:
         if client is None:
             api: Api = "chat" if entry.api == "auto" else entry.api
             # Its own pool: routed over its servers alone. llm.concurrency is the default
-            # servers' count; these report their slots (or count DEFAULT_SLOTS each).
+            # servers' count; these report their slots (or count DEFAULT_SLOTS each). The
+            # model name is each request's (the models on these servers may differ).
             update: dict[str, object] = {
-                "model": model,
                 "base_url": "",
                 "fallback_urls": [],
                 "backends": list(servers),
