@@ -23,6 +23,7 @@ from discord.http import HTTPClient
 from adapters.discord.limits import INTERACTION_TOKEN_LIFETIME_S
 from adapters.discord.rest import (
     ALLOWED_MENTIONS,
+    FLAG_EPHEMERAL,
     DiscordRest,
     InteractionTokenExpired,
     Upload,
@@ -30,7 +31,7 @@ from adapters.discord.rest import (
 from bot.errors import DeliveryError
 from bot.splitter import split_markdown
 from bot.streaming import EditScheduler, LatestMessage
-from bot.types import TargetLimits, VoiceClip
+from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,18 @@ def _audio_file(clip: VoiceClip, *, reply_to: int | None) -> tuple[dict[str, Any
     if reply_to is not None:
         payload["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
     return payload, Upload(AUDIO_FALLBACK_FILENAME, clip.ogg_opus, "audio/ogg")
+
+
+def _file_message(file: OutgoingFile, *, reply_to: int | None) -> tuple[dict[str, Any], Upload]:
+    """An attachment (e.g. an export) with its caption as the message text."""
+    payload: dict[str, Any] = {
+        "content": file.caption,
+        "attachments": [{"id": 0, "filename": file.name}],
+        "allowed_mentions": ALLOWED_MENTIONS,
+    }
+    if reply_to is not None:
+        payload["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
+    return payload, Upload(file.name, file.data, file.mime)
 
 
 class _DiscordTarget:
@@ -269,6 +282,13 @@ class ChannelTarget(_DiscordTarget):
     def _waits_no_more(self) -> None:
         self._scheduler.queue_notices.leave(self, self)
 
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload an attachment (e.g. an export) as a reply to the message it answers."""
+        payload, upload = _file_message(file, reply_to=self._message.id)
+        await self._call(
+            partial(self._rest.upload_message, self._channel_id, payload, [upload]), "file"
+        )
+
 
 class _Kind(Enum):
     ORIGINAL = "original"
@@ -309,7 +329,7 @@ class InteractionTarget(_DiscordTarget):
             http=http,
             clock=clock,
         )
-        self._ephemeral = ephemeral
+        self._ephemeral = ephemeral  # answers and files go to the caller alone
         self._interaction = interaction
         self._channel = channel  # where the reply goes on once the token has expired
         self._app_id = interaction.application_id
@@ -444,6 +464,26 @@ class InteractionTarget(_DiscordTarget):
         else:
             make = partial(self._rest.upload_message, self._channel_id, payload, [upload])
         await self._call(make, "voice")
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload an attachment as a follow-up (the response's text stays), or in the channel
+        once the interaction's token has expired."""
+        await self._call(partial(self._post_file, file), "file")
+
+    async def _post_file(self, file: OutgoingFile) -> None:
+        payload, upload = _file_message(file, reply_to=None)
+        if self._token_alive():
+            if self._ephemeral:
+                payload["flags"] = FLAG_EPHEMERAL
+            try:
+                await self._rest.upload_followup(self._app_id, self._token, payload, [upload])
+                return
+            except InteractionTokenExpired:
+                self._token_dead = True
+        if self._ephemeral:  # a private answer never goes into the channel
+            raise DeliveryError("the interaction's token expired", reason="token_expired")
+        payload.pop("flags", None)
+        await self._rest.upload_message(self._channel_id, payload, [upload])
 
     async def close(self) -> None:
         """The engine is done: a queue position still on its way is not written any more."""

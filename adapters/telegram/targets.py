@@ -32,7 +32,7 @@ from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import MAX_CAPTION_CHARS
 from bot.errors import DeliveryError
 from bot.streaming import EditScheduler
-from bot.types import TargetLimits, VoiceClip
+from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,10 @@ class TelegramReplyTarget:
             log.info("chat %s forbids voice messages; sending a file", self._chat_id)
             await self._scheduler.call(self, partial(self._audio_file_call, clip), what="voice")
 
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload a document (e.g. an export), in the topic it answers."""
+        await self._scheduler.call(self, partial(self._file_call, file), what="file")
+
     async def close(self) -> None:
         """The engine is done with this message: it waits in line no more."""
         self._reply_started()
@@ -201,6 +205,12 @@ class TelegramReplyTarget:
         caption = _caption(clip.text) or None
         with delivery_errors(), _posted_at_most_once():
             await self._bot.send_document(self._chat_id, audio, caption=caption, **self._where())
+
+    async def _file_call(self, file: OutgoingFile) -> None:
+        document = InputFile(file.data, filename=file.name)
+        caption = _caption(file.caption) or None
+        with delivery_errors(), _posted_at_most_once():
+            await self._bot.send_document(self._chat_id, document, caption=caption, **self._where())
 
     def _where(self, *, quote: bool = True) -> dict[str, Any]:
         """Placement of a new message: the topic thread, and the question it answers."""

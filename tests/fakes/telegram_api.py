@@ -260,6 +260,12 @@ class FakeTelegramAPI:
         self.chats[chat_id] = chat
         return chat
 
+    def forum_chat(self, chat_id: int, title: str = "Test forum") -> dict[str, Any]:
+        """A supergroup with topics: messages in a topic carry its `message_thread_id`."""
+        chat = {"id": chat_id, "type": "supergroup", "title": title, "is_forum": True}
+        self.chats[chat_id] = chat
+        return chat
+
     def text_update(
         self,
         chat: dict[str, Any],
@@ -267,9 +273,13 @@ class FakeTelegramAPI:
         text: str,
         *,
         reply_to: StoredMessage | None = None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
-        """An update carrying a text message; mentions and commands get their entities."""
-        message = self._user_message(chat, user, reply_to)
+        """An update carrying a text message; mentions and commands get their entities.
+
+        `topic`: the forum topic (message_thread_id) it is written in.
+        """
+        message = self._user_message(chat, user, reply_to, topic)
         message["text"] = text
         entities = _auto_entities(text)
         if entities:
@@ -324,12 +334,13 @@ class FakeTelegramAPI:
         payload: Any,
         *,
         caption: str | None = None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
         """An update with any other kind of message (photo, document, sticker, location...).
 
         `payload` is the field's value as the Bot API shapes it, e.g. a list of PhotoSize.
         """
-        message = self._user_message(chat, user, None)
+        message = self._user_message(chat, user, None, topic)
         message[kind] = payload
         if caption:
             message["caption"] = caption
@@ -338,6 +349,48 @@ class FakeTelegramAPI:
                 message["caption_entities"] = entities
         self._remember(message, kind=kind)
         return self._wrap(message)
+
+    def photo_update(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        sizes: list[bytes],
+        *,
+        caption: str | None = None,
+        file_sizes: list[int] | None = None,
+        topic: int | None = None,
+    ) -> dict[str, Any]:
+        """An update with a photo: one PhotoSize per entry of `sizes` (smallest first), each a
+        downloadable file; `file_sizes` overrides the sizes advertised."""
+        photo = []
+        for index, data in enumerate(sizes):
+            advertised = file_sizes[index] if file_sizes is not None else None
+            file_id = self._store_file(data, advertised)
+            side = 90 * (index + 1)
+            photo.append(
+                {
+                    "file_id": file_id,
+                    "file_unique_id": f"u{file_id}",
+                    "width": side,
+                    "height": side,
+                    "file_size": self.file_sizes[file_id],
+                }
+            )
+        return self.media_update(chat, user, "photo", photo, caption=caption, topic=topic)
+
+    def image_file_update(
+        self, chat: dict[str, Any], user: dict[str, Any], data: bytes, mime: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """An update with a picture sent as a file (a document with an image MIME type)."""
+        file_id = self._store_file(data, None)
+        document = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_name": "picture." + mime.rsplit("/", 1)[-1],
+            "mime_type": mime,
+            "file_size": len(data),
+        }
+        return self.media_update(chat, user, "document", document, **kwargs)
 
     def bot_said(self, chat: dict[str, Any], text: str) -> StoredMessage:
         """A message the bot sent earlier (e.g. to reply to it in a group)."""
@@ -620,7 +673,11 @@ class FakeTelegramAPI:
         return next(self._message_ids.setdefault(chat_id, itertools.count(1)))
 
     def _user_message(
-        self, chat: dict[str, Any], user: dict[str, Any], reply_to: StoredMessage | None
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        reply_to: StoredMessage | None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
         self.chats[chat["id"]] = chat
         message: dict[str, Any] = {
@@ -629,6 +686,9 @@ class FakeTelegramAPI:
             "chat": chat,
             "from": user,
         }
+        if topic is not None:
+            message["message_thread_id"] = topic
+            message["is_topic_message"] = True
         if reply_to is not None:
             message["reply_to_message"] = self._message_json(reply_to)
         return message
