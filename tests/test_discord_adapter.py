@@ -36,7 +36,21 @@ from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import discord_bot, discord_settings
 
 REPLY = "Hello Alice, nice to meet you. What would you like to talk about today?"
-COMMANDS = {"ask", "reset", "persona", "voice", "config", "help", "forget", "join", "leave"}
+COMMANDS = {
+    "ask",
+    "reset",
+    "persona",
+    "voice",
+    "config",
+    "help",
+    "forget",
+    "remember",
+    "memory",
+    "model",
+    "session",
+    "join",
+    "leave",
+}
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 
 

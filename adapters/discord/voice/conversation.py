@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import io
 import itertools
 import logging
 import re
@@ -44,7 +45,7 @@ from adapters.discord.voice.speaker import VoiceNotReady
 from adapters.discord.voice.vad import Pcm
 from bot import metrics
 from bot.errors import AudioError, SpeechSynthesisError
-from bot.types import IncomingMessage, TargetLimits, VoiceClip
+from bot.types import IncomingMessage, OutgoingFile, TargetLimits, VoiceClip
 
 if TYPE_CHECKING:
     from adapters.discord.voice.session import VoiceSession
@@ -164,6 +165,17 @@ class VoiceTurnTarget:
     async def send_voice(self, clip: VoiceClip) -> None:
         """Not used: a voice channel's answer is spoken live (`speak_live`), not uploaded."""
         log.debug("voice: a voice note for a live turn was not sent (%.1f s)", clip.duration_s)
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """A file for the conversation goes to its text channel (a voice channel cannot show it)."""
+        if self._text is not None:
+            await self._text.send_file(file)
+            return
+        upload = discord.File(io.BytesIO(file.data), filename=file.name)
+        try:
+            await self._channel.send(file.caption or None, file=upload)
+        except discord.HTTPException as exc:
+            raise delivery_error("file not delivered", exc) from exc
 
     # -- LiveSpeechTarget -----------------------------------------------------------------
 
