@@ -14,7 +14,7 @@ for good), and `OSError` (`ConnectionError` / `TimeoutError`: the network or a D
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -26,6 +26,14 @@ REQUEST_TIMEOUT_S = 20.0  # a timeout raises TimeoutError, an OSError the stream
 # Replies never ping @everyone, roles or users, whatever the model writes; a reply to a
 # message still notifies its author, as Discord's own replies do.
 ALLOWED_MENTIONS: dict[str, Any] = {"parse": [], "replied_user": True}
+
+
+class GlobalGate(Protocol):
+    """A budget every request against the bot's global limit takes a grant from first."""
+
+    async def acquire(self) -> None: ...
+
+    async def pause(self, seconds: float) -> None: ...
 
 
 class InteractionTokenExpired(DeliveryError):
@@ -40,6 +48,8 @@ class DiscordRest:
         self._auth = {"Authorization": f"Bot {token}"}
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        # Set when the global budget is shared with other processes (adapters/discord/sharding).
+        self.global_gate: GlobalGate | None = None
 
     async def open(self) -> None:
         """Create the HTTP session."""
@@ -119,12 +129,17 @@ class DiscordRest:
         url = self._base + route.format(*(quote(str(p), safe="") for p in params))
         # Interaction webhooks authenticate by the token in the URL, not the bot token.
         headers = None if webhook else self._auth
+        if self.global_gate is not None and not webhook:  # interaction webhooks are exempt
+            await self.global_gate.acquire()
         try:
             async with self._session.request(method, url, json=body, headers=headers) as response:
                 data = await _json_or_none(response)
                 if response.status < 300:
                     return data
-                raise _error_for(method, route, response, data)
+                error = _error_for(method, route, response, data)
+                if isinstance(error, RetryAfter) and error.is_global and self.global_gate:
+                    await self.global_gate.pause(error.retry_after)  # for every process
+                raise error
         except aiohttp.ClientConnectionError as exc:
             # The streamer backs off and retries network failures (OSError); aiohttp's
             # connection errors are not all OSErrors.
