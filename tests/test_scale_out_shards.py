@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +15,7 @@ import pytest
 
 from adapters.discord import sharding
 from adapters.discord.config import DiscordSettings
+from adapters.telegram.config import TelegramSettings
 from bot.errors import ConfigError
 from bot.shared_budget import SharedBudget
 from tests.conftest import free_port, make_settings
@@ -183,3 +185,66 @@ async def test_unreachable_postgres_falls_back_to_the_local_share() -> None:
         await budget.close()
     assert budget.local_grants == 3 and budget.shared_grants == 0
     assert budget.fallback.interval == pytest.approx(1 / 5.0)  # half of 10/s
+
+
+# -- the platform suite on PostgreSQL (`make test`) -------------------------------------------
+
+SOAK = {"tests/test_soak.py"}  # minutes long: its own run, not part of the PostgreSQL pass
+
+
+def test_make_test_runs_every_platform_test_file_on_postgresql_too() -> None:
+    root = Path(__file__).resolve().parent.parent
+    makefile = (root / "Makefile").read_text(encoding="utf-8")
+    listed = re.search(r"^PLATFORM_TESTS :=((?:.*\\\n)*.*)$", makefile, flags=re.M)
+    assert listed is not None
+    files = set(listed.group(1).replace("\\", " ").split())
+    assert all((root / f).is_file() for f in files), files
+    driven = {
+        f"tests/{p.name}"
+        for p in (root / "tests").glob("test_*.py")
+        if p.name != Path(__file__).name and "driver: PlatformDriver" in p.read_text("utf-8")
+    }
+    assert driven - SOAK <= files
+    assert "--storage=postgresql $(PLATFORM_TESTS)" in makefile
+
+
+# -- the compose profile "scale" --------------------------------------------------------------
+
+COMPOSE_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):?[-?](?P<default>[^}]*)\}")
+
+
+def test_the_scale_profile_splits_the_shards_over_two_bots_on_one_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    from bot.app import full_settings_class
+
+    root = Path(__file__).resolve().parent.parent
+    services = yaml.safe_load((root / "docker-compose.yml").read_text("utf-8"))["services"]
+    scaled = {name: s for name, s in services.items() if s.get("profiles") == ["scale"]}
+    assert {"postgres", "llama-a", "llama-b", "parley-shard0", "parley-shard1"} <= set(scaled)
+    given = {
+        "POSTGRES_PASSWORD": "pw",
+        "PARLEY_DISCORD__TOKEN": "t",
+        "PARLEY_TELEGRAM__TOKEN": "1:a",
+    }
+    bots = []
+    for name in ("parley-shard0", "parley-shard1"):
+        with monkeypatch.context() as env:
+            for key, value in scaled[name]["environment"].items():
+                value = COMPOSE_VARIABLE.sub(
+                    lambda m: given.get(m["name"], m["default"]), str(value)
+                )
+                env.setenv(key, value)
+            bots.append(full_settings_class()())
+    shards = [DiscordSettings.of(bot) for bot in bots]
+    assert [s.shard_count for s in shards] == [2, 2]
+    assert sorted(i for s in shards for i in s.shard_ids) == [0, 1]
+    urls = {bot.storage.url.get_secret_value() for bot in bots}
+    assert urls == {"postgresql://parley:pw@postgres:5432/parley"}
+    assert all(sharding.shares_budget(bot, s) for bot, s in zip(bots, shards, strict=True))
+    assert all(len(bot.llm.backends) == 2 for bot in bots)
+    # Telegram in one process only: one webhook is enough for its 30 messages/s.
+    telegram = [TelegramSettings.of(bot).token.get_secret_value() for bot in bots]
+    assert [bool(token) for token in telegram] == [True, False]
