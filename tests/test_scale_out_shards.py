@@ -174,6 +174,21 @@ async def test_two_processes_budgets_share_one_rate(postgres_url: str) -> None:
     assert max(granted) - min(granted) >= 19 / rate * 0.95
 
 
+async def test_a_global_429_in_one_process_pauses_the_other(postgres_url: str) -> None:
+    first = SharedBudget(postgres_url, "test:pause", 1000.0)
+    second = SharedBudget(postgres_url, "test:pause", 1000.0)
+    await asyncio.gather(first.open(), second.open())
+    try:
+        await second.acquire()  # granted at once
+        await first.pause(3600.0)  # Discord said: global 429, retry after an hour
+        waiting = asyncio.create_task(second.acquire())
+        done, _ = await asyncio.wait({waiting}, timeout=0.5)
+        assert not done  # still waiting (a hang guard would take an hour, not 0.5 s)
+        waiting.cancel()
+    finally:
+        await asyncio.gather(first.close(), second.close())
+
+
 async def test_unreachable_postgres_falls_back_to_the_local_share() -> None:
     dead = f"postgresql://u:p@127.0.0.1:{free_port()}/db"
     budget = SharedBudget(dead, "test:global", 10.0, share=0.5, timeout_s=0.5)

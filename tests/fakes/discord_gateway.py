@@ -195,9 +195,14 @@ class Gateway:
             await session.dispatch(event, payload)
 
 
+GUILD_EVENTS = ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE")
+
+
 def _guild_of(event: str, data: Any) -> int | None:
     """The guild an event is about (which decides its shard); None for a DM."""
     if not isinstance(data, dict):
         return None
-    raw = data.get("id") if event.startswith("GUILD_") else data.get("guild_id")
+    raw = data.get("guild_id")
+    if raw is None and event in GUILD_EVENTS:  # the guild object itself
+        raw = data.get("id")
     return int(raw) if raw is not None else None
