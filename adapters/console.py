@@ -13,7 +13,7 @@ from typing import TextIO
 
 from bot.commands import find
 from bot.platform import Services
-from bot.types import IncomingMessage, RateBudget, TargetLimits, VoiceClip
+from bot.types import IncomingMessage, OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 PLATFORM = "console"
 CONSOLE_CHANNEL = "local"
@@ -31,10 +31,17 @@ _MARKER = " ▌"
 class ConsoleTarget:
     """Prints a streamed reply as it grows; the terminal only ever gets appended text."""
 
-    def __init__(self, out: TextIO, voice_dir: Path, bot_name: str = "Parley") -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        voice_dir: Path,
+        bot_name: str = "Parley",
+        file_dir: Path = Path("parley-files"),
+    ) -> None:
         self.out = out
         self.bot_name = bot_name
         self.voice_dir = voice_dir
+        self.file_dir = file_dir  # where files the bot sends (exports) are written
         self._shown: dict[str, str] = {}
         self._next_id = 0
         self._parts = 0  # messages of the current reply (a long one continues in a new one)
@@ -93,6 +100,22 @@ class ConsoleTarget:
         path.write_bytes(clip.ogg_opus)
         self._write(f"\n[voice reply: {path} ({clip.duration_s:.1f} s)]\n")
 
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Write the file into `file_dir` (never over an earlier one) and say where it is."""
+        path = await asyncio.to_thread(_write_new_file, self.file_dir, file)
+        self._write(f"[file: {path}]\n")
+
+
+def _write_new_file(folder: Path, file: OutgoingFile) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, suffix = Path(file.name).stem, Path(file.name).suffix
+    path, number = folder / file.name, 1
+    while path.exists():
+        number += 1
+        path = folder / f"{stem}-{number}{suffix}"
+    path.write_bytes(file.data)
+    return path
+
 
 class ConsoleChat:
     """Reads lines from stdin and answers them; Ctrl-C cancels the reply, not the chat."""
@@ -104,12 +127,15 @@ class ConsoleChat:
         stdin: TextIO = sys.stdin,
         stdout: TextIO = sys.stdout,
         voice_dir: Path = Path("voice-replies"),
+        file_dir: Path = Path("parley-files"),
     ) -> None:
         self.engine = services.engine
         self.commands = services.commands
         self.stdin = stdin
         self.out = stdout
-        self.target = ConsoleTarget(stdout, voice_dir, services.settings.engine.bot_name)
+        self.target = ConsoleTarget(
+            stdout, voice_dir, services.settings.engine.bot_name, file_dir=file_dir
+        )
         self.interactive = stdin.isatty()
         self._reply: asyncio.Task[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
@@ -187,8 +213,10 @@ class ConsoleChat:
                     if command is not None and command.turn:
                         line = args  # /ask: the rest is the message
                     elif command is not None and command.available_on(PLATFORM):
-                        reply = await self.commands.run(self._message(line), name_, args)
-                        self.out.write(reply + "\n")
+                        reply = await self.commands.execute(self._message(line), name_, args)
+                        self.out.write(reply.text + "\n")
+                        for file in reply.files:
+                            await self.target.send_file(file)
                         continue
                 await self._answer(self._message(line))
         finally:

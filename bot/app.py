@@ -22,6 +22,7 @@ from bot.errors import ConfigError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient, configured_urls
+from bot.models import ModelCatalog
 from bot.platform import Platform, PlatformAdapter, Services
 from bot.storage import HistoryStore, open_store
 from bot.streaming import EditScheduler
@@ -60,6 +61,7 @@ class ParleyApp:
         self.llm: LLMClient
         self.engine: ConversationEngine
         self.commands: Commands
+        self.models: ModelCatalog
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
@@ -77,6 +79,10 @@ class ParleyApp:
                 known[self.server.url] = self.server.slots
             self.llm = LLMClient(s.llm, urls, api, wait_ready=waits, known_slots=known)
             slots = await self.llm.discover()  # logs "N replies at once (source)"
+            self.models = ModelCatalog(s.llm, self.llm)  # the chats' /model choices
+            # A model's own servers answer its chats only, but their turns wait in the same
+            # line: it is as long as all the servers run at once.
+            slots += await self.models.discover()
             transcriber, synthesizer = self._speech()
             self.engine = ConversationEngine(
                 s,
@@ -86,9 +92,13 @@ class ParleyApp:
                 slots=slots,
                 transcriber=transcriber,
                 synthesizer=synthesizer,
+                models=self.models,
             )
-            if not s.llm.concurrency:  # a server down, back or resized: the line follows
-                self.llm.pool.on_capacity(self.engine.queue.resize)
+            # A server down, back or resized: the line follows (llm.concurrency fixes the
+            # default servers' part).
+            if not s.llm.concurrency:
+                self.llm.pool.on_capacity(self._resize_queue)
+            self.models.on_capacity(self._resize_queue)
             self.commands = Commands(s, self.store)
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
@@ -96,6 +106,10 @@ class ParleyApp:
             await self.aclose()
             raise
         return self
+
+    def _resize_queue(self, _capacity: int) -> None:
+        default = self.settings.llm.concurrency or self.llm.capacity
+        self.engine.queue.resize(default + self.models.capacity)
 
     @property
     def services(self) -> Services:
@@ -162,6 +176,8 @@ class ParleyApp:
         checks.add("database", database_check(self.store))
         checks.add("llm", llm_check(self.llm))
         checks.add_detail("llm", llm_status(self.llm, self.engine.queue))
+        if self.models.status():  # a model's servers down leave its chats only unanswered
+            checks.add_detail("models", self.models.status)
         return checks
 
     async def aclose(self) -> None:
@@ -174,6 +190,8 @@ class ParleyApp:
             for part in (engine.transcriber, engine.synthesizer):
                 if part is not None:
                     await part.close()
+        if hasattr(self, "models"):
+            await self.models.close()
         if hasattr(self, "llm"):
             await self.llm.close()
         if self.server is not None:

@@ -12,6 +12,8 @@ from bot.config import EngineSettings, VoiceMode
 if TYPE_CHECKING:
     from bot.storage import HistoryStore
 
+MODEL_KEY = "model"  # the chat setting /model stores (and audits)
+
 # Keys `config set` accepts, with the one-line help `config show` prints.
 CHANNEL_KEYS: dict[str, str] = {
     "persona": "persona preset or custom text",
@@ -19,6 +21,9 @@ CHANNEL_KEYS: dict[str, str] = {
     "temperature": "sampling temperature, 0 to 2",
     "max_tokens": "longest reply, in tokens",
     "history_tokens": "how much past conversation the model sees, in tokens",
+    "memory_tokens": "how much remembered context (facts, older turns) the model sees, in tokens",
+    "group_context": "groups: show the model recent messages not addressed to it (true/false)",
+    "group_context_tokens": "how much of that group background the model sees, in tokens",
     "voice_mode": "off | reply-to-voice | always",
     "stt_language": "voice note language (e.g. en, de), or auto",
 }
@@ -33,14 +38,21 @@ class ChannelSettings:
     temperature: float
     max_tokens: int
     history_tokens: int
+    memory_tokens: int
+    group_context: bool
+    group_context_tokens: int
     voice_mode: VoiceMode
     stt_language: str
+    # The model the chat picked with /model (llm.models); "": the default. Not a `config set`
+    # key: /model checks the name against the configuration.
+    model: str = ""
 
     @classmethod
     def resolve(cls, defaults: EngineSettings, overrides: dict[str, Any]) -> ChannelSettings:
         values = {key: getattr(defaults, key) for key in CHANNEL_KEYS}
         values.update({k: v for k, v in overrides.items() if k in CHANNEL_KEYS})
-        return cls(**values)
+        model = overrides.get(MODEL_KEY)
+        return cls(**values, model=model if isinstance(model, str) else "")
 
     @classmethod
     async def load(

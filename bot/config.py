@@ -56,6 +56,51 @@ class LLMServerSettings(_Section):
     max_restarts: int = Field(5, ge=0)
 
 
+# The largest picture sent to a model that takes images (a photo from a phone is 1-4 MB; base64
+# makes the request a third larger).
+DEFAULT_MAX_IMAGE_BYTES = 5 * 1024 * 1024
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+
+
+class ModelSettings(_Section):
+    """One model a chat can pick with `/model NAME`: an entry of `[llm.models.NAME]`."""
+
+    url: str = ""  # its OpenAI-compatible server; empty: the default servers (llm.base_url...)
+    backends: list[str] = []  # or a pool of its own servers (instead of url)
+    routing: Literal["auto", "least-busy", "failover"] = "auto"  # over those, as llm.routing
+    model: str = ""  # the model name sent with each request; empty: llm.model
+    api: Literal["auto", "chat", "completion"] = "auto"  # auto: chat with a url, else llm's api
+    api_key: SecretStr = SecretStr("")  # empty: llm.api_key
+    vision: bool = False  # it takes images even if its server does not say so (/props)
+    about: str = ""  # one line /model shows, e.g. "bigger, slower, sees images"
+
+    @field_validator("url", "backends")
+    @classmethod
+    def _http_urls(cls, value: str | list[str]) -> str | list[str]:
+        for url in [value] if isinstance(value, str) else value:
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_servers(self) -> ModelSettings:
+        if self.url and self.backends:
+            raise ValueError("set url (one server) or backends (a pool), not both")
+        if len(set(self.servers)) < len(self.servers):
+            raise ValueError("lists the same server twice")
+        return self
+
+    @property
+    def servers(self) -> list[str]:
+        """Its own servers (no trailing slash); empty: it runs on the default servers."""
+        return [url.rstrip("/") for url in (self.backends or [self.url]) if url]
+
+
+def _chat_unless(api: str) -> str:
+    """The API a configured server is spoken to with: "auto" is chat there."""
+    return "chat" if api == "auto" else api
+
+
 class LLMSettings(_Section):
     """Where replies come from: any OpenAI-compatible server, or the managed llama-server."""
 
@@ -79,7 +124,55 @@ class LLMSettings(_Section):
     # 4 per server that reports none (bot.llm_pool.DEFAULT_SLOTS).
     concurrency: int = Field(0, ge=0, le=4096)
     reasoning: Literal["hide", "show"] = "hide"
+    # Models a chat may pick with /model NAME (the default servers stay the default).
+    models: dict[str, ModelSettings] = {}
+    # The default servers take images even if they do not say so (llama-server with a
+    # multimodal projector reports it in /props; others do not).
+    vision: bool = False
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)  # larger pictures are refused
     server: LLMServerSettings = LLMServerSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        for name in value:
+            if name == "default" or not _MODEL_NAME.match(name):
+                raise ValueError(
+                    f"model name {name!r}: lowercase letters, digits, . _ - (up to 40), "
+                    "and not 'default' (the default servers' name)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _model_servers(self) -> LLMSettings:
+        """Each server belongs to one pool (two pools would each count its slots as theirs),
+        and the models of one pool talk to it alike (one client: one api, one api_key)."""
+        key = self.api_key.get_secret_value()
+        default = [u.rstrip("/") for u in self.backends or [self.base_url, *self.fallback_urls]]
+        pools: list[tuple[str, list[str], tuple[str, str]]] = []
+        if self.base_url or self.backends:
+            pools.append(("the default servers", default, (_chat_unless(self.api), key)))
+        for name, entry in self.models.items():
+            servers = entry.servers
+            if not servers:
+                continue
+            how = (_chat_unless(entry.api), entry.api_key.get_secret_value() or key)
+            for owner, others, their_how in pools:
+                if servers == others:
+                    if how != their_how:
+                        raise ValueError(
+                            f"llm.models.{name} is on the same servers as {owner} but with another "
+                            "api or api_key: the models of one server list share them"
+                        )
+                    break
+                if set(servers) & set(others):
+                    raise ValueError(
+                        f"llm.models.{name} shares a server with {owner} but not the whole "
+                        "list (each would count its slots): give them the same url or backends"
+                    )
+            else:
+                pools.append((f"llm.models.{name}", servers, how))
+        return self
 
     @field_validator("base_url", "fallback_urls", "backends")
     @classmethod
@@ -115,6 +208,11 @@ class EngineSettings(_Section):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=1, le=32768)
     history_tokens: int = Field(2048, ge=0)  # budget for past turns in the prompt
+    # Budget for what memory recalls: the user's remembered facts and relevant older turns.
+    memory_tokens: int = Field(256, ge=0)
+    # Groups: recent messages not addressed to the bot go into the prompt as background.
+    group_context: bool = True
+    group_context_tokens: int = Field(256, ge=0)  # budget for that background
     voice_mode: VoiceMode = "reply-to-voice"
     stt_language: str = "en"  # "auto": detect (only trusted when confident)
     max_input_chars: int = Field(4000, ge=1)
@@ -292,10 +390,12 @@ def _secret_values(model: BaseModel) -> list[str]:
     values: list[str] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
-        if isinstance(value, SecretStr) and value.get_secret_value():
-            values.append(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            values += _secret_values(value)
+        # Sections nest (llm.server) and some are keyed (llm.models.NAME.api_key).
+        for item in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(item, SecretStr) and item.get_secret_value():
+                values.append(item.get_secret_value())
+            elif isinstance(item, BaseModel):
+                values += _secret_values(item)
     return values
 
 

@@ -217,6 +217,24 @@ async def check_llm(settings: LLMSettings) -> list[Finding]:
             headers["Authorization"] = f"Bearer {key}"
         async with aiohttp.ClientSession(headers=headers) as session:
             findings += await asyncio.gather(*(probe_backend(session, url) for url in urls))
+    return findings + await _check_model_servers(settings, urls)
+
+
+async def _check_model_servers(settings: LLMSettings, checked: list[str]) -> list[Finding]:
+    """The servers of the models a chat can pick (`llm.models`), each once, with its key."""
+    seen = {url.rstrip("/") for url in checked}
+    findings: list[Finding] = []
+    for name, entry in settings.models.items():
+        fresh = [url for url in entry.servers if url not in seen]
+        seen.update(fresh)
+        if not fresh:
+            continue
+        key = entry.api_key.get_secret_value() or settings.api_key.get_secret_value()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            found = await asyncio.gather(*(probe_backend(session, url) for url in fresh))
+        # Named after the model, so a dead server says whose chats it would leave unanswered.
+        findings += [Finding(f"{f.check} (/model {name})", f.status, f.detail) for f in found]
     return findings
 
 

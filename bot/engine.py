@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot import metrics
 from bot.channel_config import ChannelSettings
@@ -28,10 +28,19 @@ from bot.errors import (
     StorageError,
 )
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
-from bot.prompt import build_request, fit_history, system_prompt
+from bot.memory import Recalled, recall_background, recall_facts, recall_turns, search_terms
+from bot.models import ChatModel, ModelCatalog
+from bot.prompt import (
+    PromptTurn,
+    build_request,
+    fit_rows,
+    image_parts,
+    system_prompt,
+    with_recalled,
+)
 from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
-from bot.storage import HistoryStore, Turn
+from bot.storage import HistoryStore, StoredMessage, Turn
 from bot.streaming import EditScheduler, ReplyStream
 from bot.types import IncomingMessage, ReplyTarget
 
@@ -66,6 +75,17 @@ MSG_SLOW_DOWN = (
 # For adapters: an attachment the bot cannot read ("photos"), alone or with text to answer.
 MSG_UNREADABLE = "I can read text and voice messages, but I can't open {kind} yet."
 MSG_CAPTION_ONLY = "I can't open {kind} yet, so I'm answering the text that came with it."
+# For adapters: a picture, when the chat's model does not take images (or it is too large).
+MSG_NO_VISION = "The model I use here can't see images, so I can't look at that picture."
+MSG_NO_VISION_TEXT = (
+    "The model I use here can't see images, so I'm answering the text that came with it."
+)
+MSG_IMAGE_TOO_LARGE = (
+    "That picture is too large for me ({size_mb:.1f} MB; the limit is {limit_mb:.1f} MB). "
+    "Please send a smaller one."
+)
+MAX_IMAGES_PER_MESSAGE = 4  # pictures of one message passed to the model; more are left out
+IMAGE_MARK = "[image]"  # stands for a picture in the stored message (pictures are not stored)
 MSG_REPLY_TIMEOUT = "⚠️ I stopped this reply: it took longer than {seconds:g} s."
 MSG_REPLY_CAPPED = "⚠️ I stopped this reply: it reached the length limit for one answer."
 MSG_INTERNAL = (
@@ -134,10 +154,13 @@ class ConversationEngine:
         slots: int,
         transcriber: Transcriber | None = None,
         synthesizer: SpeechSynthesizer | None = None,
+        models: ModelCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.llm = llm
+        # The models a chat can pick (/model); the default is `llm`.
+        self.models = models if models is not None else ModelCatalog(settings.llm, llm)
         self.scheduler = scheduler
         self.queue = TurnQueue(slots)
         self.rate = UserRateLimiter(settings.engine.user_messages_per_minute)
@@ -218,14 +241,18 @@ class ConversationEngine:
                     if transcript is None:
                         return
                     text = f"{transcript}\n\n{text}" if text else transcript
-                if not text:
+                if not text and not msg.images:
                     return
+                # Pictures are not stored (as audio is not): the history shows where one was.
+                stored = text
+                if msg.images:
+                    stored = f"{' '.join([IMAGE_MARK] * len(msg.images))} {text}".strip()
                 turn = await self.store.start_turn(
                     channel_id,
                     author_id=msg.user_id,
                     author_name=msg.user_name,
-                    content=text,
-                    token_count=await self._count_tokens(text),
+                    content=stored,
+                    token_count=await self._count_tokens(stored),
                 )
             except StorageError as exc:
                 # The store logged it (once per kind of failure); the user hears why.
@@ -238,6 +265,40 @@ class ConversationEngine:
         gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
         async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
             await self._reply(msg, target, turn, text, turn_id, slot)
+
+    async def takes_images(self, platform: str, channel_key: str) -> bool:
+        """Whether the model this chat uses takes images (adapters ask before downloading)."""
+        channel_id = await self.store.channel_id(platform, channel_key)
+        chosen = self.models.pick((await self._channel_settings(channel_id)).model)
+        return await self.models.sees_images(chosen)
+
+    async def observe(self, msg: IncomingMessage) -> None:
+        """A group message the bot sees but was not addressed to: kept as background for the
+        prompts of later turns there (`group_context`), never answered and never sent to the
+        LLM on its own. Failures are logged, never raised: nobody waits for an answer."""
+        if msg.is_private or f"{msg.platform}:{msg.user_id}" in self._blocked:
+            return
+        text = msg.text.strip()[: self.settings.engine.max_input_chars]
+        if not text:
+            return
+        key = f"{msg.platform}:{msg.channel_key}"
+        try:
+            # In arrival order with the chat's turns, so the prompt shows it where it was said.
+            async with self._arrival(key):
+                channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+                if not (await self._channel_settings(channel_id)).group_context:
+                    return
+                await self.store.record_background(
+                    channel_id,
+                    author_id=msg.user_id,
+                    author_name=msg.user_name,
+                    content=text,
+                    token_count=estimate_tokens(text),
+                )
+        except StorageError as exc:  # the store logged it, once per kind of failure
+            log.info("background message in %s not kept: %s", key, exc)
+        except Exception:
+            log.exception("keeping a background message in %s failed", key)
 
     @contextlib.asynccontextmanager
     async def _arrival(self, key: str) -> AsyncIterator[None]:
@@ -302,7 +363,7 @@ class ConversationEngine:
         slot: TurnSlot,
     ) -> None:
         try:
-            settings, request = await self._prepare(turn, text)
+            settings, request, chosen = await self._prepare(msg, turn, text)
             await self.store.update_message(turn.reply_row, status="streaming")
         except Exception:
             # Nothing was shown yet: the reply row must not stay 'queued' until the next start.
@@ -318,7 +379,7 @@ class ConversationEngine:
         note = ""
         try:
             async with asyncio.timeout(self.settings.llm.reply_timeout_s):
-                await self._consume(request, stream, voice, streamed, turn, started)
+                await self._consume(chosen, request, stream, voice, streamed, turn, started)
             status = "complete"
         except TimeoutError:  # the whole-reply limit (the LLM client's own become LLMTimeout)
             log.warning("reply in %s stopped after %g s", target.chat_key, self._reply_timeout)
@@ -377,21 +438,86 @@ class ConversationEngine:
         metrics.REPLIES.labels(msg.platform, status).inc()
         await self._conclude(target, stream, voice, turn, streamed.answer, status, note, turn_id)
 
-    async def _prepare(self, turn: Turn, text: str) -> tuple[ChannelSettings, LLMRequest]:
-        """The chat's settings and the LLM request: persona, history in budget, the message."""
+    async def _prepare(
+        self, msg: IncomingMessage, turn: Turn, text: str
+    ) -> tuple[ChannelSettings, LLMRequest, ChatModel]:
+        """The chat's settings, its model and the LLM request: persona, what memory recalls,
+        the group's background, history in budget, the message (and its pictures)."""
         settings = await self._channel_settings(turn.channel_id)
+        chosen = self.models.pick(settings.model)
+        parts: list[dict[str, Any]] = []
+        if msg.images:
+            if await self.models.sees_images(chosen):
+                images = msg.images[:MAX_IMAGES_PER_MESSAGE]
+                parts = await asyncio.to_thread(image_parts, images)  # megabytes of base64
+            else:  # the adapter asked first; the chat switched models since
+                log.info("pictures left out: model %r does not take images", chosen.name)
         rows = await self.store.history(turn.channel_id, turn.user_row, _HISTORY_ROWS)
-        history = fit_history(rows, settings.history_tokens)
+        kept = fit_rows(rows, settings.history_tokens)
+        recalled = await self._recall(
+            msg, turn, text, settings, kept, complete=len(rows) == len(kept) < _HISTORY_ROWS
+        )
+        bot_name = self.settings.engine.bot_name
+        system = with_recalled(
+            system_prompt(settings, bot_name), recalled, user_name=msg.user_name, bot_name=bot_name
+        )
         request = build_request(
-            api=self.llm.api,
+            api=chosen.client.api,
             prompt_format=self.settings.llm.prompt_format,
-            system=system_prompt(settings, self.settings.engine.bot_name),
-            history=history,
+            system=system,
+            history=[PromptTurn(row.role, row.content) for row in kept],
             user_text=text,
             settings=settings,
-            bot_name=self.settings.engine.bot_name,
+            bot_name=bot_name,
+            images=parts,
+            model=chosen.model,
         )
-        return settings, request
+        return settings, request, chosen
+
+    async def _recall(
+        self,
+        msg: IncomingMessage,
+        turn: Turn,
+        text: str,
+        settings: ChannelSettings,
+        kept: list[StoredMessage],
+        *,
+        complete: bool,
+    ) -> Recalled:
+        """Facts, older turns beyond the history (unless `complete`: the history is all there
+        is) and, in groups, the background since the oldest turn shown (or all of it)."""
+        terms = search_terms(text)
+        facts, used = await recall_facts(
+            self.store,
+            msg.platform,
+            msg.user_id,
+            terms,
+            private=msg.is_private,
+            budget=settings.memory_tokens,
+        )
+        oldest = kept[0].id if kept else turn.user_row
+        earlier = []
+        if not complete:
+            earlier = await recall_turns(
+                self.store,
+                turn.channel_id,
+                turn.user_row,
+                oldest,
+                terms,
+                budget=settings.memory_tokens - used,
+            )
+        background = []
+        if settings.group_context and not msg.is_private:
+            # What was said around the turns shown; all of it when the whole history is shown.
+            after = 0 if complete or not kept else kept[0].id
+            background = await recall_background(
+                self.store,
+                turn.channel_id,
+                turn.user_row,
+                after,
+                budget=settings.group_context_tokens,
+            )
+        return Recalled(facts, earlier, background)
 
     async def _conclude(
         self,
@@ -436,6 +562,7 @@ class ConversationEngine:
 
     async def _consume(
         self,
+        chosen: ChatModel,
         request: LLMRequest,
         stream: ReplyStream,
         voice: VoiceReply | None,
@@ -448,8 +575,9 @@ class ConversationEngine:
         caps = _Caps(self.settings.engine, stream)
         # aclosing: leaving the loop early (a cap, the time limit, a refused chat) closes the
         # connection at once, which is how llama-server learns to free the slot.
+        # The chat's model: its own servers only, when it has them.
         async with contextlib.aclosing(
-            self.llm.stream(request, affinity=str(turn.channel_id))
+            chosen.client.stream(request, affinity=str(turn.channel_id))
         ) as events:
             async for event in events:
                 caps.check(streamed, event.reasoning)

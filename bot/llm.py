@@ -33,8 +33,10 @@ _SLOTS_LOOK_IDLE_S = 5.0  # ... and while we have none
 class LLMRequest:
     """One generation: chat messages (api "chat") or a raw prompt (api "completion")."""
 
-    messages: list[dict[str, str]] = field(default_factory=list)
+    # A message's content is text, or a list of parts (text and images) for a chat with images.
+    messages: list[dict[str, Any]] = field(default_factory=list)
     prompt: str = ""
+    model: str = ""  # the model name to send; empty: llm.model
     temperature: float = 0.7
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
@@ -303,8 +305,9 @@ class LLMClient:
             "max_tokens": request.max_tokens,
             "stream_options": {"include_usage": True},
         }
-        if self.settings.model:
-            body["model"] = self.settings.model
+        model = request.model or self.settings.model
+        if model:
+            body["model"] = model
         if request.stop:
             body["stop"] = request.stop[:4]  # OpenAI accepts at most four stop strings
         if self.api == "chat":

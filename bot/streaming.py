@@ -25,6 +25,20 @@ Policy:
   raises that `DeliveryError`.
 - Long replies: a part that outgrows `max_chars` is frozen (finalized) at the best split point of
   `bot.splitter` and the reply goes on in a new message. Blank parts are never sent.
+
+Every other platform call of a chat goes through the same buckets (`EditScheduler.call`): notices,
+command answers, voice uploads, each at its `Priority`. A 429 pauses the bucket for everyone and
+the call is made again after the pause, until `final_deadline_s`, then `DeliveryError`: nothing is
+dropped silently. Typing indicators (`EditScheduler.offer`) are made only when no other call waits
+and the platform bucket keeps a token to spare; otherwise they are skipped, never queued: an
+indicator is worth nothing once text shows. Queue positions ("#2 in line") are one coalesced
+message per waiting chat (`QueueNotices`, `LatestMessage`): posted once, edited as the position
+changes (only the latest position is written), deleted when nobody of the chat waits any more.
+
+Priority order, and why: a reply's first message (the user sees nothing yet), then calls that
+complete text (a final edit), then notices, command answers and a queue notice's first message
+(each is a whole message the user waits for), then interim edits and queue-position edits (they
+coalesce: a later one carries everything an earlier one would have shown), then typing.
 """
 
 from __future__ import annotations
@@ -34,17 +48,20 @@ import itertools
 import logging
 import math
 import operator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from bot import metrics
 from bot.backoff import Backoff
 from bot.errors import DeliveryError, RetryAfter
 from bot.splitter import Cut, cut_first
-from bot.types import RateBudget, TextTarget
+from bot.types import RateBudget, TargetLimits, TextTarget
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_MARKER = " ▌"
 
@@ -57,6 +74,7 @@ _BACKOFF_INITIAL_S = 0.5  # first wait after a network error; doubles up to _BAC
 _BACKOFF_MAX_S = 8.0
 _MAX_RESENDS = 3  # parts sent again after their message was refused, per reply
 _MAX_UNREADABLE = 2  # retries of a call whose answer the platform library could not read
+_NETWORK_TRIES = 3  # attempts of a budgeted call (a notice) through network failures
 _TOKEN_SLACK = 1e-9  # float error of a refill that lands exactly on a whole token
 
 
@@ -92,18 +110,30 @@ def windowed_budget(calls: float, window_s: float) -> RateBudget:
     return RateBudget(rate=rate, burst=burst)
 
 
-class _Urgency(IntEnum):
-    """Which waiting call gets a token first (lowest value)."""
+class Priority(IntEnum):
+    """Which waiting call gets its tokens first (lowest value); see the module docstring."""
 
-    FIRST = 0  # the reply shows nothing yet
+    FIRST = 0  # a reply's first message: its chat shows nothing yet
     COMPLETE = 1  # a final edit, a full part, the first message of the next part
-    UPDATE = 2  # an interim edit
+    NOTICE = 2  # a notice, a command answer, a voice upload, a queue notice's first message
+    UPDATE = 3  # an interim edit, a queue notice's new position or its removal: coalesced
+    TYPING = 4  # a typing indicator: made only when nothing waits (`EditScheduler.offer`)
+
+
+class Budgeted(Protocol):
+    """Where a call goes: its chat's bucket key and the limits of that chat and platform."""
+
+    @property
+    def chat_key(self) -> str: ...
+
+    @property
+    def limits(self) -> TargetLimits: ...
 
 
 class _Bucket:
     """A token bucket; no token is granted before `paused_until` (a 429's retry_after)."""
 
-    __slots__ = ("burst", "paused_until", "rate", "stamp", "streams", "tokens")
+    __slots__ = ("burst", "paused_until", "rate", "stamp", "streams", "tokens", "unshown")
 
     def __init__(self, budget: RateBudget, now: float) -> None:
         self.rate = budget.rate
@@ -112,6 +142,7 @@ class _Bucket:
         self.stamp = now
         self.paused_until = -math.inf
         self.streams = 0  # open streams drawing on it
+        self.unshown = 0  # open replies that show nothing yet: each needs a token soon
 
     def update(self, budget: RateBudget) -> None:
         """Adopt a new budget (the settings changed) without refilling."""
@@ -161,7 +192,7 @@ class _Request:
     """A call waiting for its tokens."""
 
     lane: _Lane
-    urgency: _Urgency
+    urgency: Priority
     seq: int
     deadline: float
     granted: asyncio.Future[None]
@@ -187,10 +218,107 @@ class EditScheduler:
         self._kick = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._next_look = math.inf
+        self.queue_notices = QueueNotices(self)
 
     def open(self, target: TextTarget, *, marker: str = DEFAULT_MARKER) -> ReplyStream:
         """Start showing a reply in `target` (must be called from the event loop)."""
-        limits = target.limits
+        return ReplyStream(self, target, self._lane(target), marker)
+
+    async def call(
+        self,
+        where: Budgeted,
+        make: Callable[[], Awaitable[T]],
+        *,
+        priority: Priority = Priority.NOTICE,
+        what: str = "notice",
+    ) -> T:
+        """Make one platform call (`await make()`) under `where`'s budgets, at `priority`.
+
+        A 429 (`RetryAfter`) pauses the bucket it names and the call is made again after the
+        pause; a network failure (`OSError`) is retried after a backoff, `_NETWORK_TRIES` times
+        in all. Past `final_deadline_s` without success: `DeliveryError`. A refusal
+        (`DeliveryError`) or any other error is raised at once. `what` labels metrics and logs.
+        """
+        lane = self._lane(where)
+        platform_key = where.limits.platform_key
+        deadline = self.clock.now() + self.final_deadline_s
+        backoff = Backoff(_BACKOFF_INITIAL_S, _BACKOFF_MAX_S, jitter=0.0)
+        failures = 0
+        lane.chat.streams += 1  # the chat's bucket is in use: it must not be forgotten meanwhile
+        try:
+            while True:
+                request = self._request(lane, priority, deadline)
+                try:
+                    await self._acquire(request)
+                except _Expired:
+                    log.warning(
+                        "%s in %s not delivered within %g s: giving up",
+                        what,
+                        where.chat_key,
+                        self.final_deadline_s,
+                    )
+                    raise DeliveryError(
+                        f"{what} not delivered within {self.final_deadline_s:g} s"
+                    ) from None
+                metrics.PLATFORM_CALLS.labels(platform_key, what).inc()
+                try:
+                    return await make()
+                except RetryAfter as exc:
+                    metrics.RATE_LIMITED.labels(platform_key).inc()
+                    log.info(
+                        "429 on a %s in %s: retrying after %.2f s",
+                        what,
+                        where.chat_key,
+                        exc.retry_after,
+                    )
+                    self._pause(lane, exc)
+                except OSError as exc:
+                    failures += 1
+                    if failures >= _NETWORK_TRIES:
+                        raise
+                    wait = min(backoff.next(), max(0.0, deadline - self.clock.now()))
+                    log.info(
+                        "%s in %s failed (%s): retrying in %.1f s", what, where.chat_key, exc, wait
+                    )
+                    await self.clock.sleep(wait)
+        finally:
+            lane.chat.streams -= 1
+
+    async def offer(
+        self, where: Budgeted, make: Callable[[], Awaitable[object]], *, what: str = "typing"
+    ) -> bool:
+        """Make a call that is worth nothing late (a typing indicator) only if it costs no text.
+
+        It goes at once when no call waits for the platform's bucket and that bucket keeps, after
+        it, a token for every open reply that shows nothing yet (at least one token); otherwise
+        it is skipped and False returned. It draws on the
+        platform bucket only: Telegram counts messages per chat (a chat action is none) and
+        Discord's typing route has a bucket of its own, but both count it bot-wide. A 429
+        pauses the platform bucket when global; a typing route's own 429 is no reason to
+        delay the chat's text, so it only skips.
+        """
+        lane = self._lane(where)
+        bucket = lane.platform
+        now = self.clock.now()
+        # A reply that shows nothing yet will want a token as soon as its first token comes
+        # (it is why the indicator is asked for): those tokens must stay in the bucket.
+        spare = max(bucket.reserve, float(bucket.unshown))
+        if bucket.ready_at(now, 1.0 + spare) > now or self._waiting_on(bucket):
+            return False
+        bucket.take(now)
+        metrics.PLATFORM_CALLS.labels(where.limits.platform_key, what).inc()
+        try:
+            await make()
+        except RetryAfter as exc:
+            metrics.RATE_LIMITED.labels(where.limits.platform_key).inc()
+            if exc.is_global:
+                self._pause(lane, exc)
+            return False
+        return True
+
+    def _lane(self, where: Budgeted) -> _Lane:
+        """The buckets of `where`'s chat and platform, created (or updated) as needed."""
+        limits = where.limits
         now = self.clock.now()
         for key in [key for key, bucket in self._chats.items() if bucket.idle(now)]:
             del self._chats[key]
@@ -199,17 +327,23 @@ class EditScheduler:
             platform = self._platforms[limits.platform_key] = _Bucket(limits.platform, now)
         else:
             platform.update(limits.platform)
-        chat_key = (limits.platform_key, target.chat_key)
+        chat_key = (limits.platform_key, where.chat_key)
         chat = self._chats.get(chat_key)
         if chat is None:
             chat = self._chats[chat_key] = _Bucket(limits.chat, now)
         else:
             chat.update(limits.chat)
-        return ReplyStream(self, target, _Lane(chat, platform), marker)
+        return _Lane(chat, platform)
+
+    def _waiting_on(self, bucket: _Bucket) -> bool:
+        """Whether a call waits for a token of `bucket`."""
+        return any(
+            not r.granted.done() and bucket in (r.lane.chat, r.lane.platform) for r in self._pending
+        )
 
     # --- used by ReplyStream ------------------------------------------------------------------
 
-    def _request(self, lane: _Lane, urgency: _Urgency, deadline: float) -> _Request:
+    def _request(self, lane: _Lane, urgency: Priority, deadline: float) -> _Request:
         future = asyncio.get_running_loop().create_future()
         return _Request(lane, urgency, next(self._seq), deadline, future)
 
@@ -232,7 +366,7 @@ class EditScheduler:
 
     def _hurry(self, request: _Request, deadline: float) -> None:
         """A waiting interim edit now carries the final text."""
-        request.urgency = min(request.urgency, _Urgency.COMPLETE)
+        request.urgency = min(request.urgency, Priority.COMPLETE)
         request.deadline = deadline
         self._kick.set()
 
@@ -272,7 +406,7 @@ class EditScheduler:
             chat, platform = request.lane.chat, request.lane.platform
             if chat in blocked or platform in blocked:
                 continue
-            need = 1.0 + (chat.reserve if request.urgency is _Urgency.UPDATE else 0.0)
+            need = 1.0 + (chat.reserve if request.urgency is Priority.UPDATE else 0.0)
             chat_ready, platform_ready = chat.ready_at(now, need), platform.ready_at(now, 1.0)
             if chat_ready <= now and platform_ready <= now:
                 chat.take(now)
@@ -352,6 +486,8 @@ class ReplyStream:
         # Exact delays (no jitter): simulations on a virtual clock must be repeatable.
         self._backoff = Backoff(_BACKOFF_INITIAL_S, _BACKOFF_MAX_S, jitter=0.0)
         lane.chat.streams += 1
+        lane.platform.unshown += 1
+        self._unshown = True
         self._task = asyncio.create_task(self._write_loop(), name=f"reply:{target.chat_key}")
 
     def append(self, delta: str) -> None:
@@ -435,6 +571,7 @@ class ReplyStream:
                 await self._perform(step)
         finally:
             self._lane.chat.streams -= 1
+            self._shows_something()
 
     def _reply(self) -> str:
         return self.text if self._final is None else self._final
@@ -483,12 +620,12 @@ class ReplyStream:
         self._base += cut.consumed - len(self._reopen)
         self._reopen = cut.reopen
 
-    def _urgency(self, step: _Step) -> _Urgency:
+    def _urgency(self, step: _Step) -> Priority:
         if self._message is None and not self._ids:
-            return _Urgency.FIRST
+            return Priority.FIRST
         if step.kind == "edit" and self._final is None:
-            return _Urgency.UPDATE
-        return _Urgency.COMPLETE
+            return Priority.UPDATE
+        return Priority.COMPLETE
 
     async def _wait_interval(self, step: _Step) -> None:
         if step.kind != "send":
@@ -516,6 +653,7 @@ class ReplyStream:
         try:
             if step.kind == "send":
                 self._message = await target.send(step.text)
+                self._shows_something()
                 self._shown = step.text
             elif step.kind == "edit":
                 await target.edit(self._require_message(), step.text)
@@ -545,6 +683,12 @@ class ReplyStream:
         else:
             self._backoff.reset()
             self._unreadable = 0
+
+    def _shows_something(self) -> None:
+        """The reply's first message is out (or the reply ended): it needs no token soon."""
+        if self._unshown:
+            self._unshown = False
+            self._lane.platform.unshown -= 1
 
     def _require_message(self) -> str:
         if self._message is None:
@@ -593,3 +737,254 @@ class ReplyStream:
             "%s failed in %s (%s): retrying in %.1f s", step.kind, self._target.chat_key, exc, wait
         )
         await clock.sleep(min(wait, max(0.0, self._deadline - clock.now())))
+
+
+class MessageOps(Protocol):
+    """How to post, edit and delete one kind of message (say, a queue notice) in one chat.
+
+    Errors as for `TextTarget`: `RetryAfter`, `DeliveryError`, `OSError`.
+    """
+
+    async def post(self, text: str) -> str:
+        """Post the message; returns its id."""
+        ...
+
+    async def edit(self, message_id: str, text: str) -> None: ...
+
+    async def delete(self, message_id: str) -> None: ...
+
+
+_LatestStep = tuple[Literal["post", "edit", "delete"], str]
+
+
+class LatestMessage:
+    """One message that shows the latest of a changing text ("#3 in line", then "#2").
+
+    `show(text)` never blocks: a writer task posts the message, edits it as the text changes and
+    deletes it after `show(None)`, each call under the chat's budgets. What changed while it
+    waited for a token goes out in one call, so a text that changes ten times while the
+    platform is busy costs one edit. A 429 pauses the bucket and the write is made after the
+    pause; a refused edit (the message was deleted) posts it anew, `_MAX_RESENDS` times at most.
+    """
+
+    def __init__(
+        self,
+        scheduler: EditScheduler,
+        where: Budgeted,
+        ops: MessageOps,
+        *,
+        what: str = "queue",
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self._scheduler = scheduler
+        self._where = where
+        self._ops = ops
+        self._what = what
+        self._on_idle = on_idle
+        self._want: str | None = None
+        self._shown: str | None = None
+        self._message: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._in_call = False
+        self._stopped = False  # detached, or the chat refused the message
+        self._resends = 0
+        self._backoff = Backoff(_BACKOFF_INITIAL_S, _BACKOFF_MAX_S, jitter=0.0)
+
+    @property
+    def message_id(self) -> str | None:
+        """The message shown now, if any."""
+        return self._message
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to write, and nothing shown that is still looked after."""
+        return self._task is None and (self._message is None or self._stopped)
+
+    def show(self, text: str | None) -> None:
+        """Show `text` from now on (post or edit); None: delete the message."""
+        if self._stopped:
+            return
+        self._want = text
+        if self._task is None and self._step() is not None:
+            self._task = asyncio.create_task(self._write_loop(), name=f"{self._what}-message")
+
+    async def settled(self) -> None:
+        """Wait until the writer has written what was asked (or given up)."""
+        while self._task is not None:
+            await asyncio.wait((self._task,))
+
+    async def detach(self) -> str | None:
+        """Stop writing (a write on its way lands first) and hand over the message's id.
+
+        The message stays as it is, for the caller to reuse: e.g. a queue notice becomes the
+        notice that tells why the turn failed.
+        """
+        self._stopped = True
+        task = self._task
+        if task is not None:
+            if not self._in_call:
+                task.cancel()  # waiting for a token or a backoff: nothing is on its way
+            await asyncio.wait((task,))
+        return self._message
+
+    def _step(self) -> _LatestStep | None:
+        if self._stopped:
+            return None
+        if self._want is None:
+            return None if self._message is None else ("delete", "")
+        if self._message is None:
+            return ("post", self._want)
+        return None if self._want == self._shown else ("edit", self._want)
+
+    async def _write_loop(self) -> None:
+        scheduler = self._scheduler
+        lane = scheduler._lane(self._where)
+        lane.chat.streams += 1
+        try:
+            while (step := self._step()) is not None:
+                # The first message is news to the user; edits and the removal coalesce.
+                priority = Priority.NOTICE if step[0] == "post" else Priority.UPDATE
+                await scheduler._acquire(scheduler._request(lane, priority, math.inf))
+                step = self._step()  # what changed while waiting goes into this call
+                if step is None:
+                    scheduler._refund(lane)
+                    break
+                await self._perform(lane, step)
+        finally:
+            lane.chat.streams -= 1
+            self._task = None
+            if self._on_idle is not None:
+                self._on_idle()
+
+    async def _perform(self, lane: _Lane, step: _LatestStep) -> None:
+        kind, text = step
+        platform_key = self._where.limits.platform_key
+        metrics.PLATFORM_CALLS.labels(platform_key, f"{self._what}_{kind}").inc()
+        self._in_call = True
+        try:
+            if kind == "post":
+                self._message = await self._ops.post(text)
+                self._shown = text
+            elif kind == "edit":
+                assert self._message is not None
+                await self._ops.edit(self._message, text)
+                self._shown = text
+            else:
+                assert self._message is not None
+                await self._ops.delete(self._message)
+                self._message = self._shown = None
+        except RetryAfter as exc:
+            metrics.RATE_LIMITED.labels(platform_key).inc()
+            log.info(
+                "429 on a %s message in %s: retrying after %.2f s",
+                self._what,
+                self._where.chat_key,
+                exc.retry_after,
+            )
+            self._scheduler._pause(lane, exc)
+        except DeliveryError as exc:
+            self._refused(kind, exc)
+        except OSError as exc:
+            wait = self._backoff.next()
+            log.info(
+                "%s message in %s failed (%s): retrying", self._what, self._where.chat_key, exc
+            )
+            self._in_call = False
+            await self._scheduler.clock.sleep(wait)
+        # A courtesy message: an error nobody classified stops it, never the turn it serves.
+        except Exception:
+            log.exception("%s message in %s failed", self._what, self._where.chat_key)
+            self._stopped = True
+        else:
+            self._backoff.reset()
+        finally:
+            self._in_call = False
+
+    def _refused(self, kind: str, exc: DeliveryError) -> None:
+        if kind == "post" or exc.reason == "forbidden":
+            log.info("%s message not shown in %s: %s", self._what, self._where.chat_key, exc)
+            self._stopped = True
+            return
+        # The message is gone (deleted by a user, too old): an edit posts it anew.
+        self._message = self._shown = None
+        if kind == "edit":
+            self._resends += 1
+            if self._resends > _MAX_RESENDS:
+                self._stopped = True
+
+
+# The text of a chat's queue notice: (the best position of its waiting turns, how many wait).
+QueueText = Callable[[int, int], str]
+
+
+@dataclass(slots=True)
+class _WaitingChat:
+    message: LatestMessage
+    text: QueueText
+    turns: dict[object, int] = field(default_factory=dict)  # waiting turn -> its position
+
+    def render(self) -> str:
+        return self.text(min(self.turns.values()), len(self.turns))
+
+
+class QueueNotices:
+    """One "#n in line" message per waiting chat, however many of its turns wait.
+
+    A turn that waits calls `wait()` (again whenever its position changes); once its reply
+    starts or it ends, `leave()`. The message shows the best position of the chat's waiting
+    turns and is deleted when none waits any more; a turn that comes to wait before the
+    deletion went out keeps the message instead. The first waiting turn's `MessageOps` place
+    the message (the question it quotes, its topic).
+    """
+
+    def __init__(self, scheduler: EditScheduler) -> None:
+        self._scheduler = scheduler
+        self._chats: dict[tuple[str, str], _WaitingChat] = {}
+
+    def wait(
+        self, where: Budgeted, ops: MessageOps, turn: object, position: int, text: QueueText
+    ) -> None:
+        """`turn` waits at `position` (1 = next in line)."""
+        key = _chat_of(where)
+        chat = self._chats.get(key)
+        if chat is None:
+            message = LatestMessage(
+                self._scheduler, where, ops, on_idle=lambda: self._forget_if_idle(key)
+            )
+            chat = self._chats[key] = _WaitingChat(message, text)
+        chat.turns[turn] = position
+        chat.message.show(chat.render())
+
+    def leave(self, where: Budgeted, turn: object) -> None:
+        """`turn` waits no more: its reply started, or it ended."""
+        key = _chat_of(where)
+        chat = self._chats.get(key)
+        if chat is None or chat.turns.pop(turn, None) is None:
+            return
+        chat.message.show(chat.render() if chat.turns else None)
+        self._forget_if_idle(key)
+
+    async def take_over(self, where: Budgeted, turn: object) -> str | None:
+        """The chat's notice message for `turn` to reuse, if only `turn` waits; else None.
+
+        The message stops showing positions and is the caller's from now on. When other turns
+        of the chat still wait, `turn` just leaves (it has to post its own message).
+        """
+        key = _chat_of(where)
+        chat = self._chats.get(key)
+        if chat is None or turn not in chat.turns:
+            return None
+        if len(chat.turns) > 1:
+            self.leave(where, turn)
+            return None
+        del self._chats[key]
+        return await chat.message.detach()
+
+    def _forget_if_idle(self, key: tuple[str, str]) -> None:
+        chat = self._chats.get(key)
+        if chat is not None and not chat.turns and chat.message.idle:
+            del self._chats[key]
+
+
+def _chat_of(where: Budgeted) -> tuple[str, str]:
+    return (where.limits.platform_key, where.chat_key)

@@ -11,6 +11,14 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """A picture the user sent, as downloaded, for a model that takes images."""
+
+    data: bytes
+    mime: str  # image/jpeg, image/png, image/webp or image/gif
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One normalised user message, text or voice, from any platform."""
 
@@ -26,6 +34,8 @@ class IncomingMessage:
     message_id: str | None = None  # platform id of this message
     is_private: bool = False  # a DM / private chat
     wants_voice: bool = False  # the user asked for a spoken reply (Discord: /ask voice:true)
+    private_reply: bool = False  # a command's answer is seen by the caller alone (Discord)
+    images: tuple[ImageInput, ...] = ()  # pictures, when the chat's model takes them
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,16 @@ class VoiceClip:
     duration_s: float
     waveform: bytes  # up to 256 amplitude samples, 0..255 each (Discord voice messages)
     text: str  # what is spoken, for captions
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFile:
+    """A file the bot sends into a chat (e.g. a conversation export)."""
+
+    name: str  # file name shown to the user, e.g. "parley-main.md"
+    data: bytes
+    mime: str  # e.g. "text/markdown"
+    caption: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +126,8 @@ class ReplyTarget(TextTarget, Protocol):
 
     async def send_voice(self, clip: VoiceClip) -> None:
         """Upload synthesised speech as a voice message (with a plain-audio fallback)."""
+        ...
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload a file into the chat (a document on Telegram, an attachment on Discord)."""
         ...

@@ -59,3 +59,34 @@ async def test_ctrl_c_cancels_the_reply_not_the_program(tmp_path: Path) -> None:
         assert "Parley: still here" in await _read_until(proc.stdout, "still here")
         proc.stdin.close()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_console_export_writes_a_file_and_never_over_an_earlier_one(
+    tmp_path: Path,
+) -> None:
+    import io
+
+    from adapters.console import ConsoleChat
+    from bot.app import ParleyApp
+    from tests.conftest import make_settings
+
+    async with FakeLLMServer(Behaviour(reply=lambda b: f"echo {last_user_text(b)}")) as llm:
+        settings = make_settings(tmp_path, llm={"base_url": llm.url})
+        async with ParleyApp(settings, speech=False) as app:
+            out = io.StringIO()
+            chat = ConsoleChat(
+                app.services,
+                stdin=io.StringIO("plan a picnic\n/session export\n/session export\n"),
+                stdout=out,
+                file_dir=tmp_path / "files",
+            )
+            await chat.run()
+    first, second = (tmp_path / "files" / name for name in _export_names(out.getvalue()))
+    assert second.name == first.name.replace(".md", "-2.md")  # the first one is kept
+    assert all("echo plan a picnic" in path.read_text() for path in (first, second))
+
+
+def _export_names(output: str) -> list[str]:
+    return [
+        line.rsplit("/", 1)[-1].rstrip("]") for line in output.splitlines() if "[file: " in line
+    ]

@@ -36,7 +36,19 @@ from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import discord_bot, discord_settings
 
 REPLY = "Hello Alice, nice to meet you. What would you like to talk about today?"
-COMMANDS = {"ask", "reset", "persona", "voice", "config", "help", "forget"}
+COMMANDS = {
+    "ask",
+    "reset",
+    "persona",
+    "voice",
+    "config",
+    "help",
+    "forget",
+    "remember",
+    "memory",
+    "model",
+    "session",
+}
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 
 

@@ -130,6 +130,28 @@ async def test_a_fallback_backend_is_checked_too(
     assert found["telegram"] == found["discord"] == ("SKIP", "no token set")
 
 
+async def test_the_servers_of_the_models_a_chat_can_pick_are_checked_too(
+    tmp_path: Path, fake_llm: FakeLLMServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead = dead_url()
+    models = {
+        "big": {"url": dead, "api_key": "sk-big-model-key"},
+        "same": {"url": dead, "api_key": "sk-big-model-key"},  # the same server: checked once
+        "named": {"model": "other"},  # on the default servers
+    }
+    settings = make_settings(tmp_path, llm={"base_url": fake_llm.url, "models": models}, **SPEECH)
+    assert await run_doctor(settings, all_platforms()) == 1
+    out = capsys.readouterr().out
+    found = rows(out)
+    assert found[f"llm {fake_llm.url}"][0] == "OK"
+    assert found[f"llm {dead} (/model big)"][0] == "FAIL"
+    assert [check for check in found if check.startswith("llm ")] == [
+        f"llm {fake_llm.url}",
+        f"llm {dead} (/model big)",
+    ]
+    assert "sk-big-model-key" not in out
+
+
 # -- the managed llama-server ------------------------------------------------------------------
 
 

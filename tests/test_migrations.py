@@ -194,3 +194,43 @@ async def test_postgres_last_n_query_uses_the_index_without_a_sort(postgres_url:
     for text in plans:
         assert "Index Scan using messages_channel_recent" in text, text
         assert "Sort" not in text, text
+
+
+async def test_a_sessions_history_query_uses_its_index_without_a_sort(tmp_path: Path) -> None:
+    from bot.storage.sqlite import HISTORY_SQL
+
+    path = str(tmp_path / "p.db")
+    await migrate(path)
+    conn = sqlite3.connect(path)
+    plan = conn.execute("EXPLAIN QUERY PLAN " + HISTORY_SQL, (1, 100, 1, 100, 20)).fetchall()
+    text = " ".join(row[-1] for row in plan)
+    assert "USING INDEX messages_session_recent (channel_id=? AND session_id=? AND id<?)" in text
+    assert "TEMP B-TREE" not in text
+
+
+async def test_postgres_sessions_history_query_uses_its_index_without_a_sort(
+    postgres_url: str,
+) -> None:
+    await pg.migrate(postgres_url)
+    conn = await pg.connect(postgres_url)
+    try:
+        # 200 busy channels with two sessions each, and channel 201 which went quiet long ago.
+        await conn.execute(
+            "INSERT INTO channels (platform, channel_key, created_at)"
+            " SELECT 'test', c::text, 0 FROM generate_series(1, 201) c;"
+            "INSERT INTO messages (channel_id, session_id, role, author_id, content, status,"
+            " created_at, updated_at) SELECT CASE WHEN i < 500 THEN 201 ELSE 1 + i % 200 END,"
+            " i % 2, 'user', 'u', 'text', 'complete', i, i FROM generate_series(1, 30000) i;"
+            "ANALYZE messages"
+        )
+        plans = []
+        for channel in (7, 201):
+            rows = await conn.fetch(
+                "EXPLAIN " + pg.HISTORY_SQL, channel, 10**9, ["complete", "partial"], 50
+            )
+            plans.append("\n".join(row[0] for row in rows))
+    finally:
+        await conn.close()
+    for text in plans:
+        assert "Index Scan using messages_session_recent" in text, text
+        assert "Sort" not in text, text

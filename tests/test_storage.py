@@ -554,3 +554,224 @@ async def test_a_lost_session_is_won_back_with_the_same_instance(
     async with pg_store.channel_turn(channel, turn.reply_row):
         await pg_store.update_message(turn.reply_row, content="answered", status="complete")
     assert contents(await pg_store.history(channel, 10**9, 5))[-1] == "answered"
+
+
+# -- memory, sessions, group background (issue 14), on both backends ------------------------------
+
+
+async def test_memories_are_per_user_and_platform_listed_forgotten_and_shared(store: Store) -> None:
+    first = await store.remember(
+        "telegram", "ann", "I play the cello", token_count=4, actor_name="A"
+    )
+    await store.remember("telegram", "ann", "I live in Lyon", token_count=4, actor_name="A")
+    await store.remember("telegram", "bob", "I am Bob", token_count=3, actor_name="B")
+    await store.remember("discord", "ann", "another Ann", token_count=2, actor_name="A")
+    facts = await store.memories("telegram", "ann")
+    assert [(m.content, m.shared, m.token_count) for m in facts] == [
+        ("I play the cello", False, 4),
+        ("I live in Lyon", False, 4),
+    ]
+    assert facts[0].id == first and facts[0].created_at > 0
+    # Nobody forgets or shares someone else's fact, whatever id they name.
+    assert await store.forget_memories("telegram", "bob", first, actor_name="B") == 0
+    assert await store.share_memories("telegram", "bob", first, shared=True) == 0
+    assert await store.share_memories("telegram", "ann", first, shared=True) == 1
+    assert [m.shared for m in await store.memories("telegram", "ann")] == [True, False]
+    assert await store.share_memories("telegram", "ann", None, shared=False) == 2
+    assert await store.forget_memories("telegram", "ann", first, actor_name="A") == 1
+    assert [m.content for m in await store.memories("telegram", "ann")] == ["I live in Lyon"]
+    assert await store.forget_memories("telegram", "ann", None, actor_name="A") == 1
+    assert await store.memories("telegram", "ann") == []
+    assert [m.content for m in await store.memories("telegram", "bob")] == ["I am Bob"]
+    assert [m.content for m in await store.memories("discord", "ann")] == ["another Ann"]
+    audit = [(r["action"], r["actor_id"], r["key"]) for r in await store.audit_rows()]
+    assert audit == [
+        ("memory.forget", "bob", str(first)),
+        ("memory.forget", "ann", str(first)),
+        ("memory.forget", "ann", "all"),
+    ]
+
+
+async def test_memory_search_ranks_matches_stems_words_and_keeps_to_its_owner(
+    store: Store,
+) -> None:
+    facts = {
+        "cat": "My cat is called Mimi",
+        "both": "My cats Mimi and Tom sleep on the sofa",
+        "lyon": "I live in Lyon",
+    }
+    ids = {
+        key: await store.remember("telegram", "ann", text, token_count=5, actor_name="A")
+        for key, text in facts.items()
+    }
+    await store.remember("telegram", "bob", "Bob's cat Mimi", token_count=3, actor_name="B")
+    await store.share_memories("telegram", "ann", ids["lyon"], shared=True)
+
+    async def search(*terms: str, shared_only: bool = False) -> list[int]:
+        found = await store.search_memories(
+            "telegram", "ann", terms, shared_only=shared_only, limit=10
+        )
+        return [memory.id for memory in found]
+
+    assert await search("tom", "mimi") == [ids["both"], ids["cat"]]  # two words beat one
+    assert set(await search("cat")) == {ids["cat"], ids["both"]}  # "cats" is found by "cat"
+    assert await search("lyon") == [ids["lyon"]]
+    assert await search("cat", shared_only=True) == []  # not shared: not for groups
+    assert await search("lyon", shared_only=True) == [ids["lyon"]]
+    assert await search("paris") == []
+    assert await search() == []
+    # Words are data, never query syntax.
+    assert await search('"', "OR", "NEAR(", "*", "zz:*", "a&b|!c") == []
+    assert await search('"tom"', "tom:*") == [ids["both"]]
+
+
+async def test_sessions_keep_each_conversation_apart(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    other = await store.channel_id("test", "d")
+    old = await turn_of(store, channel, "about Oslo")
+    await store.update_message(old.reply_row, content="re Oslo", status="complete")
+    work = await store.new_session(channel, "work", actor_id="a", actor_name="A")
+    assert work is not None and (work.name, work.current, work.messages) == ("work", True, 0)
+    assert await store.new_session(channel, "work", actor_id="a", actor_name="A") is None
+    assert await store.new_session(channel, "main", actor_id="a", actor_name="A") is None
+    assert await store.history(channel, 10**9, 10) == []  # the new conversation is empty
+    new = await turn_of(store, channel, "about work")
+    assert contents(await store.history(channel, new.user_row, 10)) == []
+    assert contents(await store.history(channel, 10**9, 10)) == ["about work"]
+    # A turn queued before a switch keeps to its own conversation, reply included.
+    assert contents(await store.history(channel, old.reply_row, 10)) == ["about Oslo"]
+    sessions = await store.sessions(channel)
+    assert [(s.id, s.name, s.messages, s.current) for s in sessions] == [
+        (0, "main", 2, False),
+        (work.id, "work", 1, True),
+    ]
+    assert sessions[1].last_at is not None and sessions[0].created_at > 0
+    main = await store.switch_session(channel, "main", actor_id="a", actor_name="A")
+    assert main is not None and (main.name, main.current, main.messages) == ("main", True, 2)
+    assert await store.switch_session(channel, "nope", actor_id="a", actor_name="A") is None
+    assert contents(await store.history(channel, 10**9, 10)) == ["about Oslo", "re Oslo"]
+    # /reset clears the current conversation only.
+    assert await store.clear_channel(channel, actor_id="a", actor_name="A") == 2
+    assert [s.messages for s in await store.sessions(channel)] == [0, 1]
+    assert [m.content for m in await store.session_messages(channel, work.id, 10)] == ["about work"]
+    assert [s.name for s in await store.sessions(other)] == ["main"]  # each chat its own
+    actions = [(r["action"], r["new_value"]) for r in await store.audit_rows(channel)]
+    assert actions == [("session.new", "work"), ("session.resume", "main"), ("reset", None)]
+
+
+async def test_session_messages_are_the_newest_visible_ones_oldest_first(store: Store) -> None:
+    channel = await store.channel_id("test", "c")
+    for n in range(4):
+        turn = await turn_of(store, channel, f"q{n}")
+        await store.update_message(turn.reply_row, content=f"a{n}", status="complete")
+    await store.record_failed_input(channel, author_id="u", author_name="U", note="[voice]")
+    rows = await store.session_messages(channel, 0, 3)
+    assert [row.content for row in rows] == ["a2", "q3", "a3"]
+
+
+async def test_background_is_kept_apart_from_turns_and_pruned(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.storage import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "BACKGROUND_KEPT", 3)
+    monkeypatch.setattr(pg_module, "BACKGROUND_KEPT", 3)
+    channel = await store.channel_id("test", "group")
+
+    async def chatter(text: str, author: str = "bob") -> int:
+        return await store.record_background(
+            channel, author_id=author, author_name=author.title(), content=text, token_count=2
+        )
+
+    first = await chatter("before anything")
+    turn = await turn_of(store, channel, "hello bot")
+    await store.update_message(turn.reply_row, content="hello human", status="complete")
+    await chatter("my cat is called Mimi")
+    await chatter("pizza tonight?", author="cy")
+    now = await turn_of(store, channel, "what did Bob say?")
+    stored = await store.get_message(first)
+    assert stored is not None and (stored.status, stored.role) == ("background", "user")
+    # Never a turn: not in the history, not marked interrupted, not found as an older turn.
+    assert contents(await store.history(channel, now.user_row, 10)) == ["hello bot", "hello human"]
+    assert await store.mark_interrupted() >= 0
+    assert (await store.get_message(first)).status == "background"  # type: ignore[union-attr]
+    assert await store.search_history(channel, now.user_row, now.user_row, ["mimi"], 5) == []
+    rows = await store.background(channel, now.user_row, turn.user_row, 10)
+    assert [(r.author_name, r.content) for r in rows] == [
+        ("Cy", "pizza tonight?"),
+        ("Bob", "my cat is called Mimi"),
+    ]
+    assert [r.content for r in await store.background(channel, now.user_row, 0, 1)] == [
+        "pizza tonight?"
+    ]
+    # Only the newest BACKGROUND_KEPT of a chat stay.
+    await chatter("one more")
+    assert await store.get_message(first) is None
+    kept = await store.background(channel, 10**9, 0, 10)
+    assert [r.content for r in kept] == ["one more", "pizza tonight?", "my cat is called Mimi"]
+    # A new conversation has no background yet; /forget deletes someone's background too.
+    await store.new_session(channel, "s2", actor_id="a", actor_name="A")
+    assert await store.background(channel, 10**9, 0, 10) == []
+    await store.switch_session(channel, "main", actor_id="a", actor_name="A")
+    await store.forget_author("test", "bob", actor_name="Bob")
+    assert [r.content for r in await store.background(channel, 10**9, 0, 10)] == ["pizza tonight?"]
+
+
+async def test_search_history_finds_older_visible_turns_of_the_same_conversation(
+    store: Store,
+) -> None:
+    channel = await store.channel_id("test", "c")
+    other = await store.channel_id("test", "d")
+    asked = await turn_of(store, channel, "We should sail to the islands")
+    await store.update_message(asked.reply_row, content="Sailing sounds lovely", status="complete")
+    failed = await turn_of(store, channel, "sailing lessons?")
+    await store.update_message(failed.reply_row, content="sail sail sail", status="failed")
+    await turn_of(store, other, "sail elsewhere")
+    middle = await turn_of(store, channel, "something else entirely")
+    now = await turn_of(store, channel, "when do we sail?")
+    found = await store.search_history(channel, now.user_row, middle.user_row, ["sail"], 10)
+    # The failed reply is never shown; the question of a failed turn is (as in the history).
+    assert {row.content for row in found} == {
+        "We should sail to the islands",
+        "Sailing sounds lovely",
+        "sailing lessons?",
+    }
+    assert await store.search_history(channel, now.user_row, asked.user_row, ["sail"], 10) == []
+    assert len(await store.search_history(channel, now.user_row, 10**9, ["sail"], 2)) == 2
+    # Another conversation of the chat is not searched.
+    await store.new_session(channel, "s2", actor_id="a", actor_name="A")
+    later = await turn_of(store, channel, "sail?")
+    assert await store.search_history(channel, later.user_row, later.user_row, ["sail"], 9) == []
+
+
+async def test_a_database_of_schema_1_keeps_its_rows_and_finds_them_after_migrating(
+    backend: Backend,
+) -> None:
+    from bot.storage import Dialect, load_migrations
+
+    dialect: Dialect = "sqlite" if backend.kind == "sqlite" else "postgresql"
+    first = load_migrations(dialect=dialect)[:1]
+    if backend.kind == "sqlite":
+        from bot.storage import migrate
+
+        await migrate(backend.settings.path, first)
+    else:
+        await pg_module.migrate(backend.settings.url.get_secret_value(), first)
+    await backend.sql(
+        "INSERT INTO channels (id, platform, channel_key, created_at) VALUES (1, 'test', 'c', 0)"
+    )
+    await backend.sql(
+        "INSERT INTO messages (channel_id, role, author_id, content, status, created_at,"
+        " updated_at) VALUES (1, 'user', 'u', $1, 'complete', 1, 1)",
+        "An old note about penguins",
+    )
+    store = await backend.open()  # migrates to the newest schema
+    try:
+        channel = await store.channel_id("test", "c")
+        assert channel == 1
+        assert contents(await store.history(channel, 10**9, 10)) == ["An old note about penguins"]
+        (found,) = await store.search_history(channel, 10**9, 10**9, ["penguin"], 5)
+        assert found.content == "An old note about penguins"
+        assert [s.messages for s in await store.sessions(channel)] == [1]
+    finally:
+        await store.close()

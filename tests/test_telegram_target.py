@@ -170,11 +170,13 @@ async def test_queue_position_is_one_message_removed_when_the_reply_starts(
     t = target(bot)
     await t.queued(3)
     await t.queued(3)
-    await t.queued(2)
+    await t.queued(2)  # queued() never waits for the platform: the notice follows
+    await telegram.wait_for(lambda api: api.bot_messages(USER_ID))
     (queue_message,) = telegram.bot_messages(USER_ID)
     assert "#2 in line" in queue_message.text
     await t.send("Here is my answer")
-    assert [m.text for m in telegram.bot_messages(USER_ID)] == ["Here is my answer"]
+    shown = ["Here is my answer"]
+    await telegram.wait_for(lambda api: [m.text for m in api.bot_messages(USER_ID)] == shown)
 
 
 async def test_long_notice_is_split(telegram: FakeTelegramAPI, bot: Bot) -> None:

@@ -34,6 +34,8 @@ from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import (
     AccessRules,
     audio_attachment,
+    image_attachments,
+    is_background,
     is_turn,
     readable_text,
     unreadable_kind,
@@ -44,11 +46,18 @@ from adapters.discord.targets import (
     Clock,
     InteractionTarget,
 )
-from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
+from bot.commands import CommandReply
+from bot.engine import (
+    MAX_IMAGES_PER_MESSAGE,
+    MSG_CAPTION_ONLY,
+    MSG_IMAGE_TOO_LARGE,
+    MSG_NO_VISION,
+    MSG_NO_VISION_TEXT,
+    MSG_UNREADABLE,
+)
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.platform import STOP_GRACE_S
-from bot.splitter import split_markdown
-from bot.types import IncomingMessage, TargetLimits
+from bot.types import ImageInput, IncomingMessage, TargetLimits
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -70,9 +79,11 @@ MSG_TOKEN_REFUSED = (
 MSG_NOT_ALLOWED = "Sorry, I'm not available here."
 MSG_FAILED_MESSAGE = "⚠️ Something went wrong on my side with that message. Please try again."
 MSG_FAILED = "⚠️ Something went wrong on my side with that command. Please try again."
+MSG_FILE_FAILED = "Sorry, Discord did not take the file (it may be too large)."
 MSG_NO_REPLY = "Done."  # an empty command reply: Discord refuses empty messages
 MSG_AUDIO_TOO_LARGE = "That audio file is too large ({size:.1f} MB; the limit is {limit:.1f} MB)."
 MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it again."
+MSG_PICTURE_UNREADABLE = "I couldn't download that picture. Please send it again."
 _MEGABYTE = 1024 * 1024
 
 
@@ -283,11 +294,34 @@ class DiscordAdapter:
     def on_message(self, message: discord.Message) -> None:
         """A gateway MESSAGE_CREATE: answer it in its own task when it is a turn for us."""
         assert self._client is not None and self._client.user is not None
-        if self._stopping or not is_turn(message, self._client.user):
+        if self._stopping:
+            return
+        me = self._client.user
+        turn = is_turn(message, me)
+        # Server chatter not addressed to the bot is never answered, but it is context for the
+        # next message that is (the engine keeps it if group_context is on).
+        if not turn and not is_background(message, me):
             return
         channel = message.channel
         if self._access.allowed(message.author.id, channel.id, getattr(channel, "parent_id", None)):
-            self._spawn(self._answer(message))
+            self._spawn(self._answer(message) if turn else self._observe(message))
+
+    async def _observe(self, message: discord.Message) -> None:
+        """Hand server chatter to the engine as background: no reply, no typing, no LLM call."""
+        assert self._client is not None and self._client.user is not None
+        text = readable_text(message, self._client.user)
+        if not text:
+            return
+        await self._engine.observe(
+            IncomingMessage(
+                platform="discord",
+                channel_key=str(message.channel.id),  # a thread is a conversation of its own
+                user_id=str(message.author.id),
+                user_name=message.author.display_name,
+                text=text,
+                message_id=str(message.id),
+            )
+        )
 
     async def _answer(self, message: discord.Message) -> None:
         assert self._rest is not None and self._client is not None
@@ -296,6 +330,7 @@ class DiscordAdapter:
             http=self._client.http,
             message=message,
             limits=self._limits,
+            scheduler=self._engine.scheduler,  # every call under the bot's shared budgets
             clock=self._clock,
         )
         try:
@@ -307,18 +342,27 @@ class DiscordAdapter:
                 await target.notice(MSG_FAILED_MESSAGE)
             except (DeliveryError, RetryAfter, OSError) as exc:
                 log.warning("Discord: could not tell the user: %s", exc)
+        finally:
+            await target.close()
 
     async def _answer_message(self, message: discord.Message, target: ChannelTarget) -> None:
         assert self._client is not None and self._client.user is not None
         text = readable_text(message, self._client.user)
         attachment = audio_attachment(message)
+        images: tuple[ImageInput, ...] = ()
+        pictures = image_attachments(message)
+        if pictures:
+            seen = await self._pictures(message, pictures, bool(text), target)
+            if seen is None and attachment is None:
+                return  # told why they cannot be seen, and there is nothing else to answer
+            images = seen or ()
         kind = unreadable_kind(message)
         if kind is not None and attachment is None:
             log.info("Discord: %s in channel %s cannot be read", kind, message.channel.id)
             await target.notice(
                 MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
             )
-        if not text and attachment is None:
+        if not text and attachment is None and not images:
             return
         audio = None
         if attachment is not None:
@@ -340,8 +384,43 @@ class DiscordAdapter:
             reply_to=str(reference.message_id) if reference and reference.message_id else None,
             message_id=str(message.id),
             is_private=message.guild is None,
+            images=images,
         )
         await self._engine.handle(msg, target)
+
+    async def _pictures(
+        self,
+        message: discord.Message,
+        pictures: list[discord.Attachment],
+        has_text: bool,
+        target: ChannelTarget,
+    ) -> tuple[ImageInput, ...] | None:
+        """The pictures for the model, or () after telling the user why they are left out
+        (None: nothing else to answer). Nothing is downloaded for a model that cannot see."""
+        if not await self._engine.takes_images("discord", str(message.channel.id)):
+            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
+            return () if has_text else None
+        limit = self._settings.llm.max_image_bytes
+        fitting = [p for p in pictures if p.size <= limit][:MAX_IMAGES_PER_MESSAGE]
+        if len(fitting) < len(pictures[:MAX_IMAGES_PER_MESSAGE]):
+            largest = max(p.size for p in pictures)
+            await target.notice(
+                MSG_IMAGE_TOO_LARGE.format(size_mb=largest / _MEGABYTE, limit_mb=limit / _MEGABYTE)
+            )
+        images = []
+        for picture in fitting:
+            try:
+                data = await picture.read()
+            except discord.HTTPException as exc:
+                log.warning("Discord: picture download failed: %s", exc)
+                await target.notice(MSG_PICTURE_UNREADABLE)
+                continue
+            images.append(
+                ImageInput(data, (picture.content_type or "").split(";")[0].strip().lower())
+            )
+        if not images and not has_text:
+            return None
+        return tuple(images)
 
     async def _download(
         self, attachment: discord.Attachment, target: ChannelTarget
@@ -376,11 +455,18 @@ class DiscordAdapter:
             interaction=interaction,
             channel=self._client.get_partial_messageable(interaction.channel_id),
             limits=self._limits,
+            scheduler=self._engine.scheduler,  # every call under the bot's shared budgets
             clock=self._clock,
         )
         # "/ask voice:true" asks for a spoken reply whatever the channel's voice mode.
         msg = dataclasses.replace(self._interaction_message(interaction, prompt), wants_voice=voice)
-        self._spawn(self._engine.handle(msg, target))
+        self._spawn(self._handle(msg, target))
+
+    async def _handle(self, msg: IncomingMessage, target: InteractionTarget) -> None:
+        try:
+            await self._engine.handle(msg, target)
+        finally:
+            await target.close()
 
     async def run_command(
         self, interaction: discord.Interaction, name: str, args: str, *, ephemeral: bool
@@ -388,19 +474,38 @@ class DiscordAdapter:
         """Any other command: the engine's reply text, split at the message limit."""
         if not await self._admit(interaction) or not await _defer(interaction, ephemeral=ephemeral):
             return
-        msg = self._interaction_message(interaction, f"/{name} {args}".strip())
+        msg = dataclasses.replace(
+            self._interaction_message(interaction, f"/{name} {args}".strip()),
+            private_reply=ephemeral,  # only the caller sees the answer
+        )
         try:
-            reply = await self._commands.run(msg, name, args)
+            reply = await self._commands.execute(msg, name, args)
         # One interaction's error boundary: log it, tell the user.
         except Exception:
             log.exception("Discord: /%s failed", name)
-            reply = MSG_FAILED
-        first, *more = split_markdown(reply, self._limits.max_chars) or [MSG_NO_REPLY]
-        await interaction.edit_original_response(content=first, allowed_mentions=NOTICE_MENTIONS)
-        for piece in more:
-            await interaction.followup.send(
-                piece, ephemeral=ephemeral, allowed_mentions=NOTICE_MENTIONS
-            )
+            reply = CommandReply(MSG_FAILED)
+        assert self._rest is not None and self._client is not None
+        assert interaction.channel_id is not None
+        # The answer goes under the bot's budgets like every other call (a 429 pauses them).
+        target = InteractionTarget(
+            rest=self._rest,
+            interaction=interaction,
+            channel=self._client.get_partial_messageable(interaction.channel_id),
+            limits=self._limits,
+            scheduler=self._engine.scheduler,
+            clock=self._clock,
+            ephemeral=ephemeral,
+        )
+        try:
+            await target.answer(reply.text, empty=MSG_NO_REPLY)
+            for file in reply.files:
+                try:
+                    await target.send_file(file)
+                except DeliveryError as exc:
+                    log.warning("Discord: a file was not delivered: %s", exc)
+                    await target.notice(MSG_FILE_FAILED)
+        except (DeliveryError, OSError) as exc:  # refused, or past the deadline: nobody to tell
+            log.warning("Discord: the answer to /%s was not delivered: %s", name, exc)
 
     async def _admit(self, interaction: discord.Interaction) -> bool:
         """Whether the user may use the bot here; refuses (privately) when not."""

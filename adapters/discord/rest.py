@@ -1,12 +1,13 @@
-"""The Discord REST calls a streamed reply makes, with rate limits left to the reply streamer.
+"""The Discord REST calls of replies, with rate limits left to the bot's budgets.
 
 discord.py's HTTP client answers a 429 by sleeping `retry_after` and sending the same request
 again, up to five times. That suits one-off calls, but for a streamed reply it would resend a
-stale edit after the wait while newer text piles up behind it. So the few calls a reply stream
-makes (post, edit, delete a message; edit the interaction response; follow-ups) go through this
-small client instead: a 429 raises `RetryAfter` at once and `bot.streaming` decides what to write
-when the wait is over, usually just the latest text. Everything else (login, command sync,
-interaction callbacks, uploads, notices) stays on discord.py, its retries included.
+stale edit after the wait while newer text piles up behind it, and its waits are invisible to
+the budgets every other chat shares. So every call an answer makes (post, edit, delete a
+message; the interaction response and follow-ups; typing; voice and file uploads) goes through
+this small client instead: a 429 raises `RetryAfter` at once and `bot.streaming` pauses the
+bucket and decides what to write when the wait is over, usually just the latest text. Login,
+command sync and interaction callbacks (the 3-second acknowledgement) stay on discord.py.
 
 Errors are the three kinds the streamer handles: `RetryAfter` (429), `DeliveryError` (refused
 for good), and `OSError` (`ConnectionError` / `TimeoutError`: the network or a Discord 5xx).
@@ -14,6 +15,9 @@ for good), and `OSError` (`ConnectionError` / `TimeoutError`: the network or a D
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -26,6 +30,16 @@ REQUEST_TIMEOUT_S = 20.0  # a timeout raises TimeoutError, an OSError the stream
 # Replies never ping @everyone, roles or users, whatever the model writes; a reply to a
 # message still notifies its author, as Discord's own replies do.
 ALLOWED_MENTIONS: dict[str, Any] = {"parse": [], "replied_user": True}
+FLAG_EPHEMERAL = 1 << 6  # a message only the interaction's user sees
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file part of a multipart message: `files[n]` in the form, `attachments[n]` in JSON."""
+
+    filename: str
+    data: bytes
+    content_type: str = "application/octet-stream"
 
 
 class GlobalGate(Protocol):
@@ -70,9 +84,21 @@ class DiscordRest:
         """Post a message in a channel (as a reply when `reply_to` is set); returns its id."""
         body: dict[str, Any] = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
         if reply_to is not None:
-            body["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
+            body["message_reference"] = _reference(reply_to)
         data = await self._call("POST", "/channels/{}/messages", (channel_id,), body)
         return int(data["id"])
+
+    async def upload_message(
+        self, channel_id: int, payload: dict[str, Any], files: Sequence[Upload]
+    ) -> int:
+        """Post a message with files; `payload` is its JSON (content, flags, attachments...)."""
+        form = _form(payload, files)
+        data = await self._call("POST", "/channels/{}/messages", (channel_id,), form=form)
+        return int(data["id"])
+
+    async def trigger_typing(self, channel_id: int) -> None:
+        """Show "<bot> is typing…" in a channel for about ten seconds."""
+        await self._call("POST", "/channels/{}/typing", (channel_id,))
 
     async def edit_message(self, channel_id: int, message_id: int, content: str) -> None:
         """Replace a channel message's text."""
@@ -92,11 +118,24 @@ class DiscordRest:
         data = await self._call("PATCH", path, (application_id, token), body, webhook=True)
         return int(data["id"])
 
-    async def create_followup(self, application_id: int, token: str, content: str) -> int:
+    async def create_followup(
+        self, application_id: int, token: str, content: str, *, ephemeral: bool = False
+    ) -> int:
         """Post a follow-up message of an interaction; returns its id."""
-        body = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
+        body: dict[str, Any] = {"content": content, "allowed_mentions": ALLOWED_MENTIONS}
+        if ephemeral:
+            body["flags"] = FLAG_EPHEMERAL
         path = "/webhooks/{}/{}?wait=true"
         data = await self._call("POST", path, (application_id, token), body, webhook=True)
+        return int(data["id"])
+
+    async def upload_followup(
+        self, application_id: int, token: str, payload: dict[str, Any], files: Sequence[Upload]
+    ) -> int:
+        """Post a follow-up message with files; returns its id."""
+        path = "/webhooks/{}/{}?wait=true"
+        form = _form(payload, files)
+        data = await self._call("POST", path, (application_id, token), form=form, webhook=True)
         return int(data["id"])
 
     async def edit_followup(
@@ -121,6 +160,7 @@ class DiscordRest:
         params: tuple[int | str, ...],
         body: dict[str, Any] | None = None,
         *,
+        form: aiohttp.FormData | None = None,
         webhook: bool = False,
     ) -> Any:
         """One request; `route` (with `{}` placeholders) is what logs and errors show."""
@@ -131,8 +171,11 @@ class DiscordRest:
         headers = None if webhook else self._auth
         if self.global_gate is not None and not webhook:  # interaction webhooks are exempt
             await self.global_gate.acquire()
+        request = self._session.request(
+            method, url, json=body if form is None else None, data=form, headers=headers
+        )
         try:
-            async with self._session.request(method, url, json=body, headers=headers) as response:
+            async with request as response:
                 data = await _json_or_none(response)
                 if response.status < 300:
                     return data
@@ -144,6 +187,25 @@ class DiscordRest:
             # The streamer backs off and retries network failures (OSError); aiohttp's
             # connection errors are not all OSErrors.
             raise ConnectionError(f"Discord {method} {route}: {exc!r}") from exc
+
+
+def _reference(message_id: int) -> dict[str, Any]:
+    """A reply to `message_id`, which may be gone by now: the message is sent anyway."""
+    return {"message_id": str(message_id), "fail_if_not_exists": False}
+
+
+def _form(payload: dict[str, Any], files: Sequence[Upload]) -> aiohttp.FormData:
+    """The multipart body Discord takes for uploads: `payload_json` and `files[n]`."""
+    form = aiohttp.FormData()
+    form.add_field("payload_json", json.dumps(payload), content_type="application/json")
+    for index, upload in enumerate(files):
+        form.add_field(
+            f"files[{index}]",
+            upload.data,
+            filename=upload.filename,
+            content_type=upload.content_type,
+        )
+    return form
 
 
 async def _json_or_none(response: aiohttp.ClientResponse) -> Any:

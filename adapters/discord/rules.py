@@ -61,6 +61,13 @@ def is_turn(message: discord.Message, me: discord.ClientUser) -> bool:
     return isinstance(replied, discord.Message) and replied.author.id == me.id
 
 
+def is_background(message: discord.Message, me: discord.ClientUser) -> bool:
+    """A person's server message that is no turn for us: group chatter the bot may keep."""
+    if message.author.id == me.id or message.author.bot or message.guild is None:
+        return False
+    return message.type in CHAT_MESSAGE_TYPES and not is_turn(message, me)
+
+
 def readable_text(message: discord.Message, me: discord.ClientUser) -> str:
     """The text as a person reads it: the bot's mention dropped, other mentions as @name."""
     names = {user.id: user.display_name for user in message.mentions}
@@ -85,17 +92,32 @@ def audio_attachment(message: discord.Message) -> discord.Attachment | None:
     return None
 
 
-def unreadable_kind(message: discord.Message) -> str | None:
-    """What the message carries that Parley cannot read ("images", "stickers"), or None.
+# Picture formats the chat API's image parts take (OpenAI's list; llama.cpp decodes them too).
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
-    Audio and video attachments are read (their sound is transcribed); anything else attached is
-    named by its content type.
+
+def _content_type(attachment: discord.Attachment) -> str:
+    return (attachment.content_type or "").split(";")[0].strip().lower()
+
+
+def image_attachments(message: discord.Message) -> list[discord.Attachment]:
+    """The pictures attached, in a format a model that takes images can read."""
+    return [a for a in message.attachments if _content_type(a) in IMAGE_TYPES]
+
+
+def unreadable_kind(message: discord.Message) -> str | None:
+    """What the message carries that Parley cannot read ("stickers", "files"), or None.
+
+    Audio and video attachments are read (their sound is transcribed), pictures are for the
+    model (`image_attachments`); anything else attached is named by its content type.
     """
     if message.stickers:
         return "stickers"
     for attachment in message.attachments:
-        content_type = attachment.content_type or ""
+        content_type = _content_type(attachment)
         if attachment.is_voice_message() or content_type.startswith(("audio/", "video/")):
+            continue
+        if content_type in IMAGE_TYPES:
             continue
         return "images" if content_type.startswith("image/") else "files"
     return None

@@ -21,7 +21,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from adapters.discord.limits import GLOBAL_HEADROOM
 from bot.shared_budget import SharedBudget
+from bot.streaming import GLOBAL_WINDOW_S
 
 if TYPE_CHECKING:
     import discord
@@ -77,6 +79,12 @@ def budget_share(settings: DiscordSettings) -> float:
     return len(shard_ids(settings)) / settings.shard_count
 
 
+def shared_rate(settings: DiscordSettings) -> float:
+    """Grants a second of the shared budget: `global_rate` less the same headroom each process's
+    own bucket keeps (adapters/discord/limits.py: requests arrive closer than they left)."""
+    return max(settings.global_rate - GLOBAL_HEADROOM / GLOBAL_WINDOW_S, settings.global_rate / 2)
+
+
 def identify_key(shard_id: int, max_concurrency: int = 1) -> str:
     """The shared-budget key of a shard's IDENTIFY bucket (shard_id % max_concurrency)."""
     return f"discord:identify:{shard_id % max(max_concurrency, 1)}"
@@ -101,7 +109,7 @@ class SharedGateway:
     def __init__(self, url: str, settings: DiscordSettings) -> None:
         self._url = url
         self.rest = SharedBudget(
-            url, GLOBAL_BUDGET, settings.global_rate, share=budget_share(settings)
+            url, GLOBAL_BUDGET, shared_rate(settings), share=budget_share(settings)
         )
         self._max_concurrency = 1
         self._identify: dict[str, SharedBudget] = {}

@@ -1,28 +1,37 @@
 """Where the engine's answers go on Discord: a chat message's channel, or a slash command.
 
-Streamed text goes through `DiscordRest` (a 429 reaches the reply streamer as `RetryAfter`);
-notices, typing and voice uploads go through discord.py, which waits out 429s itself.
+Every call goes through `DiscordRest` under the bot's `EditScheduler`: the reply stream's own,
+and notices, typing, the queue notice and voice uploads through `EditScheduler.call` / `offer`
+/ `queue_notices`. A 429 on any of them reaches the scheduler as `RetryAfter` and pauses the
+bucket every reply of the channel (or the bot, when global) shares; discord.py's own client
+would sleep through it unseen and send more meanwhile.
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import json
 import logging
 import time
 from collections.abc import Callable
 from enum import Enum
+from functools import partial
+from typing import Any
 
 import discord
-from discord.http import HTTPClient, Route
+from discord.http import HTTPClient
 
-from adapters.discord.errors import INVALID_WEBHOOK_TOKEN, delivery_error
 from adapters.discord.limits import INTERACTION_TOKEN_LIFETIME_S
-from adapters.discord.rest import DiscordRest, InteractionTokenExpired
-from bot.errors import DeliveryError, RetryAfter
+from adapters.discord.rest import (
+    ALLOWED_MENTIONS,
+    FLAG_EPHEMERAL,
+    DiscordRest,
+    InteractionTokenExpired,
+    Upload,
+)
+from bot.errors import DeliveryError
 from bot.splitter import split_markdown
-from bot.types import TargetLimits, VoiceClip
+from bot.streaming import EditScheduler, LatestMessage
+from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +43,24 @@ VOICE_FILENAME = "voice-message.ogg"
 AUDIO_FALLBACK_FILENAME = "reply.ogg"
 TYPING_REFRESH_S = 8.0  # one trigger shows "typing…" for about 10 s
 TOKEN_SAFETY_S = 30.0  # stop using the token early: a request may still be on its way
+# For discord.py's own messages (the client's default): no @everyone, roles or user pings.
 NOTICE_MENTIONS = discord.AllowedMentions(everyone=False, users=False, roles=False)
 QUEUE_TEXT = "⏳ You're #{position} in line; I'll answer as soon as it's your turn."
+QUEUE_TEXT_MANY = (
+    "⏳ You're #{position} in line ({waiting} messages waiting); I'll answer them in order."
+)
+ORIGINAL = "@original"  # the id a queue position shown in an interaction's response gets
 
 
-def voice_message_form(clip: VoiceClip, *, reply_to: int | None) -> list[dict[str, object]]:
-    """The multipart form of a native voice message (discord.py has no API for one).
+def queue_text(position: int, waiting: int) -> str:
+    """A channel's queue notice: its best place in line, and how many of its messages wait."""
+    if waiting > 1:
+        return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
+    return QUEUE_TEXT.format(position=position)
+
+
+def voice_message_payload(clip: VoiceClip, *, reply_to: int | None) -> dict[str, Any]:
+    """The JSON part of a native voice message (discord.py has no API for one).
 
     A voice message has no text, exactly one OGG/Opus attachment, and `duration_secs` plus a
     base64 `waveform` on that attachment; Discord ignores both unless the part is audio/ogg.
@@ -51,52 +72,63 @@ def voice_message_form(clip: VoiceClip, *, reply_to: int | None) -> list[dict[st
         "duration_secs": round(clip.duration_s, 2),
         "waveform": base64.b64encode(samples).decode(),
     }
-    payload: dict[str, object] = {
+    payload: dict[str, Any] = {
         "flags": MESSAGE_FLAG_VOICE,
         "attachments": [attachment],
         "allowed_mentions": {"parse": [], "replied_user": False},
     }
     if reply_to is not None:
         payload["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
-    return [
-        {"name": "payload_json", "value": json.dumps(payload)},
-        {
-            "name": "files[0]",
-            "value": clip.ogg_opus,
-            "filename": VOICE_FILENAME,
-            "content_type": "audio/ogg",
-        },
-    ]
+    return payload
 
 
-async def post_voice_message(
-    http: HTTPClient, channel_id: int, clip: VoiceClip, *, reply_to: int | None
-) -> None:
-    """Upload `clip` as a voice message through discord.py's HTTP layer (its retries included)."""
-    route = Route("POST", "/channels/{channel_id}/messages", channel_id=channel_id)
-    await http.request(route, form=voice_message_form(clip, reply_to=reply_to))
+def _voice_upload(clip: VoiceClip) -> Upload:
+    return Upload(VOICE_FILENAME, clip.ogg_opus, "audio/ogg")
 
 
-def _audio_file(clip: VoiceClip) -> discord.File:
-    return discord.File(io.BytesIO(clip.ogg_opus), filename=AUDIO_FALLBACK_FILENAME)
+def _audio_file(clip: VoiceClip, *, reply_to: int | None) -> tuple[dict[str, Any], Upload]:
+    """A plain audio attachment: the fallback when a voice message is refused."""
+    payload: dict[str, Any] = {
+        "attachments": [{"id": 0, "filename": AUDIO_FALLBACK_FILENAME}],
+        "allowed_mentions": ALLOWED_MENTIONS,
+    }
+    if reply_to is not None:
+        payload["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
+    return payload, Upload(AUDIO_FALLBACK_FILENAME, clip.ogg_opus, "audio/ogg")
+
+
+def _file_message(file: OutgoingFile, *, reply_to: int | None) -> tuple[dict[str, Any], Upload]:
+    """An attachment (e.g. an export) with its caption as the message text."""
+    payload: dict[str, Any] = {
+        "content": file.caption,
+        "attachments": [{"id": 0, "filename": file.name}],
+        "allowed_mentions": ALLOWED_MENTIONS,
+    }
+    if reply_to is not None:
+        payload["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
+    return payload, Upload(file.name, file.data, file.mime)
 
 
 class _DiscordTarget:
-    """What both targets share: the bucket key, limits, typing and voice uploads."""
+    """What both targets share: the bucket key, limits, budgets, typing and voice uploads."""
 
     def __init__(
         self,
         *,
         rest: DiscordRest,
-        http: HTTPClient,
         channel_id: int,
         limits: TargetLimits,
+        scheduler: EditScheduler | None = None,
+        http: HTTPClient | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
+        """`scheduler`: the bot's, whose budgets every call draws on (a target on its own, as
+        in a test of the target alone, gets one of its own). `http` is not used any more:
+        every call goes through `rest`; it is accepted so older callers keep working."""
         self._rest = rest
-        self._http = http
         self._channel_id = channel_id
         self._limits = limits
+        self._scheduler = scheduler if scheduler is not None else EditScheduler()
         self._clock = clock
         self._typing_at: float | None = None
 
@@ -110,25 +142,61 @@ class _DiscordTarget:
         return self._limits
 
     async def typing(self) -> None:
-        """Trigger the typing indicator, at most once per `TYPING_REFRESH_S`."""
+        """Trigger the typing indicator if it costs no text, at most once per `TYPING_REFRESH_S`."""
         now = self._clock()
         if self._typing_at is not None and now - self._typing_at < TYPING_REFRESH_S:
             return
-        self._typing_at = now
         try:
-            await self._http.send_typing(self._channel_id)
-        except discord.HTTPException as exc:
+            shown = await self._scheduler.offer(
+                self, partial(self._rest.trigger_typing, self._channel_id)
+            )
+        except (DeliveryError, OSError) as exc:  # an indicator is not worth a retry
             log.debug("typing indicator refused: %s", exc)
+            return
+        if shown:  # skipped for text: the next call may try again
+            self._typing_at = now
+
+    async def close(self) -> None:
+        """The engine is done with this message (nothing to tidy up by default)."""
+
+    async def _call(self, make: Callable[[], Any], what: str = "notice") -> Any:
+        """One call under the budgets (see `EditScheduler.call`)."""
+        return await self._scheduler.call(self, make, what=what)
 
     async def _voice_message(self, clip: VoiceClip, *, reply_to: int | None) -> bool:
         """Try the native voice message; False when Discord refuses it."""
+        payload = voice_message_payload(clip, reply_to=reply_to)
+        upload = partial(
+            self._rest.upload_message, self._channel_id, payload, [_voice_upload(clip)]
+        )
         try:
-            await post_voice_message(self._http, self._channel_id, clip, reply_to=reply_to)
-        except discord.HTTPException as exc:
+            await self._call(upload, "voice")
+        except DeliveryError as exc:
             # No Send Voice Messages permission, or Discord rejects the upload: fall back.
             log.info("voice message refused (%s), sending a plain audio file", exc)
             return False
         return True
+
+
+class _ChannelQueueNotice:
+    """The `MessageOps` of a channel's "in line" message: a reply to the message that waits."""
+
+    def __init__(self, rest: DiscordRest, channel_id: int, reply_to: int) -> None:
+        self._rest = rest
+        self._channel_id = channel_id
+        self._reply_to = reply_to
+
+    async def post(self, text: str) -> str:
+        message_id = await self._rest.create_message(
+            self._channel_id, text, reply_to=self._reply_to
+        )
+        return str(message_id)
+
+    async def edit(self, message_id: str, text: str) -> None:
+        await self._rest.edit_message(self._channel_id, int(message_id), text)
+
+    async def delete(self, message_id: str) -> None:
+        await self._rest.delete_message(self._channel_id, int(message_id))
 
 
 class ChannelTarget(_DiscordTarget):
@@ -138,27 +206,28 @@ class ChannelTarget(_DiscordTarget):
         self,
         *,
         rest: DiscordRest,
-        http: HTTPClient,
         message: discord.Message,
         limits: TargetLimits,
+        scheduler: EditScheduler | None = None,
+        http: HTTPClient | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         super().__init__(
-            rest=rest, http=http, channel_id=message.channel.id, limits=limits, clock=clock
+            rest=rest,
+            channel_id=message.channel.id,
+            limits=limits,
+            scheduler=scheduler,
+            http=http,
+            clock=clock,
         )
         self._message = message
-        self._queue_message: int | None = None
         self._replied = False
 
     async def send(self, text: str) -> str:
-        if self._queue_message is not None:
-            # The "waiting in line" message goes: turned into the reply, it would sit above
-            # the answers to earlier messages that were posted after it.
-            queue_message, self._queue_message = self._queue_message, None
-            try:
-                await self._rest.delete_message(self._channel_id, queue_message)
-            except (RetryAfter, DeliveryError, OSError) as exc:
-                log.info("queue message not deleted: %s", exc)
+        # This message waits no more: the channel's "in line" message goes once none waits
+        # (deleted rather than turned into the reply: it would sit above the answers to
+        # earlier messages that were posted after it). The deletion waits for a spare token.
+        self._waits_no_more()
         reply_to = None if self._replied else self._message.id
         message_id = await self._rest.create_message(self._channel_id, text, reply_to=reply_to)
         self._replied = True
@@ -175,47 +244,50 @@ class ChannelTarget(_DiscordTarget):
         await self._rest.delete_message(self._channel_id, int(message_id))
 
     async def queued(self, position: int) -> None:
-        """Post (or update) one "you're #n in line" message; it is cosmetic, so failures pass."""
+        """Show the channel's one "#n in line" message at this position; it never blocks."""
         if self._replied:
             return
-        text = QUEUE_TEXT.format(position=position)
-        try:
-            if self._queue_message is None:
-                self._queue_message = await self._rest.create_message(
-                    self._channel_id, text, reply_to=self._message.id
-                )
-            else:
-                await self._rest.edit_message(self._channel_id, self._queue_message, text)
-        except (RetryAfter, DeliveryError, OSError) as exc:
-            log.info("queue position not shown: %s", exc)
+        ops = _ChannelQueueNotice(self._rest, self._channel_id, self._message.id)
+        self._scheduler.queue_notices.wait(self, ops, self, position, queue_text)
 
     async def notice(self, text: str) -> None:
         pieces = split_markdown(text, self._limits.max_chars)
-        reference = self._message.to_reference(fail_if_not_exists=False)
-        channel = self._message.channel
-        assert not isinstance(channel, discord.GroupChannel)  # bots are never in group DMs
-        try:
-            if self._queue_message is not None and pieces:
-                # A reply that failed while waiting: its queue message says why instead.
-                waiting = channel.get_partial_message(self._queue_message)
-                self._queue_message = None
-                await waiting.edit(content=pieces.pop(0), allowed_mentions=NOTICE_MENTIONS)
-            for piece in pieces:
-                await channel.send(piece, reference=reference, allowed_mentions=NOTICE_MENTIONS)
-        except discord.HTTPException as exc:
-            raise delivery_error("notice not delivered", exc) from exc
+        if not pieces:
+            return
+        # A reply that failed while waiting: the "in line" message says why instead.
+        waiting = await self._scheduler.queue_notices.take_over(self, self)
+        if waiting is not None:
+            first = pieces.pop(0)
+            edit = partial(self._rest.edit_message, self._channel_id, int(waiting), first)
+            await self._call(edit)
+        for piece in pieces:
+            post = partial(
+                self._rest.create_message, self._channel_id, piece, reply_to=self._message.id
+            )
+            await self._call(post)
 
     async def send_voice(self, clip: VoiceClip) -> None:
+        self._waits_no_more()
         if await self._voice_message(clip, reply_to=self._message.id):
             return
-        try:
-            await self._message.channel.send(
-                file=_audio_file(clip),
-                reference=self._message.to_reference(fail_if_not_exists=False),
-                allowed_mentions=NOTICE_MENTIONS,
-            )
-        except discord.HTTPException as exc:
-            raise delivery_error("voice reply not delivered", exc) from exc
+        payload, upload = _audio_file(clip, reply_to=self._message.id)
+        await self._call(
+            partial(self._rest.upload_message, self._channel_id, payload, [upload]), "voice"
+        )
+
+    async def close(self) -> None:
+        """The engine is done with this message: it waits in line no more."""
+        self._waits_no_more()
+
+    def _waits_no_more(self) -> None:
+        self._scheduler.queue_notices.leave(self, self)
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload an attachment (e.g. an export) as a reply to the message it answers."""
+        payload, upload = _file_message(file, reply_to=self._message.id)
+        await self._call(
+            partial(self._rest.upload_message, self._channel_id, payload, [upload]), "file"
+        )
 
 
 class _Kind(Enum):
@@ -230,20 +302,34 @@ class InteractionTarget(_DiscordTarget):
     The reply's first part edits the original ("thinking…") response and later parts are
     follow-ups. The interaction token expires after 15 minutes; from then on the reply goes on
     as channel messages, and a part that was being edited continues in a new channel message
-    holding the text the old one could no longer show.
+    holding the text the old one could no longer show. An `ephemeral` target (a private
+    command's answer) never falls back to the channel: only the user may see it.
+
+    While the turn waits, the original response shows its queue position (each interaction has
+    its own response, so there is nothing to share with other waiting turns).
     """
 
     def __init__(
         self,
         *,
         rest: DiscordRest,
-        http: HTTPClient,
         interaction: discord.Interaction,
         channel: discord.PartialMessageable,
         limits: TargetLimits,
+        scheduler: EditScheduler | None = None,
+        http: HTTPClient | None = None,
         clock: Clock = time.monotonic,
+        ephemeral: bool = False,
     ) -> None:
-        super().__init__(rest=rest, http=http, channel_id=channel.id, limits=limits, clock=clock)
+        super().__init__(
+            rest=rest,
+            channel_id=channel.id,
+            limits=limits,
+            scheduler=scheduler,
+            http=http,
+            clock=clock,
+        )
+        self._ephemeral = ephemeral  # answers and files go to the caller alone
         self._interaction = interaction
         self._channel = channel  # where the reply goes on once the token has expired
         self._app_id = interaction.application_id
@@ -254,6 +340,7 @@ class InteractionTarget(_DiscordTarget):
         self._kinds: dict[str, _Kind] = {}
         self._shown: dict[str, str] = {}  # what each streamed message shows
         self._moved: dict[str, tuple[str, str]] = {}  # id -> (channel message id, text shown)
+        self._queue: LatestMessage | None = None  # the queue position in the original
 
     def _token_alive(self) -> bool:
         return not self._token_dead and self._clock() < self._expires_at
@@ -265,6 +352,7 @@ class InteractionTarget(_DiscordTarget):
         return key
 
     async def send(self, text: str) -> str:
+        await self._stop_queue_position()
         if self._token_alive():
             try:
                 if self._original_free:
@@ -334,49 +422,96 @@ class InteractionTarget(_DiscordTarget):
         """Show the queue position in the original response while it is still free."""
         if not self._original_free or not self._token_alive():
             return
-        try:
-            await self._rest.edit_original(
-                self._app_id, self._token, QUEUE_TEXT.format(position=position)
-            )
-        except (RetryAfter, DeliveryError, OSError) as exc:
-            log.info("queue position not shown: %s", exc)
+        if self._queue is None:
+            self._queue = LatestMessage(self._scheduler, self, _OriginalQueueNotice(self))
+        self._queue.show(QUEUE_TEXT.format(position=position))
 
     async def notice(self, text: str) -> None:
-        try:
-            for piece in split_markdown(text, self._limits.max_chars):
-                await self._post_notice(piece)
-        except discord.HTTPException as exc:
-            raise delivery_error("notice not delivered", exc) from exc
+        """A message of its own: the original response while it is free, else a follow-up."""
+        for piece in split_markdown(text, self._limits.max_chars):
+            await self._call(partial(self._post_notice, piece))
+
+    async def answer(self, text: str, *, empty: str) -> None:
+        """A command's answer, split at the message limit; `empty` when it has no text."""
+        await self.notice(text if text.strip() else empty)
 
     async def _post_notice(self, text: str) -> None:
+        await self._stop_queue_position()
         if self._token_alive():
             try:
                 if self._original_free:
-                    await self._interaction.edit_original_response(
-                        content=text, allowed_mentions=NOTICE_MENTIONS
-                    )
+                    await self._rest.edit_original(self._app_id, self._token, text)
                     self._original_free = False
                 else:
-                    await self._interaction.followup.send(text, allowed_mentions=NOTICE_MENTIONS)
+                    await self._rest.create_followup(
+                        self._app_id, self._token, text, ephemeral=self._ephemeral
+                    )
                 return
-            except discord.HTTPException as exc:
-                if exc.code != INVALID_WEBHOOK_TOKEN:
-                    raise
+            except InteractionTokenExpired:
                 self._token_dead = True
-        await self._channel.send(text, allowed_mentions=NOTICE_MENTIONS)
+        if self._ephemeral:
+            raise DeliveryError("the interaction's token expired", reason="token_expired")
+        await self._rest.create_message(self._channel_id, text, reply_to=None)
 
     async def send_voice(self, clip: VoiceClip) -> None:
         # Interaction responses drop duration_secs and waveform, so a voice message must be a
         # plain channel message; the interaction's follow-up carries the fallback file.
         if await self._voice_message(clip, reply_to=None):
             return
-        try:
-            if self._token_alive():
-                await self._interaction.followup.send(file=_audio_file(clip))
-            else:
-                await self._channel.send(file=_audio_file(clip))
-        except discord.HTTPException as exc:
-            raise delivery_error("voice reply not delivered", exc) from exc
+        payload, upload = _audio_file(clip, reply_to=None)
+        if self._token_alive():
+            make = partial(self._rest.upload_followup, self._app_id, self._token, payload, [upload])
+        else:
+            make = partial(self._rest.upload_message, self._channel_id, payload, [upload])
+        await self._call(make, "voice")
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload an attachment as a follow-up (the response's text stays), or in the channel
+        once the interaction's token has expired."""
+        await self._call(partial(self._post_file, file), "file")
+
+    async def _post_file(self, file: OutgoingFile) -> None:
+        payload, upload = _file_message(file, reply_to=None)
+        if self._token_alive():
+            if self._ephemeral:
+                payload["flags"] = FLAG_EPHEMERAL
+            try:
+                await self._rest.upload_followup(self._app_id, self._token, payload, [upload])
+                return
+            except InteractionTokenExpired:
+                self._token_dead = True
+        if self._ephemeral:  # a private answer never goes into the channel
+            raise DeliveryError("the interaction's token expired", reason="token_expired")
+        payload.pop("flags", None)
+        await self._rest.upload_message(self._channel_id, payload, [upload])
+
+    async def close(self) -> None:
+        """The engine is done: a queue position still on its way is not written any more."""
+        await self._stop_queue_position()
+
+    async def _stop_queue_position(self) -> None:
+        """The original response is about to show something else: no queue edit may follow."""
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            await queue.detach()
+
+
+class _OriginalQueueNotice:
+    """The `MessageOps` of a queue position shown in an interaction's original response."""
+
+    def __init__(self, target: InteractionTarget) -> None:
+        self._target = target
+
+    async def post(self, text: str) -> str:
+        await self.edit(ORIGINAL, text)
+        return ORIGINAL
+
+    async def edit(self, message_id: str, text: str) -> None:
+        target = self._target
+        await target._rest.edit_original(target._app_id, target._token, text)
+
+    async def delete(self, message_id: str) -> None:
+        """Nothing: the original response cannot go; the reply or a notice replaces it."""
 
 
 def _beyond(text: str, shown: str) -> str:

@@ -26,20 +26,31 @@ from adapters.telegram.errors import reason_of
 from adapters.telegram.limits import MAX_DOWNLOAD_BYTES, chat_limits
 from adapters.telegram.polling import Ticket, UpdatePoller
 from adapters.telegram.rules import (
+    Picture,
+    conversation_key,
     is_addressed,
     is_private,
     may_use,
     parse_command,
+    picture_of,
     strip_mention,
+    topic_id,
     unreadable_kind,
 )
 from adapters.telegram.targets import TelegramReplyTarget
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
-from bot.engine import MSG_CAPTION_ONLY, MSG_UNREADABLE
+from bot.commands import CommandReply
+from bot.engine import (
+    MSG_CAPTION_ONLY,
+    MSG_IMAGE_TOO_LARGE,
+    MSG_NO_VISION,
+    MSG_NO_VISION_TEXT,
+    MSG_UNREADABLE,
+)
 from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
 from bot.platform import STOP_GRACE_S
-from bot.types import IncomingMessage
+from bot.types import ImageInput, IncomingMessage
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -57,6 +68,8 @@ MSG_AUDIO_TOO_LARGE = (
 )
 MSG_FAILED = "⚠️ Something went wrong on my side with that message. Please try again."
 MSG_DOWNLOAD_FAILED = "Sorry, I couldn't download that recording. Please try again."
+MSG_PICTURE_FAILED = "Sorry, I couldn't download that picture. Please try again."
+MSG_FILE_FAILED = "Sorry, Telegram did not take the file. Please try again later."
 _MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
 _UNDELIVERED = (DeliveryError, RetryAfter, ConnectionError)
@@ -183,6 +196,10 @@ class TelegramAdapter:
             return
         bot = context.bot
         if not is_addressed(message, bot.id, bot.username):
+            # Group chatter: never answered, but what was said around the bot is context for
+            # the next message addressed to it (the engine keeps it if group_context is on).
+            if may_use(self._tg, message.from_user.id, message.chat_id):
+                self._spawn(self._observe(message))
             return
         if not may_use(self._tg, message.from_user.id, message.chat_id):
             self._spawn(self._tell(message, MSG_REFUSED))
@@ -233,6 +250,14 @@ class TelegramAdapter:
         try:
             if text is None:
                 text = strip_mention(message.text or message.caption or "", bot_username)
+            images: tuple[ImageInput, ...] = ()
+            limit = min(MAX_DOWNLOAD_BYTES, self._settings.llm.max_image_bytes)
+            picture = picture_of(message, limit)
+            if picture is not None:
+                seen = await self._picture(message, picture, limit, bool(text), target)
+                if seen is None:
+                    return  # told why it cannot be seen, and there is no text to answer
+                images = seen
             kind = unreadable_kind(message)
             if kind is not None:
                 log.info("Telegram: %s in chat %s cannot be read", kind, message.chat_id)
@@ -250,7 +275,7 @@ class TelegramAdapter:
                     return
                 mime = getattr(media, "mime_type", None) or _default_mime(media)
             await self._engine.handle(
-                self._incoming(message, text, audio, mime),
+                self._incoming(message, text, audio, mime, images),
                 target,
                 on_stored=ticket.stored if ticket is not None else None,
                 # Not stored: Telegram keeps an unconfirmed update; on the last try, say so.
@@ -272,15 +297,27 @@ class TelegramAdapter:
                 ticket.stored()  # answered, refused or failed otherwise: nothing to redeliver
             await target.close()
 
+    async def _observe(self, message: Message) -> None:
+        """Hand group chatter to the engine as background: no reply, no typing, no LLM call."""
+        text = message.text or message.caption or ""
+        if text.strip():
+            await self._engine.observe(self._incoming(message, text))
+
     async def _run_command(self, message: Message, name: str, args: str) -> None:
         msg = self._incoming(message, message.text or "")
         try:
-            reply = await self._commands.run(msg, name, args)
+            reply = await self._commands.execute(msg, name, args)
         # One command's error boundary: log it, tell the user.
         except Exception:
             log.exception("Telegram: /%s in chat %s failed", name, message.chat_id)
-            reply = MSG_FAILED
-        await self._tell(message, reply)
+            reply = CommandReply(MSG_FAILED)
+        await self._tell(message, reply.text)
+        for file in reply.files:
+            try:
+                await self._target(message).send_file(file)
+            except _UNDELIVERED as exc:
+                log.warning("file to chat %s not delivered: %s", message.chat_id, exc)
+                await self._tell(message, MSG_FILE_FAILED)
 
     async def _tell(self, message: Message, text: str) -> None:
         """A plain answer outside the engine's replies (command results, refusals)."""
@@ -288,6 +325,38 @@ class TelegramAdapter:
             await self._target(message).notice(text)
         except _UNDELIVERED as exc:
             log.warning("message to chat %s not delivered: %s", message.chat_id, exc)
+
+    async def _picture(
+        self,
+        message: Message,
+        picture: Picture,
+        limit: int,
+        has_text: bool,
+        target: TelegramReplyTarget,
+    ) -> tuple[ImageInput, ...] | None:
+        """The picture for the model, or () after telling the user why it is left out (None:
+        nothing else to answer). Nothing is downloaded for a model that cannot see it."""
+        if not await self._engine.takes_images(PLATFORM, conversation_key(message)):
+            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
+            return () if has_text else None
+        too_large = MSG_IMAGE_TOO_LARGE.format(size_mb=picture.size / _MB, limit_mb=limit / _MB)
+        data: bytes | None = None
+        if picture.size <= limit:
+            try:
+                file = await picture.media.get_file()
+                data = bytes(await file.download_as_bytearray())
+            except telegram.error.BadRequest as exc:
+                log.info("picture download refused: %s", exc)
+                if reason_of(exc) != "too_large":
+                    too_large = MSG_PICTURE_FAILED
+            except telegram.error.TelegramError as exc:
+                log.warning("picture download failed: %s", exc)
+                too_large = MSG_PICTURE_FAILED
+        if data is None or len(data) > limit:
+            log.info("picture of %d bytes in chat %s left out", picture.size, message.chat_id)
+            await target.notice(too_large)
+            return () if has_text else None
+        return (ImageInput(data, picture.mime),)
 
     async def _download(
         self, media: Voice | Audio | VideoNote | Video, target: TelegramReplyTarget
@@ -319,13 +388,15 @@ class TelegramAdapter:
         text: str,
         audio: bytes | None = None,
         mime: str | None = None,
+        images: tuple[ImageInput, ...] = (),
     ) -> IncomingMessage:
         user = message.from_user
         assert user is not None  # the handlers skip messages without a sender
         replied = message.reply_to_message
         return IncomingMessage(
             platform=PLATFORM,
-            channel_key=str(message.chat_id),
+            # A forum topic is a conversation of its own.
+            channel_key=conversation_key(message),
             user_id=str(user.id),
             user_name=user.full_name,
             text=text,
@@ -335,6 +406,7 @@ class TelegramAdapter:
             reply_to=str(replied.message_id) if replied is not None else None,
             message_id=str(message.message_id),
             is_private=is_private(message),
+            images=images,
         )
 
     def _target(self, message: Message) -> TelegramReplyTarget:
@@ -343,10 +415,11 @@ class TelegramAdapter:
             message.get_bot(),
             chat_id=message.chat_id,
             limits=chat_limits(self._tg, is_private=private),
+            scheduler=self._engine.scheduler,  # every call under the bot's shared budgets
             use_drafts=private and self._tg.stream == "draft",
             # In a group the answer quotes the question, so it is clear whom it answers.
             reply_to_message_id=None if private else message.message_id,
-            thread_id=message.message_thread_id if message.is_topic_message else None,
+            thread_id=topic_id(message),  # every reply, notice and voice note lands in the topic
         )
 
     # -- tasks -----------------------------------------------------------------------------

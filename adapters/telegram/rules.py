@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from telegram import Message, MessageEntity
+from telegram import Document, Message, MessageEntity, PhotoSize
 from telegram.constants import ChatType
 
 from adapters.telegram.config import TelegramSettings
@@ -40,6 +40,17 @@ def is_addressed(message: Message, bot_id: int, bot_username: str) -> bool:
         if entity.type == MessageEntity.TEXT_MENTION and entity.user and entity.user.id == bot_id:
             return True
     return False
+
+
+def topic_id(message: Message) -> int | None:
+    """The forum topic the message was sent in (None: not a forum, or its General topic)."""
+    return message.message_thread_id if message.is_topic_message else None
+
+
+def conversation_key(message: Message) -> str:
+    """The conversation a message belongs to: its chat, or `chat:topic` in a forum topic."""
+    topic = topic_id(message)
+    return str(message.chat_id) if topic is None else f"{message.chat_id}:{topic}"
 
 
 def strip_mention(text: str, bot_username: str) -> str:
@@ -93,8 +104,41 @@ UNREADABLE_KINDS = (
 
 
 def unreadable_kind(message: Message) -> str | None:
-    """What the message carries that Parley cannot read ("photos"), or None."""
+    """What the message carries that Parley cannot read ("photos"), or None.
+
+    Pictures (photos, image files) are not counted: `picture_of` finds them for the model.
+    """
     for attribute, name in UNREADABLE_KINDS:
+        if attribute in ("photo", "document") and picture_of(message, 0) is not None:
+            continue
         if getattr(message, attribute, None):
             return name
+    return None
+
+
+# Picture formats the chat API's image parts take (OpenAI's list; llama.cpp decodes them too).
+IMAGE_MIMES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+PHOTO_MIME = "image/jpeg"  # Telegram re-encodes every photo it delivers as JPEG
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A picture a message carries: what to download, its size (0: not told), its type."""
+
+    media: PhotoSize | Document
+    size: int
+    mime: str
+
+
+def picture_of(message: Message, max_bytes: int) -> Picture | None:
+    """The message's picture: of a photo, its largest size within `max_bytes` (else its
+    smallest, for the caller to refuse as too large); or an image sent as a file."""
+    if message.photo:
+        sizes = sorted(message.photo, key=lambda p: (p.file_size or 0, p.width * p.height))
+        fitting = [p for p in sizes if (p.file_size or 0) <= max_bytes]
+        chosen = fitting[-1] if fitting else sizes[0]
+        return Picture(chosen, chosen.file_size or 0, PHOTO_MIME)
+    document = message.document
+    if document is not None and document.mime_type in IMAGE_MIMES:
+        return Picture(document, document.file_size or 0, document.mime_type)
     return None

@@ -4,49 +4,45 @@ Two ways to stream a reply: "edit" posts a message at the first tokens and edits
 (private chats only) animates a sendMessageDraft preview and posts the real message at the end.
 Text goes out rendered from Markdown; if Telegram rejects the formatting, the same text goes
 out plain, so a reply is never lost to formatting.
+
+Every call goes through the bot's `EditScheduler`, under the chat's and the bot's budgets: the
+reply stream's own, and notices, voice notes, the queue notice and typing through
+`EditScheduler.call` / `offer` / `queue_notices`, so a 429 on any of them pauses the same bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import telegram.error
 from telegram import Bot, InputFile, Message, ReplyParameters
 from telegram.constants import ChatAction
 
-from adapters.telegram.errors import (
-    delivery_errors,
-    is_gone,
-    is_not_modified,
-    retry_after_seconds,
-)
+from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import MAX_CAPTION_CHARS
-from bot.backoff import Backoff
-from bot.types import TargetLimits, VoiceClip
+from bot.errors import DeliveryError
+from bot.streaming import EditScheduler
+from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Telegram shows "typing..." for 5 s or until the bot sends a message. The engine asks again
 # every few seconds; calls closer together than this are dropped.
 TYPING_REFRESH_S = 3.0
-# Notices, voice and command replies are not paced by the reply streamer: on a 429 or a network
-# failure (5xx, connection lost) they wait and retry themselves, a bounded number of times and
-# never longer than this per wait.
-SEND_ATTEMPTS = 3
-MAX_RETRY_WAIT_S = 30.0
-NETWORK_RETRY_S = 1.0  # first wait after a network failure; doubles with each attempt
-NETWORK_RETRY_MAX_S = 4.0
+QUEUE_TEXT = "⏳ You're #{position} in line. I'll answer as soon as I can."
+QUEUE_TEXT_MANY = (
+    "⏳ You're #{position} in line ({waiting} messages waiting). I'll answer in order."
+)
 DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
 VOICE_FILE_NAME = "reply.ogg"
 VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
@@ -63,14 +59,18 @@ class TelegramReplyTarget:
         *,
         chat_id: int,
         limits: TargetLimits,
+        scheduler: EditScheduler | None = None,
         use_drafts: bool = False,
         reply_to_message_id: int | None = None,
         thread_id: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`scheduler`: the bot's, whose budgets every call draws on (a target on its own, as
+        in a test of the target alone, gets a scheduler of its own)."""
         self._bot = bot
         self._chat_id = chat_id
         self._limits = limits
+        self._scheduler = scheduler if scheduler is not None else EditScheduler()
         self._use_drafts = use_drafts
         self._reply_to = reply_to_message_id  # the question, quoted in groups
         self._quoted = False  # the reply's first part quotes it; later parts follow it
@@ -78,8 +78,6 @@ class TelegramReplyTarget:
         self._clock = clock
         self._shown: dict[int, Rendered] = {}  # what each of our messages shows now
         self._last_typing = -math.inf
-        self._queue_message_id: int | None = None
-        self._queue_text = ""
 
     @property
     def chat_key(self) -> str:
@@ -93,7 +91,7 @@ class TelegramReplyTarget:
 
     async def send(self, text: str) -> str:
         """Start a reply part: a draft preview, or a real message to edit later."""
-        await self._reply_started()
+        self._reply_started()
         if self._use_drafts:
             draft_id = next(_draft_ids)
             if await self._draft(draft_id, text):
@@ -132,76 +130,87 @@ class TelegramReplyTarget:
     # -- ReplyTarget -----------------------------------------------------------------------
 
     async def typing(self) -> None:
-        """Show "typing..."; calls closer together than TYPING_REFRESH_S cost nothing."""
+        """Show "typing..." if it costs no text; calls closer than TYPING_REFRESH_S cost nothing."""
         now = self._clock()
         if now - self._last_typing < TYPING_REFRESH_S:
             return
-        self._last_typing = now
         try:
-            await self._bot.send_chat_action(
-                self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
-            )
-        except telegram.error.TelegramError as exc:  # an indicator is not worth a retry
+            shown = await self._scheduler.offer(self, self._typing_call)
+        except (DeliveryError, OSError) as exc:  # an indicator is not worth a retry
             log.debug("typing indicator failed in chat %s: %s", self._chat_id, exc)
+            return
+        if shown:  # skipped for text: the next call may try again
+            self._last_typing = now
 
     async def queued(self, position: int) -> None:
-        """Post (or update) one "you are #n in line" message; it goes when the reply starts."""
-        text = f"⏳ You're #{position} in line. I'll answer as soon as I can."
-        if text == self._queue_text:
-            return
-        self._queue_text = text
-        try:
-            if self._queue_message_id is None:
-                message = await self._bot.send_message(self._chat_id, text, **self._where())
-                self._queue_message_id = message.message_id
-            else:
-                await self._bot.edit_message_text(text, self._chat_id, self._queue_message_id)
-        except telegram.error.TelegramError as exc:  # a courtesy message: never worth a retry
-            log.info("queue notice not shown in chat %s: %s", self._chat_id, exc)
+        """Show the chat's one "#n in line" message at this position; it never blocks.
+
+        However many of the chat's messages wait, it has one such message, posted once and
+        edited as positions change; it goes when none of them waits any more.
+        """
+        self._scheduler.queue_notices.wait(self, _QueueNotice(self), self, position, queue_text)
 
     async def notice(self, text: str) -> None:
         """Post a short plain message (transcript, error, refusal); long ones are split."""
         for chunk in split_plain(text, self._limits.max_chars):
-            with delivery_errors():
-                await _retrying(
-                    partial(self._bot.send_message, self._chat_id, chunk, **self._where())
-                )
+            await self._scheduler.call(self, partial(self._post_plain, chunk), what="notice")
 
     async def send_voice(self, clip: VoiceClip) -> None:
         """Upload a voice message; if the user forbids those, the audio goes as a file."""
-        await self._reply_started()
-        where = self._where()
-        audio = InputFile(clip.ogg_opus, filename=VOICE_FILE_NAME)
-        duration = max(1, math.ceil(clip.duration_s))
-        with delivery_errors():
-            try:
-                await _retrying(
-                    partial(self._bot.send_voice, self._chat_id, audio, duration=duration, **where)
-                )
-            except telegram.error.BadRequest as exc:
-                if VOICE_FORBIDDEN not in exc.message.lower():
-                    raise
-                log.info("chat %s forbids voice messages; sending a file", self._chat_id)
-                caption = _caption(clip.text) or None
-                await _retrying(
-                    partial(self._bot.send_document, self._chat_id, audio, caption=caption, **where)
-                )
+        self._reply_started()
+        try:
+            await self._scheduler.call(self, partial(self._voice_call, clip), what="voice")
+        except _VoiceForbidden:
+            log.info("chat %s forbids voice messages; sending a file", self._chat_id)
+            await self._scheduler.call(self, partial(self._audio_file_call, clip), what="voice")
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        """Upload a document (e.g. an export), in the topic it answers."""
+        await self._scheduler.call(self, partial(self._file_call, file), what="file")
 
     async def close(self) -> None:
-        """The engine is done with this message: drop a leftover queue notice."""
-        await self._reply_started()
+        """The engine is done with this message: it waits in line no more."""
+        self._reply_started()
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _reply_started(self) -> None:
-        """The answer begins: the "in line" message has done its job."""
-        if self._queue_message_id is None:
-            return
-        queue_message_id, self._queue_message_id = self._queue_message_id, None
-        try:
-            await self._bot.delete_message(self._chat_id, queue_message_id)
-        except telegram.error.TelegramError as exc:
-            log.info("queue notice not deleted in chat %s: %s", self._chat_id, exc)
+    def _reply_started(self) -> None:
+        """The answer begins (or the turn ended): this message waits in line no more."""
+        self._scheduler.queue_notices.leave(self, self)
+
+    async def _typing_call(self) -> None:
+        with delivery_errors():
+            await self._bot.send_chat_action(
+                self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
+            )
+
+    async def _post_plain(self, text: str, *, quote: bool = True) -> str:
+        with delivery_errors(), _posted_at_most_once():
+            message = await self._bot.send_message(self._chat_id, text, **self._where(quote=quote))
+        return str(message.message_id)
+
+    async def _voice_call(self, clip: VoiceClip) -> None:
+        audio = InputFile(clip.ogg_opus, filename=VOICE_FILE_NAME)
+        duration = max(1, math.ceil(clip.duration_s))
+        with delivery_errors(), _posted_at_most_once():
+            try:
+                await self._bot.send_voice(self._chat_id, audio, duration=duration, **self._where())
+            except telegram.error.BadRequest as exc:
+                if VOICE_FORBIDDEN not in exc.message.lower():
+                    raise
+                raise _VoiceForbidden(exc.message) from exc
+
+    async def _audio_file_call(self, clip: VoiceClip) -> None:
+        audio = InputFile(clip.ogg_opus, filename=VOICE_FILE_NAME)
+        caption = _caption(clip.text) or None
+        with delivery_errors(), _posted_at_most_once():
+            await self._bot.send_document(self._chat_id, audio, caption=caption, **self._where())
+
+    async def _file_call(self, file: OutgoingFile) -> None:
+        document = InputFile(file.data, filename=file.name)
+        caption = _caption(file.caption) or None
+        with delivery_errors(), _posted_at_most_once():
+            await self._bot.send_document(self._chat_id, document, caption=caption, **self._where())
 
     def _where(self, *, quote: bool = True) -> dict[str, Any]:
         """Placement of a new message: the topic thread, and the question it answers."""
@@ -286,30 +295,58 @@ class TelegramReplyTarget:
         )
 
 
-async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
-    """Run a send that the reply streamer does not pace, through a few 429s and network failures.
+class _VoiceForbidden(Exception):
+    """The user's privacy settings refuse voice messages from bots."""
 
-    A timeout is not retried: Telegram may have posted the message, and a duplicate notice or
-    voice message is worse than a logged failure.
+
+class _QueueNotice:
+    """The `MessageOps` of a chat's "#n in line" message: plain text, in the question's place."""
+
+    def __init__(self, target: TelegramReplyTarget) -> None:
+        self._target = target
+
+    async def post(self, text: str) -> str:
+        return await self._target._post_plain(text)
+
+    async def edit(self, message_id: str, text: str) -> None:
+        target = self._target
+        with delivery_errors():
+            try:
+                await target._bot.edit_message_text(text, target._chat_id, int(message_id))
+            except telegram.error.BadRequest as exc:
+                if not is_not_modified(exc):
+                    raise
+
+    async def delete(self, message_id: str) -> None:
+        target = self._target
+        with delivery_errors():
+            try:
+                await target._bot.delete_message(target._chat_id, int(message_id))
+            except telegram.error.BadRequest as exc:
+                if not is_gone(exc):
+                    raise
+
+
+def queue_text(position: int, waiting: int) -> str:
+    """A chat's queue notice: its best place in line, and how many of its messages wait."""
+    if waiting > 1:
+        return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
+    return QUEUE_TEXT.format(position=position)
+
+
+@contextlib.contextmanager
+def _posted_at_most_once() -> Iterator[None]:
+    """A post that timed out may have landed: it is a refusal, never retried into a duplicate.
+
+    (A lost connection or a 5xx stays a network failure, which the scheduler retries.)
     """
-    attempt = 1
-    backoff = Backoff(NETWORK_RETRY_S, NETWORK_RETRY_MAX_S)
-    while True:
-        try:
-            return await call()
-        except telegram.error.RetryAfter as exc:
-            wait = retry_after_seconds(exc)
-            if attempt >= SEND_ATTEMPTS or wait > MAX_RETRY_WAIT_S:
-                raise
-            log.info("rate limited by Telegram; retrying in %.1f s", wait)
-        except telegram.error.NetworkError as exc:
-            refused = isinstance(exc, telegram.error.BadRequest | telegram.error.TimedOut)
-            if refused or attempt >= SEND_ATTEMPTS:
-                raise
-            wait = backoff.next()
-            log.info("Telegram unreachable (%s); retrying in %.1f s", exc.message, wait)
-        await asyncio.sleep(wait)
-        attempt += 1
+    try:
+        yield
+    except telegram.error.TimedOut as exc:
+        raise DeliveryError(
+            f"Telegram did not answer in time; the message may or may not be posted: {exc}",
+            reason="unknown",
+        ) from exc
 
 
 def _caption(text: str) -> str:

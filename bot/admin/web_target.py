@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.types import IncomingMessage, RateBudget, TargetLimits, VoiceClip
+from bot.types import IncomingMessage, OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 WEB_PLATFORM = "web"
 WEB_CHANNEL = "admin"  # one conversation for the console, shared by its users
@@ -100,6 +100,10 @@ class WebReplyTarget:
     async def send_voice(self, clip: VoiceClip) -> None:
         audio = base64.b64encode(clip.ogg_opus).decode("ascii")
         self._put("voice", audio=audio, duration_s=round(clip.duration_s, 2), text=clip.text)
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        data = base64.b64encode(file.data).decode("ascii")
+        self._put("file", filename=file.name, mime=file.mime, data=data, caption=file.caption)
 
     def close(self) -> None:
         """The turn is over: the page's stream ends after this event."""

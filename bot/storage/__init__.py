@@ -15,12 +15,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.storage.base import (
+    BACKGROUND,
+    BACKGROUND_KEPT,
+    MAIN_SESSION,
     PENDING,
     VISIBLE,
     Dialect,
     LocalLocks,
+    Memory,
     Migration,
     Role,
+    Session,
     Status,
     Store,
     StoredMessage,
@@ -36,14 +41,19 @@ if TYPE_CHECKING:
 HistoryStore = Store
 
 __all__ = [
+    "BACKGROUND",
+    "BACKGROUND_KEPT",
+    "MAIN_SESSION",
     "PENDING",
     "VISIBLE",
     "Dialect",
     "HistoryStore",
     "LocalLocks",
+    "Memory",
     "Migration",
     "Role",
     "SQLiteStore",
+    "Session",
     "Status",
     "Store",
     "StoredMessage",

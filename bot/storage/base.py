@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
@@ -18,12 +18,19 @@ from bot.errors import StorageError, StorageProblem
 log = logging.getLogger(__name__)
 
 Role = Literal["user", "assistant"]
-Status = Literal["complete", "queued", "streaming", "partial", "failed", "interrupted"]
+Status = Literal[
+    "complete", "queued", "streaming", "partial", "failed", "interrupted", "background"
+]
 Dialect = Literal["sqlite", "postgresql"]
 # Rows a prompt may include: what the user saw, even if the stream broke.
 VISIBLE: tuple[Status, ...] = ("complete", "partial", "interrupted")
 # A reply row still owned by a running turn; a crash leaves it so until marked 'interrupted'.
 PENDING: tuple[Status, ...] = ("queued", "streaming")
+# A group message the bot saw but was not addressed to: context for later prompts, never a turn.
+BACKGROUND: Status = "background"
+# Background messages kept per chat: older ones are deleted as new ones arrive.
+BACKGROUND_KEPT = 200
+MAIN_SESSION = "main"  # the name of a chat's first conversation (session id 0, no row)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -49,6 +56,29 @@ class StoredMessage:
     status: Status
     token_count: int | None
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A fact a user asked the bot to remember."""
+
+    id: int
+    content: str
+    shared: bool  # also used when its owner talks to the bot in a group
+    token_count: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One conversation of a chat: "main" (id 0) or one started with /session new."""
+
+    id: int
+    name: str
+    created_at: float
+    messages: int  # visible turns in it
+    last_at: float | None  # its newest message, if any
+    current: bool  # where the chat's new messages go
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +149,17 @@ class Store(Protocol):
         """Update a message's content, status and token count (None leaves a field as it is)."""
 
     async def history(self, channel_id: int, before_row: int, limit: int) -> list[StoredMessage]:
-        """Up to `limit` visible messages of a channel older than `before_row`, newest first."""
+        """Up to `limit` visible messages of a channel older than `before_row`, newest first.
+
+        Only `before_row`'s session (when there is no such row: the chat's current session).
+        """
 
     async def get_message(self, row_id: int) -> StoredMessage | None:
         """One message by id, whatever its status."""
 
     async def clear_channel(self, channel_id: int, *, actor_id: str, actor_name: str) -> int:
-        """Delete a channel's history (settings stay); audited. Returns the rows deleted."""
+        """Delete the chat's current conversation (its settings and other sessions stay);
+        audited. Returns the rows deleted."""
 
     async def forget_author(self, platform: str, author_id: str, *, actor_name: str) -> int:
         """Delete every message a user wrote on a platform; audited. Returns rows deleted."""
@@ -154,11 +188,112 @@ class Store(Protocol):
     async def audit_rows(self, channel_id: int | None = None) -> list[dict[str, Any]]:
         """The audit log, oldest first (all channels when channel_id is None)."""
 
+    # -- memory (issue 14) ------------------------------------------------------------------
+
+    async def remember(
+        self, platform: str, user_id: str, content: str, *, token_count: int, actor_name: str
+    ) -> int:
+        """Store a fact for a user, private (`shared` false) to begin with. Returns its id."""
+
+    async def memories(self, platform: str, user_id: str) -> list[Memory]:
+        """A user's facts, oldest first."""
+
+    async def forget_memories(
+        self, platform: str, user_id: str, memory_id: int | None, *, actor_name: str
+    ) -> int:
+        """Delete one of a user's facts (None: all of them); audited. Returns how many went."""
+
+    async def share_memories(
+        self, platform: str, user_id: str, memory_id: int | None, *, shared: bool
+    ) -> int:
+        """Let one fact (None: all) be used in groups too, or not; returns how many changed."""
+
+    async def search_memories(
+        self,
+        platform: str,
+        user_id: str,
+        terms: Sequence[str],
+        *,
+        shared_only: bool,
+        limit: int,
+    ) -> list[Memory]:
+        """A user's facts matching any of `terms` (full-text search), most relevant first."""
+
+    async def search_history(
+        self, channel_id: int, turn_row: int, before_row: int, terms: Sequence[str], limit: int
+    ) -> list[StoredMessage]:
+        """Visible messages of `turn_row`'s session older than `before_row` that match any of
+        `terms` (full-text search), most relevant first."""
+
+    # -- group background (issue 14) ---------------------------------------------------------
+
+    async def record_background(
+        self,
+        channel_id: int,
+        *,
+        author_id: str,
+        author_name: str,
+        content: str,
+        token_count: int,
+    ) -> int:
+        """Store a group message the bot was not addressed to (status 'background'); only the
+        newest BACKGROUND_KEPT of a chat are kept. Returns its row id."""
+
+    async def background(
+        self, channel_id: int, turn_row: int, after_row: int, limit: int
+    ) -> list[StoredMessage]:
+        """Background messages of `turn_row`'s session between `after_row` and `turn_row`
+        (both excluded), newest first."""
+
+    # -- sessions (issue 14) -------------------------------------------------------------------
+
+    async def sessions(self, channel_id: int) -> list[Session]:
+        """A chat's conversations: "main" first, then by creation."""
+
+    async def new_session(
+        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
+    ) -> Session | None:
+        """Start a conversation called `name` and make it current; audited. None if the name is
+        taken. The conversation before it is kept."""
+
+    async def switch_session(
+        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
+    ) -> Session | None:
+        """Make the conversation called `name` current again; audited. None if there is none."""
+
+    async def session_messages(
+        self, channel_id: int, session_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """The last `limit` visible messages of one of a chat's conversations, oldest first."""
+
     async def mark_interrupted(self) -> int:
         """Replies left 'queued' or 'streaming' by a process that is gone become 'interrupted'."""
 
     async def purge_older_than(self, days: int) -> int:
         """Delete messages older than `days` days (storage.retention_days)."""
+
+
+def session_list(
+    current: int,
+    main_created: float,
+    named: list[tuple[Any, ...]],
+    counts: dict[int, tuple[int, Any]],
+) -> list[Session]:
+    """`sessions()` of both stores: "main" (id 0), then the named ones, with their counts."""
+    out = []
+    for session_id, name, created in [(0, MAIN_SESSION, main_created), *named]:
+        count, last = counts.get(int(session_id), (0, None))
+        out.append(
+            Session(
+                int(session_id),
+                name,
+                float(created),
+                messages=count,
+                last_at=float(last) if last is not None else None,
+                current=int(session_id) == current,
+            )
+        )
+    return out
 
 
 def load_migrations(

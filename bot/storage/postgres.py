@@ -22,7 +22,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -31,15 +31,20 @@ import asyncpg
 
 from bot.errors import StorageError, StorageProblem
 from bot.storage.base import (
+    BACKGROUND_KEPT,
+    MAIN_SESSION,
     PENDING,
     VISIBLE,
     LocalLocks,
+    Memory,
     Migration,
+    Session,
     Status,
     StoredMessage,
     Turn,
     WriteHealth,
     load_migrations,
+    session_list,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,33 @@ _PENDING_SQL = "status IN ('queued', 'streaming')"  # matches the messages_pendi
 _GONE_OWNER_SQL = f"(owner IS NULL OR owner NOT IN ({_LIVE_INSTANCES}))"
 assert set(PENDING) == {"queued", "streaming"}
 _MESSAGE_COLUMNS = "id, role, author_id, author_name, content, status, token_count, created_at"
+# English stemming, as the generated `search` columns (migration 0002) index the text.
+TEXT_SEARCH_CONFIG = "english"
+_TSQUERY = f"to_tsquery('{TEXT_SEARCH_CONFIG}', $QUERY)"
+
+
+def _session_of_row(row: str, channel: str) -> str:
+    """SQL for the session of message `row` (the chat's current one if there is no such row)."""
+    return (
+        f"COALESCE((SELECT session_id FROM messages WHERE id = {row}),"
+        f" (SELECT session_id FROM channels WHERE id = {channel}))"
+    )
+
+
+# A prompt's history: an index range scan of one session, newest first (params: channel, row,
+# visible statuses, limit). tests/test_migrations.py checks its plan.
+HISTORY_SQL = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+    f" WHERE channel_id = $1 AND session_id = {_session_of_row('$2', '$1')}"
+    " AND id < $2 AND status = ANY($3::text[]) AND content <> ''"
+    " ORDER BY id DESC LIMIT $4"
+)
+
+
+def tsquery(terms: Sequence[str]) -> str:
+    """A tsquery matching any of `terms`; only word characters go in, so never query syntax."""
+    words = ("".join(ch for ch in term if ch.isalnum() or ch == "_") for term in terms)
+    return " | ".join(word for word in words if word)
 
 
 def lock_key(channel_id: int) -> int:
@@ -595,10 +627,11 @@ class PostgresStore:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1, $2)", NS_RECORD, lock_key(channel_id)
             )
-            user_row = await conn.fetchval(
-                "INSERT INTO messages (channel_id, role, author_id, author_name, content, status,"
-                " token_count, created_at, updated_at)"
-                " VALUES ($1, 'user', $2, $3, $4, 'complete', $5, $6, $6) RETURNING id",
+            user_row, session_id = await conn.fetchrow(
+                "INSERT INTO messages (channel_id, session_id, role, author_id, author_name,"
+                " content, status, token_count, created_at, updated_at)"
+                " VALUES ($1, (SELECT session_id FROM channels WHERE id = $1), 'user', $2, $3,"
+                " $4, 'complete', $5, $6, $6) RETURNING id, session_id",
                 channel_id,
                 author_id,
                 author_name,
@@ -606,11 +639,13 @@ class PostgresStore:
                 token_count,
                 now,
             )
+            # The reply belongs to the question's session, even if the chat switches.
             reply_row = await conn.fetchval(
-                "INSERT INTO messages (channel_id, role, author_id, content, status, created_at,"
-                " updated_at, owner) VALUES ($1, 'assistant', $2, '', 'queued', $3, $3, $4)"
-                " RETURNING id",
+                "INSERT INTO messages (channel_id, session_id, role, author_id, content, status,"
+                " created_at, updated_at, owner)"
+                " VALUES ($1, $2, 'assistant', $3, '', 'queued', $4, $4, $5) RETURNING id",
                 channel_id,
+                session_id,
                 bot_id,
                 now,
                 self.instance,
@@ -624,9 +659,10 @@ class PostgresStore:
         now = time.time()
         async with self._conn("write failed", write=True) as conn:
             row = await conn.fetchval(
-                "INSERT INTO messages (channel_id, role, author_id, author_name, content, status,"
-                " created_at, updated_at) VALUES ($1, 'user', $2, $3, $4, 'failed', $5, $5)"
-                " RETURNING id",
+                "INSERT INTO messages (channel_id, session_id, role, author_id, author_name,"
+                " content, status, created_at, updated_at)"
+                " VALUES ($1, (SELECT session_id FROM channels WHERE id = $1), 'user', $2, $3,"
+                " $4, 'failed', $5, $5) RETURNING id",
                 channel_id,
                 author_id,
                 author_name,
@@ -656,12 +692,13 @@ class PostgresStore:
         )
 
     async def history(self, channel_id: int, before_row: int, limit: int) -> list[StoredMessage]:
-        """Up to `limit` visible messages of a channel older than `before_row`, newest first."""
+        """Up to `limit` visible messages of a channel older than `before_row`, newest first.
+
+        Only `before_row`'s session (when there is no such row: the chat's current session).
+        """
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                " WHERE channel_id = $1 AND id < $2 AND status = ANY($3::text[]) AND content <> ''"
-                " ORDER BY id DESC LIMIT $4",
+                HISTORY_SQL,
                 channel_id,
                 before_row,
                 list(VISIBLE),
@@ -678,10 +715,15 @@ class PostgresStore:
         return StoredMessage(*tuple(row)) if row else None
 
     async def clear_channel(self, channel_id: int, *, actor_id: str, actor_name: str) -> int:
-        """Delete a channel's history (settings stay); audited. Returns the rows deleted."""
+        """Delete the chat's current conversation (its settings and other sessions stay);
+        audited. Returns the rows deleted."""
         deleted, _ = await self._execute(
             [
-                ("DELETE FROM messages WHERE channel_id = $1", (channel_id,)),
+                (
+                    "DELETE FROM messages WHERE channel_id = $1"
+                    " AND session_id = (SELECT session_id FROM channels WHERE id = $1)",
+                    (channel_id,),
+                ),
                 self._audit_row(channel_id, actor_id, actor_name, "reset", None, None, None),
             ]
         )
@@ -772,6 +814,263 @@ class PostgresStore:
             rows = await conn.fetch(sql + " ORDER BY id", *params)
         return [dict(row) for row in rows]
 
+    # -- memory ----------------------------------------------------------------------------
+
+    async def remember(
+        self, platform: str, user_id: str, content: str, *, token_count: int, actor_name: str
+    ) -> int:
+        """Store a fact for a user, private (`shared` false) to begin with. Returns its id."""
+        async with self._conn("write failed", write=True) as conn:
+            row = await conn.fetchval(
+                "INSERT INTO memories (platform, user_id, content, token_count, created_at)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                platform,
+                user_id,
+                content,
+                token_count,
+                time.time(),
+            )
+        return int(row)
+
+    async def memories(self, platform: str, user_id: str) -> list[Memory]:
+        """A user's facts, oldest first."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT id, content, shared, token_count, created_at FROM memories"
+                " WHERE platform = $1 AND user_id = $2 ORDER BY id",
+                platform,
+                user_id,
+            )
+        return [_memory(row) for row in rows]
+
+    async def forget_memories(
+        self, platform: str, user_id: str, memory_id: int | None, *, actor_name: str
+    ) -> int:
+        """Delete one of a user's facts (None: all of them); audited. Returns how many went."""
+        sql = "DELETE FROM memories WHERE platform = $1 AND user_id = $2"
+        params: tuple[Any, ...] = (platform, user_id)
+        if memory_id is not None:
+            sql, params = sql + " AND id = $3", (*params, memory_id)
+        which = "all" if memory_id is None else str(memory_id)
+        deleted, _ = await self._execute(
+            [
+                (sql, params),
+                self._audit_row(None, user_id, actor_name, "memory.forget", which, None, None),
+            ]
+        )
+        return deleted
+
+    async def share_memories(
+        self, platform: str, user_id: str, memory_id: int | None, *, shared: bool
+    ) -> int:
+        """Let one fact (None: all) be used in groups too, or not; returns how many changed."""
+        sql = "UPDATE memories SET shared = $1 WHERE platform = $2 AND user_id = $3"
+        params: tuple[Any, ...] = (shared, platform, user_id)
+        if memory_id is not None:
+            sql, params = sql + " AND id = $4", (*params, memory_id)
+        (changed,) = await self._execute([(sql, params)])
+        return changed
+
+    async def search_memories(
+        self,
+        platform: str,
+        user_id: str,
+        terms: Sequence[str],
+        *,
+        shared_only: bool,
+        limit: int,
+    ) -> list[Memory]:
+        """A user's facts matching any of `terms` (tsvector @@ tsquery), best ts_rank first."""
+        query = tsquery(terms)
+        if not query:
+            return []
+        q = _TSQUERY.replace("$QUERY", "$4")
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT id, content, shared, token_count, created_at FROM memories"
+                " WHERE platform = $1 AND user_id = $2 AND (NOT $3 OR shared)"
+                f" AND search @@ {q} ORDER BY ts_rank(search, {q}) DESC, id DESC LIMIT $5",
+                platform,
+                user_id,
+                shared_only,
+                query,
+                limit,
+            )
+        return [_memory(row) for row in rows]
+
+    async def search_history(
+        self, channel_id: int, turn_row: int, before_row: int, terms: Sequence[str], limit: int
+    ) -> list[StoredMessage]:
+        """Visible messages of `turn_row`'s session older than `before_row` that match any of
+        `terms` (tsvector @@ tsquery), best ts_rank first."""
+        query = tsquery(terms)
+        if not query:
+            return []
+        q = _TSQUERY.replace("$QUERY", "$5")
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                f" WHERE channel_id = $1 AND session_id = {_session_of_row('$2', '$1')}"
+                " AND id < $3 AND status = ANY($4::text[]) AND content <> ''"
+                f" AND search @@ {q} ORDER BY ts_rank(search, {q}) DESC, id DESC LIMIT $6",
+                channel_id,
+                turn_row,
+                before_row,
+                list(VISIBLE),
+                query,
+                limit,
+            )
+        return [StoredMessage(*tuple(row)) for row in rows]
+
+    # -- group background ------------------------------------------------------------------
+
+    async def record_background(
+        self,
+        channel_id: int,
+        *,
+        author_id: str,
+        author_name: str,
+        content: str,
+        token_count: int,
+    ) -> int:
+        """Store a group message the bot was not addressed to (status 'background'); only the
+        newest BACKGROUND_KEPT of a chat are kept. Returns its row id."""
+        now = time.time()
+        async with self._conn("write failed", write=True) as conn, conn.transaction():
+            # Rows of a channel commit in id order (as in start_turn).
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)", NS_RECORD, lock_key(channel_id)
+            )
+            row = await conn.fetchval(
+                "INSERT INTO messages (channel_id, session_id, role, author_id, author_name,"
+                " content, status, token_count, created_at, updated_at)"
+                " VALUES ($1, (SELECT session_id FROM channels WHERE id = $1), 'user', $2, $3,"
+                " $4, 'background', $5, $6, $6) RETURNING id",
+                channel_id,
+                author_id,
+                author_name,
+                content,
+                token_count,
+                now,
+            )
+            await conn.execute(
+                "DELETE FROM messages WHERE channel_id = $1 AND status = 'background'"
+                " AND id <= (SELECT id FROM messages WHERE channel_id = $1"
+                " AND status = 'background' ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                channel_id,
+                BACKGROUND_KEPT,
+            )
+        return int(row)
+
+    async def background(
+        self, channel_id: int, turn_row: int, after_row: int, limit: int
+    ) -> list[StoredMessage]:
+        """Background messages of `turn_row`'s session between `after_row` and `turn_row`
+        (both excluded), newest first."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                " WHERE channel_id = $1 AND status = 'background' AND id < $2 AND id > $3"
+                f" AND session_id = {_session_of_row('$2', '$1')} ORDER BY id DESC LIMIT $4",
+                channel_id,
+                turn_row,
+                after_row,
+                limit,
+            )
+        return [StoredMessage(*tuple(row)) for row in rows]
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def sessions(self, channel_id: int) -> list[Session]:
+        """A chat's conversations: "main" first, then by creation."""
+        async with self._conn() as conn:
+            channel = await conn.fetchrow(
+                "SELECT session_id, created_at FROM channels WHERE id = $1", channel_id
+            )
+            if channel is None:
+                return []
+            named = await conn.fetch(
+                "SELECT id, name, created_at FROM sessions WHERE channel_id = $1 ORDER BY id",
+                channel_id,
+            )
+            counted = await conn.fetch(
+                "SELECT session_id, COUNT(*), MAX(created_at) FROM messages"
+                " WHERE channel_id = $1 AND status = ANY($2::text[]) GROUP BY session_id",
+                channel_id,
+                list(VISIBLE),
+            )
+        counts = {int(row[0]): (int(row[1]), row[2]) for row in counted}
+        return session_list(
+            int(channel[0]), float(channel[1]), [tuple(row) for row in named], counts
+        )
+
+    async def new_session(
+        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
+    ) -> Session | None:
+        """Start a conversation called `name` and make it current; audited. None if the name is
+        taken. The conversation before it is kept."""
+        if name == MAIN_SESSION:
+            return None
+        now = time.time()
+        async with self._conn("write failed", write=True) as conn, conn.transaction():
+            session_id = await conn.fetchval(
+                "INSERT INTO sessions (channel_id, name, created_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (channel_id, name) DO NOTHING RETURNING id",
+                channel_id,
+                name,
+                now,
+            )
+            if session_id is None:
+                return None
+            await conn.execute(
+                "UPDATE channels SET session_id = $1 WHERE id = $2", session_id, channel_id
+            )
+            sql, params = self._audit_row(
+                channel_id, actor_id, actor_name, "session.new", None, None, name
+            )
+            await conn.execute(sql, *params)
+        return Session(int(session_id), name, now, messages=0, last_at=None, current=True)
+
+    async def switch_session(
+        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
+    ) -> Session | None:
+        """Make the conversation called `name` current again; audited. None if there is none."""
+        session_id: int | None = 0
+        if name != MAIN_SESSION:
+            async with self._conn() as conn:
+                session_id = await conn.fetchval(
+                    "SELECT id FROM sessions WHERE channel_id = $1 AND name = $2",
+                    channel_id,
+                    name,
+                )
+        if session_id is None:
+            return None
+        await self._execute(
+            [
+                ("UPDATE channels SET session_id = $1 WHERE id = $2", (session_id, channel_id)),
+                self._audit_row(
+                    channel_id, actor_id, actor_name, "session.resume", None, None, name
+                ),
+            ]
+        )
+        return next(s for s in await self.sessions(channel_id) if s.id == session_id)
+
+    async def session_messages(
+        self, channel_id: int, session_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """The last `limit` visible messages of one of a chat's conversations, oldest first."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel_id = $1"
+                " AND session_id = $2 AND status = ANY($3::text[]) AND content <> ''"
+                " ORDER BY id DESC LIMIT $4",
+                channel_id,
+                session_id,
+                list(VISIBLE),
+                limit,
+            )
+        return [StoredMessage(*tuple(row)) for row in reversed(rows)]
+
     async def mark_interrupted(self) -> int:
         """Replies pending in processes that are gone become 'interrupted'.
 
@@ -794,3 +1093,7 @@ class PostgresStore:
             [("DELETE FROM messages WHERE created_at < $1", (time.time() - days * 86400,))]
         )
         return count
+
+
+def _memory(row: Any) -> Memory:
+    return Memory(int(row[0]), row[1], bool(row[2]), int(row[3]), float(row[4]))

@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,17 +21,36 @@ import aiosqlite
 
 from bot.errors import StorageError, StorageProblem
 from bot.storage.base import (
+    BACKGROUND_KEPT,
+    MAIN_SESSION,
     VISIBLE,
     LocalLocks,
+    Memory,
     Migration,
+    Session,
     Status,
     StoredMessage,
     Turn,
     WriteHealth,
     load_migrations,
+    session_list,
 )
 
 log = logging.getLogger(__name__)
+
+_MESSAGE_COLUMNS = "id, role, author_id, author_name, content, status, token_count, created_at"
+_VISIBLE_SQL = "status IN ({})".format(", ".join(f"'{status}'" for status in VISIBLE))
+_CURRENT_SESSION = "(SELECT session_id FROM channels WHERE id = ?)"
+# The session of a message row (params: row, channel): the chat's current one if there is no row.
+_SESSION_OF_ROW = f"COALESCE((SELECT session_id FROM messages WHERE id = ?), {_CURRENT_SESSION})"
+# A prompt's history: an index range scan of one session, newest first (params: channel, row,
+# channel, row, limit). tests/test_migrations.py checks its plan.
+HISTORY_SQL = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_session_recent"
+    f" WHERE channel_id = ? AND session_id = {_SESSION_OF_ROW}"
+    f" AND id < ? AND {_VISIBLE_SQL} AND content != ''"
+    " ORDER BY id DESC LIMIT ?"
+)
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
@@ -220,16 +239,26 @@ class SQLiteStore:
         user_row, reply_row = await self._write(
             [
                 (
-                    "INSERT INTO messages (channel_id, role, author_id, author_name, content,"
-                    " status,"
-                    " token_count, created_at, updated_at)"
-                    " VALUES (?, 'user', ?, ?, ?, 'complete', ?, ?, ?)",
-                    (channel_id, author_id, author_name, content, token_count, now, now),
+                    "INSERT INTO messages (channel_id, session_id, role, author_id, author_name,"
+                    " content, status, token_count, created_at, updated_at)"
+                    f" VALUES (?, {_CURRENT_SESSION}, 'user', ?, ?, ?, 'complete', ?, ?, ?)",
+                    (
+                        channel_id,
+                        channel_id,
+                        author_id,
+                        author_name,
+                        content,
+                        token_count,
+                        now,
+                        now,
+                    ),
                 ),
                 (
-                    "INSERT INTO messages (channel_id, role, author_id, content, status,"
-                    " created_at,"
-                    " updated_at) VALUES (?, 'assistant', ?, '', 'queued', ?, ?)",
+                    # The reply belongs to the question's session, even if the chat switches.
+                    "INSERT INTO messages (channel_id, session_id, role, author_id, content,"
+                    " status, created_at, updated_at)"
+                    " VALUES (?, (SELECT session_id FROM messages WHERE id = last_insert_rowid()),"
+                    " 'assistant', ?, '', 'queued', ?, ?)",
                     (channel_id, bot_id, now, now),
                 ),
             ]
@@ -244,10 +273,10 @@ class SQLiteStore:
         (row,) = await self._write(
             [
                 (
-                    "INSERT INTO messages (channel_id, role, author_id, author_name, content,"
-                    " status,"
-                    " created_at, updated_at) VALUES (?, 'user', ?, ?, ?, 'failed', ?, ?)",
-                    (channel_id, author_id, author_name, note, now, now),
+                    "INSERT INTO messages (channel_id, session_id, role, author_id, author_name,"
+                    f" content, status, created_at, updated_at) VALUES (?, {_CURRENT_SESSION},"
+                    " 'user', ?, ?, ?, 'failed', ?, ?)",
+                    (channel_id, channel_id, author_id, author_name, note, now, now),
                 )
             ]
         )
@@ -274,14 +303,12 @@ class SQLiteStore:
         )
 
     async def history(self, channel_id: int, before_row: int, limit: int) -> list[StoredMessage]:
-        """Up to `limit` visible messages of a channel older than `before_row`, newest first."""
-        placeholders = ", ".join("?" * len(VISIBLE))
+        """Up to `limit` visible messages of a channel older than `before_row`, newest first.
+
+        Only `before_row`'s session (when there is no such row: the chat's current session).
+        """
         async with self._reader.execute(
-            "SELECT id, role, author_id, author_name, content, status, token_count, created_at"
-            " FROM messages INDEXED BY messages_channel_recent"
-            f" WHERE channel_id = ? AND id < ? AND status IN ({placeholders}) AND content != ''"
-            " ORDER BY id DESC LIMIT ?",
-            (channel_id, before_row, *VISIBLE, limit),
+            HISTORY_SQL, (channel_id, before_row, channel_id, before_row, limit)
         ) as cur:
             rows = await cur.fetchall()
         return [StoredMessage(*tuple(row)) for row in rows]
@@ -297,10 +324,15 @@ class SQLiteStore:
         return StoredMessage(*tuple(row)) if row else None
 
     async def clear_channel(self, channel_id: int, *, actor_id: str, actor_name: str) -> int:
-        """Delete a channel's history (settings stay); audited. Returns the rows deleted."""
+        """Delete the chat's current conversation (its settings and other sessions stay);
+        audited. Returns the rows deleted."""
         deleted, _ = await self._write(
             [
-                ("DELETE FROM messages WHERE channel_id = ?", (channel_id,)),
+                (
+                    "DELETE FROM messages WHERE channel_id = ?"
+                    f" AND session_id = {_CURRENT_SESSION}",
+                    (channel_id, channel_id),
+                ),
                 self._audit_row(channel_id, actor_id, actor_name, "reset", None, None, None),
             ]
         )
@@ -389,6 +421,250 @@ class SQLiteStore:
         async with self._reader.execute(sql + " ORDER BY id", params) as cur:
             return [dict(row) for row in await cur.fetchall()]
 
+    # -- memory ----------------------------------------------------------------------------
+
+    async def remember(
+        self, platform: str, user_id: str, content: str, *, token_count: int, actor_name: str
+    ) -> int:
+        """Store a fact for a user, private (`shared` false) to begin with. Returns its id."""
+        (row,) = await self._write(
+            [
+                (
+                    "INSERT INTO memories (platform, user_id, content, token_count, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (platform, user_id, content, token_count, time.time()),
+                )
+            ]
+        )
+        return row
+
+    async def memories(self, platform: str, user_id: str) -> list[Memory]:
+        """A user's facts, oldest first."""
+        async with self._reader.execute(
+            "SELECT id, content, shared, token_count, created_at FROM memories"
+            " WHERE platform = ? AND user_id = ? ORDER BY id",
+            (platform, user_id),
+        ) as cur:
+            return [_memory(row) for row in await cur.fetchall()]
+
+    async def forget_memories(
+        self, platform: str, user_id: str, memory_id: int | None, *, actor_name: str
+    ) -> int:
+        """Delete one of a user's facts (None: all of them); audited. Returns how many went."""
+        sql = "DELETE FROM memories WHERE platform = ? AND user_id = ?"
+        params: tuple[Any, ...] = (platform, user_id)
+        if memory_id is not None:
+            sql, params = sql + " AND id = ?", (*params, memory_id)
+        which = "all" if memory_id is None else str(memory_id)
+        deleted, _ = await self._write(
+            [
+                (sql, params),
+                self._audit_row(None, user_id, actor_name, "memory.forget", which, None, None),
+            ]
+        )
+        return deleted
+
+    async def share_memories(
+        self, platform: str, user_id: str, memory_id: int | None, *, shared: bool
+    ) -> int:
+        """Let one fact (None: all) be used in groups too, or not; returns how many changed."""
+        sql = "UPDATE memories SET shared = ? WHERE platform = ? AND user_id = ?"
+        params: tuple[Any, ...] = (int(shared), platform, user_id)
+        if memory_id is not None:
+            sql, params = sql + " AND id = ?", (*params, memory_id)
+        (changed,) = await self._write([(sql, params)])
+        return changed
+
+    async def search_memories(
+        self,
+        platform: str,
+        user_id: str,
+        terms: Sequence[str],
+        *,
+        shared_only: bool,
+        limit: int,
+    ) -> list[Memory]:
+        """A user's facts matching any of `terms` (FTS5), best BM25 score first."""
+        if not terms:
+            return []
+        async with self._reader.execute(
+            "SELECT m.id, m.content, m.shared, m.token_count, m.created_at"
+            " FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid"
+            " WHERE memories_fts MATCH ? AND m.platform = ? AND m.user_id = ?"
+            " AND (? = 0 OR m.shared = 1)"
+            " ORDER BY bm25(memories_fts), m.id DESC LIMIT ?",
+            (fts_query(terms), platform, user_id, int(shared_only), limit),
+        ) as cur:
+            return [_memory(row) for row in await cur.fetchall()]
+
+    async def search_history(
+        self, channel_id: int, turn_row: int, before_row: int, terms: Sequence[str], limit: int
+    ) -> list[StoredMessage]:
+        """Visible messages of `turn_row`'s session older than `before_row` that match any of
+        `terms` (FTS5), best BM25 score first."""
+        if not terms:
+            return []
+        columns = ", ".join(f"m.{name}" for name in _MESSAGE_COLUMNS.split(", "))
+        async with self._reader.execute(
+            f"SELECT {columns} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            " WHERE messages_fts MATCH ? AND m.channel_id = ?"
+            f" AND m.session_id = {_SESSION_OF_ROW} AND m.id < ?"
+            f" AND m.{_VISIBLE_SQL} AND m.content != ''"
+            # The chat column only scopes the search: it weighs nothing in the score.
+            " ORDER BY bm25(messages_fts, 1.0, 0.0), m.id DESC LIMIT ?",
+            (
+                f'chat : "c{int(channel_id)}" AND ({fts_query(terms)})',
+                channel_id,
+                turn_row,
+                channel_id,
+                before_row,
+                limit,
+            ),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [StoredMessage(*tuple(row)) for row in rows]
+
+    # -- group background ------------------------------------------------------------------
+
+    async def record_background(
+        self,
+        channel_id: int,
+        *,
+        author_id: str,
+        author_name: str,
+        content: str,
+        token_count: int,
+    ) -> int:
+        """Store a group message the bot was not addressed to (status 'background'); only the
+        newest BACKGROUND_KEPT of a chat are kept. Returns its row id."""
+        now = time.time()
+        row, _ = await self._write(
+            [
+                (
+                    "INSERT INTO messages (channel_id, session_id, role, author_id, author_name,"
+                    " content, status, token_count, created_at, updated_at)"
+                    f" VALUES (?, {_CURRENT_SESSION}, 'user', ?, ?, ?, 'background', ?, ?, ?)",
+                    (
+                        channel_id,
+                        channel_id,
+                        author_id,
+                        author_name,
+                        content,
+                        token_count,
+                        now,
+                        now,
+                    ),
+                ),
+                (
+                    "DELETE FROM messages WHERE channel_id = ? AND status = 'background'"
+                    " AND id <= (SELECT id FROM messages WHERE channel_id = ?"
+                    " AND status = 'background' ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (channel_id, channel_id, BACKGROUND_KEPT),
+                ),
+            ]
+        )
+        return row
+
+    async def background(
+        self, channel_id: int, turn_row: int, after_row: int, limit: int
+    ) -> list[StoredMessage]:
+        """Background messages of `turn_row`'s session between `after_row` and `turn_row`
+        (both excluded), newest first."""
+        async with self._reader.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_background"
+            " WHERE channel_id = ? AND status = 'background' AND id < ? AND id > ?"
+            f" AND session_id = {_SESSION_OF_ROW} ORDER BY id DESC LIMIT ?",
+            (channel_id, turn_row, after_row, turn_row, channel_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [StoredMessage(*tuple(row)) for row in rows]
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def sessions(self, channel_id: int) -> list[Session]:
+        """A chat's conversations: "main" first, then by creation."""
+        async with self._reader.execute(
+            "SELECT session_id, created_at FROM channels WHERE id = ?", (channel_id,)
+        ) as cur:
+            channel = await cur.fetchone()
+        if channel is None:
+            return []
+        async with self._reader.execute(
+            "SELECT id, name, created_at FROM sessions WHERE channel_id = ? ORDER BY id",
+            (channel_id,),
+        ) as cur:
+            named = [tuple(row) for row in await cur.fetchall()]
+        async with self._reader.execute(
+            "SELECT session_id, COUNT(*), MAX(created_at) FROM messages"
+            f" WHERE channel_id = ? AND {_VISIBLE_SQL} GROUP BY session_id",
+            (channel_id,),
+        ) as cur:
+            counts = {int(row[0]): (int(row[1]), row[2]) for row in await cur.fetchall()}
+        return session_list(int(channel[0]), float(channel[1]), named, counts)
+
+    async def new_session(
+        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
+    ) -> Session | None:
+        """Start a conversation called `name` and make it current; audited. None if the name is
+        taken. The conversation before it is kept."""
+        if name == MAIN_SESSION or await self._session_id(channel_id, name) is not None:
+            return None
+        now = time.time()
+        session_id, _, _ = await self._write(
+            [
+                (
+                    "INSERT INTO sessions (channel_id, name, created_at) VALUES (?, ?, ?)",
+                    (channel_id, name, now),
+                ),
+                (
+                    "UPDATE channels SET session_id ="
+                    " (SELECT id FROM sessions WHERE channel_id = ? AND name = ?) WHERE id = ?",
+                    (channel_id, name, channel_id),
+                ),
+                self._audit_row(channel_id, actor_id, actor_name, "session.new", None, None, name),
+            ]
+        )
+        return Session(session_id, name, now, messages=0, last_at=None, current=True)
+
+    async def switch_session(
+        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
+    ) -> Session | None:
+        """Make the conversation called `name` current again; audited. None if there is none."""
+        session_id = await self._session_id(channel_id, name)
+        if session_id is None:
+            return None
+        await self._write(
+            [
+                ("UPDATE channels SET session_id = ? WHERE id = ?", (session_id, channel_id)),
+                self._audit_row(
+                    channel_id, actor_id, actor_name, "session.resume", None, None, name
+                ),
+            ]
+        )
+        return next(s for s in await self.sessions(channel_id) if s.id == session_id)
+
+    async def _session_id(self, channel_id: int, name: str) -> int | None:
+        if name == MAIN_SESSION:
+            return 0
+        async with self._writer.execute(
+            "SELECT id FROM sessions WHERE channel_id = ? AND name = ?", (channel_id, name)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else None
+
+    async def session_messages(
+        self, channel_id: int, session_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """The last `limit` visible messages of one of a chat's conversations, oldest first."""
+        async with self._reader.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_session_recent"
+            f" WHERE channel_id = ? AND session_id = ? AND {_VISIBLE_SQL} AND content != ''"
+            " ORDER BY id DESC LIMIT ?",
+            (channel_id, session_id, limit),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        return [StoredMessage(*tuple(row)) for row in reversed(rows)]
+
     async def mark_interrupted(self) -> int:
         """At start: replies a crash left 'queued' or 'streaming' become 'interrupted'.
 
@@ -411,6 +687,15 @@ class SQLiteStore:
             [("DELETE FROM messages WHERE created_at < ?", (time.time() - days * 86400,))]
         )
         return count
+
+
+def fts_query(terms: Sequence[str]) -> str:
+    """An FTS5 query matching any of `terms`, each quoted (a term is never query syntax)."""
+    return " OR ".join('"{}"'.format(term.replace('"', '""')) for term in terms)
+
+
+def _memory(row: Any) -> Memory:
+    return Memory(int(row[0]), row[1], bool(row[2]), int(row[3]), float(row[4]))
 
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html) and what they mean here.

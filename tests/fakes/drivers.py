@@ -85,6 +85,21 @@ class PlatformDriver(ABC):
         """`person` writes `text` to the bot privately, or in the group (addressed to the bot)."""
 
     @abstractmethod
+    async def chatter(self, person: Person, text: str) -> None:
+        """`person` writes `text` in the group without addressing the bot."""
+
+    @abstractmethod
+    async def send_picture(
+        self, person: Person, data: bytes, *, mime: str = "image/jpeg", caption: str = ""
+    ) -> None:
+        """`person` sends the bot a picture in their private chat (Telegram: a photo if JPEG,
+        else an image file; Discord: an attachment)."""
+
+    @abstractmethod
+    def files(self, person: Person | None = None, *, group: bool = False) -> list[bytes]:
+        """The files the bot uploaded into the chat (documents, attachments), oldest first."""
+
+    @abstractmethod
     async def send_voice_note(self, person: Person, ogg_opus: bytes, *, duration_s: int) -> None:
         """`person` sends the bot a voice note in their private chat."""
 
@@ -195,6 +210,26 @@ class TelegramDriver(PlatformDriver):
             text = f"@{self.api.bot_user['username']} {text}"
         self.api.send_text(self._chat(person, group), self.user(person), text)
 
+    async def chatter(self, person: Person, text: str) -> None:
+        self.api.send_text(self.group, self.user(person), text)
+
+    async def send_picture(
+        self, person: Person, data: bytes, *, mime: str = "image/jpeg", caption: str = ""
+    ) -> None:
+        chat, user = self._chat(person, False), self.user(person)
+        if mime == "image/jpeg":
+            self.api.push(self.api.photo_update(chat, user, [data], caption=caption or None))
+        else:
+            self.api.push(self.api.image_file_update(chat, user, data, mime, caption=caption))
+
+    def files(self, person: Person | None = None, *, group: bool = False) -> list[bytes]:
+        chat_id = self._chat_id(person, group)
+        return [
+            call.files["document"]
+            for call in self.api.calls_to("sendDocument", ok=True)
+            if call.params.get("chat_id") == chat_id
+        ]
+
     async def send_voice_note(self, person: Person, ogg_opus: bytes, *, duration_s: int) -> None:
         self.api.send_voice(
             self._chat(person, False), self.user(person), ogg_opus, duration=duration_s
@@ -300,6 +335,23 @@ class DiscordDriver(PlatformDriver):
 
     async def say(self, person: Person, text: str, *, group: bool = False) -> None:
         await self.fake.post_message(self.user(person), text, dm=not group, mention_bot=group)
+
+    async def chatter(self, person: Person, text: str) -> None:
+        await self.fake.post_message(self.user(person), text, channel_id=self.fake.GENERAL_ID)
+
+    async def send_picture(
+        self, person: Person, data: bytes, *, mime: str = "image/jpeg", caption: str = ""
+    ) -> None:
+        picture = self.fake.add_attachment(data, "picture." + mime.rsplit("/", 1)[-1], mime)
+        await self.fake.post_message(self.user(person), caption, dm=True, attachments=[picture])
+
+    def files(self, person: Person | None = None, *, group: bool = False) -> list[bytes]:
+        channel = self._channel(person, group)
+        return [
+            part.data
+            for message in self.fake.channel_messages(channel, by_bot=True)
+            for part in message.files
+        ]
 
     async def send_voice_note(self, person: Person, ogg_opus: bytes, *, duration_s: int) -> None:
         note = self.fake.add_attachment(

@@ -21,10 +21,14 @@ ReplyFn = Callable[[dict[str, Any]], str]
 
 
 def last_user_text(body: dict[str, Any]) -> str:
-    """The newest user message of a chat or raw-completion request."""
+    """The newest user message of a chat or raw-completion request (its text parts)."""
     if body.get("messages"):
         users = [m["content"] for m in body["messages"] if m.get("role") == "user"]
-        return users[-1] if users else ""
+        if not users:
+            return ""
+        if isinstance(users[-1], list):  # content parts: text and images
+            return " ".join(p["text"] for p in users[-1] if p.get("type") == "text")
+        return str(users[-1])
     found = re.findall(r"^User: (.*)$", body.get("prompt", ""), flags=re.M)
     return found[-1] if found else ""
 
@@ -50,6 +54,9 @@ class Behaviour:
     pause: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     endless: bool = False  # repeat the reply's words for ever: no finish_reason, no [DONE]
     reasoning_only: bool = False  # every chunk as `reasoning_content` (chat API), no content
+    # Called as each content chunk goes out, with the request body, the chunk's index and the
+    # number of chunks: a benchmark notes when each reply's first and last tokens left.
+    on_chunk: Callable[[dict[str, Any], int, int], None] | None = None
 
 
 @dataclass
@@ -70,6 +77,8 @@ class FakeLLMServer:
     in_flight: int = 0
     max_in_flight: int = 0
     cancelled: int = 0
+    # /props `modalities.vision`, as llama-server reports it when started with --mmproj.
+    vision: bool = False
     # llama.cpp's slots: /props reports total_slots, /slots their state, and a request waits for
     # its id_slot (or any slot) to be free, as llama-server defers it. None: a server without
     # /props (vLLM, Ollama): no slots, every request runs at once.
@@ -113,11 +122,15 @@ class FakeLLMServer:
         self._runner = None
 
     async def _props(self, request: web.Request) -> web.Response:
-        if self.slots is None:
+        if self.slots is None and not self.vision:
             return web.json_response({"error": {"message": "File Not Found"}}, status=404)
-        return web.json_response(
-            {"total_slots": self.slots, "default_generation_settings": {"n_ctx": 1024}}
-        )
+        props: dict[str, Any] = {
+            "default_generation_settings": {"n_ctx": 1024},
+            "modalities": {"vision": self.vision, "audio": False},
+        }
+        if self.slots is not None:
+            props["total_slots"] = self.slots
+        return web.json_response(props)
 
     async def _slots(self, request: web.Request) -> web.Response:
         if self.slots is None:
@@ -205,6 +218,8 @@ class FakeLLMServer:
                     assert request.transport is not None
                     request.transport.abort()  # like a killed server: no end of stream
                     return resp
+                if b.on_chunk is not None:
+                    b.on_chunk(body, index, len(pieces))
                 key = "reasoning_content" if b.reasoning_only else "content"
                 chunk = _chat_chunk({key: piece}) if chat else _text_chunk(piece)
                 await _send(resp, chunk)

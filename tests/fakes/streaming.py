@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from bot.errors import DeliveryError, RetryAfter
+from bot.streaming import MessageOps
 from bot.types import TargetLimits, TextTarget
 
 T = TypeVar("T")
@@ -73,7 +74,9 @@ def run_virtual(main: Coroutine[Any, Any, T]) -> T:
         loop.close()
 
 
-Op = Literal["send", "edit", "finalize", "delete"]
+# "typing" is an indicator: counted bot-wide only, as Discord's typing route and Telegram's chat
+# actions are not a chat's messages.
+Op = Literal["send", "edit", "finalize", "delete", "typing"]
 Outcome = Literal["ok", "429", "refused", "failed"]
 
 
@@ -130,6 +133,9 @@ class FakePlatform:
         self.windows = windows
         self.drafts = drafts
         self.rng = random.Random(seed)
+        # Typing indicators draw their latencies from their own stream, so a run with them
+        # gives the text calls the same latencies as a run without.
+        self._typing_rng = random.Random(seed + 1)
         self.messages: dict[str, Message] = {}
         self.calls: list[Call] = []
         self.violations: list[str] = []
@@ -156,10 +162,18 @@ class FakePlatform:
         arrived = loop.time()
         chat = target.chat_key
         self._check_rules(target, op, message_id, text, arrived)
+        latency = (self._typing_rng if op == "typing" else self.rng).uniform(*self.latency_s)
+        # The platform counts a request when it arrives, as a real one does: a call answered
+        # late still took its place in the window of its arrival.
+        failure = self.failures.popleft() if self.failures else None
+        if failure is None:
+            failure = self._rate_limited(target, op, arrived)
+        if failure is None:
+            self._note_accepted(target, op, arrived)
         if message_id is not None:
             self._in_flight.add(message_id)
         try:
-            await asyncio.sleep(self.rng.uniform(*self.latency_s))
+            await asyncio.sleep(latency)
         finally:
             if message_id is not None:
                 self._in_flight.discard(message_id)
@@ -168,9 +182,6 @@ class FakePlatform:
         def record(outcome: Outcome) -> None:
             self.calls.append(Call(arrived, answered, op, chat, message_id, text, outcome))
 
-        failure = self.failures.popleft() if self.failures else None
-        if failure is None:
-            failure = self._rate_limited(target, arrived)
         if isinstance(failure, RetryAfter):
             scope = target.limits.platform_key if failure.is_global else chat
             self._paused_until[scope] = answered + failure.retry_after
@@ -183,41 +194,51 @@ class FakePlatform:
             record("refused")
             raise DeliveryError("message to edit not found")
         record("ok")
-        self._note_accepted(target, arrived)
         return self._apply(target, op, message_id, text)
 
     def _check_rules(
         self, target: FakeTarget, op: Op, message_id: str | None, text: str, now: float
     ) -> None:
         chat, platform = target.chat_key, target.limits.platform_key
-        if now < max(self._paused_until.get(chat, -1.0), self._paused_until.get(platform, -1.0)):
+        paused = self._paused_until.get(platform, -1.0)
+        if op != "typing":
+            paused = max(paused, self._paused_until.get(chat, -1.0))
+        if now < paused:
             self.violations.append(f"{now:.3f}: {op} in {chat} during a 429 pause")
         if message_id is not None and message_id in self._in_flight:
             self.violations.append(f"{now:.3f}: {op} of {message_id} while another is in flight")
-        if op != "delete" and not text.strip():
+        if op not in ("delete", "typing") and not text.strip():
             self.violations.append(f"{now:.3f}: {op} with a blank text")
         if len(text) > target.limits.max_chars:
             self.violations.append(f"{now:.3f}: {op} with {len(text)} chars")
 
-    def _rate_limited(self, target: FakeTarget, now: float) -> RetryAfter | None:
+    def _rate_limited(self, target: FakeTarget, op: Op, now: float) -> RetryAfter | None:
         """A 429 for a call over a window limit, or by chance (`retry_after_ratio`)."""
-        for window in self.windows:
+        for window in self._windows_of(op):
             times = self._accepted.setdefault(_window_key(window, target), deque())
             while times and times[0] <= now - window.window_s:
                 times.popleft()
             if len(times) >= window.calls:
                 wait = times[0] + window.window_s - now
                 return RetryAfter(wait, is_global=window.scope == "global")
-        if self.rng.random() < self.retry_after_ratio:
-            wait = self.rng.uniform(*self.retry_after_s)
-            return RetryAfter(wait, is_global=self.rng.random() < self.global_ratio)
+        rng = self._typing_rng if op == "typing" else self.rng
+        if rng.random() < self.retry_after_ratio:
+            wait = rng.uniform(*self.retry_after_s)
+            return RetryAfter(wait, is_global=rng.random() < self.global_ratio)
         return None
 
-    def _note_accepted(self, target: FakeTarget, now: float) -> None:
-        for window in self.windows:
+    def _note_accepted(self, target: FakeTarget, op: Op, now: float) -> None:
+        for window in self._windows_of(op):
             self._accepted.setdefault(_window_key(window, target), deque()).append(now)
 
+    def _windows_of(self, op: Op) -> tuple[Window, ...]:
+        if op == "typing":
+            return tuple(w for w in self.windows if w.scope == "global")
+        return self.windows
+
     def _apply(self, target: FakeTarget, op: Op, message_id: str | None, text: str) -> str | None:
+        if op == "typing":
+            return None
         if op == "send":
             new_id = str(next(self._ids))
             self.messages[new_id] = Message(target.chat_key, target.label, text, self.drafts)
@@ -282,6 +303,16 @@ class FakeTarget:
     async def delete(self, message_id: str) -> None:
         await self.platform.call(self, "delete", message_id)
 
+    async def typing(self) -> None:
+        await self.platform.call(self, "typing", None)
 
-# The reply streamer takes any TextTarget: mypy fails here if this fake drifts from it.
+    # `bot.streaming.MessageOps`, for queue notices: the same calls.
+
+    async def post(self, text: str) -> str:
+        return await self.send(text)
+
+
+# The reply streamer takes any TextTarget, queue notices any MessageOps: mypy fails here if this
+# fake drifts from them.
 _IS_A_TEXT_TARGET: type[TextTarget] = FakeTarget
+_ARE_MESSAGE_OPS: type[MessageOps] = FakeTarget

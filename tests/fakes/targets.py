@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from bot.types import RateBudget, ReplyTarget, TargetLimits, VoiceClip
+from bot.types import OutgoingFile, RateBudget, ReplyTarget, TargetLimits, VoiceClip
 
 FAST_LIMITS = TargetLimits(
     max_chars=2000,
@@ -26,6 +26,7 @@ class RecordingTarget:
     notices: list[str] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     voices: list[VoiceClip] = field(default_factory=list)
+    files: list[OutgoingFile] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     typing_calls: int = 0
     first_text: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,6 +76,9 @@ class RecordingTarget:
 
     async def send_voice(self, clip: VoiceClip) -> None:
         self.voices.append(clip)
+
+    async def send_file(self, file: OutgoingFile) -> None:
+        self.files.append(file)
 
 
 # The engine takes any ReplyTarget: mypy fails here, not in a test, if this fake drifts from it.

@@ -141,11 +141,18 @@ class Bucket:
 
 @dataclass(slots=True)
 class FloodControl:
-    """Telegram-like flood control on message writes: per chat and for the whole bot."""
+    """Telegram-like flood control on message writes: per chat and for the whole bot.
+
+    Telegram documents only "about one message per second" in a chat and "about 30 messages per
+    second" overall (https://core.telegram.org/bots/faq). With `every_method`, the overall limit
+    counts every call but getUpdates (typing, deletions, getFile...): stricter than Telegram is
+    known to be, so a bot that passes it passes whatever Telegram counts.
+    """
 
     private: tuple[float, float] = (1.0, 3.0)  # (rate per s, burst) in one private chat
     group: tuple[float, float] = (20 / 60, 3.0)
     overall: tuple[float, float] = (30.0, 30.0)
+    every_method: bool = False
     _buckets: dict[object, Bucket] = field(default_factory=dict)
 
     def check(self, chat_id: object, is_private: bool, now: float) -> int | None:
@@ -157,6 +164,11 @@ class FloodControl:
         chat = self._buckets.setdefault(chat_id, Bucket(rate, burst))
         overall = self._buckets.setdefault("overall", Bucket(*self.overall))
         wait = max(chat.take(now), overall.take(now))
+        return None if wait == 0 else max(1, math.ceil(wait))
+
+    def check_overall(self, now: float) -> int | None:
+        """A call that counts for the whole bot only: None if it may pass, else `retry_after`."""
+        wait = self._buckets.setdefault("overall", Bucket(*self.overall)).take(now)
         return None if wait == 0 else max(1, math.ceil(wait))
 
 
@@ -248,6 +260,12 @@ class FakeTelegramAPI:
         self.chats[chat_id] = chat
         return chat
 
+    def forum_chat(self, chat_id: int, title: str = "Test forum") -> dict[str, Any]:
+        """A supergroup with topics: messages in a topic carry its `message_thread_id`."""
+        chat = {"id": chat_id, "type": "supergroup", "title": title, "is_forum": True}
+        self.chats[chat_id] = chat
+        return chat
+
     def text_update(
         self,
         chat: dict[str, Any],
@@ -255,9 +273,13 @@ class FakeTelegramAPI:
         text: str,
         *,
         reply_to: StoredMessage | None = None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
-        """An update carrying a text message; mentions and commands get their entities."""
-        message = self._user_message(chat, user, reply_to)
+        """An update carrying a text message; mentions and commands get their entities.
+
+        `topic`: the forum topic (message_thread_id) it is written in.
+        """
+        message = self._user_message(chat, user, reply_to, topic)
         message["text"] = text
         entities = _auto_entities(text)
         if entities:
@@ -312,12 +334,13 @@ class FakeTelegramAPI:
         payload: Any,
         *,
         caption: str | None = None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
         """An update with any other kind of message (photo, document, sticker, location...).
 
         `payload` is the field's value as the Bot API shapes it, e.g. a list of PhotoSize.
         """
-        message = self._user_message(chat, user, None)
+        message = self._user_message(chat, user, None, topic)
         message[kind] = payload
         if caption:
             message["caption"] = caption
@@ -326,6 +349,48 @@ class FakeTelegramAPI:
                 message["caption_entities"] = entities
         self._remember(message, kind=kind)
         return self._wrap(message)
+
+    def photo_update(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        sizes: list[bytes],
+        *,
+        caption: str | None = None,
+        file_sizes: list[int] | None = None,
+        topic: int | None = None,
+    ) -> dict[str, Any]:
+        """An update with a photo: one PhotoSize per entry of `sizes` (smallest first), each a
+        downloadable file; `file_sizes` overrides the sizes advertised."""
+        photo = []
+        for index, data in enumerate(sizes):
+            advertised = file_sizes[index] if file_sizes is not None else None
+            file_id = self._store_file(data, advertised)
+            side = 90 * (index + 1)
+            photo.append(
+                {
+                    "file_id": file_id,
+                    "file_unique_id": f"u{file_id}",
+                    "width": side,
+                    "height": side,
+                    "file_size": self.file_sizes[file_id],
+                }
+            )
+        return self.media_update(chat, user, "photo", photo, caption=caption, topic=topic)
+
+    def image_file_update(
+        self, chat: dict[str, Any], user: dict[str, Any], data: bytes, mime: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """An update with a picture sent as a file (a document with an image MIME type)."""
+        file_id = self._store_file(data, None)
+        document = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_name": "picture." + mime.rsplit("/", 1)[-1],
+            "mime_type": mime,
+            "file_size": len(data),
+        }
+        return self.media_update(chat, user, "document", document, **kwargs)
 
     def bot_said(self, chat: dict[str, Any], text: str) -> StoredMessage:
         """A message the bot sent earlier (e.g. to reply to it in a group)."""
@@ -437,7 +502,13 @@ class FakeTelegramAPI:
             raise injection.error
 
     def _flood_check(self, method: str, params: dict[str, Any]) -> None:
-        if self.flood is None or method.lower() not in _WRITE_METHODS:
+        if self.flood is None or method.lower() == "getupdates":
+            return
+        if method.lower() not in _WRITE_METHODS:
+            if self.flood.every_method:
+                retry_after = self.flood.check_overall(time.monotonic())
+                if retry_after is not None:
+                    raise too_many_requests(retry_after)
             return
         chat_id = params.get("chat_id")
         chat = self.chats.get(chat_id) if isinstance(chat_id, int) else None
@@ -602,7 +673,11 @@ class FakeTelegramAPI:
         return next(self._message_ids.setdefault(chat_id, itertools.count(1)))
 
     def _user_message(
-        self, chat: dict[str, Any], user: dict[str, Any], reply_to: StoredMessage | None
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        reply_to: StoredMessage | None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
         self.chats[chat["id"]] = chat
         message: dict[str, Any] = {
@@ -611,6 +686,9 @@ class FakeTelegramAPI:
             "chat": chat,
             "from": user,
         }
+        if topic is not None:
+            message["message_thread_id"] = topic
+            message["is_topic_message"] = True
         if reply_to is not None:
             message["reply_to_message"] = self._message_json(reply_to)
         return message
