@@ -30,10 +30,10 @@ from tests.fakes.parley_process import ROOT, parley_env
 from tests.fakes.platform_bots import QUEUE_NOTICE_PREFIX
 
 SHARDS = 2
-RATE = 5.0  # the shared global budget (requests/s) of both processes together
+RATE = 5.0  # discord.global_rate: both processes together (the budget keeps 1/s of headroom)
 # Arrivals at the fake are not spaced as exactly as grants: a request can be delayed after its
 # grant (a descheduled process). The bound allows two such late arrivals in a window. Measured
-# here: 5 at most with the shared budget; 14 with it switched off (each process's own bucket).
+# here: 4-5 at most with the shared budget; 14 with it switched off (each process's own bucket).
 ARRIVAL_SLACK = 2
 WORDS = [f"w{i}" for i in range(12)]  # a reply streams in these words, after its echo
 HOLD = "hold"  # a question with this word is held mid-stream by the fake LLM
