@@ -93,7 +93,7 @@ class LocalBudget:
                     return
                 await asyncio.sleep(wait)
 
-    def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
         """Grant nothing for `seconds` (the platform said so: a global 429)."""
         self._tat = max(self._tat, self._clock() + seconds + self.tolerance)
 
@@ -179,7 +179,7 @@ class SharedBudget:
 
     async def pause(self, seconds: float) -> None:
         """Grant nothing to any process for `seconds` (Discord answered a global 429)."""
-        self.fallback.pause(seconds)
+        await self.fallback.pause(seconds)
         if not self.shared:
             return
         assert self._pool is not None

@@ -17,7 +17,7 @@ from adapters.discord import sharding
 from adapters.discord.config import DiscordSettings
 from adapters.telegram.config import TelegramSettings
 from bot.errors import ConfigError
-from bot.shared_budget import SharedBudget
+from bot.shared_budget import LocalBudget, SharedBudget
 from tests.conftest import free_port, make_settings
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_gateway import CLOSE_INVALID_SHARD
@@ -144,6 +144,16 @@ def test_a_process_falls_back_to_its_shards_share_of_the_budget(tmp_path: Path) 
     assert sharding.shares_budget(settings, cfg)
     whole = make_settings(tmp_path, discord={"shard_count": 2})  # every shard here: own budget
     assert not sharding.shares_budget(whole, DiscordSettings.of(whole))
+
+
+async def test_without_postgresql_a_process_keeps_to_its_shards_share(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, discord={"shard_count": 2, "shard_ids": [1], "global_rate": 21}
+    )
+    shared = await sharding.open_shared(settings, DiscordSettings.of(settings))
+    assert shared is not None and isinstance(shared.rest, LocalBudget)
+    assert shared.rest.interval == pytest.approx(1 / 10.0)  # half of 21/s less the headroom
+    await shared.close()
 
 
 # -- the shared budget on a real PostgreSQL ---------------------------------------------------

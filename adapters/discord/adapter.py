@@ -115,7 +115,7 @@ class _ShardedClient(_Client, discord.AutoShardedClient):
         if shared is None or shard_id is None:
             await super().before_identify_hook(shard_id, initial=initial)
         else:  # the IDENTIFY bucket is the bot's, shared with its other processes
-            await shared.before_identify(shard_id)
+            await shared.before_identify(shard_id, initial=initial)
 
 
 def _skipping_unreadable(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:

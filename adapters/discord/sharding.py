@@ -17,12 +17,13 @@ processes space their IDENTIFYs through the shared budget too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from adapters.discord.limits import GLOBAL_HEADROOM
-from bot.shared_budget import SharedBudget
+from bot.shared_budget import LocalBudget, SharedBudget
 from bot.streaming import GLOBAL_WINDOW_S
 
 if TYPE_CHECKING:
@@ -104,24 +105,33 @@ def shares_budget(settings: Settings, discord_settings: DiscordSettings) -> bool
 
 class SharedGateway:
     """What the processes of a sharded bot share through PostgreSQL: the global REST budget
-    (every REST call but interaction endpoints takes a grant first) and IDENTIFY spacing."""
+    (every REST call but interaction endpoints takes a grant first) and IDENTIFY spacing.
 
-    def __init__(self, url: str, settings: DiscordSettings) -> None:
+    Without PostgreSQL (`url` None: SQLite, nothing to share through) the process keeps to its
+    shards' share of the budget on its own, and to discord.py's IDENTIFY spacing.
+    """
+
+    def __init__(self, url: str | None, settings: DiscordSettings) -> None:
         self._url = url
-        self.rest = SharedBudget(
-            url, GLOBAL_BUDGET, shared_rate(settings), share=budget_share(settings)
+        rate, share = shared_rate(settings), budget_share(settings)
+        self.rest: SharedBudget | LocalBudget = (
+            SharedBudget(url, GLOBAL_BUDGET, rate, share=share)
+            if url
+            else LocalBudget(rate * share)
         )
         self._max_concurrency = 1
         self._identify: dict[str, SharedBudget] = {}
 
     async def open(self) -> None:
         """Connect the global budget."""
-        await self.rest.open()
+        if isinstance(self.rest, SharedBudget):
+            await self.rest.open()
 
     async def close(self) -> None:
         """Close every budget's connections."""
         for budget in (self.rest, *self._identify.values()):
-            await budget.close()
+            if isinstance(budget, SharedBudget):
+                await budget.close()
 
     def gate_library(self, http: HTTPClient) -> None:
         """Make discord.py's own REST calls (login, command sync, notices) take a grant too."""
@@ -138,6 +148,8 @@ class SharedGateway:
 
     async def learn_limits(self, client: discord.Client) -> None:
         """Ask GET /gateway/bot how many IDENTIFYs may run at once (max_concurrency)."""
+        if self._url is None:
+            return  # nothing to coordinate IDENTIFYs through
         try:
             limits = await client.fetch_session_start_limits()  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - the safe default (1) applies
@@ -145,8 +157,12 @@ class SharedGateway:
             return
         self._max_concurrency = max(int(limits.max_concurrency), 1)
 
-    async def before_identify(self, shard_id: int) -> None:
+    async def before_identify(self, shard_id: int, *, initial: bool) -> None:
         """Wait for the shard's IDENTIFY bucket, shared with the other processes."""
+        if self._url is None:  # discord.py's own spacing within the process
+            if not initial:
+                await asyncio.sleep(IDENTIFY_INTERVAL_S)
+            return
         key = identify_key(shard_id, self._max_concurrency)
         budget = self._identify.get(key)
         if budget is None:
@@ -159,9 +175,17 @@ class SharedGateway:
 async def open_shared(
     settings: Settings, discord_settings: DiscordSettings
 ) -> SharedGateway | None:
-    """The shared budgets when this process shares them (`shares_budget`), else None."""
-    if not shares_budget(settings, discord_settings):
+    """The budgets of a process running some of the shards (None when it runs all of them)."""
+    if runs_every_shard(discord_settings):
         return None
-    shared = SharedGateway(settings.storage.url.get_secret_value(), discord_settings)
+    url = settings.storage.url.get_secret_value()
+    if not url:
+        log.warning(
+            "Discord: %s without PostgreSQL (storage.url): this process keeps to its share of "
+            "the global budget, %.1f requests/s; on PostgreSQL the processes share all of it",
+            describe(discord_settings),
+            shared_rate(discord_settings) * budget_share(discord_settings),
+        )
+    shared = SharedGateway(url or None, discord_settings)
     await shared.open()
     return shared
