@@ -215,3 +215,27 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL (with its password) of a new, empty database for this test."""
     return postgres_server.url(postgres_server.create_database())
+
+
+# -- the storage backend of a run (issue 16): `pytest --storage=postgresql` --------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--storage",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="run every test's bot on this store: postgresql gives each test a fresh database of "
+        "a real PostgreSQL through PARLEY_STORAGE__URL (`make test` runs the platform tests so)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The run's store. On PostgreSQL, PARLEY_STORAGE__URL points at a database of this test's
+    own: the environment overrides what `make_settings` builds, as it overrides a config file."""
+    backend = str(request.config.getoption("storage"))
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("PARLEY_STORAGE__URL", url)
+    return backend

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from tests.conftest import message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.parley_process import parley_env, start_parley
 from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
+from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 ANN = 601
@@ -64,10 +64,10 @@ async def test_who_may_change_follows_the_table(app: ParleyApp, tmp_path: Path) 
     assert (await run(message(), "config", "frobnicate")).startswith("Usage: /config show")
     assert (await run(message(), "teleport")).startswith("Unknown command /teleport")
     assert (await run(message(), "ask", "hi")).startswith("Unknown command")  # a turn, not this
-    audit = sqlite3.connect(tmp_path / "parley.db").execute(
-        "SELECT actor_id, action, key, new_value FROM audit_log ORDER BY id"
+    audit = stored_rows(
+        tmp_path / "parley.db", "SELECT actor_id, action, key, new_value FROM audit_log ORDER BY id"
     )
-    assert audit.fetchall() == [
+    assert audit == [
         ("eve", "config.refused", "persona", None),
         ("u1", "config.set", "persona", '"pirate"'),
         ("u1", "config.set", "persona", '"concise"'),

@@ -6,7 +6,6 @@ LLM records every request, so a test reads exactly what the model was shown.
 from __future__ import annotations
 
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.drivers import Person, PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import discord_bot, discord_settings, echo_reply, echoed
+from tests.fakes.stored import stored_rows
 from tests.fakes.waits import eventually
 
 OPTION_STRING = 3  # Discord's application command option type for text
@@ -39,10 +39,10 @@ def system_of(body: dict[str, Any]) -> str:
 
 def background_rows(tmp_path: Path) -> list[tuple[str, str]]:
     """(author, text) of the background messages stored, oldest first."""
-    with sqlite3.connect(tmp_path / "parley.db") as conn:
-        return conn.execute(
-            "SELECT author_name, content FROM messages WHERE status = 'background' ORDER BY id"
-        ).fetchall()
+    return stored_rows(
+        tmp_path / "parley.db",
+        "SELECT author_name, content FROM messages WHERE status = 'background' ORDER BY id",
+    )
 
 
 async def ask(

@@ -7,7 +7,6 @@ LLM event no parser survives, and a platform answer the library cannot read.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from bot.engine import MSG_INTERNAL
 from bot.streaming import DEFAULT_MARKER
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
+from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 ANN, BOB = 501, 502
@@ -27,8 +27,7 @@ NOTE = MSG_INTERNAL.split("(ref")[0].strip()
 
 
 def statuses(tmp_path: Path) -> list[tuple[str, str]]:
-    db = sqlite3.connect(tmp_path / "parley.db")
-    return db.execute("SELECT role, status FROM messages ORDER BY id").fetchall()
+    return stored_rows(tmp_path / "parley.db", "SELECT role, status FROM messages ORDER BY id")
 
 
 async def test_an_unexpected_llm_event_closes_the_reply_and_the_bot_goes_on(

@@ -5,7 +5,6 @@ end on every platform: two fake LLM servers record where each request went and w
 from __future__ import annotations
 
 import base64
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from bot.models import ModelCatalog
 from tests.fakes.drivers import PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import echo_reply, echoed
+from tests.fakes.stored import stored_rows
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4  # a "photo": what matters is its bytes
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
@@ -38,11 +38,10 @@ async def other_llm() -> AsyncIterator[FakeLLMServer]:
 
 
 def audit(tmp_path: Path) -> list[tuple[str, str, str | None, str | None]]:
-    with sqlite3.connect(tmp_path / "parley.db") as conn:
-        return conn.execute(
-            "SELECT action, key, old_value, new_value FROM audit_log"
-            " WHERE key = 'model' ORDER BY id"
-        ).fetchall()
+    return stored_rows(
+        tmp_path / "parley.db",
+        "SELECT action, key, old_value, new_value FROM audit_log WHERE key = 'model' ORDER BY id",
+    )
 
 
 def image_parts(body: dict[str, Any]) -> list[str]:

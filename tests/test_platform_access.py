@@ -8,7 +8,6 @@ on each platform, through its driver (tests/fakes/drivers.py).
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tests.fakes.platform_bots import (
     telegram_replies,
     telegram_settings,
 )
+from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 ANN, BOB, ROOT = 3001, 3002, 3003
@@ -50,10 +50,9 @@ def asked(llm: FakeLLMServer) -> list[str]:
 
 def audit_log(db: Path) -> list[tuple[Any, ...]]:
     """(action, actor, key, old, new) of every audit row, oldest first."""
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT action, actor_id, key, old_value, new_value FROM audit_log ORDER BY id"
-        ).fetchall()
+    return stored_rows(
+        db, "SELECT action, actor_id, key, old_value, new_value FROM audit_log ORDER BY id"
+    )
 
 
 # -- every platform ------------------------------------------------------------------------

@@ -8,7 +8,6 @@ was never answered. A stream of reasoning only did the same behind "#1 in line".
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from tests.fakes.platform_bots import (
     telegram_replies,
     telegram_settings,
 )
+from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import eventually
 
@@ -30,8 +30,8 @@ ENDLESS = "and so on "
 
 
 def reply_statuses(tmp_path: Path) -> list[str]:
-    db = sqlite3.connect(tmp_path / "parley.db")
-    return [r[0] for r in db.execute("SELECT status FROM messages WHERE role = 'assistant'")]
+    sql = "SELECT status FROM messages WHERE role = 'assistant' ORDER BY id"
+    return [r[0] for r in stored_rows(tmp_path / "parley.db", sql)]
 
 
 def no_marker(texts: list[str]) -> bool:
@@ -82,8 +82,8 @@ async def test_an_endless_stream_stops_at_the_character_cap(tmp_path: Path) -> N
     answer = first[-1].removesuffix(MSG_REPLY_CAPPED).rstrip()
     assert len(answer) <= 300 and answer.startswith("and so on")
     assert no_marker(first)
-    db = sqlite3.connect(tmp_path / "parley.db")
-    (stored,) = db.execute("SELECT content FROM messages WHERE role = 'assistant'").fetchone()
+    sql = "SELECT content FROM messages WHERE role = 'assistant' ORDER BY id"
+    (stored,) = stored_rows(tmp_path / "parley.db", sql)[0]
     assert stored == answer and reply_statuses(tmp_path)[0] == "partial"
 
 

@@ -26,6 +26,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
+from adapters.discord import sharding
 from adapters.discord.commands import build_command_tree
 from adapters.discord.config import DiscordSettings
 from adapters.discord.limits import channel_limits
@@ -112,6 +113,17 @@ class _Client(discord.Client):
         self._adapter.on_voice_state(member, before, after)
 
 
+class _ShardedClient(_Client, discord.AutoShardedClient):
+    """The same client running this process's shards of the bot (`discord.shard_count`)."""
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        shared = self._adapter.shared_gateway
+        if shared is None or shard_id is None:
+            await super().before_identify_hook(shard_id, initial=initial)
+        else:  # the IDENTIFY bucket is the bot's, shared with its other processes
+            await shared.before_identify(shard_id, initial=initial)
+
+
 def _skipping_unreadable(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:
     """`parser`, logging and skipping an event it cannot read."""
 
@@ -152,6 +164,7 @@ class DiscordAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._saved_endpoints: tuple[str, yarl.URL] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
+        self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -176,11 +189,13 @@ class DiscordAdapter:
         if not token:
             raise ConfigError(["discord.token: empty; set it to the bot token to use Discord"])
         self._redirect()
-        client = _Client(
+        client_class = _ShardedClient if sharding.is_sharded(self._cfg) else _Client
+        client = client_class(
             self,
             intents=self._intents(),
             guild_ready_timeout=self._guild_ready_timeout,
             allowed_mentions=NOTICE_MENTIONS,
+            **sharding.client_options(self._cfg),
         )
         self._client = client
         self._tree = build_command_tree(client, self)
@@ -197,12 +212,18 @@ class DiscordAdapter:
         self._commands.provide("join", self._voice.join)
         self._commands.provide("leave", self._voice.leave)
         try:
+            self.shared_gateway = await sharding.open_shared(self._settings, self._cfg)
+            if self.shared_gateway is not None:
+                self.shared_gateway.gate_library(client.http)
             try:
                 await client.login(token)
             except discord.LoginFailure:
                 raise ConfigError([MSG_TOKEN_REFUSED]) from None
             self._rest = DiscordRest(self._cfg.api_base_url, token, client.http.user_agent)
             await self._rest.open()
+            if self.shared_gateway is not None:
+                self._rest.global_gate = self.shared_gateway.rest
+                await self.shared_gateway.learn_limits(client)
             await self._sync_commands()
             self._gateway = asyncio.create_task(client.connect(), name="discord-gateway")
             await self._until_ready()
@@ -210,7 +231,12 @@ class DiscordAdapter:
             await self.stop()
             raise
         self._gateway.add_done_callback(_log_gateway_end)
-        log.info("Discord: connected as %s (%d servers)", client.user, len(client.guilds))
+        log.info(
+            "Discord: connected as %s (%d servers) %s",
+            client.user,
+            len(client.guilds),
+            sharding.describe(self._cfg),
+        )
 
     async def stop(self) -> None:
         """Stop taking turns, let replies in progress finish (up to a grace period), disconnect."""
@@ -229,6 +255,9 @@ class DiscordAdapter:
             await asyncio.gather(self._gateway, return_exceptions=True)
         if self._rest is not None:
             await self._rest.close()
+        if self.shared_gateway is not None:
+            await self.shared_gateway.close()
+            self.shared_gateway = None
         if self._saved_endpoints is not None:
             Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = self._saved_endpoints
             self._saved_endpoints = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -42,6 +42,14 @@ class Upload:
     content_type: str = "application/octet-stream"
 
 
+class GlobalGate(Protocol):
+    """A budget every request against the bot's global limit takes a grant from first."""
+
+    async def acquire(self) -> None: ...
+
+    async def pause(self, seconds: float) -> None: ...
+
+
 class InteractionTokenExpired(DeliveryError):
     """Discord no longer accepts the interaction's token (it lives 15 minutes)."""
 
@@ -54,6 +62,8 @@ class DiscordRest:
         self._auth = {"Authorization": f"Bot {token}"}
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        # Set when the global budget is shared with other processes (adapters/discord/sharding).
+        self.global_gate: GlobalGate | None = None
 
     async def open(self) -> None:
         """Create the HTTP session."""
@@ -159,6 +169,8 @@ class DiscordRest:
         url = self._base + route.format(*(quote(str(p), safe="") for p in params))
         # Interaction webhooks authenticate by the token in the URL, not the bot token.
         headers = None if webhook else self._auth
+        if self.global_gate is not None and not webhook:  # interaction webhooks are exempt
+            await self.global_gate.acquire()
         request = self._session.request(
             method, url, json=body if form is None else None, data=form, headers=headers
         )
@@ -167,7 +179,10 @@ class DiscordRest:
                 data = await _json_or_none(response)
                 if response.status < 300:
                     return data
-                raise _error_for(method, route, response, data)
+                error = _error_for(method, route, response, data)
+                if isinstance(error, RetryAfter) and error.is_global and self.global_gate:
+                    await self.global_gate.pause(error.retry_after)  # for every process
+                raise error
         except aiohttp.ClientConnectionError as exc:
             # The streamer backs off and retries network failures (OSError); aiohttp's
             # connection errors are not all OSErrors.

@@ -47,6 +47,7 @@ MAX_WAVEFORM_SAMPLES = 256
 INTERACTION_DEADLINE_S = 3.0  # the first response to an interaction
 INTERACTION_TOKEN_LIFETIME_S = 15 * 60  # follow-ups and edits of the original
 DEFAULT_HEARTBEAT_INTERVAL_MS = 41_250
+SESSION_STARTS_PER_DAY = 1000  # GET /gateway/bot's session_start_limit.total for a small bot
 WAIT_TIMEOUT_S = 20.0  # a hang guard for `wait_until`, not a speed expectation
 
 CALLBACK_CHANNEL_MESSAGE = 4
@@ -136,6 +137,8 @@ class FakeDiscord(DiscordWorld):
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         channel_write_limit: tuple[int, float] | None = None,
         global_limit: tuple[int, float] | None = None,
+        recommended_shards: int = 1,
+        max_concurrency: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Limits are `(calls, seconds)` sliding windows answered with 429s when exceeded.
@@ -147,7 +150,12 @@ class FakeDiscord(DiscordWorld):
         self.token = token
         self.channel_write_limit = channel_write_limit
         self.global_limit = global_limit
+        self.recommended_shards = recommended_shards
+        self.max_concurrency = max_concurrency
         self._requests: deque[float] = deque()
+        # Arrival times of every request that counts against the bot's global limit, from every
+        # connection (all of a sharded bot's processes share the one limit of its token).
+        self.global_stamps: list[float] = []
         self.clock = clock
         self.calls: list[Call] = []
         self.unhandled: list[Call] = []
@@ -161,10 +169,11 @@ class FakeDiscord(DiscordWorld):
             token=token,
             heartbeat_interval_ms=heartbeat_interval_ms,
             granted_intents=lambda: INTENT_MESSAGE_CONTENT if self.grant_message_content else 0,
-            ready_events=lambda _: self.ready_events(self.gateway_url),
+            ready_events=lambda session: self.ready_events(self.gateway_url, session.shard),
             on_change=self._notify,
         )
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(r"/gateway/bot"), self._get_gateway_bot),
             ("GET", re.compile(r"/users/@me"), self._get_me),
             ("GET", re.compile(r"/oauth2/applications/@me"), self._get_application),
             ("PUT", re.compile(r"/applications/(?P<app>\d+)/commands"), self._put_commands),
@@ -346,7 +355,7 @@ class FakeDiscord(DiscordWorld):
         """
         user = user or self.ALICE
         channel_id = self.dm_channel(user) if dm else channel_id or self.GENERAL_ID
-        guild_id = None if dm else self.GUILD_ID
+        guild_id = None if dm else self.guild_of(channel_id)
         names = command.split()
         schema = self.registered_command(names[0], guild_id)
         data = {
@@ -401,6 +410,16 @@ class FakeDiscord(DiscordWorld):
         """The interaction's original response (deferred or not); a test fails if none yet."""
         assert interaction.original_id is not None, "the interaction has no response yet"
         return self.messages[interaction.original_id]
+
+    def busiest_window(self, window_s: float = 1.0) -> int:
+        """The most requests counting against the global limit in any `window_s` window."""
+        stamps = sorted(self.global_stamps)
+        most, first = 0, 0
+        for last, at in enumerate(stamps):
+            while at - stamps[first] >= window_s:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
     def calls_to(self, method: str, path_pattern: str) -> list[Call]:
         """Recorded calls whose method matches and whose path matches the regex fully."""
@@ -503,6 +522,7 @@ class FakeDiscord(DiscordWorld):
             self._take(self._writes[channel_id], self.channel_write_limit, is_global=False)
 
     def _count_global(self) -> None:
+        self.global_stamps.append(self.clock())
         if self.global_limit is not None:
             self._take(self._requests, self.global_limit, is_global=True)
 
@@ -535,6 +555,21 @@ class FakeDiscord(DiscordWorld):
         return _Reply(429, body, headers)
 
     # -- handlers: identity and commands ---------------------------------------------------
+
+    async def _get_gateway_bot(self, *_: Any) -> Any:
+        # What AutoShardedClient asks when it is given no shard_count: the recommended number of
+        # shards and how many sessions may start (max_concurrency: IDENTIFYs per 5 s bucket).
+        identifies = sum(1 for s in self.gateway.sessions if s.identify is not None)
+        return {
+            "url": self.gateway_url,
+            "shards": self.recommended_shards,
+            "session_start_limit": {
+                "total": SESSION_STARTS_PER_DAY,
+                "remaining": max(SESSION_STARTS_PER_DAY - identifies, 0),
+                "reset_after": 24 * 3600 * 1000,
+                "max_concurrency": self.max_concurrency,
+            },
+        }
 
     async def _get_me(self, *_: Any) -> Any:
         return {**self.BOT.payload(), "verified": True, "mfa_enabled": False, "flags": 0}

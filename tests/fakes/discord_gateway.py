@@ -1,10 +1,13 @@
 """The websocket half of the fake Discord: one gateway session per connected client.
 
-It speaks gateway v10 JSON the way Discord does for a single unsharded bot: HELLO, then READY and
-one GUILD_CREATE per guild after a valid IDENTIFY, HEARTBEAT_ACK for every heartbeat, and
-dispatches pushed by the test. discord.py asks for transport compression (`compress=zlib-stream`
-or `zstd-stream` in the query); the fake answers with uncompressed text frames, which discord.py
-reads without its decompressor (it only inflates binary frames).
+It speaks gateway v10 JSON the way Discord does: HELLO, then READY and one GUILD_CREATE per guild
+after a valid IDENTIFY, HEARTBEAT_ACK for every heartbeat, and dispatches pushed by the test.
+A session that identifies with `shard: [shard_id, shard_count]` is one shard of the bot: like
+Discord, the fake sends it only the events of guilds with (guild_id >> 22) % shard_count ==
+shard_id, and DMs (events without a guild) only to shard 0. discord.py asks for transport
+compression (`compress=zlib-stream` or `zstd-stream` in the query); the fake answers with
+uncompressed text frames, which discord.py reads without its decompressor (it only inflates
+binary frames).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes.discord_world import shard_of
 
 # Gateway opcodes (https://discord.com/developers/docs/topics/opcodes-and-status-codes).
 OP_DISPATCH = 0
@@ -28,6 +33,7 @@ OP_HEARTBEAT_ACK = 11
 
 # Close codes Discord uses when it refuses a session.
 CLOSE_AUTHENTICATION_FAILED = 4004
+CLOSE_INVALID_SHARD = 4010
 CLOSE_DISALLOWED_INTENTS = 4014
 
 # Intents Discord only grants when they are switched on in the developer portal.
@@ -57,6 +63,19 @@ class GatewaySession:
     identify: dict[str, Any] | None = None
     sequence: int = 0
     close_code: int | None = None
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """(shard_id, shard_count) from IDENTIFY; None for an unsharded session."""
+        value = (self.identify or {}).get("shard")
+        if not isinstance(value, list) or len(value) != 2:
+            return None
+        return int(value[0]), int(value[1])
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether Discord would send this session an event of `guild_id` (None: a DM)."""
+        shard = self.shard
+        return shard is None or shard_of(guild_id, shard[1]) == shard[0]
 
     @property
     def ready(self) -> bool:
@@ -121,9 +140,12 @@ class Gateway:
         return [s for s in self.sessions if s.ready and not s.socket.closed]
 
     async def dispatch(self, event: str, data: Any) -> None:
-        """Send an event to every live session (a single bot has one)."""
+        """Send an event to the live sessions that get it: every session of an unsharded bot
+        (it has one), or the shard of the event's guild."""
+        guild_id = _guild_of(event, data)
         for session in self.live:
-            await session.dispatch(event, data)
+            if session.receives(guild_id):
+                await session.dispatch(event, data)
         await self._on_change()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -158,6 +180,12 @@ class Gateway:
         if data.get("token") != self._token:
             await session.close(CLOSE_AUTHENTICATION_FAILED, "Authentication failed.")
             return
+        shard = data.get("shard")
+        if shard is not None and not (
+            isinstance(shard, list) and len(shard) == 2 and 0 <= shard[0] < shard[1]
+        ):
+            await session.close(CLOSE_INVALID_SHARD, "Invalid shard.")
+            return
         asked = int(data.get("intents", 0))
         refused = asked & PRIVILEGED_INTENTS & ~self._granted_intents()
         if refused:
@@ -165,3 +193,16 @@ class Gateway:
             return
         for event, payload in self._ready_events(session):
             await session.dispatch(event, payload)
+
+
+GUILD_EVENTS = ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE")
+
+
+def _guild_of(event: str, data: Any) -> int | None:
+    """The guild an event is about (which decides its shard); None for a DM."""
+    if not isinstance(data, dict):
+        return None
+    raw = data.get("guild_id")
+    if raw is None and event in GUILD_EVENTS:  # the guild object itself
+        raw = data.get("id")
+    return int(raw) if raw is not None else None

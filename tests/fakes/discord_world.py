@@ -47,6 +47,9 @@ OPTION_CHANNEL = 7
 
 
 _snowflakes = itertools.count(1_200_000_000_000_000_000)
+# Guilds added by `add_guild` take ids from their own range, stepped so that each lands on the
+# shard a test asks for ((id >> 22) % shard_count, as Discord routes them).
+_guild_snowflakes = itertools.count(1_300_000_000_000_000_000 >> 22)
 
 
 def snowflake() -> int:
@@ -106,6 +109,20 @@ class FakeMessage:
     deleted: bool = False
 
 
+@dataclass(frozen=True)
+class FakeGuild:
+    """A guild added to the world (besides the default one), with its one text channel."""
+
+    id: int
+    name: str
+    channel_id: int
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """The shard Discord sends a guild's events to; DMs (no guild) go to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+
 @dataclass
 class FakeInteraction:
     """A slash command the fake dispatched, and how the bot answered it."""
@@ -147,6 +164,26 @@ class DiscordWorld:
         # Added by the voice fake: voice channels and who is in them, part of GUILD_CREATE.
         self.extra_channels: list[dict[str, Any]] = []
         self.voice_states: list[dict[str, Any]] = []
+        self.guilds: dict[int, FakeGuild] = {}  # added guilds, by id (the default one is not in)
+
+    def add_guild(self, name: str, *, shard: tuple[int, int] | None = None) -> FakeGuild:
+        """A new guild with a #general channel; `shard` = (shard_id, shard_count) it must be on."""
+        while True:
+            guild_id = (next(_guild_snowflakes) << 22) | 1
+            if shard is None or shard_of(guild_id, shard[1]) == shard[0]:
+                break
+        guild = FakeGuild(guild_id, name, snowflake())
+        self.guilds[guild_id] = guild
+        return guild
+
+    def guild_of(self, channel_id: int) -> int | None:
+        """The guild a channel belongs to; None for a DM channel."""
+        if self.is_dm(channel_id):
+            return None
+        for guild in self.guilds.values():
+            if guild.channel_id == channel_id:
+                return guild.id
+        return self.GUILD_ID
 
     def dm_channel(self, user: FakeUser) -> int:
         """The id of the DM channel between `user` and the bot."""
@@ -156,11 +193,12 @@ class DiscordWorld:
 
     def known_channel(self, channel_id: int) -> bool:
         """#general, the thread, or a DM channel."""
-        return channel_id in {self.GENERAL_ID, self.THREAD_ID, *self._dm_channels.values()}
+        added = {g.channel_id for g in self.guilds.values()}
+        return channel_id in {self.GENERAL_ID, self.THREAD_ID, *self._dm_channels.values(), *added}
 
     # -- payloads --------------------------------------------------------------------------
 
-    def _roles(self) -> list[dict[str, Any]]:
+    def _roles(self, guild_id: int) -> list[dict[str, Any]]:
         def role(role_id: int, name: str, permissions: int, position: int) -> dict[str, Any]:
             return {
                 "id": str(role_id),
@@ -175,7 +213,7 @@ class DiscordWorld:
             }
 
         return [
-            role(self.GUILD_ID, "@everyone", PERM_MEMBER, 0),
+            role(guild_id, "@everyone", PERM_MEMBER, 0),
             role(self.MOD_ROLE_ID, "Moderator", PERM_MANAGE_GUILD, 2),
             role(self.HELPER_ROLE_ID, "Helper", 0, 1),
         ]
@@ -222,7 +260,7 @@ class DiscordWorld:
         return {
             "id": str(channel_id),
             "type": 0,
-            "guild_id": str(self.GUILD_ID),
+            "guild_id": str(self.guild_of(channel_id)),
             "name": "general",
             "position": 0,
             "permission_overwrites": [],
@@ -234,36 +272,61 @@ class DiscordWorld:
             "flags": 0,
         }
 
-    def ready_events(self, resume_gateway_url: str) -> list[tuple[str, Any]]:
-        """READY, then the guild's GUILD_CREATE, as Discord sends them after IDENTIFY."""
-        ready = {
+    def ready_events(
+        self, resume_gateway_url: str, shard: tuple[int, int] | None = None
+    ) -> list[tuple[str, Any]]:
+        """READY, then one GUILD_CREATE per guild, as Discord sends them after IDENTIFY.
+
+        A sharded session (`shard` = [shard_id, shard_count] from its IDENTIFY) gets only the
+        guilds on its shard, and READY says which shard it is.
+        """
+        guilds = [(self.GUILD_ID, "Parley Test Server", self.GENERAL_ID)]
+        guilds += [(g.id, g.name, g.channel_id) for g in self.guilds.values()]
+        if shard is not None:
+            guilds = [g for g in guilds if shard_of(g[0], shard[1]) == shard[0]]
+        ready: dict[str, Any] = {
             "v": 10,
             "user": self.BOT.payload(),
-            "guilds": [{"id": str(self.GUILD_ID), "unavailable": True}],
+            "guilds": [{"id": str(guild_id), "unavailable": True} for guild_id, _, _ in guilds],
             "session_id": f"session-{snowflake()}",
             "resume_gateway_url": resume_gateway_url,
             "application": {"id": str(self.APPLICATION_ID), "flags": 0},
             "private_channels": [],
             "relationships": [],
         }
-        guild = {
-            "id": str(self.GUILD_ID),
-            "name": "Parley Test Server",
+        if shard is not None:
+            ready["shard"] = list(shard)
+        return [("READY", ready)] + [
+            ("GUILD_CREATE", self._guild_payload(*guild)) for guild in guilds
+        ]
+
+    def _guild_payload(self, guild_id: int, name: str, channel_id: int) -> dict[str, Any]:
+        default = guild_id == self.GUILD_ID  # the thread and voice channels live there
+        return {
+            "id": str(guild_id),
+            "name": name,
             "icon": None,
             "owner_id": str(self.OWNER_ID),
             "unavailable": False,
             "large": False,
             "member_count": 4,
-            "roles": self._roles(),
-            "channels": [self._channel_payload(self.GENERAL_ID), *self.extra_channels],
-            "threads": [self._channel_payload(self.THREAD_ID)],
+            "roles": self._roles(guild_id),
+            "channels": [
+                self._channel_payload(channel_id),
+                *(self.extra_channels if default else []),
+            ],
+            "threads": [self._channel_payload(self.THREAD_ID)] if default else [],
             # Discord sends the members who are in voice channels, whatever the guild's size.
             "members": [
                 self._member_payload(self.BOT),
-                *(state["member"] for state in self.voice_states if "member" in state),
+                *(
+                    state["member"]
+                    for state in (self.voice_states if default else [])
+                    if "member" in state
+                ),
             ],
             "presences": [],
-            "voice_states": list(self.voice_states),
+            "voice_states": list(self.voice_states) if default else [],
             "emojis": [],
             "stickers": [],
             "features": [],
@@ -279,7 +342,6 @@ class DiscordWorld:
             "nsfw_level": 0,
             "system_channel_flags": 0,
         }
-        return [("READY", ready), ("GUILD_CREATE", guild)]
 
     def is_dm(self, channel_id: int) -> bool:
         return channel_id in self._dm_channels.values()
@@ -308,7 +370,7 @@ class DiscordWorld:
                 {**self.BOT.payload(), "member": self._member_payload(self.BOT, with_user=False)}
             ]
         if not self.is_dm(message.channel_id):
-            payload["guild_id"] = str(self.GUILD_ID)
+            payload["guild_id"] = str(self.guild_of(message.channel_id))
             if event and not message.author.bot:
                 payload["member"] = self._member_payload(message.author, with_user=False)
         if message.interaction_id is not None:
