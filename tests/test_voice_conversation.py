@@ -109,7 +109,9 @@ async def test_join_from_a_text_channel_then_talk(tmp_path: Path, fake_llm: Fake
         (alice,) = bot.humans
         await alice.say_text(QUESTION, pace=FAST)
         (asked,) = await bot.asked(1)
-        assert {"what", "capital", "france"} <= words(asked), asked
+        # Whisper's words, not a fixed string: after Opus, tiny.en sometimes hears "France" as
+        # "friends" or "Francis"; the point is that the request carries what was transcribed.
+        assert {"what", "capital"} <= words(asked), asked
         # The first sentence is heard while the LLM is still writing the second (it writes
         # that only once Alice heard the first: a bot waiting for the whole reply would hang).
         await bot.voice.wait_for(lambda: heard_speech(alice) > 0)
@@ -121,7 +123,7 @@ async def test_join_from_a_text_channel_then_talk(tmp_path: Path, fake_llm: Fake
         assert words(transcript) >= ANSWER_WORDS, transcript
         # The linked text channel shows both sides: the words heard, then the answer.
         said, answer = bot.channel_text()[-2:]
-        assert said.startswith("🎙️ **Alice**:") and "capital" in said.lower(), said
+        assert said.startswith("🎙️ **Alice**:") and words(asked) <= words(said), (said, asked)
         assert answer == ANSWER
         assert bot.conversation.session.stats.dave_failed == 0
 
@@ -273,8 +275,9 @@ async def test_wake_word_mode_answers_only_what_starts_with_the_name(
         assert fake_llm.requests == []
         await alice.say_text(f"Parley, {QUESTION}", pace=FAST)
         (asked,) = await bot.asked(1)
-        # Whisper may spell the name its own way; what is asked is what followed it.
-        assert {"what", "capital", "france"} <= words(asked), asked
+        # Whisper may spell the name its own way; what is asked is what followed it (and it may
+        # hear "France" as "friends": the words it always gets are checked).
+        assert {"what", "capital"} <= words(asked), asked
         assert "parley" not in asked.lower()
         heard = await bot.heard_answer(alice)
         assert heard.speech_frames > 0
