@@ -22,7 +22,13 @@ from adapters.discord.voice.rtp import (
     sequence_delta,
     timestamp_delta,
 )
-from adapters.discord.voice.speaker import FRAME_BYTES, pcm_to_frames
+from adapters.discord.voice.speaker import (
+    FRAME_BYTES,
+    LEAD_IN_FRAMES,
+    ONSET_LEVEL,
+    pcm_to_frames,
+    trim_leading_silence,
+)
 from adapters.discord.voice.transport import make_cipher
 from adapters.discord.voice.vad import Segmenter, SileroStream, SpeechEnded, SpeechStarted
 from tests.fakes import audio_samples
@@ -94,6 +100,34 @@ async def test_stop_speaking_then_speak_again() -> None:
         assert stopped_at < 100  # of the 200 frames of the two clips
         assert await call.session.speak(tone(0.5)) is True
         await call.voice.wait_for(lambda: heard_speech(alice) >= stopped_at + 20)
+
+
+async def test_synthesised_speech_starts_at_its_sound() -> None:
+    pcm = await speech("Paris is the capital of France.")
+    onset = int(np.flatnonzero(np.abs(pcm) > ONSET_LEVEL)[0])
+    assert onset > 0.01 * RATE  # piper starts with near-silence: there is something to trim
+    trimmed = trim_leading_silence(pcm)
+    assert pcm.size - trimmed.size > 0.01 * RATE  # the quiet start is gone ...
+    assert (
+        0 < int(np.flatnonzero(np.abs(trimmed) > ONSET_LEVEL)[0]) <= 0.01 * RATE
+    )  # ... but not the onset
+    assert np.array_equal(trimmed, pcm[pcm.size - trimmed.size :])  # the speech is kept whole
+    quiet = np.full(RATE, ONSET_LEVEL / 2, dtype=np.float32)
+    assert np.array_equal(trim_leading_silence(quiet), quiet)  # nothing louder: left as it is
+    assert trim_leading_silence(np.zeros(0, dtype=np.float32)).size == 0
+
+
+async def test_an_answer_sounds_from_its_first_frames() -> None:
+    async with voice_call(ALICE) as call:
+        (alice,) = call.humans
+        quiet_start = np.concatenate((np.zeros(RATE // 5, dtype=np.float32), tone(0.5)))
+        assert await call.session.speak(quiet_start) is True
+        await call.voice.wait_for(lambda: alice.heard[BOT_ID].silence_frames >= 5)
+        frames = alice.heard[BOT_ID].frames
+        first_sound = next(i for i, frame in enumerate(frames) if frame.speech)
+        # The lead-in, then the tone: the 200 ms (10 frames) of quiet before it are not sent.
+        assert first_sound <= LEAD_IN_FRAMES + 1, first_sound
+        assert alice.heard[BOT_ID].speech_frames >= 0.5 * 50 - 1  # all of the tone
 
 
 async def test_unknown_ssrc_junk_padding_and_csrcs() -> None:

@@ -205,4 +205,9 @@ def _guild_of(event: str, data: Any) -> int | None:
     raw = data.get("guild_id")
     if raw is None and event in GUILD_EVENTS:  # the guild object itself
         raw = data.get("id")
-    return int(raw) if raw is not None else None
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None  # a payload damaged on purpose (fuzz tests): delivered as a DM would be

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import discord
 import numpy as np
 
-from adapters.discord.voice.opus import FRAME_SAMPLES
+from adapters.discord.voice.opus import FRAME_SAMPLES, OPUS_RATE
 from adapters.discord.voice.vad import Pcm
 from bot.errors import ParleyError
 
@@ -38,9 +38,16 @@ SILENT_FRAME = bytes(FRAME_BYTES)
 READY_POLL_S = 0.02  # discord.py signals no event when the DAVE group is ready: poll it
 DEFAULT_READY_TIMEOUT_S = 15.0  # joining + the MLS welcome normally take well under a second
 OPUS_BITRATE_KBPS = 64  # plenty for speech; discord.py's default (128) is tuned for music
-# Silence before each answer: the encoder and the listeners' jitter buffers settle on it, so
-# the first syllable is not the first packet of the talk spurt.
-LEAD_IN_FRAMES = 3
+# Silence before each answer, so the first syllable is not the first packet of the talk spurt:
+# the listener's jitter buffer starts on it. One frame is enough: discord.py's AudioPlayer sends
+# none at all before a source (it sends SPEAKING and then the first frame), and the 5 frames it
+# sends after playback ends are there so clients do not interpolate the tail of the speech.
+LEAD_IN_FRAMES = 1
+# An answer starts at its first sound: synthesised speech begins with 20-40 ms of near-silence
+# (piper's) that would only delay it. Below -50 dBFS is silence (piper's quiet start stays under
+# 0.001, its speech peaks near 1.0); a few ms before the onset are kept so it is not clipped.
+ONSET_LEVEL = 0.003
+ONSET_KEEP_S = 0.005
 
 SpeechInput = Pcm | Iterable[Pcm] | AsyncIterable[Pcm]
 
@@ -61,6 +68,25 @@ def pcm_to_frames(pcm: Pcm) -> list[bytes]:
         stereo = np.concatenate((stereo, np.zeros(pad, dtype="<i2")))
     data = stereo.tobytes()
     return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
+
+
+def trim_leading_silence(
+    pcm: Pcm, *, level: float = ONSET_LEVEL, keep_s: float = ONSET_KEEP_S
+) -> Pcm:
+    """`pcm` (48 kHz) from `keep_s` before its first sample louder than `level`.
+
+    A clip with no such sample is returned unchanged. CPU-bound: call it from a worker thread.
+    """
+    loud = np.abs(pcm) > level
+    onset = int(np.argmax(loud)) if loud.size else 0
+    if not loud.size or not loud[onset]:
+        return pcm  # empty or all quiet: nothing to find the start of
+    return pcm[max(0, onset - round(keep_s * OPUS_RATE)) :]
+
+
+def _answer_frames(pcm: Pcm, *, first: bool) -> list[bytes]:
+    """The frames of one clip; the answer's first clip starts at its sound."""
+    return pcm_to_frames(trim_leading_silence(pcm) if first else pcm)
 
 
 class _QueuedSource(discord.AudioSource):
@@ -176,10 +202,15 @@ class Speaker:
                 signal_type="voice",
             )
             try:
+                first = True
                 async for clip in _clips(audio):
                     if source.aborted:
                         break
-                    source.push(await asyncio.to_thread(pcm_to_frames, clip))
+                    # Only the first clip is trimmed: the later ones' quiet starts are part of
+                    # the pause between sentences.
+                    frames = await asyncio.to_thread(_answer_frames, clip, first=first)
+                    source.push(frames)
+                    first = False
                 source.close()
                 await finished
             except BaseException:
