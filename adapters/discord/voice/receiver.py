@@ -166,6 +166,22 @@ class _SpeakerStream:
         return now - (self.segmenter.position - position) / OPUS_RATE
 
 
+def _utterance(
+    stream: _SpeakerStream, event: SpeechPaused | SpeechEnded, now: float, *, cut_off: bool
+) -> Utterance:
+    """The utterance a pause promises or an end delivers: the same audio and positions."""
+    return Utterance(
+        user_id=stream.user_id,
+        ssrc=stream.ssrc,
+        pcm=event.pcm,
+        started_at=stream.samples_to_time(event.start, now),
+        ended_at=now,
+        cut_off=cut_off,
+        start=event.start,
+        end=event.end,
+    )
+
+
 EventSink = Callable[[Any], None]
 
 
@@ -506,26 +522,9 @@ class VoiceReceiver:
             if isinstance(event, SpeechStarted):
                 self._loop.call_soon_threadsafe(self._on_speech_start, stream.user_id)
             elif isinstance(event, SpeechPaused) and self._on_pause is not None:
-                paused = Utterance(
-                    user_id=stream.user_id,
-                    ssrc=stream.ssrc,
-                    pcm=event.pcm,
-                    started_at=stream.samples_to_time(event.start, now),
-                    ended_at=now,
-                    start=event.start,
-                    end=event.end,
-                )
+                paused = _utterance(stream, event, now, cut_off=False)
                 self._loop.call_soon_threadsafe(self._on_pause, paused)
             elif isinstance(event, SpeechEnded):
                 self.stats.utterances += 1
-                utterance = Utterance(
-                    user_id=stream.user_id,
-                    ssrc=stream.ssrc,
-                    pcm=event.pcm,
-                    started_at=stream.samples_to_time(event.start, now),
-                    ended_at=now,
-                    cut_off=event.cut_off,
-                    start=event.start,
-                    end=event.end,
-                )
+                utterance = _utterance(stream, event, now, cut_off=event.cut_off)
                 self._loop.call_soon_threadsafe(self._on_utterance, utterance)
