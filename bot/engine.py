@@ -42,7 +42,7 @@ from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.storage import HistoryStore, StoredMessage, Turn
 from bot.streaming import EditScheduler, ReplyStream
-from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
+from bot.types import IncomingMessage, LiveSpeechTarget, ReplyOutcomeTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
@@ -534,6 +534,8 @@ class ConversationEngine:
         turn_id: str,
     ) -> None:
         """Store the reply, show its final text (no marker) with the note, then the voice."""
+        if isinstance(target, ReplyOutcomeTarget):
+            target.reply_ended(answer.rstrip(), status, note)
         if voice is not None and isinstance(target, LiveSpeechTarget):
             # Spoken live: its last sentences go on whatever becomes of the text.
             if status in ("complete", "partial"):

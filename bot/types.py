@@ -152,3 +152,15 @@ class LiveSpeechTarget(Protocol):
         synthesis of what is still to come.
         """
         ...
+
+
+@runtime_checkable
+class ReplyOutcomeTarget(Protocol):
+    """A reply target told how each reply ended, for clients that wait for a final event with
+    the reply's status (the MQTT bridge) rather than reading a chat."""
+
+    def reply_ended(self, answer: str, status: str, note: str) -> None:
+        """The reply is over: its text as stored, its status ("complete", "partial" or
+        "failed") and the note the user is shown with it ("" when none). Called once, before
+        its final text is shown (which ends with the note)."""
+        ...
