@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from adapters.mqtt.adapter import MqttAdapter
+from adapters.mqtt.adapter import MSG_STOPPING, MqttAdapter
 from adapters.mqtt.config import MqttSettings
 from adapters.mqtt.limits import SESSION_BURST, SESSION_EVENTS_PER_SECOND
 from adapters.mqtt.rules import (
@@ -258,6 +258,28 @@ async def test_a_failed_reply_ends_in_an_error_event(
     assert notice["type"] == "notice" and "cut off" in notice["text"]
     (error,) = dev.events("parley/down/out")
     assert error["type"] == "error" and "language model" in error["message"]
+
+
+async def test_a_stop_mid_reply_ends_it_with_an_error_event_and_offline(
+    tmp_path: Path, broker: Mosquitto, fake_llm: FakeLLMServer
+) -> None:
+    fake_llm.behaviour = Behaviour(reply=REPLY, endless=True, delay_s=0.05)
+    settings = mqtt_settings(tmp_path, fake_llm.url, broker.url())
+    async with device(broker, "parley/+/out", STATUS) as dev:
+        async with mqtt_bot(settings) as (app, adapter):
+            await online(dev, adapter)
+            await dev.ask("long", "Talk for ever.")
+            await dev.wait_until(lambda: dev.events("parley/long/out"))
+            channel = await app.store.channel_id("mqtt", "long")
+        # Leaving the block stopped the bridge: the reply had its grace period, then was cut.
+        await dev.wait_until(lambda: dev.on(STATUS)[-1].payload == b"offline")
+    *deltas, last = dev.events("parley/long/out")
+    assert last == {"type": "error", "message": MSG_STOPPING}
+    assert deltas and {e["type"] for e in deltas} == {"delta"}
+    async with ParleyApp(settings, speech=False) as again:
+        (reply, _) = await again.store.history(channel, 10**9, 2)
+    assert reply.role == "assistant" and reply.status == "partial"
+    assert reply.content.startswith("word0 word1")
 
 
 # -- availability ---------------------------------------------------------------------------
