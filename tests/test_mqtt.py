@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from adapters.mqtt.adapter import MSG_STOPPING, MqttAdapter
 from adapters.mqtt.config import MqttSettings
+from adapters.mqtt.errors import SubscriptionRefused, check_granted
 from adapters.mqtt.limits import SESSION_BURST, SESSION_EVENTS_PER_SECOND
 from adapters.mqtt.rules import (
     MSG_BAD_JSON,
@@ -615,3 +618,13 @@ async def _mqtt_rows(postgres_url: str) -> list[Any]:
         )
     finally:
         await conn.close()
+
+
+def test_a_subscription_refused_in_the_suback_is_an_error() -> None:
+    # mosquitto's acl_file grants every subscription and filters deliveries; other brokers
+    # (EMQX, HiveMQ) refuse in the SUBACK, which the bridge reports rather than announcing online.
+    granted = ReasonCode(PacketTypes.SUBACK, identifier=1)  # granted QoS 1
+    refused = ReasonCode(PacketTypes.SUBACK, identifier=0x87)  # not authorized
+    check_granted([granted], "parley/+/in")
+    with pytest.raises(SubscriptionRefused, match=r"parley/\+/in \(Not authorized\)"):
+        check_granted([granted, refused], "parley/+/in")

@@ -115,10 +115,11 @@ class MqttAdapter:
         try:
             if bad_route:
                 raise Unreadable(MSG_BAD_RESPONSE_TOPIC)
-            request = read_request(_payload(message))
+            check_session(session)
+            request = read_request(message.payload)
             incoming = IncomingMessage(
                 platform=PLATFORM,
-                channel_key=check_session(session),
+                channel_key=session,
                 user_id=request.user or session,
                 user_name=request.user or session,
                 text=request.text,
@@ -199,10 +200,3 @@ class MqttAdapter:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _payload(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    return str(payload).encode("utf-8")  # aiomqtt's type allows str and numbers; paho gives bytes

@@ -21,7 +21,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from adapters.mqtt.config import MqttSettings
-from adapters.mqtt.errors import delivery_errors, describe, is_login_refused
+from adapters.mqtt.errors import (
+    SubscriptionRefused,
+    check_granted,
+    delivery_errors,
+    describe,
+    is_login_refused,
+)
 from adapters.mqtt.limits import PUBLISH_WAIT_S
 from adapters.mqtt.rules import OFFLINE, ONLINE, Topics
 from bot.backoff import Backoff
@@ -33,6 +39,7 @@ RECONNECT_MAX_S = 60.0
 KEEPALIVE_S = 30  # the broker notices a silent Parley (and sends its will) within 1.5 times this
 CALL_TIMEOUT_S = 10.0  # a CONNACK, SUBACK or PUBACK that takes longer means the link is broken
 GOODBYE_S = 2.0  # the `offline` status and DISCONNECT at a stop, when the broker is slow
+PENDING_CALLS_WARNING = 1000  # events awaiting the broker's PUBACK before aiomqtt warns
 
 
 class BrokerLink:
@@ -56,6 +63,7 @@ class BrokerLink:
         self._chores: set[asyncio.Task[None]] = set()
         self._trouble: str | None = None  # the failure last logged, so an outage logs once
         self._was_connected = False
+        self._serving = False  # this connection got as far as taking requests
 
     @property
     def connected(self) -> bool:
@@ -111,7 +119,7 @@ class BrokerLink:
 
     def _new_client(self) -> aiomqtt.Client:
         broker = self._settings.broker
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             broker.host,
             broker.port,
             username=broker.username,
@@ -123,25 +131,32 @@ class BrokerLink:
             timeout=CALL_TIMEOUT_S,
             keepalive=KEEPALIVE_S,
         )
+        # aiomqtt warns from 10 unacknowledged calls on; each reply in progress has one.
+        client.pending_calls_threshold = PENDING_CALLS_WARNING
+        return client
 
     async def _run(self) -> None:
         while not self._closing:
-            reached = False
+            self._serving = False
             try:
                 async with self._new_client() as client:
-                    reached = True
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
-                self._failed(exc, lost=reached)
+                self._failed(exc)
+            # The connection's error boundary: whatever went wrong, try again later.
+            except Exception:
+                log.exception("MQTT: the connection to %s failed", self._settings.broker.address)
             await asyncio.sleep(self._backoff.next())
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         qos = self._settings.qos
-        await client.subscribe(self._topics.requests, qos=qos)
+        topics = self._topics
+        check_granted(await client.subscribe(topics.requests, qos=qos), topics.requests)
         # noLocal: only the other processes' `offline` (or their will) comes back.
-        await client.subscribe(self._topics.status, options=SubscribeOptions(qos=qos, noLocal=True))
+        status = SubscribeOptions(qos=qos, noLocal=True)
+        check_granted(await client.subscribe(topics.status, options=status), topics.status)
         await self._status(client, ONLINE)
-        self._client = client
+        self._client, self._serving = client, True
         self._up.set()
         self._backoff.reset()
         address = self._settings.broker.address
@@ -171,16 +186,18 @@ class BrokerLink:
             self._topics.status, state, qos=self._settings.qos, retain=True, timeout=wait_s
         )
 
-    def _failed(self, exc: aiomqtt.MqttError, *, lost: bool) -> None:
+    def _failed(self, exc: aiomqtt.MqttError) -> None:
         """Log a failure once per outage (again only when the reason changes)."""
         reason = describe(exc)
         address = self._settings.broker.address
-        if lost:
+        if self._serving:
             log.warning("MQTT: lost the connection to %s (%s); reconnecting", address, reason)
         elif reason == self._trouble:
             log.debug("MQTT: %s still unavailable: %s", address, reason)
         elif is_login_refused(exc):
             log.error("MQTT: %s refused the login (%s): check mqtt.url; retrying", address, reason)
+        elif isinstance(exc, SubscriptionRefused):
+            log.error("MQTT: %s %s: check the broker's access control; retrying", address, reason)
         else:
             log.warning("MQTT: cannot reach %s (%s); retrying in the background", address, reason)
         self._trouble = reason

@@ -12,6 +12,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 _LOGIN_REFUSED = {4, 5, 0x86, 0x87}  # bad user name or password, not authorised
 
 
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker took the login but refused a subscription (its access control)."""
+
+    def __init__(self, topic: str, code: ReasonCode) -> None:
+        super().__init__(f"refused the subscription to {topic} ({code})")
+
+
+def check_granted(codes: tuple[int, ...] | list[ReasonCode], topic: str) -> None:
+    """Raise `SubscriptionRefused` unless the SUBACK granted `topic` (an ACL may refuse it)."""
+    for code in codes:
+        if isinstance(code, ReasonCode) and code.is_failure:
+            raise SubscriptionRefused(topic, code)
+
+
 def is_login_refused(exc: BaseException) -> bool:
     """The broker answered, and refused the user and password (or this client)."""
     if not isinstance(exc, aiomqtt.MqttCodeError):

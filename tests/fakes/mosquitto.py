@@ -45,7 +45,13 @@ def free_port() -> int:
 class Mosquitto:
     """One broker process; `start()`, `stop()`, `start()` again on the same port."""
 
-    def __init__(self, port: int | None = None, *, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        users: dict[str, str] | None = None,
+    ) -> None:
+        """`users`: name -> password (no anonymous clients then)."""
         self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="parley-mqtt-"))
         self.log_path = self.root / "mosquitto.log"
