@@ -26,10 +26,8 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord import sharding
 from adapters.discord.commands import build_command_tree
 from adapters.discord.config import DiscordSettings
-from adapters.discord.limits import channel_limits
 from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import (
     AccessRules,
@@ -40,11 +38,19 @@ from adapters.discord.rules import (
     readable_text,
     unreadable_kind,
 )
+from adapters.discord.sharding import (
+    SharedGateway,
+    client_options,
+    describe,
+    is_sharded,
+    open_shared,
+)
 from adapters.discord.targets import (
     NOTICE_MENTIONS,
     ChannelTarget,
     Clock,
     InteractionTarget,
+    channel_limits,
 )
 from adapters.discord.voice.channels import VoiceChannels
 from bot.commands import CommandReply
@@ -164,7 +170,7 @@ class DiscordAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._saved_endpoints: tuple[str, yarl.URL] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
-        self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
+        self.shared_gateway: SharedGateway | None = None  # budgets of a sharded bot
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -189,13 +195,13 @@ class DiscordAdapter:
         if not token:
             raise ConfigError(["discord.token: empty; set it to the bot token to use Discord"])
         self._redirect()
-        client_class = _ShardedClient if sharding.is_sharded(self._cfg) else _Client
+        client_class = _ShardedClient if is_sharded(self._cfg) else _Client
         client = client_class(
             self,
             intents=self._intents(),
             guild_ready_timeout=self._guild_ready_timeout,
             allowed_mentions=NOTICE_MENTIONS,
-            **sharding.client_options(self._cfg),
+            **client_options(self._cfg),
         )
         self._client = client
         self._tree = build_command_tree(client, self)
@@ -212,7 +218,7 @@ class DiscordAdapter:
         self._commands.provide("join", self._voice.join)
         self._commands.provide("leave", self._voice.leave)
         try:
-            self.shared_gateway = await sharding.open_shared(self._settings, self._cfg)
+            self.shared_gateway = await open_shared(self._settings, self._cfg)
             if self.shared_gateway is not None:
                 self.shared_gateway.gate_library(client.http)
             try:
@@ -235,7 +241,7 @@ class DiscordAdapter:
             "Discord: connected as %s (%d servers) %s",
             client.user,
             len(client.guilds),
-            sharding.describe(self._cfg),
+            describe(self._cfg),
         )
 
     async def stop(self) -> None:
