@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
+import adapters.discord.sharding as sharding
 from adapters.discord.commands import build_command_tree
 from adapters.discord.compat import redirect_endpoints, require_libraries, skip_unreadable_events
 from adapters.discord.config import DiscordSettings
@@ -32,13 +33,6 @@ from adapters.discord.rules import (
     is_turn,
     readable_text,
     unreadable_kind,
-)
-from adapters.discord.sharding import (
-    SharedGateway,
-    client_options,
-    describe,
-    is_sharded,
-    open_shared,
 )
 from adapters.discord.targets import (
     NOTICE_MENTIONS,
@@ -145,7 +139,7 @@ class DiscordAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._restore_endpoints: Callable[[], None] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
-        self.shared_gateway: SharedGateway | None = None  # budgets of a sharded bot
+        self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -172,13 +166,13 @@ class DiscordAdapter:
         if not token:
             raise ConfigError(["discord.token: empty; set it to the bot token to use Discord"])
         self._restore_endpoints = redirect_endpoints(self._cfg.api_base_url, self._cfg.gateway_url)
-        client_class = _ShardedClient if is_sharded(self._cfg) else _Client
+        client_class = _ShardedClient if sharding.is_sharded(self._cfg) else _Client
         client = client_class(
             self,
             intents=self._intents(),
             guild_ready_timeout=self._guild_ready_timeout,
             allowed_mentions=NOTICE_MENTIONS,
-            **client_options(self._cfg),
+            **sharding.client_options(self._cfg),
         )
         self._client = client
         self._tree = build_command_tree(client, self)
@@ -195,7 +189,7 @@ class DiscordAdapter:
         self._commands.provide("join", self._voice.join)
         self._commands.provide("leave", self._voice.leave)
         try:
-            self.shared_gateway = await open_shared(self._settings, self._cfg)
+            self.shared_gateway = await sharding.open_shared(self._settings, self._cfg)
             if self.shared_gateway is not None:
                 self.shared_gateway.gate_library(client.http)
             try:
@@ -218,7 +212,7 @@ class DiscordAdapter:
             "Discord: connected as %s (%d servers) %s",
             client.user,
             len(client.guilds),
-            describe(self._cfg),
+            sharding.describe(self._cfg),
         )
 
     async def stop(self) -> None:
