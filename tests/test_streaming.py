@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.discord.config import DiscordSettings
-from adapters.discord.limits import channel_limits as discord_limits
+from adapters.discord.targets import channel_limits as discord_limits
 from adapters.telegram.config import TelegramSettings
-from adapters.telegram.limits import chat_limits as telegram_limits
+from adapters.telegram.targets import chat_limits as telegram_limits
 from bot.errors import DeliveryError, RetryAfter
 from bot.streaming import (
     DEFAULT_MARKER,

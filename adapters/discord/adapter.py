@@ -3,12 +3,9 @@
 Chat: in DMs every message is a turn; in servers a message that mentions the bot (or its role)
 or replies to one of its messages. History is per channel, and a thread is its own channel.
 
-Redirection: discord.py builds every REST URL from the class attribute `discord.http.Route.BASE`
-(read each time a Route is created, webhook routes included) and opens the gateway at
-`discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY` (read in `DiscordWebSocket.from_client`).
-Neither can be set per client, so `start()` points both at `discord.api_base_url` and
-`discord.gateway_url` for the whole process and `stop()` restores them: one Discord adapter per
-process.
+Redirection: `start()` points discord.py's REST and gateway at `discord.api_base_url` and
+`discord.gateway_url` for the whole process (adapters/discord/compat.py: no per-client option)
+and `stop()` restores them: one Discord adapter per process.
 """
 
 from __future__ import annotations
@@ -21,15 +18,12 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
-import yarl
 from discord import app_commands
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 
-from adapters.discord import sharding
+import adapters.discord.sharding as sharding
 from adapters.discord.commands import build_command_tree
+from adapters.discord.compat import redirect_endpoints, require_libraries, skip_unreadable_events
 from adapters.discord.config import DiscordSettings
-from adapters.discord.limits import channel_limits
 from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import (
     AccessRules,
@@ -45,6 +39,7 @@ from adapters.discord.targets import (
     ChannelTarget,
     Clock,
     InteractionTarget,
+    channel_limits,
 )
 from adapters.discord.voice.channels import VoiceChannels
 from bot.commands import CommandReply
@@ -88,21 +83,13 @@ MSG_PICTURE_UNREADABLE = "I couldn't download that picture. Please send it again
 _MEGABYTE = 1024 * 1024
 
 
-# What reading a gateway event that is not shaped as documented raises inside discord.py.
-EVENT_ERRORS = (AttributeError, IndexError, KeyError, OverflowError, TypeError, ValueError)
-
-
 class _Client(discord.Client):
     """discord.py's client with Parley's message handler."""
 
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
         self._adapter = adapter
-        # An exception from one of discord.py's event parsers ends `connect()` for good: one
-        # malformed event would keep the bot offline. Such an event is skipped instead.
-        parsers = self._connection.parsers
-        for event, parser in parsers.items():
-            parsers[event] = _skipping_unreadable(event, parser)
+        skip_unreadable_events(self)  # one malformed event would keep the bot offline
 
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.on_message(message)
@@ -122,18 +109,6 @@ class _ShardedClient(_Client, discord.AutoShardedClient):
             await super().before_identify_hook(shard_id, initial=initial)
         else:  # the IDENTIFY bucket is the bot's, shared with its other processes
             await shared.before_identify(shard_id, initial=initial)
-
-
-def _skipping_unreadable(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:
-    """`parser`, logging and skipping an event it cannot read."""
-
-    def parse(data: Any) -> None:
-        try:
-            parser(data)
-        except EVENT_ERRORS as exc:
-            log.warning("Discord: a %s event could not be read, skipped (%r)", event, exc)
-
-    return parse
 
 
 class DiscordAdapter:
@@ -162,7 +137,7 @@ class DiscordAdapter:
         self._rest: DiscordRest | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._saved_endpoints: tuple[str, yarl.URL] | None = None
+        self._restore_endpoints: Callable[[], None] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
         self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
 
@@ -183,12 +158,14 @@ class DiscordAdapter:
     async def start(self) -> None:
         """Log in, sync the slash commands and connect; returns once the bot is ready.
 
-        Raises ConfigError when Discord refuses the token or the message content intent.
+        Raises ConfigError when Discord refuses the token or the message content intent, or
+        when the installed discord.py lacks what Parley relies on.
         """
+        require_libraries()
         token = self._cfg.token.get_secret_value()
         if not token:
             raise ConfigError(["discord.token: empty; set it to the bot token to use Discord"])
-        self._redirect()
+        self._restore_endpoints = redirect_endpoints(self._cfg.api_base_url, self._cfg.gateway_url)
         client_class = _ShardedClient if sharding.is_sharded(self._cfg) else _Client
         client = client_class(
             self,
@@ -258,14 +235,9 @@ class DiscordAdapter:
         if self.shared_gateway is not None:
             await self.shared_gateway.close()
             self.shared_gateway = None
-        if self._saved_endpoints is not None:
-            Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = self._saved_endpoints
-            self._saved_endpoints = None
-
-    def _redirect(self) -> None:
-        self._saved_endpoints = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
-        Route.BASE = self._cfg.api_base_url.rstrip("/")
-        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._cfg.gateway_url)
+        if self._restore_endpoints is not None:
+            self._restore_endpoints()
+            self._restore_endpoints = None
 
     async def _leave_voice(self) -> None:
         if self._voice is None:

@@ -20,7 +20,12 @@ from typing import Any
 import discord
 from discord.http import HTTPClient
 
-from adapters.discord.limits import INTERACTION_TOKEN_LIFETIME_S
+from adapters.discord.config import DiscordSettings
+from adapters.discord.limits import (
+    GLOBAL_HEADROOM,
+    INTERACTION_TOKEN_LIFETIME_S,
+    PLATFORM_KEY,
+)
 from adapters.discord.rest import (
     ALLOWED_MENTIONS,
     FLAG_EPHEMERAL,
@@ -30,7 +35,7 @@ from adapters.discord.rest import (
 )
 from bot.errors import DeliveryError
 from bot.splitter import split_markdown
-from bot.streaming import EditScheduler, LatestMessage
+from bot.streaming import GLOBAL_WINDOW_S, EditScheduler, LatestMessage, windowed_budget
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,18 @@ def queue_text(position: int, waiting: int) -> str:
     if waiting > 1:
         return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
     return QUEUE_TEXT.format(position=position)
+
+
+def channel_limits(settings: DiscordSettings) -> TargetLimits:
+    """Budgets of one Discord channel and of the whole bot, from `[discord]` settings."""
+    return TargetLimits(
+        max_chars=settings.max_message_chars,
+        chat=windowed_budget(settings.channel_edits, settings.channel_window_s),
+        platform=windowed_budget(
+            settings.global_rate * GLOBAL_WINDOW_S - GLOBAL_HEADROOM, GLOBAL_WINDOW_S
+        ),
+        platform_key=PLATFORM_KEY,
+    )
 
 
 def voice_message_payload(clip: VoiceClip, *, reply_to: int | None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from adapters.telegram.commands import find as find_command
 from adapters.telegram.commands import menu
 from adapters.telegram.config import TelegramSettings
 from adapters.telegram.errors import reason_of
-from adapters.telegram.limits import MAX_DOWNLOAD_BYTES, chat_limits
+from adapters.telegram.limits import MAX_DOWNLOAD_BYTES
 from adapters.telegram.polling import Ticket, UpdatePoller
 from adapters.telegram.rules import (
     Picture,
@@ -37,7 +37,7 @@ from adapters.telegram.rules import (
     topic_id,
     unreadable_kind,
 )
-from adapters.telegram.targets import TelegramReplyTarget
+from adapters.telegram.targets import TelegramReplyTarget, chat_limits
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
 from bot.commands import CommandReply

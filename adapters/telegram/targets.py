@@ -27,12 +27,13 @@ import telegram.error
 from telegram import Bot, InputFile, Message, ReplyParameters
 from telegram.constants import ChatAction
 
+from adapters.telegram.config import TelegramSettings
 from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
-from adapters.telegram.limits import MAX_CAPTION_CHARS
+from adapters.telegram.limits import GROUP_WINDOW_S, MAX_CAPTION_CHARS, PLATFORM_KEY
 from bot.errors import DeliveryError
-from bot.streaming import EditScheduler
-from bot.types import OutgoingFile, TargetLimits, VoiceClip
+from bot.streaming import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, EditScheduler, windowed_budget
+from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,24 @@ VOICE_FILE_NAME = "reply.ogg"
 VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
 # Draft ids animate changes of the same preview, so each reply part needs a fresh one.
 _draft_ids = itertools.count(random.randrange(1, 2**30))
+
+
+def chat_limits(settings: TelegramSettings, *, is_private: bool) -> TargetLimits:
+    """Budgets of one Telegram chat and of the whole bot, from `[telegram]` settings.
+
+    A private chat's limit is a soft rate that tolerates short bursts, so it gets the plain rate
+    plus a burst; the group and global limits are hard counts per window (`windowed_budget`).
+    """
+    if is_private:
+        chat = RateBudget(rate=settings.private_rate, burst=SHORT_REPLY_CALLS)
+    else:
+        chat = windowed_budget(settings.group_rate * GROUP_WINDOW_S, GROUP_WINDOW_S)
+    return TargetLimits(
+        max_chars=settings.max_message_chars,
+        chat=chat,
+        platform=windowed_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
+        platform_key=PLATFORM_KEY,
+    )
 
 
 class TelegramReplyTarget:
