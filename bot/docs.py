@@ -277,6 +277,7 @@ _NOTES = {
         "[LLM servers](llm-servers.md#models-per-chat)."
     ),
     "session": (
+        "`/session list` shows each conversation's messages, last day, and which one is current. "
         f"`/session new` without a name: `{AUTO_NAME.format(n=2)}`, `{AUTO_NAME.format(n=3)}`…; "
         "the first conversation is `main`. `/session export` sends the newest "
         f"{EXPORT_MAX_MESSAGES:,} messages, under {EXPORT_MAX_BYTES // 2**20} MiB, as a Markdown "
