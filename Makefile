@@ -10,7 +10,7 @@ PLATFORM_TESTS := tests/test_adapters.py tests/test_blocked_chats.py tests/test_
 	tests/test_telegram_adapter.py tests/test_topics_and_threads.py \
 	tests/test_unsupported_messages.py
 
-.PHONY: run test test-postgres setup lint format bench clean
+.PHONY: run test test-postgres setup lint format bench docs clean
 
 run: setup  ## set everything up and start the bot (console chat when no platform token is set)
 	@$(PY) -m bot run
@@ -39,6 +39,9 @@ format: setup
 
 bench: setup  ## benchmarks; numbers go into README.md
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+docs: setup  ## rewrite docs/configuration.md and docs/commands.md from the settings and the commands
+	$(PY) -m bot.docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
