@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.streaming import GLOBAL_WINDOW_S, windowed_budget
+from bot.delivery.budgets import GLOBAL_WINDOW_S, windowed_budget
 from bot.types import TargetLimits
 
 if TYPE_CHECKING:

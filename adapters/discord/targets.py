@@ -28,9 +28,10 @@ from adapters.discord.rest import (
     InteractionTokenExpired,
     Upload,
 )
+from bot.delivery.notices import LatestMessage
+from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
 from bot.splitter import split_markdown
-from bot.streaming import EditScheduler, LatestMessage
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from telegram.constants import FileSizeLimit, FloodLimit, MessageLimit
 
-from bot.streaming import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
+from bot.delivery.budgets import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
 from bot.types import RateBudget, TargetLimits
 
 if TYPE_CHECKING:

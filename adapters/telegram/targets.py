@@ -30,8 +30,8 @@ from telegram.constants import ChatAction
 from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import MAX_CAPTION_CHARS
+from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
-from bot.streaming import EditScheduler
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
