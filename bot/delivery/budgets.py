@@ -129,10 +129,12 @@ class Bucket:
         return max(ready, self.paused_until)
 
     def take(self, now: float) -> None:
+        """Spend a token (the caller checked `ready_at`)."""
         self._refill(now)
         self.tokens -= 1.0
 
     def refund(self) -> None:
+        """Give back a token that bought no call."""
         self.tokens = min(self.burst, self.tokens + 1.0)
 
     def idle(self, now: float) -> bool:
@@ -304,6 +306,7 @@ class BudgetScheduler:
     # --- used by the reply streams and queue notices -----------------------------------------
 
     def request(self, lane: Lane, urgency: Priority, deadline: float) -> Request:
+        """A call on `lane` that will wait for its tokens (pass it to `acquire`)."""
         future = asyncio.get_running_loop().create_future()
         return Request(lane, urgency, next(self._seq), deadline, future)
 
@@ -331,6 +334,7 @@ class BudgetScheduler:
         self._kick.set()
 
     def pause(self, lane: Lane, error: RetryAfter) -> None:
+        """A 429: no token of the bucket it names (the chat's, or the platform's) until it ends."""
         bucket = lane.platform if error.is_global else lane.chat
         bucket.paused_until = max(bucket.paused_until, self.clock.now() + error.retry_after)
 
