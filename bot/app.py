@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from adapters import platforms, settings_sections
 from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
+from bot.delivery.scheduler import EditScheduler
 from bot.engine import ConversationEngine
 from bot.errors import ConfigError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
@@ -25,7 +26,6 @@ from bot.llm import Api, LLMClient, configured_urls
 from bot.models import ModelCatalog
 from bot.platform import Platform, PlatformAdapter, Services
 from bot.storage import HistoryStore, open_store
-from bot.streaming import EditScheduler
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber

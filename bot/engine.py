@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from bot import metrics
 from bot.channel_config import ChannelSettings
 from bot.config import EngineSettings, Settings
+from bot.delivery.scheduler import EditScheduler
+from bot.delivery.stream import ReplyStream
 from bot.errors import (
     AudioError,
     DeliveryError,
@@ -41,7 +43,6 @@ from bot.prompt import (
 from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.storage import HistoryStore, StoredMessage, Turn
-from bot.streaming import EditScheduler, ReplyStream
 from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
 
 if TYPE_CHECKING:

@@ -82,7 +82,7 @@ class TargetLimits:
 
 
 class TextTarget(Protocol):
-    """Where a reply's text goes. Adapters implement it; `bot.streaming` drives it.
+    """Where a reply's text goes. Adapters implement it; `bot.delivery` drives it.
 
     Methods raise `bot.errors.RetryAfter` on a platform 429 and `bot.errors.DeliveryError` on a
     permanent failure. "Message is not modified" is not an error: the adapter swallows it.

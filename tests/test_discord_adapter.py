@@ -16,8 +16,8 @@ from discord.http import Route
 
 from adapters.discord.adapter import DEVELOPER_PORTAL, MSG_NOT_ALLOWED
 from adapters.discord.targets import MESSAGE_FLAG_VOICE
+from bot.delivery.stream import DEFAULT_MARKER
 from bot.errors import ConfigError
-from bot.streaming import DEFAULT_MARKER
 from tests.fakes.clock import ManualClock
 from tests.fakes.discord_api import INTERACTION_TOKEN_LIFETIME_S, MAX_MESSAGE_CHARS, FakeDiscord
 from tests.fakes.discord_gateway import (

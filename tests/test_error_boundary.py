@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from bot.delivery.stream import DEFAULT_MARKER
 from bot.engine import MSG_INTERNAL
-from bot.streaming import DEFAULT_MARKER
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
 from tests.fakes.stored import stored_rows

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bot.delivery.stream import DEFAULT_MARKER
 from bot.engine import MSG_REPLY_CAPPED, MSG_REPLY_TIMEOUT
-from bot.streaming import DEFAULT_MARKER
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import (
     QUEUE_NOTICE_PREFIX,

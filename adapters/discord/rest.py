@@ -5,7 +5,7 @@ again, up to five times. That suits one-off calls, but for a streamed reply it w
 stale edit after the wait while newer text piles up behind it, and its waits are invisible to
 the budgets every other chat shares. So every call an answer makes (post, edit, delete a
 message; the interaction response and follow-ups; typing; voice and file uploads) goes through
-this small client instead: a 429 raises `RetryAfter` at once and `bot.streaming` pauses the
+this small client instead: a 429 raises `RetryAfter` at once and `bot.delivery` pauses the
 bucket and decides what to write when the wait is over, usually just the latest text. Login,
 command sync and interaction callbacks (the 3-second acknowledgement) stay on discord.py.
 

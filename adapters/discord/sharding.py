@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.discord.compat import gate_requests
 from adapters.discord.limits import GLOBAL_HEADROOM
+from bot.delivery.budgets import GLOBAL_WINDOW_S
 from bot.shared_budget import LocalBudget, SharedBudget
-from bot.streaming import GLOBAL_WINDOW_S
 
 if TYPE_CHECKING:
     import discord

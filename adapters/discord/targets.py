@@ -33,9 +33,11 @@ from adapters.discord.rest import (
     InteractionTokenExpired,
     Upload,
 )
+from bot.delivery.budgets import GLOBAL_WINDOW_S, windowed_budget
+from bot.delivery.notices import LatestMessage
+from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
 from bot.splitter import split_markdown
-from bot.streaming import GLOBAL_WINDOW_S, EditScheduler, LatestMessage, windowed_budget
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,9 @@ from adapters.telegram.config import TelegramSettings
 from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import GROUP_WINDOW_S, MAX_CAPTION_CHARS, PLATFORM_KEY
+from bot.delivery.budgets import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
+from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
-from bot.streaming import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, EditScheduler, windowed_budget
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
