@@ -360,3 +360,17 @@ async def test_the_real_fetch_server_reads_a_loopback_page(
     result = await hub.call("fetch", json.dumps({"url": web_page}))
     assert result.ok, result.text
     assert "The answer is 42." in result.text
+
+
+def test_a_hub_is_built_before_the_event_loop_runs() -> None:
+    # The app composes its parts before it starts the loop.
+    hub = ToolHub(ToolsSettings(servers={"clock": {"command": ["mcp-server-time"]}}))
+    assert [s.state for s in hub.status()] == ["starting"] and hub.openai_tools() == []
+
+    async def start_and_close() -> None:
+        await hub.start()
+        await hub.wait_settled(HANG_GUARD_S)
+        assert hub.status()[0].state == "ready"
+        await hub.aclose()
+
+    asyncio.run(start_and_close())

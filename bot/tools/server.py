@@ -93,7 +93,7 @@ class ToolServer:
         self._changed = asyncio.Event()  # replaced at every state change: waiters wake up
         self._settled = asyncio.Event()  # the first start succeeded or failed
         self._wake = asyncio.Event()  # check the server now (a call failed, its process ended)
-        self._scope = anyio.CancelScope()  # the supervisor's whole life; aclose() cancels it
+        self._scope: anyio.CancelScope | None = None  # the supervisor's life; aclose() cancels it
         self._closing = False
         self._client: Client | None = None
         self._stderr: ChildStderr | None = None
@@ -107,10 +107,6 @@ class ToolServer:
     def tools(self) -> list[Tool]:
         """The allowed tools of its latest listing (kept while it restarts)."""
         return self._tools
-
-    @property
-    def state(self) -> State:
-        return self._state
 
     def status(self) -> ServerStatus:
         """Its state now."""
@@ -156,7 +152,8 @@ class ToolServer:
         self._changed.set()
         # anyio's cancellation, not Task.cancel(): the SDK stops a child inside a shielded
         # scope, which a native cancel would break off, leaving the process behind.
-        self._scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
         task = self._task
         if task is None:
             return
@@ -175,8 +172,8 @@ class ToolServer:
         self._changed = asyncio.Event()
 
     async def _supervise(self) -> None:
-        with self._scope:
-            while True:
+        with anyio.CancelScope() as self._scope:
+            while not self._closing:
                 self._set_state("starting")
                 reason = await self._serve()
                 delay = self._backoff.next()
