@@ -23,12 +23,12 @@ LLAMA_SERVER_CHUNKS: list[list[dict[str, Any]] | None] = [
             "index": 0,
             "id": "Xk3pQ1",
             "type": "function",
-            "function": {"name": "get_current_time", "arguments": "{\""},
+            "function": {"name": "get_current_time", "arguments": '{"'},
         }
     ],
     [{"index": 0, "function": {"arguments": "timezone"}}],
-    [{"index": 0, "function": {"arguments": "\":\""}}],
-    [{"index": 0, "function": {"arguments": "Europe/Paris\"}"}}],
+    [{"index": 0, "function": {"arguments": '":"'}}],
+    [{"index": 0, "function": {"arguments": 'Europe/Paris"}'}}],
     [],
 ]
 
