@@ -138,6 +138,9 @@ def _type_name(annotation: Any) -> str:
         return f"list of {_type_name(item)}s"
     if _dict_entry_model(annotation) is not None:
         return "tables"
+    if origin is dict:
+        key, value = get_args(annotation)
+        return f"table of {_type_name(key)} to {_type_name(value)}"
     raise TypeError(f"no documentation name for the type {annotation!r}")
 
 

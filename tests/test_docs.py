@@ -33,8 +33,9 @@ def _fields(model: type[BaseModel], key: str) -> Iterator[tuple[str, Any]]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from _fields(annotation, f"{key}.{name}")
             continue
-        if get_origin(annotation) is dict:
-            yield from _fields(get_args(annotation)[1], f"{key}.{name}.NAME")
+        entry = get_args(annotation)[1] if get_origin(annotation) is dict else None
+        if isinstance(entry, type) and issubclass(entry, BaseModel):
+            yield from _fields(entry, f"{key}.{name}.NAME")
         yield f"{key}.{name}", field
 
 
@@ -86,7 +87,8 @@ def test_the_configuration_page_shows_each_key_with_its_variable_default_and_sec
         assert env in rows, key
         row = rows[env]
         assert row.startswith(f"| `{key.rsplit('.', 1)[1]}` |"), row
-        assert ("**secret**" in row) == (field.annotation is SecretStr), key
+        secret = SecretStr in (field.annotation, *get_args(field.annotation))
+        assert ("**secret**" in row) == secret, key
     assert "| `parallel` | integer (1 to 64) | `2` | `PARLEY_LLM__SERVER__PARALLEL` |" in page
     assert '| `voice_listen` | one of `"free"`, `"wake_word"` | `"free"` |' in page
 
