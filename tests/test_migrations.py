@@ -15,6 +15,9 @@ import pytest
 from bot.errors import StorageError
 from bot.storage import SQLiteStore, load_migrations, migrate
 from bot.storage import postgres as pg
+from bot.storage.postgres_connect import connect
+from bot.storage.sqlite import SQLiteDatabase, sqlite_sql
+from bot.storage.turns import history_sql
 from tests.fakes.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +106,7 @@ def test_an_empty_or_missing_set_is_refused(tmp_path: Path) -> None:
 
 
 async def _tables(url: str) -> set[str]:
-    conn = await pg.connect(url)
+    conn = await connect(url)
     try:
         rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         return {row[0] for row in rows}
@@ -166,7 +169,7 @@ def test_postgres_newer_database_is_refused_by_the_command(
 
 async def test_postgres_last_n_query_uses_the_index_without_a_sort(postgres_url: str) -> None:
     await pg.migrate(postgres_url)
-    conn = await pg.connect(postgres_url)
+    conn = await connect(postgres_url)
     try:
         # 200 busy channels, and channel 201 which went quiet long ago: neither may mean reading
         # (or sorting) far more rows than the 50 asked for.
@@ -197,12 +200,12 @@ async def test_postgres_last_n_query_uses_the_index_without_a_sort(postgres_url:
 
 
 async def test_a_sessions_history_query_uses_its_index_without_a_sort(tmp_path: Path) -> None:
-    from bot.storage.sqlite import HISTORY_SQL
-
     path = str(tmp_path / "p.db")
-    await migrate(path)
+    db = await SQLiteDatabase.open(path)
+    sql = sqlite_sql(history_sql(db))
+    await db.close()
     conn = sqlite3.connect(path)
-    plan = conn.execute("EXPLAIN QUERY PLAN " + HISTORY_SQL, (1, 100, 1, 100, 20)).fetchall()
+    plan = conn.execute("EXPLAIN QUERY PLAN " + sql, (1, 100, 20)).fetchall()
     text = " ".join(row[-1] for row in plan)
     assert "USING INDEX messages_session_recent (channel_id=? AND session_id=? AND id<?)" in text
     assert "TEMP B-TREE" not in text
@@ -211,8 +214,10 @@ async def test_a_sessions_history_query_uses_its_index_without_a_sort(tmp_path: 
 async def test_postgres_sessions_history_query_uses_its_index_without_a_sort(
     postgres_url: str,
 ) -> None:
-    await pg.migrate(postgres_url)
-    conn = await pg.connect(postgres_url)
+    store = await pg.PostgresStore.open(postgres_url)
+    sql = history_sql(store.db)
+    await store.close()
+    conn = await connect(postgres_url)
     try:
         # 200 busy channels with two sessions each, and channel 201 which went quiet long ago.
         await conn.execute(
@@ -225,9 +230,7 @@ async def test_postgres_sessions_history_query_uses_its_index_without_a_sort(
         )
         plans = []
         for channel in (7, 201):
-            rows = await conn.fetch(
-                "EXPLAIN " + pg.HISTORY_SQL, channel, 10**9, ["complete", "partial"], 50
-            )
+            rows = await conn.fetch("EXPLAIN " + sql, channel, 10**9, 50)
             plans.append("\n".join(row[0] for row in rows))
     finally:
         await conn.close()
