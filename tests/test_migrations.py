@@ -16,6 +16,7 @@ from bot.errors import StorageError
 from bot.storage import SQLiteStore, load_migrations, migrate
 from bot.storage import postgres as pg
 from bot.storage.postgres_connect import connect
+from bot.storage.shared_budget import SharedBudget
 from bot.storage.sqlite import SQLiteDatabase, sqlite_sql
 from bot.storage.turns import history_sql
 from tests.fakes.postgres import PostgresServer
@@ -121,6 +122,32 @@ async def test_postgres_fresh_database_gets_every_migration_once(postgres_url: s
         await _tables(postgres_url)
     )
     assert await pg.migrate(postgres_url) == (after, after)
+
+
+async def test_a_shared_budget_table_made_at_run_time_is_kept_by_the_migration(
+    postgres_url: str,
+) -> None:
+    # An older Parley created the Discord budget's table itself, outside the migrations.
+    await pg.migrate(postgres_url, load_migrations(dialect="postgresql")[:2])
+    conn = await connect(postgres_url)
+    try:
+        await conn.execute(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS parley_shared_budgets"
+            " (name text PRIMARY KEY, tat double precision NOT NULL);"
+            "INSERT INTO parley_shared_budgets VALUES ('discord:global', 1234.5)"
+        )
+        assert await pg.migrate(postgres_url) == (2, len(load_migrations(dialect="postgresql")))
+        rows = await conn.fetch("SELECT name, tat FROM parley_shared_budgets")
+        assert [tuple(row) for row in rows] == [("discord:global", 1234.5)]
+    finally:
+        await conn.close()
+    budget = SharedBudget(postgres_url, "discord:global", 1000.0)
+    await budget.open()
+    try:
+        await budget.acquire()
+        assert budget.shared_grants == 1 and budget.local_grants == 0
+    finally:
+        await budget.close()
 
 
 async def test_postgres_processes_migrating_at_once_apply_each_migration_once(

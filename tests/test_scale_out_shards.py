@@ -17,7 +17,7 @@ from adapters.discord import sharding
 from adapters.discord.config import DiscordSettings
 from adapters.telegram.config import TelegramSettings
 from bot.errors import ConfigError
-from bot.shared_budget import LocalBudget, SharedBudget
+from bot.storage.shared_budget import LocalBudget, SharedBudget
 from tests.conftest import free_port, make_settings
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_gateway import CLOSE_INVALID_SHARD
