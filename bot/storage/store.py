@@ -3,7 +3,9 @@ group background, on either database.
 
 Each concern is one module (turns, audit, memory, sessions, background) written once against the
 `Database` seam (bot/storage/database.py); `Store` joins them. SQLiteStore and PostgresStore
-only open their database.
+only open their database. A new table or concern is one migration per dialect
+(migrations/<dialect>/NNNN_name.sql, the same name in both) and one module with a class like
+these, named in Store's bases.
 """
 
 from __future__ import annotations

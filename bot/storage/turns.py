@@ -6,6 +6,7 @@ row, so a channel's rows are in conversation order by id even when messages queu
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,8 +48,14 @@ def history_sql(db: Database) -> str:
 
     Parameters: channel, row, limit. tests/test_migrations.py checks its plan on both dialects.
     """
+    return _history_sql(db.indexed_by("messages_session_recent"))
+
+
+@functools.cache
+def _history_sql(hint: str) -> str:
+    # Built once per dialect: it is read before every answer.
     return (
-        f"SELECT {columns()} FROM messages{db.indexed_by('messages_session_recent')}"
+        f"SELECT {columns()} FROM messages{hint}"
         f" WHERE channel_id = $1 AND session_id = {session_of_row('$2', '$1')}"
         f" AND id < $2 AND {VISIBLE_SQL} AND content <> '' ORDER BY id DESC LIMIT $3"
     )
