@@ -18,6 +18,8 @@ from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 ANN = 601
 GROUP = -100600
 

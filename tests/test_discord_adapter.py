@@ -35,6 +35,8 @@ from tests.fakes.discord_world import (
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import discord_bot, discord_settings
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 REPLY = "Hello Alice, nice to meet you. What would you like to talk about today?"
 COMMANDS = {
     "ask",

@@ -19,6 +19,8 @@ from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 ANN, BOB = 501, 502
 # JSON nested deeper than any decoder's recursion limit: json.loads raises RecursionError, which
 # is no ValueError, so it escapes the stream parser as an error of a kind nobody expects.

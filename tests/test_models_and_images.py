@@ -21,6 +21,8 @@ from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import echo_reply, echoed
 from tests.fakes.stored import stored_rows
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4  # a "photo": what matters is its bytes
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
 

@@ -33,6 +33,8 @@ from tests.fakes.platform_bots import (
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 ANN, BOB, ROOT = 3001, 3002, 3003
 GROUP, OTHER_GROUP = -100301, -100302
 MSG_ONLY_ADMINS = "Sorry, only admins can change settings."

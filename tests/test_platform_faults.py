@@ -31,6 +31,8 @@ from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import HANG_GUARD_S, eventually
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 EDIT_429_SHARE = 0.2
 PADDING = " ".join(f"word{i}" for i in range(12))  # streamed a word at a time: several edits
 CHATS = 6

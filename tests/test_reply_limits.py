@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.delivery.stream import DEFAULT_MARKER
 from bot.engine import MSG_REPLY_CAPPED, MSG_REPLY_TIMEOUT
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
@@ -24,6 +26,8 @@ from tests.fakes.platform_bots import (
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import eventually
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN, BOB = 701, 702
 ENDLESS = "and so on "

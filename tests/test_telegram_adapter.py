@@ -20,6 +20,8 @@ from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import telegram_bot, telegram_settings, telegram_shows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 ANN, BOB, ADMIN = 1001, 1002, 1003
 GROUP = -100555
 REPLY = "Nice to meet you, Ann. How can I help today?"

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from telegram import Bot
 
 from adapters.telegram.targets import TelegramReplyTarget
@@ -27,6 +28,8 @@ from tests.fakes.platform_bots import (
     telegram_settings,
 )
 from tests.fakes.telegram_api import FakeTelegramAPI
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN = 1401
 FORUM = -100140

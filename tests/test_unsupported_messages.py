@@ -32,6 +32,8 @@ from tests.fakes.platform_bots import (
 )
 from tests.fakes.telegram_api import FakeTelegramAPI
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 ANN = 901
 GROUP = -100900
 PHOTO = [{"file_id": "p1", "file_unique_id": "up1", "width": 90, "height": 90, "file_size": 900}]
