@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from bot.command_table import Command
 from bot.config import PlatformSettings, Settings
 
 # When a platform stops, replies in progress get this long to finish; then they are cancelled
@@ -57,6 +58,7 @@ class Platform:
     settings: type[PlatformSettings]  # the `[name]` section's model
     create: Callable[[Services], PlatformAdapter]
     check: Callable[[Settings], Awaitable[list[Finding]]]  # `parley doctor`: token, reachability
+    commands: tuple[Command, ...] = ()  # the commands only this platform has (e.g. /start)
 
     @property
     def name(self) -> str:

@@ -14,9 +14,10 @@ import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord.adapter import DEVELOPER_PORTAL, MSG_NOT_ALLOWED
+from adapters.discord.adapter import DEVELOPER_PORTAL
 from adapters.discord.targets import MESSAGE_FLAG_VOICE
 from bot.errors import ConfigError
+from bot.messages import Msg, say
 from bot.streaming import DEFAULT_MARKER
 from tests.fakes.clock import ManualClock
 from tests.fakes.discord_api import INTERACTION_TOKEN_LIFETIME_S, MAX_MESSAGE_CHARS, FakeDiscord
@@ -333,7 +334,7 @@ async def test_allowed_channels_limit_where_the_bot_answers(
     )
     async with discord_bot(settings):
         refused = await discord.interact("ask", {"prompt": "hi"})
-        await discord.wait_until(answered(discord, refused, MSG_NOT_ALLOWED))
+        await discord.wait_until(answered(discord, refused, say(Msg.NOT_ALLOWED_HERE)))
         await discord.post_message(discord.ALICE, "in general", mention_bot=True)
         question = await discord.post_message(
             discord.ALICE, "in the thread", channel_id=discord.THREAD_ID, mention_bot=True

@@ -31,6 +31,7 @@ from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import MAX_CAPTION_CHARS
 from bot.errors import DeliveryError
+from bot.messages import queue_text
 from bot.streaming import EditScheduler
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 # Telegram shows "typing..." for 5 s or until the bot sends a message. The engine asks again
 # every few seconds; calls closer together than this are dropped.
 TYPING_REFRESH_S = 3.0
-QUEUE_TEXT = "⏳ You're #{position} in line. I'll answer as soon as I can."
-QUEUE_TEXT_MANY = (
-    "⏳ You're #{position} in line ({waiting} messages waiting). I'll answer in order."
-)
 DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
 VOICE_FILE_NAME = "reply.ogg"
 VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
@@ -325,13 +322,6 @@ class _QueueNotice:
             except telegram.error.BadRequest as exc:
                 if not is_gone(exc):
                     raise
-
-
-def queue_text(position: int, waiting: int) -> str:
-    """A chat's queue notice: its best place in line, and how many of its messages wait."""
-    if waiting > 1:
-        return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
-    return QUEUE_TEXT.format(position=position)
 
 
 @contextlib.contextmanager
