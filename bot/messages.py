@@ -297,7 +297,7 @@ def phrase(msg: Msg, /, **fields: object) -> Phrase:
     return Phrase(msg, tuple(fields.items()))
 
 
-def say(message: Msg | Phrase, /, lang: str = ENGLISH, **fields: object) -> str:
+def say(message: Msg | Phrase, /, *, lang: str = ENGLISH, **fields: object) -> str:
     """The text of `message` with its `{fields}` filled in, in `lang`; a field that is itself
     a message (a `Msg` or a `Phrase`) is said in the same language.
 
@@ -311,7 +311,7 @@ def say(message: Msg | Phrase, /, lang: str = ENGLISH, **fields: object) -> str:
         one, other = text
         text = one if fields[COUNT] == 1 else other
     said = {
-        name: say(value, lang) if isinstance(value, Msg | Phrase) else value
+        name: say(value, lang=lang) if isinstance(value, Msg | Phrase) else value
         for name, value in fields.items()
     }
     return text.format(**said)
