@@ -30,10 +30,10 @@ from bot.prompt import (
 )
 from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
-from bot.reply import ReplyLoop, ReplyState, store_reply, tell
-from bot.storage import HistoryStore, StoredMessage, Turn
+from bot.reply import ReplyLoop, ReplyState, TurnState, store_reply, tell
+from bot.storage import HistoryStore, StoredMessage
 from bot.streaming import EditScheduler
-from bot.types import ImageInput, IncomingMessage, LiveSpeechTarget, ReplyTarget
+from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
@@ -127,11 +127,13 @@ class ConversationEngine:
         if msg.user_ref in self._blocked:
             log.info("ignoring a message from blocked user %s", msg.user_ref)
             return
+        text = msg.text.strip()
+        if not text and not msg.attachments:
+            return  # nothing to answer (a bare mention, say)
         if not self.rate.allow(msg.user_ref):
             limit = self.settings.engine.user_messages_per_minute
             await target.notice(say(Msg.SLOW_DOWN, limit=limit))
             return
-        text = msg.text.strip()
         limit = self.settings.engine.max_input_chars
         if len(text) > limit:
             await target.notice(say(Msg.TOO_LONG, length=len(text), limit=limit))
@@ -156,7 +158,7 @@ class ConversationEngine:
                 if not text and not unpacked.images:
                     return
                 stored = stored_text(text, unpacked.images)
-                turn = await self.store.start_turn(
+                rows = await self.store.start_turn(
                     channel_id,
                     author_id=msg.user_id,
                     author_name=msg.user_name,
@@ -171,9 +173,10 @@ class ConversationEngine:
         # No await between the lock's release and joining the line (in turn()'s first step).
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
-        gate = functools.partial(self.store.channel_turn, turn.channel_id, turn.reply_row)
+        gate = functools.partial(self.store.channel_turn, rows.channel_id, rows.reply_row)
+        turn = TurnState(msg, target, turn_id, rows, text, unpacked.images)
         async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
-            await self._reply(msg, target, turn, text, unpacked.images, turn_id, slot)
+            await self._reply(turn, slot)
 
     async def takes_images(self, platform: str, channel_key: str) -> bool:
         """Whether the model this chat uses takes images."""
@@ -267,58 +270,41 @@ class ConversationEngine:
     async def _channel_settings(self, channel_id: int) -> ChannelSettings:
         return await ChannelSettings.load(self.store, self.settings.engine, channel_id)
 
-    async def _reply(
-        self,
-        msg: IncomingMessage,
-        target: ReplyTarget,
-        turn: Turn,
-        text: str,
-        images: tuple[ImageInput, ...],
-        turn_id: str,
-        slot: TurnSlot,
-    ) -> None:
+    async def _reply(self, turn: TurnState, slot: TurnSlot) -> None:
         try:
-            settings, request, chosen = await self._prepare(msg, turn, text, images)
-            await self.store.update_message(turn.reply_row, status="streaming")
+            settings, request, chosen = await self._prepare(turn)
+            await self.store.update_message(turn.rows.reply_row, status="streaming")
         except Exception:
             # Nothing was shown yet: the reply row must not stay 'queued' until the next start.
             with contextlib.suppress(Exception):
-                await store_reply(self.store, turn, "", "failed")
+                await store_reply(self.store, turn.rows, "", "failed")
             raise
+        target = turn.target
         live = isinstance(target, LiveSpeechTarget)
-        voice = self._voice_reply(msg, settings, live=live)
+        voice = self._voice_reply(turn.msg, settings, live=live)
         if voice is not None and isinstance(target, LiveSpeechTarget):
             target.speak_live(voice.sentences())  # heard sentence by sentence as it streams
         state = ReplyState(
-            msg=msg,
-            target=target,
-            rows=turn,
-            ref=turn_id,
-            model=chosen,
-            request=request,
-            stream=self.scheduler.open(target),
-            voice=voice,
+            turn, model=chosen, request=request, stream=self.scheduler.open(target), voice=voice
         )
         await self.replies.run(state, slot)
 
-    async def _prepare(
-        self, msg: IncomingMessage, turn: Turn, text: str, images: tuple[ImageInput, ...]
-    ) -> tuple[ChannelSettings, LLMRequest, ChatModel]:
+    async def _prepare(self, turn: TurnState) -> tuple[ChannelSettings, LLMRequest, ChatModel]:
         """The chat's settings, its model and the LLM request: persona, what memory recalls,
         the group's background, history in budget, the message (and its pictures)."""
-        settings = await self._channel_settings(turn.channel_id)
+        msg, rows = turn.msg, turn.rows
+        settings = await self._channel_settings(rows.channel_id)
         chosen = self.models.pick(settings.model)
         parts: list[dict[str, Any]] = []
-        if images:
+        if turn.images:
             if await self.models.sees_images(chosen):
-                parts = await asyncio.to_thread(image_parts, images)  # megabytes of base64
+                parts = await asyncio.to_thread(image_parts, turn.images)  # megabytes of base64
             else:  # the pictures were read for the model of then; the chat switched since
                 log.info("pictures left out: model %r does not take images", chosen.name)
-        rows = await self.store.history(turn.channel_id, turn.user_row, _HISTORY_ROWS)
-        kept = fit_rows(rows, settings.history_tokens)
-        recalled = await self._recall(
-            msg, turn, text, settings, kept, complete=len(rows) == len(kept) < _HISTORY_ROWS
-        )
+        history = await self.store.history(rows.channel_id, rows.user_row, _HISTORY_ROWS)
+        kept = fit_rows(history, settings.history_tokens)
+        complete = len(history) == len(kept) < _HISTORY_ROWS
+        recalled = await self._recall(turn, settings, kept, complete=complete)
         bot_name = self.settings.engine.bot_name
         system = with_recalled(
             system_prompt(settings, bot_name), recalled, user_name=msg.user_name, bot_name=bot_name
@@ -328,7 +314,7 @@ class ConversationEngine:
             prompt_format=self.settings.llm.prompt_format,
             system=system,
             history=[PromptTurn(row.role, row.content) for row in kept],
-            user_text=text,
+            user_text=turn.text,
             settings=settings,
             bot_name=bot_name,
             images=parts,
@@ -338,9 +324,7 @@ class ConversationEngine:
 
     async def _recall(
         self,
-        msg: IncomingMessage,
-        turn: Turn,
-        text: str,
+        turn: TurnState,
         settings: ChannelSettings,
         kept: list[StoredMessage],
         *,
@@ -348,7 +332,8 @@ class ConversationEngine:
     ) -> Recalled:
         """Facts, older turns beyond the history (unless `complete`: the history is all there
         is) and, in groups, the background since the oldest turn shown (or all of it)."""
-        terms = search_terms(text)
+        msg, rows = turn.msg, turn.rows
+        terms = search_terms(turn.text)
         facts, used = await recall_facts(
             self.store,
             msg.platform,
@@ -357,13 +342,13 @@ class ConversationEngine:
             private=msg.is_private,
             budget=settings.memory_tokens,
         )
-        oldest = kept[0].id if kept else turn.user_row
+        oldest = kept[0].id if kept else rows.user_row
         earlier = []
         if not complete:
             earlier = await recall_turns(
                 self.store,
-                turn.channel_id,
-                turn.user_row,
+                rows.channel_id,
+                rows.user_row,
                 oldest,
                 terms,
                 budget=settings.memory_tokens - used,
@@ -374,8 +359,8 @@ class ConversationEngine:
             after = 0 if complete or not kept else kept[0].id
             background = await recall_background(
                 self.store,
-                turn.channel_id,
-                turn.user_row,
+                rows.channel_id,
+                rows.user_row,
                 after,
                 budget=settings.group_context_tokens,
             )

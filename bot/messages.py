@@ -282,6 +282,12 @@ class Msg(Enum):
     SESSION_RESUMED = "Back to “{name}” ({messages})."
     EXPORT_EMPTY = "This conversation (“{name}”) is empty: nothing to export yet."
     EXPORT_READY = "Here is this conversation, “{name}”, as a file."
+    EXPORT_TITLE = "# {bot_name} conversation “{session}”"
+    EXPORT_ABOUT = "{chat} · exported {when} · {messages} messages"
+    EXPORT_CHAT = "{platform} chat {chat}"
+    EXPORT_LEFT_OUT = "_{messages} older messages left out (too long for one file)._"
+    EXPORT_CAPTION = "Conversation “{session}”: {messages} messages."
+    EXPORT_USER = "User"
 
 
 @dataclass(frozen=True, slots=True)

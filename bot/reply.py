@@ -31,7 +31,7 @@ from bot.models import ChatModel
 from bot.queue import TurnSlot
 from bot.storage import HistoryStore, Status, Turn
 from bot.streaming import ReplyStream
-from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
+from bot.types import ImageInput, IncomingMessage, LiveSpeechTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.voice_reply import VoiceReply
@@ -52,14 +52,23 @@ class _ChatRefused(Exception):
     """The chat refused the reply for good (blocked, deleted): stop generating it."""
 
 
-@dataclass(slots=True)
-class ReplyState:
-    """One reply from its request to its stored end: what every step reads and adds."""
+@dataclass(frozen=True, slots=True)
+class TurnState:
+    """One turn once its message is stored: what it answers, and where the answer goes."""
 
     msg: IncomingMessage
     target: ReplyTarget
-    rows: Turn  # the stored user message and the reply's row
     ref: str  # the turn's id, in logs and in the notice of an unexpected error
+    rows: Turn  # the stored user message and the reply's row
+    text: str  # what is answered: the message's text, after a recording's transcript
+    images: tuple[ImageInput, ...] = ()  # its pictures, for a model that takes images
+
+
+@dataclass(slots=True)
+class ReplyState:
+    """One turn's reply from its request to its stored end: what every step reads and adds."""
+
+    turn: TurnState
     model: ChatModel
     request: LLMRequest
     stream: ReplyStream
@@ -86,7 +95,7 @@ class ReplyLoop:
 
     async def run(self, state: ReplyState, slot: TurnSlot) -> None:
         """Stream the reply, conclude it, and free the LLM slot as soon as generation ends."""
-        target = state.target
+        target = state.turn.target
         timeout = self.settings.llm.reply_timeout_s
         typing = asyncio.create_task(self._keep_typing(state))
         started = time.perf_counter()
@@ -120,8 +129,8 @@ class ReplyLoop:
             raise
         # The turn's error boundary: close the reply, store it, tell the user.
         except Exception:
-            log.exception("turn %s in %s failed while streaming", state.ref, target.chat_key)
-            state.ended("partial", say(Msg.INTERNAL, ref=state.ref))
+            log.exception("turn %s in %s failed while streaming", state.turn.ref, target.chat_key)
+            state.ended("partial", say(Msg.INTERNAL, ref=state.turn.ref))
         finally:
             typing.cancel()
             # Generation is over: the final edits, 429 waits and the voice note go on without
@@ -129,7 +138,7 @@ class ReplyLoop:
             slot.release()
         if state.status == "complete" and not state.answer.strip():
             state.ended("failed", say(Msg.EMPTY_REPLY))
-        metrics.REPLIES.labels(state.msg.platform, state.status).inc()
+        metrics.REPLIES.labels(state.turn.msg.platform, state.status).inc()
         await self._conclude(state)
 
     async def _consume(self, state: ReplyState, started: float) -> None:
@@ -140,7 +149,7 @@ class ReplyLoop:
         # connection at once, which is how llama-server learns to free the slot.
         # The chat's model: its own servers only, when it has them.
         async with contextlib.aclosing(
-            state.model.client.stream(state.request, affinity=str(state.rows.channel_id))
+            state.model.client.stream(state.request, affinity=str(state.turn.rows.channel_id))
         ) as events:
             async for event in events:
                 self._check(state, event.reasoning)
@@ -166,7 +175,7 @@ class ReplyLoop:
                 metrics.TOKENS_OUT.inc()
                 if time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
                     last_save = time.monotonic()
-                    await self.store.update_message(state.rows.reply_row, content=state.answer)
+                    await self.store.update_message(state.turn.rows.reply_row, content=state.answer)
                 self._check(state, "")
 
     def _fit(self, state: ReplyState, piece: str) -> str:
@@ -193,7 +202,7 @@ class ReplyLoop:
     async def _cancelled(self, state: ReplyState) -> None:
         """Cancelled (Ctrl-C in the console, shutdown): keep what the user saw."""
         await store_reply(
-            self.store, state.rows, state.answer, "partial" if state.answer else "failed"
+            self.store, state.turn.rows, state.answer, "partial" if state.answer else "failed"
         )
         stream = state.stream
         # Best effort and brief: the platform may be unreachable too, and a shutdown waits.
@@ -208,7 +217,7 @@ class ReplyLoop:
 
     async def _conclude(self, state: ReplyState) -> None:
         """Store the reply, show its final text (no marker) with the note, then the voice."""
-        target, stream, voice, note = state.target, state.stream, state.voice, state.note
+        target, stream, voice, note = state.turn.target, state.stream, state.voice, state.note
         if voice is not None and isinstance(target, LiveSpeechTarget):
             # Spoken live: its last sentences go on whatever becomes of the text.
             if state.status in _SHOWN:
@@ -217,10 +226,10 @@ class ReplyLoop:
                 await voice.cancel()
             voice = None
         try:
-            await store_reply(self.store, state.rows, state.answer, state.status)
+            await store_reply(self.store, state.turn.rows, state.answer, state.status)
         # What was streamed is shown even if it cannot be stored.
         except Exception:
-            log.exception("turn %s: the reply could not be stored", state.ref)
+            log.exception("turn %s: the reply could not be stored", state.turn.ref)
         try:
             if stream.text:
                 await stream.finish(stream.text + (f"\n\n{note}" if note else ""))
@@ -236,11 +245,13 @@ class ReplyLoop:
             return
         # The stream's writer failed: free its budget, tell the user.
         except Exception:
-            log.exception("turn %s: the reply could not be shown in %s", state.ref, target.chat_key)
+            log.exception(
+                "turn %s: the reply could not be shown in %s", state.turn.ref, target.chat_key
+            )
             await stream.cancel()
             if voice is not None:
                 await voice.cancel()
-            await tell(target, say(Msg.INTERNAL, ref=state.ref))
+            await tell(target, say(Msg.INTERNAL, ref=state.turn.ref))
             return
         if voice is not None:
             await self._send_voice(voice, state)
@@ -253,13 +264,13 @@ class ReplyLoop:
             clip = await voice.finish()
         except SpeechSynthesisError as exc:
             log.warning("voice reply failed: %s", exc)
-            await state.target.notice(say(Msg.NO_VOICE))
+            await state.turn.target.notice(say(Msg.NO_VOICE))
             return
         if clip is not None:
-            await state.target.send_voice(clip)
+            await state.turn.target.send_voice(clip)
 
     async def _keep_typing(self, state: ReplyState) -> None:
-        target = state.target
+        target = state.turn.target
         while state.first_token_at is None:
             try:
                 await target.typing()

@@ -70,7 +70,7 @@ class SessionCommands:
             export_markdown,
             rows,
             session=current.name,
-            chat=f"{msg.platform} chat {msg.channel_key}",
+            chat=say(Msg.EXPORT_CHAT, platform=msg.platform, chat=msg.channel_key),
             bot_name=self.bot_name,
         )
         return CommandReply(say(Msg.EXPORT_READY, name=current.name), (file,))
