@@ -1,9 +1,10 @@
 """The contract between the core and a platform: what an adapter package offers, what it gets.
 
 Each package under adapters/ (telegram/, discord/) exposes `PLATFORM`, a `Platform`. The
-composition root (bot/app.py, bot/cli.py) loops over them to compose the settings, start the
-connected platforms, add their health checks and run their `parley doctor` checks; no other core
-module knows a platform by name.
+composition root (bot/app.py, bot/cli.py) loops over them to compose the settings and the
+command tables (the core's commands and each platform's own), start the connected platforms, add
+their health checks and run their `parley doctor` checks; no other core module knows a platform
+by name.
 """
 
 from __future__ import annotations
