@@ -19,9 +19,10 @@ import annotated_types
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from bot.app import full_settings_class
-from bot.commands import Access, Command, Param, commands_for
+from bot.app import full_settings_class, platform_commands
+from bot.command_table import Access, Command, Param, table
 from bot.config import PlatformSettings, Settings
+from bot.messages import say
 from bot.memory import MAX_MEMORIES_PER_USER, MAX_MEMORY_CHARS
 from bot.sessions import AUTO_NAME, EXPORT_MAX_BYTES, EXPORT_MAX_MESSAGES
 
@@ -244,7 +245,8 @@ def command_surfaces() -> dict[str, list[Command]]:
 
     The one place this module reads the command table.
     """
-    return {surface: commands_for(surface) for surface in [*platform_names(), CONSOLE]}
+    own = platform_commands()
+    return {surface: list(table(own[surface])) for surface in [*platform_names(), CONSOLE]}
 
 
 # What the table's one-line help cannot say, by command name. A name the table lacks is an error,
@@ -335,7 +337,7 @@ def _param_lines(param: Param, owner: str) -> list[str]:
         kind = "a true/false option of the slash command"
     else:
         kind = "required" if param.required else "optional"
-    line = f"- {owner}`{param.metavar or param.name}` ({kind}): {param.help}"
+    line = f"- {owner}`{param.metavar or param.name}` ({kind}): {say(param.about)}"
     if param.labels:
         return [line, *(f"  - `{key}`:{about}" for key, _, about in map(_split, param.labels))]
     if param.choices:
@@ -357,7 +359,7 @@ _PRIVATE = "Answered to the caller alone where the platform can (Discord)."
 
 def _command_section(command: Command, surfaces: dict[str, list[Command]]) -> list[str]:
     where = [surface for surface, offered in surfaces.items() if command in offered]
-    lines = [f"### /{command.name}", "", f"{command.help}."]
+    lines = [f"### /{command.name}", "", f"{say(command.about)}."]
     if len(where) < len(surfaces):
         lines[-1] += f" Only on {' and '.join(where)}."
     params: list[str] = []
@@ -370,7 +372,7 @@ def _command_section(command: Command, surfaces: dict[str, list[Command]]) -> li
     else:
         lines += ["", "| usage | who | what |", "|---|---|---|"]
         for entry in command.subcommands:
-            what = entry.help
+            what = say(entry.about)
             if entry.private and not all(sub.private for sub in command.subcommands):
                 what += " (answered to the caller alone where the platform can)"
             lines.append(f"| `{_cell(_usage(command, entry))}` | {_who(entry)} | {_cell(what)} |")

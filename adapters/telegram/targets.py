@@ -34,6 +34,7 @@ from adapters.telegram.limits import GROUP_WINDOW_S, MAX_CAPTION_CHARS, PLATFORM
 from bot.delivery.budgets import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
+from bot.messages import queue_text
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 # Telegram shows "typing..." for 5 s or until the bot sends a message. The engine asks again
 # every few seconds; calls closer together than this are dropped.
 TYPING_REFRESH_S = 3.0
-QUEUE_TEXT = "⏳ You're #{position} in line. I'll answer as soon as I can."
-QUEUE_TEXT_MANY = (
-    "⏳ You're #{position} in line ({waiting} messages waiting). I'll answer in order."
-)
 DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
 VOICE_FILE_NAME = "reply.ogg"
 VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
@@ -345,13 +342,6 @@ class _QueueNotice:
             except telegram.error.BadRequest as exc:
                 if not is_gone(exc):
                     raise
-
-
-def queue_text(position: int, waiting: int) -> str:
-    """A chat's queue notice: its best place in line, and how many of its messages wait."""
-    if waiting > 1:
-        return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
-    return QUEUE_TEXT.format(position=position)
 
 
 @contextlib.contextmanager
