@@ -22,8 +22,8 @@ from pydantic.fields import FieldInfo
 from bot.app import full_settings_class, platform_commands
 from bot.command_table import Access, Command, Param, table
 from bot.config import PlatformSettings, Settings
-from bot.messages import say
 from bot.memory import MAX_MEMORIES_PER_USER, MAX_MEMORY_CHARS
+from bot.messages import say
 from bot.sessions import AUTO_NAME, EXPORT_MAX_BYTES, EXPORT_MAX_MESSAGES
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
