@@ -1,16 +1,12 @@
 # Two commands on a fresh machine: `make run` and `make test` (see README.md).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The platform black-box suite (Telegram and Discord fakes): `make test` runs it a second time
-# with every test's bot on its own database of a real PostgreSQL (issue 16), ~70 s more.
-PLATFORM_TESTS := tests/test_adapters.py tests/test_blocked_chats.py tests/test_commands.py \
-	tests/test_conversations.py tests/test_discord_adapter.py tests/test_error_boundary.py \
-	tests/test_models_and_images.py tests/test_platform_access.py tests/test_platform_budgets.py \
-	tests/test_platform_faults.py tests/test_platform_limits.py tests/test_reply_limits.py \
-	tests/test_telegram_adapter.py tests/test_topics_and_threads.py \
-	tests/test_unsupported_messages.py
+# The platform black-box suite (Telegram and Discord fakes, the tests marked `platform`):
+# `make test` runs it a second time with every test's bot on its own database of a real
+# PostgreSQL, ~70 s more.
+POSTGRES_PASS := -q -m platform --storage=postgresql
 
-.PHONY: run test test-postgres setup lint format bench clean
+.PHONY: run test test-postgres setup lint format bench docs clean
 
 run: setup  ## set everything up and start the bot (console chat when no platform token is set)
 	@$(PY) -m bot run
@@ -20,10 +16,10 @@ test: setup  ## set everything up, lint, type-check, and run the whole test suit
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy bot adapters tests bench
 	$(VENV)/bin/pytest
-	$(VENV)/bin/pytest -q --storage=postgresql $(PLATFORM_TESTS)
+	$(VENV)/bin/pytest $(POSTGRES_PASS)
 
 test-postgres: setup  ## only the platform suite, on PostgreSQL
-	$(VENV)/bin/pytest -q --storage=postgresql $(PLATFORM_TESTS)
+	$(VENV)/bin/pytest $(POSTGRES_PASS)
 
 setup:
 	@scripts/setup.sh
@@ -39,6 +35,9 @@ format: setup
 
 bench: setup  ## benchmarks; numbers go into README.md
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+docs: setup  ## rewrite docs/configuration.md and docs/commands.md from the settings and the commands
+	$(PY) -m bot.docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,4 +1,8 @@
-"""The local console chat: `parley chat`, and `make run` when no platform token is set."""
+"""The local console chat: `parley chat`, and `make run` when no platform token is set.
+
+An adapter like the platforms' (a chat of one person, who owns the bot), though not a
+`Platform`: it needs no token and no connection, and `bot.cli` starts it when no platform is.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,21 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from bot.commands import find
+from bot.command_table import START, find
+from bot.messages import Msg, say
 from bot.platform import Services
-from bot.types import IncomingMessage, OutgoingFile, RateBudget, TargetLimits, VoiceClip
+from bot.types import (
+    Attachment,
+    AttachmentKind,
+    IncomingMessage,
+    OutgoingFile,
+    RateBudget,
+    TargetLimits,
+    VoiceClip,
+)
 
 PLATFORM = "console"
+COMMANDS = (START,)  # the commands only the console has, besides the core's
 CONSOLE_CHANNEL = "local"
 QUIT_COMMANDS = ("quit", "exit")
 # The terminal has no rate limit and no length limit worth splitting at.
@@ -89,7 +103,7 @@ class ConsoleTarget:
         return None
 
     async def queued(self, position: int) -> None:
-        self._write(f"[waiting: #{position} in line]\n")
+        self._write(say(Msg.CONSOLE_WAITING, position=position) + "\n")
 
     async def notice(self, text: str) -> None:
         self._write(f"{text}\n")
@@ -98,12 +112,12 @@ class ConsoleTarget:
         self.voice_dir.mkdir(parents=True, exist_ok=True)
         path = self.voice_dir / f"reply-{time.strftime('%Y%m%d-%H%M%S')}-{self._next_id}.ogg"
         path.write_bytes(clip.ogg_opus)
-        self._write(f"\n[voice reply: {path} ({clip.duration_s:.1f} s)]\n")
+        self._write("\n" + say(Msg.CONSOLE_VOICE, path=path, seconds=clip.duration_s) + "\n")
 
     async def send_file(self, file: OutgoingFile) -> None:
         """Write the file into `file_dir` (never over an earlier one) and say where it is."""
         path = await asyncio.to_thread(_write_new_file, self.file_dir, file)
-        self._write(f"[file: {path}]\n")
+        self._write(say(Msg.CONSOLE_FILE, path=path) + "\n")
 
 
 def _write_new_file(folder: Path, file: OutgoingFile) -> Path:
@@ -137,12 +151,11 @@ class ConsoleChat:
             stdout, voice_dir, services.settings.engine.bot_name, file_dir=file_dir
         )
         self.interactive = stdin.isatty()
+        self._table = services.commands.table(PLATFORM)
         self._reply: asyncio.Task[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
 
-    def _message(
-        self, text: str = "", audio: bytes | None = None, mime: str | None = None
-    ) -> IncomingMessage:
+    def _message(self, text: str = "", recording: Attachment | None = None) -> IncomingMessage:
         return IncomingMessage(
             platform=PLATFORM,
             channel_key=CONSOLE_CHANNEL,
@@ -151,8 +164,7 @@ class ConsoleChat:
             text=text,
             is_admin=True,  # whoever has the terminal owns the bot
             is_private=True,
-            audio=audio,
-            audio_mime=mime,
+            attachments=() if recording is None else (recording,),
         )
 
     def _on_sigint(self) -> None:
@@ -187,14 +199,10 @@ class ConsoleChat:
         threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
         name = self.engine.settings.engine.bot_name
         if self.interactive:
-            self.out.write(
-                f"{name} console — type a message, /help for commands, Ctrl-D to quit.\n"
-            )
+            self.out.write(say(Msg.CONSOLE_WELCOME, name=name) + "\n")
         try:
             if voice_file is not None:
-                await self._answer(
-                    self._message(audio=voice_file.read_bytes(), mime=_mime(voice_file))
-                )
+                await self._answer(self._message(recording=_recording(voice_file)))
             while True:
                 if self.interactive:
                     self.out.write("\nyou> ")
@@ -209,10 +217,10 @@ class ConsoleChat:
                     name_, _, args = line[1:].partition(" ")
                     if name_ in QUIT_COMMANDS:
                         break
-                    command = find(name_)
+                    command = find(self._table, name_)
                     if command is not None and command.turn:
                         line = args  # /ask: the rest is the message
-                    elif command is not None and command.available_on(PLATFORM):
+                    elif command is not None:
                         reply = await self.commands.execute(self._message(line), name_, args)
                         self.out.write(reply.text + "\n")
                         for file in reply.files:
@@ -233,11 +241,27 @@ class ConsoleChat:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the chat itself is being stopped
-            self.out.write("\n[reply cancelled]")
+            self.out.write("\n" + say(Msg.CONSOLE_CANCELLED))
         finally:
             self._reply = None
         self.out.write("\n")
         self.out.flush()
+
+
+def _recording(path: Path) -> Attachment:
+    """A voice file given on the command line, read (up to the limit) when it is transcribed."""
+    mime = _mime(path) or ""
+
+    async def read(limit: int) -> bytes:
+        return await asyncio.to_thread(_read_at_most, path, limit + 1)  # one more: too large
+
+    kind: AttachmentKind = "video" if mime.startswith("video/") else "audio"
+    return Attachment(kind, path.stat().st_size, mime, path.name, reader=read)
+
+
+def _read_at_most(path: Path, size: int) -> bytes:
+    with path.open("rb") as file:
+        return file.read(size)
 
 
 def _mime(path: Path) -> str | None:

@@ -49,9 +49,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.discord.config import DiscordSettings
-from adapters.discord.limits import channel_limits
+from adapters.discord.targets import channel_limits
 from adapters.telegram.config import TelegramSettings
-from adapters.telegram.limits import chat_limits
+from adapters.telegram.targets import chat_limits
 from bot.types import RateBudget, TargetLimits
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeUser

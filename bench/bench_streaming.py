@@ -25,11 +25,11 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.discord.config import DiscordSettings
-from adapters.discord.limits import channel_limits as discord_limits
+from adapters.discord.targets import channel_limits as discord_limits
 from adapters.telegram.config import TelegramSettings
-from adapters.telegram.limits import chat_limits as telegram_limits
+from adapters.telegram.targets import chat_limits as telegram_limits
+from bot.delivery.scheduler import EditScheduler
 from bot.errors import RetryAfter
-from bot.streaming import EditScheduler
 from bot.types import TargetLimits
 from tests.fakes.streaming import FakePlatform, FakeTarget, Window, run_virtual
 

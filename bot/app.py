@@ -15,8 +15,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from adapters import platforms, settings_sections
+from adapters.console import COMMANDS as CONSOLE_COMMANDS
+from adapters.console import PLATFORM as CONSOLE
+from bot.command_table import Command
 from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
+from bot.delivery.scheduler import EditScheduler
 from bot.engine import ConversationEngine
 from bot.errors import ConfigError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
@@ -25,7 +29,6 @@ from bot.llm import Api, LLMClient, configured_urls
 from bot.models import ModelCatalog
 from bot.platform import Platform, PlatformAdapter, Services
 from bot.storage import HistoryStore, open_store
-from bot.streaming import EditScheduler
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
@@ -48,6 +51,13 @@ def full_settings_class() -> Callable[..., Settings]:
     Typed as a callable: the platforms' sections are fields made at run time, unknown to mypy.
     """
     return settings_class(settings_sections())
+
+
+def platform_commands() -> dict[str, tuple[Command, ...]]:
+    """The commands only each platform (and the console) has, offered there besides the core's."""
+    own = {platform.name: platform.commands for platform in platforms()}
+    own[CONSOLE] = CONSOLE_COMMANDS
+    return own
 
 
 class ParleyApp:
@@ -99,7 +109,7 @@ class ParleyApp:
             if not s.llm.concurrency:
                 self.llm.pool.on_capacity(self._resize_queue)
             self.models.on_capacity(self._resize_queue)
-            self.commands = Commands(s, self.store)
+            self.commands = Commands(s, self.store, platform_commands())
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
         except BaseException:

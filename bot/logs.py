@@ -65,6 +65,6 @@ def setup_logging(settings: LoggingSettings, secrets: list[str]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    # These log full request URLs, and Telegram's carry the bot token.
-    for noisy in ("httpx", "httpcore", "aiosqlite", "asyncio", "faster_whisper"):
+    # These log full request URLs: Telegram's carry the bot token, an MCP server's may carry a key.
+    for noisy in ("httpx", "httpx2", "httpcore", "aiosqlite", "asyncio", "faster_whisper"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,9 +1,10 @@
 """The contract between the core and a platform: what an adapter package offers, what it gets.
 
 Each package under adapters/ (telegram/, discord/) exposes `PLATFORM`, a `Platform`. The
-composition root (bot/app.py, bot/cli.py) loops over them to compose the settings, start the
-connected platforms, add their health checks and run their `parley doctor` checks; no other core
-module knows a platform by name.
+composition root (bot/app.py, bot/cli.py) loops over them to compose the settings and the
+command tables (the core's commands and each platform's own), start the connected platforms, add
+their health checks and run their `parley doctor` checks; no other core module knows a platform
+by name.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from bot.command_table import Command
 from bot.config import PlatformSettings, Settings
 
 # When a platform stops, replies in progress get this long to finish; then they are cancelled
@@ -57,6 +59,7 @@ class Platform:
     settings: type[PlatformSettings]  # the `[name]` section's model
     create: Callable[[Services], PlatformAdapter]
     check: Callable[[Settings], Awaitable[list[Finding]]]  # `parley doctor`: token, reachability
+    commands: tuple[Command, ...] = ()  # the commands only this platform has (e.g. /start)
 
     @property
     def name(self) -> str:

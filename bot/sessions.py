@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from bot.messages import Msg, say
 from bot.types import OutgoingFile
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def export_markdown(
     blocks: list[str] = []
     size = 0
     for row in reversed(rows):  # newest first, so a cut drops the oldest
-        author = bot_name if row.role == "assistant" else (row.author_name or "User")
+        author = bot_name if row.role == "assistant" else (row.author_name or say(Msg.EXPORT_USER))
         status = "" if row.status == "complete" else f" · {row.status}"
         block = f"**{author}** · {_when(row.created_at)}{status}\n\n{row.content}\n"
         size += len(block.encode()) + 1
@@ -59,13 +60,13 @@ def export_markdown(
     blocks.reverse()
     left_out = len(rows) - len(blocks)
     head = [
-        f"# {bot_name} conversation “{session}”",
+        say(Msg.EXPORT_TITLE, bot_name=bot_name, session=session),
         "",
-        f"{chat} · exported {_when(now)} · {len(blocks)} messages",
+        say(Msg.EXPORT_ABOUT, chat=chat, when=_when(now), messages=len(blocks)),
         "",
     ]
     if left_out:
-        head += [f"_{left_out} older messages left out (too long for one file)._", ""]
+        head += [say(Msg.EXPORT_LEFT_OUT, messages=left_out), ""]
     text = "\n".join(head) + "\n" + "\n".join(blocks)
     day = time.strftime("%Y%m%d", time.gmtime(now))
     prefix = re.sub(r"[^\w.-]+", "-", bot_name.lower()).strip("-.") or "chat"
@@ -73,5 +74,5 @@ def export_markdown(
         name=f"{prefix}-{session}-{day}.md",
         data=text.encode(),
         mime=EXPORT_MIME,
-        caption=f"Conversation “{session}”: {len(blocks)} messages.",
+        caption=say(Msg.EXPORT_CAPTION, session=session, messages=len(blocks)),
     )

@@ -6,12 +6,16 @@ The engine never imports a platform library: an adapter turns its platform's upd
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from bot.errors import AttachmentTooLarge, AttachmentUnavailable
+from bot.storage.base import Status
 
 if TYPE_CHECKING:
-    from bot.speech.voice_reply import SpokenSentence
+    import numpy as np
+    import numpy.typing as npt
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +24,77 @@ class ImageInput:
 
     data: bytes
     mime: str  # image/jpeg, image/png, image/webp or image/gif
+
+
+# What an attachment is, as far as Parley is concerned: a picture (a format a model with eyes
+# takes), audio and video (their sound is transcribed), and what it cannot open yet.
+AttachmentKind = Literal[
+    "picture",  # JPEG, PNG, WebP or GIF: for a model that takes images
+    "audio",  # a voice note or an audio file
+    "video",  # a video or video note
+    "image",  # a picture in another format
+    "document",  # any other file
+    "sticker",
+    "animation",  # a GIF as Telegram sends it
+    "location",
+    "place",
+    "poll",
+    "contact",
+    "dice",
+    "game",
+    "story",
+    "paid_media",
+    "checklist",
+]
+# Picture formats the chat API's image parts take (OpenAI's list; llama.cpp decodes them too).
+PICTURE_MIMES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+# Reads an attachment's content, stopping past `limit` bytes (AttachmentTooLarge) however many
+# the platform claimed; AttachmentUnavailable when the platform does not deliver it.
+Reader = Callable[[int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """Something a message carries besides its text, as the platform describes it."""
+
+    kind: AttachmentKind
+    size: int = 0  # in bytes, as the platform claims it (0: not told)
+    mime: str = ""  # e.g. "image/png", "audio/ogg" ("" when not told)
+    name: str = ""  # its file name, if it has one
+    max_bytes: int | None = None  # the most the platform delivers (Telegram: 20 MB)
+    reader: Reader | None = field(default=None, repr=False, compare=False)  # None: no content
+
+    def check(self, limit: int) -> int:
+        """The limit that applies (the platform's own may be lower); AttachmentTooLarge when
+        the attachment claims more."""
+        if self.max_bytes is not None:
+            limit = min(limit, self.max_bytes)
+        if self.size > limit:
+            raise AttachmentTooLarge(limit, size=self.size)
+        return limit
+
+    async def read(self, limit: int) -> bytes:
+        """Its content, never more than `limit` bytes.
+
+        Raises AttachmentTooLarge when it claims more or turns out to be more (the reader stops
+        at the limit), AttachmentUnavailable when there is nothing to read or it cannot be had.
+        """
+        limit = self.check(limit)
+        if self.reader is None:
+            raise AttachmentUnavailable(f"a {self.kind} has no content to read")
+        data = await self.reader(limit)
+        if len(data) > limit:  # a reader that does not stop: still never passed on
+            raise AttachmentTooLarge(limit)
+        return data
+
+    @classmethod
+    def of_bytes(cls, kind: AttachmentKind, data: bytes, mime: str = "") -> Attachment:
+        """An attachment already in memory (a file given on the command line, a test's)."""
+
+        async def reader(limit: int) -> bytes:
+            return data
+
+        return cls(kind, size=len(data), mime=mime, reader=reader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +107,35 @@ class IncomingMessage:
     user_name: str
     text: str = ""
     is_admin: bool = False  # the adapter decides, from its own config and platform permissions
-    audio: bytes | None = None  # a voice note or audio attachment, raw bytes as downloaded
-    audio_mime: str | None = None
     reply_to: str | None = None  # platform id of the message this one answers, if any
     message_id: str | None = None  # platform id of this message
     is_private: bool = False  # a DM / private chat
     wants_voice: bool = False  # the user asked for a spoken reply (Discord: /ask voice:true)
     private_reply: bool = False  # a command's answer is seen by the caller alone (Discord)
-    images: tuple[ImageInput, ...] = ()  # pictures, when the chat's model takes them
+    attachments: tuple[Attachment, ...] = ()  # pictures, recordings, files, stickers...
+
+    @property
+    def user_ref(self) -> str:
+        """The sender across platforms, e.g. "telegram:42" (as `engine.blocked_users` has it)."""
+        return f"{self.platform}:{self.user_id}"
+
+    @property
+    def chat_ref(self) -> str:
+        """The conversation across platforms, e.g. "discord:1234"."""
+        return f"{self.platform}:{self.channel_key}"
+
+    @property
+    def recording(self) -> Attachment | None:
+        """The voice note, audio or video whose sound is transcribed (the first one)."""
+        return next((a for a in self.attachments if a.kind in ("audio", "video")), None)
+
+
+@dataclass(frozen=True, slots=True)
+class SpokenSentence:
+    """One sentence of a reply and its speech: mono float32 PCM at 48 kHz."""
+
+    text: str
+    pcm: npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +178,7 @@ class TargetLimits:
 
 
 class TextTarget(Protocol):
-    """Where a reply's text goes. Adapters implement it; `bot.streaming` drives it.
+    """Where a reply's text goes. Adapters implement it; `bot.delivery` drives it.
 
     Methods raise `bot.errors.RetryAfter` on a platform 429 and `bot.errors.DeliveryError` on a
     permanent failure. "Message is not modified" is not an error: the adapter swallows it.
@@ -159,7 +255,7 @@ class ReplyOutcomeTarget(Protocol):
     """A reply target told how each reply ended, for clients that wait for a final event with
     the reply's status (the MQTT bridge) rather than reading a chat."""
 
-    def reply_ended(self, answer: str, status: str, note: str) -> None:
+    def reply_ended(self, answer: str, status: Status, note: str) -> None:
         """The reply is over: its text as stored, its status ("complete", "partial" or
         "failed") and the note the user is shown with it ("" when none). Called once, before
         its final text is shown (which ends with the note)."""

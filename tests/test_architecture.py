@@ -1,4 +1,5 @@
-"""The core's shape: bot/ knows no platform; each platform is one package under adapters/."""
+"""The core's shape: bot/ knows no platform; each platform is one package under adapters/; and
+no module of either imports one that imports it."""
 
 from __future__ import annotations
 
@@ -40,6 +41,136 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found.add(node.module)
     return found
+
+
+def module_name(root: Path, path: Path) -> str:
+    """The dotted name of a source file under `root`; a package's __init__ is the package."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph(
+    root: Path, packages: tuple[str, ...] = ("bot", "adapters")
+) -> dict[str, set[str]]:
+    """Which of the modules under `root`'s `packages` each of them imports, at any depth.
+
+    TYPE_CHECKING and function-level imports count; relative imports are resolved. `from p import
+    n` imports the package `p` (its __init__), and also the module `p.n` when that is one.
+    Packages a submodule import runs implicitly are left out: every module has those.
+    """
+    files = {
+        module_name(root, path): path
+        for package in packages
+        for path in sorted((root / package).rglob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text("utf-8"), filename=str(path))
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = name.split(".") if is_package else name.split(".")[:-1]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = {module for module in found if module in files and module != name}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[str]:
+    """Each group of modules that import each other (strongly connected), as a circle from its
+    first module by name, naming the group's other members when the circle misses some."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    found = []
+    for group in groups:
+        circle = _walk_around(graph, group)
+        missed = sorted(group - set(circle))
+        found.append(" -> ".join(circle) + (f" (also {', '.join(missed)})" if missed else ""))
+    return sorted(found)
+
+
+def _walk_around(graph: dict[str, set[str]], group: set[str]) -> list[str]:
+    """The shortest path through the group's imports from its first module back to it."""
+    start = min(group)
+    seen = {start: [start]}
+    queue = [start]
+    while queue:
+        module = queue.pop(0)
+        for target in sorted(graph[module] & group):
+            if target == start:
+                return [*seen[module], start]
+            if target not in seen:
+                seen[target] = [*seen[module], target]
+                queue.append(target)
+    raise AssertionError(f"no way around {sorted(group)}")
+
+
+def test_no_module_imports_one_that_imports_it() -> None:
+    circles = import_circles(import_graph(ROOT))
+    assert not circles, "modules that import each other:\n" + "\n".join(circles)
+
+
+def test_the_circle_check_sees_every_kind_of_import(tmp_path: Path) -> None:
+    def write(relative: str, text: str) -> None:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    # Under TYPE_CHECKING, relative, through a package's __init__, function-level, and a ring.
+    write("bot/__init__.py", "")
+    write(
+        "bot/a.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bot.b import B\n"
+    )
+    write("bot/b.py", "from .a import A\nfrom bot import c\n")
+    write("bot/c.py", "import bot.b\n")  # in the same group: named after its circle
+    write("adapters/__init__.py", "")
+    write("adapters/p/__init__.py", "def create():\n    from adapters.p.adapter import X\n")
+    write("adapters/p/adapter.py", "from adapters.p import sharding\n")
+    write("adapters/p/sharding.py", "import json\n")
+    write("adapters/p/ok.py", "import adapters.p.sharding\nfrom . import sharding\n")
+    write("adapters/r/__init__.py", "")
+    write("adapters/r/x.py", "from ..r import y\n")
+    write("adapters/r/y.py", "from adapters.r.z import Z\n")
+    write("adapters/r/z.py", "def later():\n    import adapters.r.x\n")
+    assert import_circles(import_graph(tmp_path)) == [
+        "adapters.p -> adapters.p.adapter -> adapters.p",
+        "adapters.r.x -> adapters.r.y -> adapters.r.z -> adapters.r.x",
+        "bot.a -> bot.b -> bot.a (also bot.c)",
+    ]
 
 
 def test_the_core_imports_no_platform_library_and_no_adapter() -> None:

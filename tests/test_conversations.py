@@ -22,6 +22,8 @@ from tests.fakes.platform_bots import discord_bot, discord_settings, echo_reply,
 from tests.fakes.stored import stored_rows
 from tests.fakes.waits import eventually
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 OPTION_STRING = 3  # Discord's application command option type for text
 
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from discord.http import HTTPClient, Route
+from discord.http import HTTPClient
 
+from adapters.discord.compat import redirect_endpoints
 from tests.fakes.clock import ManualClock
 from tests.fakes.discord_api import (
     ALREADY_ACKNOWLEDGED,
@@ -91,13 +92,12 @@ async def test_429_has_discords_shape(discord: FakeDiscord, http: aiohttp.Client
 async def test_discord_py_waits_out_a_429_by_itself(discord: FakeDiscord) -> None:
     """Why streamed edits bypass discord.py's HTTP client: it sleeps and resends on its own."""
     discord.rate_limit("GET", "/users/@me", retry_after=0.05)
-    saved = Route.BASE
-    Route.BASE = discord.api_url
+    restore_endpoints = redirect_endpoints(discord.api_url, discord.gateway_url)
     client = HTTPClient(asyncio.get_running_loop())
     try:
         me = await client.static_login(discord.token)
     finally:
-        Route.BASE = saved
+        restore_endpoints()
         await client.close()
     assert me["id"] == str(discord.BOT.id)
     assert [c.status for c in discord.calls_to("GET", "/users/@me")] == [429, 200]

@@ -21,17 +21,16 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from adapters.mqtt.adapter import MSG_STOPPING, MqttAdapter
+from adapters.mqtt.adapter import MqttAdapter
 from adapters.mqtt.config import MqttSettings
 from adapters.mqtt.errors import SubscriptionRefused, check_granted
-from adapters.mqtt.limits import SESSION_BURST, SESSION_EVENTS_PER_SECOND
+from adapters.mqtt.limits import (
+    MAX_SESSION_CHARS,
+    MAX_USER_CHARS,
+    SESSION_BURST,
+    SESSION_EVENTS_PER_SECOND,
+)
 from adapters.mqtt.rules import (
-    MSG_BAD_JSON,
-    MSG_BAD_RESPONSE_TOPIC,
-    MSG_BAD_SESSION,
-    MSG_BAD_SHAPE,
-    MSG_EMPTY,
-    MSG_NOT_UTF8,
     Request,
     Topics,
     Unreadable,
@@ -42,6 +41,7 @@ from bot.backoff import Backoff
 from bot.config import Settings
 from bot.doctor import run_doctor
 from bot.errors import ConfigError
+from bot.messages import Msg, say
 from tests.conftest import make_settings
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.mosquitto import Device, Mosquitto, available, device, free_port
@@ -188,21 +188,29 @@ async def test_a_response_topic_is_answered_there_with_its_correlation_data(
     assert answers[-1].event == {"type": "done", "text": echoed("Lights?"), "status": "complete"}
     assert {m.correlation for m in answers} == {correlation}
     (refused,) = dev.on("parley/lamp/out")
-    assert refused.event == {"type": "error", "message": MSG_BAD_RESPONSE_TOPIC}
+    told = say(Msg.MQTT_BAD_RESPONSE_TOPIC, topic="parley/lamp/out")
+    assert refused.event == {"type": "error", "message": told}
     assert refused.correlation == b"c2"
     assert [last_user_text(r) for r in fake_llm.requests] == ["Lights?"]
+
+
+BAD_SHAPE = say(Msg.MQTT_BAD_SHAPE, limit=MAX_USER_CHARS)
 
 
 @pytest.mark.parametrize(
     ("topic", "payload", "message"),
     [
-        ("parley/s1/in", b"\xff\xfe not text", MSG_NOT_UTF8),
-        ("parley/s1/in", b"   ", MSG_EMPTY),
-        ("parley/s1/in", b"{not json", MSG_BAD_JSON),
-        ("parley/s1/in", b'{"text": 5}', MSG_BAD_SHAPE),
-        ("parley/s1/in", b'{"text": "hi", "user": ["x"]}', MSG_BAD_SHAPE),
-        ("parley/s1/in", b'{"text": "a\\u0000b"}', MSG_NOT_UTF8),
-        ("parley/bad session!/in", b"hello", MSG_BAD_SESSION),
+        ("parley/s1/in", b"\xff\xfe not text", say(Msg.MQTT_NOT_UTF8)),
+        ("parley/s1/in", b"   ", say(Msg.MQTT_EMPTY)),
+        ("parley/s1/in", b"{not json", say(Msg.MQTT_BAD_JSON)),
+        ("parley/s1/in", b'{"text": 5}', say(Msg.MQTT_BAD_SHAPE, limit=MAX_USER_CHARS)),
+        (
+            "parley/s1/in",
+            b'{"text": "hi", "user": ["x"]}',
+            say(Msg.MQTT_BAD_SHAPE, limit=MAX_USER_CHARS),
+        ),
+        ("parley/s1/in", b'{"text": "a\\u0000b"}', say(Msg.MQTT_NOT_UTF8)),
+        ("parley/bad session!/in", b"hello", say(Msg.MQTT_BAD_SESSION, limit=MAX_SESSION_CHARS)),
     ],
 )
 async def test_an_unreadable_request_gets_an_error_and_the_next_is_answered(
@@ -277,7 +285,7 @@ async def test_a_stop_mid_reply_ends_it_with_an_error_event_and_offline(
         # Leaving the block stopped the bridge: the reply had its grace period, then was cut.
         await dev.wait_until(lambda: dev.on(STATUS)[-1].payload == b"offline")
     *deltas, last = dev.events("parley/long/out")
-    assert last == {"type": "error", "message": MSG_STOPPING}
+    assert last == {"type": "error", "message": say(Msg.MQTT_STOPPING)}
     assert deltas and {e["type"] for e in deltas} == {"delta"}
     async with ParleyApp(settings, speech=False) as again:
         (reply, _) = await again.store.history(channel, 10**9, 2)

@@ -6,10 +6,12 @@ import pytest
 from telegram.constants import FloodLimit, MessageLimit
 
 from adapters.discord.config import DiscordSettings
-from adapters.discord.limits import channel_limits as discord_limits
+from adapters.discord.targets import channel_limits as discord_limits
 from adapters.telegram.config import TelegramSettings
-from adapters.telegram.limits import chat_limits as telegram_limits
+from adapters.telegram.targets import chat_limits as telegram_limits
 from bot.types import RateBudget
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 
 def test_telegram_and_discord_defaults() -> None:

@@ -59,7 +59,7 @@ class SmallDisk:
             await asyncio.to_thread(self._fill_up)
             return
         assert self._app is not None
-        writer = self._app.store._writer  # type: ignore[attr-defined]
+        writer = self._app.store.db._writer  # type: ignore[attr-defined]
         async with writer.execute("PRAGMA page_count") as cur:
             row = await cur.fetchone()
         await writer.execute(f"PRAGMA max_page_count = {row[0]}")
@@ -75,7 +75,7 @@ class SmallDisk:
             self._filler.unlink()
             return
         assert self._app is not None
-        await self._app.store._writer.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[attr-defined]
+        await self._app.store.db._writer.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -14,11 +14,13 @@ import aiohttp
 import av
 import pytest
 
-from adapters.telegram.adapter import MSG_REFUSED
+from bot.messages import Msg, say
 from tests.conftest import free_port
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import telegram_bot, telegram_settings, telegram_shows
 from tests.fakes.telegram_api import FakeTelegramAPI
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN, BOB, ADMIN = 1001, 1002, 1003
 GROUP = -100555
@@ -177,7 +179,7 @@ async def test_users_outside_the_allow_list_get_a_polite_refusal(
         telegram_settings(tmp_path, telegram, fake_llm.url, allowed_user_ids=[ANN])
     ):
         telegram.send_text(telegram.private_chat(bob), bob, "hello?")
-        await telegram.wait_for(telegram_shows(BOB, MSG_REFUSED))
+        await telegram.wait_for(telegram_shows(BOB, say(Msg.REFUSED)))
     assert fake_llm.requests == []
 
 

@@ -15,13 +15,8 @@ from typing import Any
 
 import pytest
 
-from adapters.discord.voice.channels import (
-    MSG_NOT_ALLOWED,
-    MSG_NOT_IN_SERVER,
-    MSG_NOT_IN_VOICE,
-    MSG_WHICH_CHANNEL,
-)
 from adapters.discord.voice.conversation import wake_word_rest
+from bot.messages import Msg, say
 from tests.fakes.discord_voice.harness import transcribe, voice_bot, words
 from tests.fakes.discord_voice.media import OpusEncoder, stereo_frames
 from tests.fakes.discord_voice.server import FakeHuman, speech
@@ -293,7 +288,7 @@ async def test_leave_then_join_a_named_channel(tmp_path: Path, fake_llm: FakeLLM
         assert answer.startswith("👋 Left"), answer
         assert not bot.in_voice
         await bot.voice.wait_for(lambda: connection.closed)  # the gateway's op 4, channel None
-        assert await bot.command("leave", ALICE) == MSG_NOT_IN_VOICE
+        assert await bot.command("leave", ALICE) == say(Msg.VOICE_NOT_IN_VOICE)
         # Bob is in no voice channel: he names one (Discord's channel picker).
         answer = await bot.join(BOB, channel=str(bot.voice.channel_id))
         assert answer.startswith("🔊 Joined"), answer
@@ -332,12 +327,14 @@ async def test_the_bot_leaves_after_the_idle_time(tmp_path: Path, fake_llm: Fake
 
 async def test_join_refusals(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     async with voice_bot(tmp_path, fake_llm, voice_channels=[1234]) as bot:
-        assert await bot.command("join", ALICE) == MSG_WHICH_CHANNEL  # in no voice channel
+        assert await bot.command("join", ALICE) == say(
+            Msg.VOICE_WHICH_CHANNEL
+        )  # in no voice channel
         named = await bot.command("join", ALICE, channel=str(bot.voice.channel_id))
-        assert named == MSG_NOT_ALLOWED.format(channel=f"<#{bot.voice.channel_id}>")
+        assert named == say(Msg.VOICE_NOT_ALLOWED, channel=f"<#{bot.voice.channel_id}>")
         dm = await bot.fake.interact("join", {}, user=ALICE, dm=True)
         await bot.fake.wait_until(lambda: bool(bot.fake.reply_messages(dm)))
         await bot.fake.wait_until(lambda: bot.fake.reply_messages(dm)[0].content != "")
-        assert bot.fake.reply_messages(dm)[0].content == MSG_NOT_IN_SERVER
+        assert bot.fake.reply_messages(dm)[0].content == say(Msg.VOICE_NOT_IN_SERVER)
         assert not bot.in_voice
         assert not [f for f in bot.fake.session.frames if f.direction == "in" and f.op == 4]

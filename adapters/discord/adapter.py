@@ -3,68 +3,57 @@
 Chat: in DMs every message is a turn; in servers a message that mentions the bot (or its role)
 or replies to one of its messages. History is per channel, and a thread is its own channel.
 
-Redirection: discord.py builds every REST URL from the class attribute `discord.http.Route.BASE`
-(read each time a Route is created, webhook routes included) and opens the gateway at
-`discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY` (read in `DiscordWebSocket.from_client`).
-Neither can be set per client, so `start()` points both at `discord.api_base_url` and
-`discord.gateway_url` for the whole process and `stop()` restores them: one Discord adapter per
-process.
+Redirection: `start()` points discord.py's REST and gateway at `discord.api_base_url` and
+`discord.gateway_url` for the whole process (adapters/discord/compat.py: no per-client option)
+and `stop()` restores them: one Discord adapter per process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
-import yarl
 from discord import app_commands
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 
-from adapters.discord import sharding
+import adapters.discord.sharding as sharding
 from adapters.discord.commands import build_command_tree
+from adapters.discord.compat import redirect_endpoints, require_libraries, skip_unreadable_events
 from adapters.discord.config import DiscordSettings
-from adapters.discord.limits import channel_limits
 from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import (
     AccessRules,
-    audio_attachment,
-    image_attachments,
+    content_type,
     is_background,
     is_turn,
+    kind_of,
     readable_text,
-    unreadable_kind,
 )
 from adapters.discord.targets import (
     NOTICE_MENTIONS,
     ChannelTarget,
     Clock,
     InteractionTarget,
+    channel_limits,
 )
 from adapters.discord.voice.channels import VoiceChannels
-from bot.commands import CommandReply
-from bot.engine import (
-    MAX_IMAGES_PER_MESSAGE,
-    MSG_CAPTION_ONLY,
-    MSG_IMAGE_TOO_LARGE,
-    MSG_NO_VISION,
-    MSG_NO_VISION_TEXT,
-    MSG_UNREADABLE,
-)
+from bot.command_table import CommandReply
 from bot.errors import ConfigError, DeliveryError, RetryAfter
+from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
-from bot.types import ImageInput, IncomingMessage, TargetLimits
+from bot.types import Attachment, IncomingMessage, TargetLimits
 
 if TYPE_CHECKING:
     from bot.platform import Services
 
 log = logging.getLogger(__name__)
 
+PLATFORM = "discord"
 GUILD_READY_TIMEOUT_S = 2.0  # discord.py's default quiet time after the last GUILD_CREATE
 DEVELOPER_PORTAL = "https://discord.com/developers/applications"
 MSG_INTENT_REFUSED = (
@@ -77,19 +66,6 @@ MSG_TOKEN_REFUSED = (
     "discord.token: Discord rejected the bot token (401 Unauthorized). Copy it again from "
     f"Bot > Token in the Discord Developer Portal ({DEVELOPER_PORTAL})."
 )
-MSG_NOT_ALLOWED = "Sorry, I'm not available here."
-MSG_FAILED_MESSAGE = "⚠️ Something went wrong on my side with that message. Please try again."
-MSG_FAILED = "⚠️ Something went wrong on my side with that command. Please try again."
-MSG_FILE_FAILED = "Sorry, Discord did not take the file (it may be too large)."
-MSG_NO_REPLY = "Done."  # an empty command reply: Discord refuses empty messages
-MSG_AUDIO_TOO_LARGE = "That audio file is too large ({size:.1f} MB; the limit is {limit:.1f} MB)."
-MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it again."
-MSG_PICTURE_UNREADABLE = "I couldn't download that picture. Please send it again."
-_MEGABYTE = 1024 * 1024
-
-
-# What reading a gateway event that is not shaped as documented raises inside discord.py.
-EVENT_ERRORS = (AttributeError, IndexError, KeyError, OverflowError, TypeError, ValueError)
 
 
 class _Client(discord.Client):
@@ -98,11 +74,7 @@ class _Client(discord.Client):
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
         self._adapter = adapter
-        # An exception from one of discord.py's event parsers ends `connect()` for good: one
-        # malformed event would keep the bot offline. Such an event is skipped instead.
-        parsers = self._connection.parsers
-        for event, parser in parsers.items():
-            parsers[event] = _skipping_unreadable(event, parser)
+        skip_unreadable_events(self)  # one malformed event would keep the bot offline
 
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.on_message(message)
@@ -122,18 +94,6 @@ class _ShardedClient(_Client, discord.AutoShardedClient):
             await super().before_identify_hook(shard_id, initial=initial)
         else:  # the IDENTIFY bucket is the bot's, shared with its other processes
             await shared.before_identify(shard_id, initial=initial)
-
-
-def _skipping_unreadable(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]:
-    """`parser`, logging and skipping an event it cannot read."""
-
-    def parse(data: Any) -> None:
-        try:
-            parser(data)
-        except EVENT_ERRORS as exc:
-            log.warning("Discord: a %s event could not be read, skipped (%r)", event, exc)
-
-    return parse
 
 
 class DiscordAdapter:
@@ -162,7 +122,7 @@ class DiscordAdapter:
         self._rest: DiscordRest | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._saved_endpoints: tuple[str, yarl.URL] | None = None
+        self._restore_endpoints: Callable[[], None] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
         self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
 
@@ -183,12 +143,14 @@ class DiscordAdapter:
     async def start(self) -> None:
         """Log in, sync the slash commands and connect; returns once the bot is ready.
 
-        Raises ConfigError when Discord refuses the token or the message content intent.
+        Raises ConfigError when Discord refuses the token or the message content intent, or
+        when the installed discord.py lacks what Parley relies on.
         """
+        require_libraries()
         token = self._cfg.token.get_secret_value()
         if not token:
             raise ConfigError(["discord.token: empty; set it to the bot token to use Discord"])
-        self._redirect()
+        self._restore_endpoints = redirect_endpoints(self._cfg.api_base_url, self._cfg.gateway_url)
         client_class = _ShardedClient if sharding.is_sharded(self._cfg) else _Client
         client = client_class(
             self,
@@ -198,7 +160,7 @@ class DiscordAdapter:
             **sharding.client_options(self._cfg),
         )
         self._client = client
-        self._tree = build_command_tree(client, self)
+        self._tree = build_command_tree(client, self, self._commands.table(PLATFORM))
         self._voice = VoiceChannels(
             client=client,
             cfg=self._cfg,
@@ -258,14 +220,9 @@ class DiscordAdapter:
         if self.shared_gateway is not None:
             await self.shared_gateway.close()
             self.shared_gateway = None
-        if self._saved_endpoints is not None:
-            Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = self._saved_endpoints
-            self._saved_endpoints = None
-
-    def _redirect(self) -> None:
-        self._saved_endpoints = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
-        Route.BASE = self._cfg.api_base_url.rstrip("/")
-        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._cfg.gateway_url)
+        if self._restore_endpoints is not None:
+            self._restore_endpoints()
+            self._restore_endpoints = None
 
     async def _leave_voice(self) -> None:
         if self._voice is None:
@@ -336,7 +293,7 @@ class DiscordAdapter:
     async def _stt_language(self, channel_key: str) -> str:
         """The `stt_language` setting of a text channel (voice turns are its conversation)."""
         store = self._commands.store
-        channel_id = await store.channel_id("discord", channel_key)
+        channel_id = await store.channel_id(PLATFORM, channel_key)
         return (await self._commands.channel_settings(channel_id)).stt_language
 
     def _voice_reply_target(self, message: discord.Message) -> ChannelTarget:
@@ -375,7 +332,7 @@ class DiscordAdapter:
             return
         await self._engine.observe(
             IncomingMessage(
-                platform="discord",
+                platform=PLATFORM,
                 channel_key=str(message.channel.id),  # a thread is a conversation of its own
                 user_id=str(message.author.id),
                 user_name=message.author.display_name,
@@ -400,7 +357,7 @@ class DiscordAdapter:
         except Exception:
             log.exception("Discord: handling a message in channel %s failed", message.channel.id)
             try:
-                await target.notice(MSG_FAILED_MESSAGE)
+                await target.notice(say(Msg.MESSAGE_FAILED))
             except (DeliveryError, RetryAfter, OSError) as exc:
                 log.warning("Discord: could not tell the user: %s", exc)
         finally:
@@ -408,99 +365,39 @@ class DiscordAdapter:
 
     async def _answer_message(self, message: discord.Message, target: ChannelTarget) -> None:
         assert self._client is not None and self._client.user is not None
-        text = readable_text(message, self._client.user)
-        attachment = audio_attachment(message)
-        images: tuple[ImageInput, ...] = ()
-        pictures = image_attachments(message)
-        if pictures:
-            seen = await self._pictures(message, pictures, bool(text), target)
-            if seen is None and attachment is None:
-                return  # told why they cannot be seen, and there is nothing else to answer
-            images = seen or ()
-        kind = unreadable_kind(message)
-        if kind is not None and attachment is None:
-            log.info("Discord: %s in channel %s cannot be read", kind, message.channel.id)
-            await target.notice(
-                MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
-            )
-        if not text and attachment is None and not images:
-            return
-        audio = None
-        if attachment is not None:
-            audio = await self._download(attachment, target)
-            if audio is None:
-                return
         author = message.author
         manage_guild = isinstance(author, discord.Member) and author.guild_permissions.manage_guild
         reference = message.reference
         msg = IncomingMessage(
-            platform="discord",
+            platform=PLATFORM,
             channel_key=str(message.channel.id),
             user_id=str(author.id),
             user_name=author.display_name,
-            text=text,
+            text=readable_text(message, self._client.user),
             is_admin=self._access.is_admin(author, manage_guild=manage_guild),
-            audio=audio,
-            audio_mime=attachment.content_type if attachment is not None else None,
             reply_to=str(reference.message_id) if reference and reference.message_id else None,
             message_id=str(message.id),
             is_private=message.guild is None,
-            images=images,
+            attachments=self._attachments(message),
         )
         await self._engine.handle(msg, target)
 
-    async def _pictures(
-        self,
-        message: discord.Message,
-        pictures: list[discord.Attachment],
-        has_text: bool,
-        target: ChannelTarget,
-    ) -> tuple[ImageInput, ...] | None:
-        """The pictures for the model, or () after telling the user why they are left out
-        (None: nothing else to answer). Nothing is downloaded for a model that cannot see."""
-        if not await self._engine.takes_images("discord", str(message.channel.id)):
-            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
-            return () if has_text else None
-        limit = self._settings.llm.max_image_bytes
-        fitting = [p for p in pictures if p.size <= limit][:MAX_IMAGES_PER_MESSAGE]
-        if len(fitting) < len(pictures[:MAX_IMAGES_PER_MESSAGE]):
-            largest = max(p.size for p in pictures)
-            await target.notice(
-                MSG_IMAGE_TOO_LARGE.format(size_mb=largest / _MEGABYTE, limit_mb=limit / _MEGABYTE)
+    def _attachments(self, message: discord.Message) -> tuple[Attachment, ...]:
+        """What the message carries besides text: its stickers, then its files, each readable
+        from its URL (with a cap: the size a message claims is not trusted)."""
+        assert self._rest is not None
+        stickers = [Attachment("sticker", name=sticker.name) for sticker in message.stickers]
+        files = [
+            Attachment(
+                kind_of(attachment),
+                size=attachment.size,
+                mime=content_type(attachment),
+                name=attachment.filename,
+                reader=functools.partial(self._rest.download, attachment.url),
             )
-        images = []
-        for picture in fitting:
-            try:
-                data = await picture.read()
-            except discord.HTTPException as exc:
-                log.warning("Discord: picture download failed: %s", exc)
-                await target.notice(MSG_PICTURE_UNREADABLE)
-                continue
-            images.append(
-                ImageInput(data, (picture.content_type or "").split(";")[0].strip().lower())
-            )
-        if not images and not has_text:
-            return None
-        return tuple(images)
-
-    async def _download(
-        self, attachment: discord.Attachment, target: ChannelTarget
-    ) -> bytes | None:
-        """The attachment's bytes, or None after telling the user why not."""
-        limit = self._settings.stt.max_bytes
-        if attachment.size > limit:
-            await target.notice(
-                MSG_AUDIO_TOO_LARGE.format(
-                    size=attachment.size / _MEGABYTE, limit=limit / _MEGABYTE
-                )
-            )
-            return None
-        try:
-            return await attachment.read()
-        except discord.HTTPException as exc:
-            log.warning("Discord: audio attachment download failed: %s", exc)
-            await target.notice(MSG_AUDIO_UNREADABLE)
-            return None
+            for attachment in message.attachments
+        ]
+        return (*stickers, *files)
 
     # -- slash commands (CommandHandler) ---------------------------------------------------
 
@@ -544,7 +441,7 @@ class DiscordAdapter:
         # One interaction's error boundary: log it, tell the user.
         except Exception:
             log.exception("Discord: /%s failed", name)
-            reply = CommandReply(MSG_FAILED)
+            reply = CommandReply(say(Msg.COMMAND_FAILED))
         assert self._rest is not None and self._client is not None
         assert interaction.channel_id is not None
         # The answer goes under the bot's budgets like every other call (a 429 pauses them).
@@ -558,13 +455,14 @@ class DiscordAdapter:
             ephemeral=ephemeral,
         )
         try:
-            await target.answer(reply.text, empty=MSG_NO_REPLY)
+            # Discord refuses an empty message: an answer without text says it is done.
+            await target.answer(reply.text, empty=say(Msg.DONE))
             for file in reply.files:
                 try:
                     await target.send_file(file)
                 except DeliveryError as exc:
                     log.warning("Discord: a file was not delivered: %s", exc)
-                    await target.notice(MSG_FILE_FAILED)
+                    await target.notice(say(Msg.FILE_REFUSED_DISCORD))
         except (DeliveryError, OSError) as exc:  # refused, or past the deadline: nobody to tell
             log.warning("Discord: the answer to /%s was not delivered: %s", name, exc)
 
@@ -578,14 +476,14 @@ class DiscordAdapter:
             interaction.user.id, channel_id, parent_id
         ):
             return True
-        await interaction.response.send_message(MSG_NOT_ALLOWED, ephemeral=True)
+        await interaction.response.send_message(say(Msg.NOT_ALLOWED_HERE), ephemeral=True)
         return False
 
     def _interaction_message(self, interaction: discord.Interaction, text: str) -> IncomingMessage:
         user = interaction.user
         manage_guild = interaction.guild_id is not None and interaction.permissions.manage_guild
         return IncomingMessage(
-            platform="discord",
+            platform=PLATFORM,
             channel_key=str(interaction.channel_id),
             user_id=str(user.id),
             user_name=user.display_name,

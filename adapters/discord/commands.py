@@ -1,4 +1,4 @@
-"""The command table (bot/commands.py) as Discord slash commands on a discord.py `CommandTree`.
+"""Discord's command table (bot/command_table.py) as slash commands on a discord.py `CommandTree`.
 
 discord.py reads a command's options from its callback's signature, so each table entry gets a
 callback whose `__signature__` lists the entry's parameters; the callback only collects the
@@ -8,20 +8,16 @@ options and hands over to a `CommandHandler` (the Discord adapter).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import discord
 from discord import app_commands
 
-from bot.commands import Access, Command, Param, commands_for
+from bot.command_table import Access, Command, Param
+from bot.messages import Msg, say
 
-PLATFORM = "discord"
 MAX_DESCRIPTION = 100  # Discord's limit for command, option and choice descriptions/names
-_ACCESS_NOTES = {
-    Access.EVERYONE: "",
-    Access.OWNER: "",
-    Access.ADMIN: " (Manage Server or a bot admin)",
-}
 
 
 class CommandHandler(Protocol):
@@ -39,15 +35,15 @@ class CommandHandler(Protocol):
 
 
 def build_command_tree(
-    client: discord.Client, handler: CommandHandler
+    client: discord.Client, handler: CommandHandler, commands: Iterable[Command]
 ) -> app_commands.CommandTree[discord.Client]:
-    """A CommandTree with every command of the table that Discord offers."""
+    """A CommandTree with every command of Discord's table."""
     tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
-    for command in commands_for(PLATFORM):
+    for command in commands:
         if not command.subcommands:
             tree.add_command(_slash(command, handler))
             continue
-        group = app_commands.Group(name=command.name, description=_short(command.help))
+        group = app_commands.Group(name=command.name, description=_short(say(command.about)))
         for sub in command.subcommands:
             group.add_command(_slash(sub, handler, parent=command.name))
         tree.add_command(group)
@@ -76,7 +72,7 @@ def _slash(
         [interaction, *(_option(param) for param in command.params)]
     )
     described = app_commands.describe(
-        **{param.name: _short(param.help) for param in command.params}
+        **{param.name: _short(say(param.about)) for param in command.params}
     )(callback)
     choices = {
         param.name: [
@@ -88,10 +84,10 @@ def _slash(
     }
     if choices:
         described = app_commands.choices(**choices)(described)
+    # Discord's own admins (Manage Server) are the bot's admins there too.
+    note = say(Msg.DISCORD_ADMIN_NOTE) if command.access is Access.ADMIN else ""
     return app_commands.Command(
-        name=command.name,
-        description=_short(command.help + _ACCESS_NOTES[command.access]),
-        callback=described,
+        name=command.name, description=_short(say(command.about) + note), callback=described
     )
 
 

@@ -16,34 +16,52 @@ class DiscordSettings(PlatformSettings):
     NAME: ClassVar[str] = "discord"
 
     api_base_url: str = "https://discord.com/api/v10"
+    """The REST API's base, for API proxies."""
     gateway_url: str = "wss://gateway.discord.gg/"
-    message_content: bool = True  # privileged intent: chat by mention/DM needs it
-    guild_ids: list[int] = Field(
-        default_factory=list
-    )  # instant per-guild command sync; empty: global sync
+    """The gateway, for gateway proxies."""
+    message_content: bool = True
+    """The privileged Message Content intent, needed to chat by mention and in DMs."""
+    guild_ids: list[int] = Field(default_factory=list)
+    """Sync slash commands to these servers at once; empty: global sync (up to an hour)."""
     admin_ids: list[int] = Field(default_factory=list)
+    """Users allowed to change settings (`/config set`), besides those with Manage Server."""
     admin_role_ids: list[int] = Field(default_factory=list)
+    """Roles allowed to change settings."""
     allowed_user_ids: list[int] = Field(default_factory=list)
+    """Users who may talk to the bot; empty: everyone (admins always may)."""
     allowed_channel_ids: list[int] = Field(default_factory=list)
+    """Channels the bot answers in; empty: every channel."""
     max_message_chars: int = Field(MAX_MESSAGE_CHARS, ge=16)
-    channel_edits: float = Field(CHANNEL_EDITS, gt=0)  # edits per `channel_window_s`, a channel
+    """Characters per message (Discord's limit)."""
+    channel_edits: float = Field(CHANNEL_EDITS, gt=0)
+    """Edits per `channel_window_s` in one channel."""
     channel_window_s: float = Field(CHANNEL_WINDOW_S, gt=0)
-    global_rate: float = Field(GLOBAL_RATE, gt=0)  # requests per second for the whole bot
-    # Sharding across processes (discord.py's AutoShardedClient): Discord sends each guild's
-    # events to shard (guild_id >> 22) % shard_count, DMs to shard 0. 0: one unsharded session.
+    """The window `channel_edits` counts over, in seconds."""
+    global_rate: float = Field(GLOBAL_RATE, gt=0)
+    """Requests per second for the whole bot (all its processes)."""
     shard_count: int = Field(0, ge=0, le=4096)
-    # The shards this process runs (each of 0..shard_count-1 in exactly one process); empty: all.
+    """Shards across every process (discord.py's AutoShardedClient): Discord sends each server's
+    events to shard `(guild_id >> 22) % shard_count`, DMs to shard 0. 0: one unsharded session."""
     shard_ids: list[int] = Field(default_factory=list)
-    # Voice channels (/join, /leave; README "Voice channels").
-    voice_channels: list[int] = Field(default_factory=list)  # /join may enter these; empty: any
-    voice_listen: Literal["free", "wake_word"] = "free"  # wake_word: only "<bot name>, ..."
-    voice_barge_in: bool = True  # someone speaking stops the bot's speech
-    voice_mirror_text: bool = True  # both sides' words also in the text channel /join came from
-    # A pause this long ends an utterance: the speaker's turn is over. 500 ms, as OpenAI's
-    # realtime API's server VAD (`silence_duration_ms`); most of the answer's latency.
+    """The shards this process runs (each of 0..shard_count-1 in exactly one process); empty: all
+    (docs/scaling-out.md)."""
+    voice_channels: list[int] = Field(default_factory=list)
+    """Voice channel ids `/join` may enter; empty: any (docs/voice-channels.md)."""
+    voice_listen: Literal["free", "wake_word"] = "free"
+    """In a voice channel, "free": answer everything said; "wake_word": only what starts with the
+    bot's name."""
+    voice_barge_in: bool = True
+    """Someone starting to speak stops the bot's speech."""
+    voice_mirror_text: bool = True
+    """Write both sides' words in the text channel `/join` was run in."""
+    # 500 ms, as OpenAI's realtime API's server VAD (`silence_duration_ms`).
     voice_pause_ms: int = Field(500, ge=200, le=3000)
-    voice_empty_leave_s: float = Field(10.0, ge=0)  # leave once nobody else is there this long
-    voice_idle_leave_s: float = Field(900.0, ge=0)  # leave after this long unspoken to; 0: never
+    """A pause this long ends an utterance: the speaker's turn is over (most of the answer's
+    latency; lower: quicker answers, more sentences cut in two)."""
+    voice_empty_leave_s: float = Field(10.0, ge=0)
+    """Leave the voice channel this long after the last person left it."""
+    voice_idle_leave_s: float = Field(900.0, ge=0)
+    """Leave after this long with nobody speaking; 0: never."""
 
     @model_validator(mode="after")
     def _shards(self) -> Self:

@@ -1,18 +1,11 @@
 """Discord's limits, with their sources; discord.py has no constants for them.
 
-The budgets are what the reply streamer keeps under: a channel's message edits share one bucket,
-and every request of the bot counts against the global limit.
+The reply budgets built from them (`targets.channel_limits`) are what the reply streamer keeps
+under: a channel's message edits share one bucket, and every request of the bot counts against
+the global limit.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from bot.streaming import GLOBAL_WINDOW_S, windowed_budget
-from bot.types import TargetLimits
-
-if TYPE_CHECKING:
-    from adapters.discord.config import DiscordSettings
 
 PLATFORM_KEY = "discord"
 # https://discord.com/developers/docs/resources/message#create-message: content, 2000 characters.
@@ -31,15 +24,3 @@ CHANNEL_WINDOW_S = 5.0
 # https://discord.com/developers/docs/interactions/receiving-and-responding: a token is valid for
 # 15 minutes, and the first response is due within 3 seconds.
 INTERACTION_TOKEN_LIFETIME_S = 15 * 60.0
-
-
-def channel_limits(settings: DiscordSettings) -> TargetLimits:
-    """Budgets of one Discord channel and of the whole bot, from `[discord]` settings."""
-    return TargetLimits(
-        max_chars=settings.max_message_chars,
-        chat=windowed_budget(settings.channel_edits, settings.channel_window_s),
-        platform=windowed_budget(
-            settings.global_rate * GLOBAL_WINDOW_S - GLOBAL_HEADROOM, GLOBAL_WINDOW_S
-        ),
-        platform_key=PLATFORM_KEY,
-    )

@@ -5,7 +5,7 @@ and DMs to shard 0; a bot must shard past 2,500 guilds per session. discord.py's
 `AutoShardedClient` runs several shards in one process and identifies each with
 [shard_id, shard_count]; given `shard_ids` it runs only those, so N processes with disjoint
 `discord.shard_ids` split the gateway between them. REST calls are not per shard: the global
-limit (50 requests/s) is per bot token, which is why `bot.shared_budget` shares it through
+limit (50 requests/s) is per bot token, which is why `bot.storage.shared_budget` shares it through
 PostgreSQL between the processes.
 
 With a `shard_count`, discord.py connects to `discord.gateway_url` directly and never asks
@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from adapters.discord.compat import gate_requests
 from adapters.discord.limits import GLOBAL_HEADROOM
-from bot.shared_budget import LocalBudget, SharedBudget
-from bot.streaming import GLOBAL_WINDOW_S
+from bot.delivery.budgets import GLOBAL_WINDOW_S
+from bot.storage.shared_budget import LocalBudget, SharedBudget
 
 if TYPE_CHECKING:
     import discord
-    from discord.http import HTTPClient, Route
+    from discord.http import HTTPClient
 
     from adapters.discord.config import DiscordSettings
     from bot.config import Settings
@@ -135,16 +135,12 @@ class SharedGateway:
 
     def gate_library(self, http: HTTPClient) -> None:
         """Make discord.py's own REST calls (login, command sync, notices) take a grant too."""
-        request: Callable[..., Awaitable[Any]] = http.request
 
-        async def gated(route: Route, **kwargs: Any) -> Any:
-            if not route.path.startswith(EXEMPT_PREFIXES):
+        async def before(path: str) -> None:
+            if not path.startswith(EXEMPT_PREFIXES):
                 await self.rest.acquire()
-            return await request(route, **kwargs)
 
-        # discord.py has no hook before a request; its client calls `http.request` for every
-        # REST call, so the instance's bound method is wrapped.
-        setattr(http, "request", gated)  # noqa: B010
+        gate_requests(http, before)
 
     async def learn_limits(self, client: discord.Client) -> None:
         """Ask GET /gateway/bot how many IDENTIFYs may run at once (max_concurrency)."""

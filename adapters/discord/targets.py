@@ -20,7 +20,12 @@ from typing import Any
 import discord
 from discord.http import HTTPClient
 
-from adapters.discord.limits import INTERACTION_TOKEN_LIFETIME_S
+from adapters.discord.config import DiscordSettings
+from adapters.discord.limits import (
+    GLOBAL_HEADROOM,
+    INTERACTION_TOKEN_LIFETIME_S,
+    PLATFORM_KEY,
+)
 from adapters.discord.rest import (
     ALLOWED_MENTIONS,
     FLAG_EPHEMERAL,
@@ -28,9 +33,12 @@ from adapters.discord.rest import (
     InteractionTokenExpired,
     Upload,
 )
+from bot.delivery.budgets import GLOBAL_WINDOW_S, windowed_budget
+from bot.delivery.notices import LatestMessage
+from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
+from bot.messages import queue_text
 from bot.splitter import split_markdown
-from bot.streaming import EditScheduler, LatestMessage
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
@@ -45,18 +53,19 @@ TYPING_REFRESH_S = 8.0  # one trigger shows "typing…" for about 10 s
 TOKEN_SAFETY_S = 30.0  # stop using the token early: a request may still be on its way
 # For discord.py's own messages (the client's default): no @everyone, roles or user pings.
 NOTICE_MENTIONS = discord.AllowedMentions(everyone=False, users=False, roles=False)
-QUEUE_TEXT = "⏳ You're #{position} in line; I'll answer as soon as it's your turn."
-QUEUE_TEXT_MANY = (
-    "⏳ You're #{position} in line ({waiting} messages waiting); I'll answer them in order."
-)
 ORIGINAL = "@original"  # the id a queue position shown in an interaction's response gets
 
 
-def queue_text(position: int, waiting: int) -> str:
-    """A channel's queue notice: its best place in line, and how many of its messages wait."""
-    if waiting > 1:
-        return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
-    return QUEUE_TEXT.format(position=position)
+def channel_limits(settings: DiscordSettings) -> TargetLimits:
+    """Budgets of one Discord channel and of the whole bot, from `[discord]` settings."""
+    return TargetLimits(
+        max_chars=settings.max_message_chars,
+        chat=windowed_budget(settings.channel_edits, settings.channel_window_s),
+        platform=windowed_budget(
+            settings.global_rate * GLOBAL_WINDOW_S - GLOBAL_HEADROOM, GLOBAL_WINDOW_S
+        ),
+        platform_key=PLATFORM_KEY,
+    )
 
 
 def voice_message_payload(clip: VoiceClip, *, reply_to: int | None) -> dict[str, Any]:
@@ -424,7 +433,7 @@ class InteractionTarget(_DiscordTarget):
             return
         if self._queue is None:
             self._queue = LatestMessage(self._scheduler, self, _OriginalQueueNotice(self))
-        self._queue.show(QUEUE_TEXT.format(position=position))
+        self._queue.show(queue_text(position, 1))
 
     async def notice(self, text: str) -> None:
         """A message of its own: the original response while it is free, else a follow-up."""

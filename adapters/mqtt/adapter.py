@@ -28,8 +28,6 @@ from adapters.mqtt.config import MqttSettings
 from adapters.mqtt.connection import BrokerLink
 from adapters.mqtt.limits import LIMITS
 from adapters.mqtt.rules import (
-    MSG_BAD_RESPONSE_TOPIC,
-    MSG_EMPTY,
     Topics,
     Unreadable,
     check_session,
@@ -37,6 +35,7 @@ from adapters.mqtt.rules import (
 )
 from adapters.mqtt.targets import MqttReplyTarget
 from bot.errors import ConfigError
+from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
 from bot.types import IncomingMessage
 
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MSG_FAILED = "⚠️ Something went wrong on my side with that message. Please try again."
-MSG_STOPPING = "Parley is stopping: this reply was cut off. Please ask again in a moment."
 _LAST_WORD_S = 1.0  # the error event of a reply cut off by a stop
 _UTF8 = 1  # MQTT 5 Payload Format Indicator: the payload is UTF-8 text
 
@@ -114,7 +111,7 @@ class MqttAdapter:
         )
         try:
             if bad_route:
-                raise Unreadable(MSG_BAD_RESPONSE_TOPIC)
+                raise Unreadable(say(Msg.MQTT_BAD_RESPONSE_TOPIC, topic=route.topic))
             check_session(session)
             request = read_request(message.payload)
             incoming = IncomingMessage(
@@ -130,26 +127,26 @@ class MqttAdapter:
             await self._last_word(target.error(str(exc)), session)
             return
         try:
-            await self._turn(incoming, parse(incoming.text), target)
+            await self._turn(incoming, parse(incoming.text, self._commands.table(PLATFORM)), target)
         except asyncio.CancelledError:
             # A stop cut the reply short: the device hears so rather than waiting for ever.
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(_LAST_WORD_S):
-                    await target.error(MSG_STOPPING)
+                    await target.error(say(Msg.MQTT_STOPPING))
             raise
         except OSError as exc:  # the broker stayed unreachable: nobody to tell
             log.warning("MQTT: reply to session %s not delivered: %s", session, exc)
         # One request's error boundary: log it, tell the device, keep serving.
         except Exception:
             log.exception("MQTT: answering a request of session %s failed", session)
-            await self._last_word(target.error(MSG_FAILED), session)
+            await self._last_word(target.error(say(Msg.MESSAGE_FAILED)), session)
 
     async def _turn(
         self, incoming: IncomingMessage, call: CommandCall | None, target: MqttReplyTarget
     ) -> None:
         if call is not None and call.command.turn:  # /ask: its text is the message
             if not call.args:
-                await target.error(MSG_EMPTY)
+                await target.error(say(Msg.MQTT_EMPTY))
                 return
             incoming, call = dataclasses.replace(incoming, text=call.args), None
         if call is None:

@@ -1,10 +1,11 @@
-"""The command table (bot/commands.py) in a request's text: `/reset`, `/help`... as in any chat."""
+"""The command table in a request's text: `/reset`, `/help`... as in any chat."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.commands import Command, commands_for
+from bot.command_table import Command, find
 
 PLATFORM = "mqtt"
 
@@ -17,7 +18,7 @@ class CommandCall:
     args: str
 
 
-def parse(text: str) -> CommandCall | None:
+def parse(text: str, commands: Iterable[Command]) -> CommandCall | None:
     """The command `text` runs, if it starts with the name of one the bridge offers.
 
     Other text starting with "/" is a message like any other (the console does the same).
@@ -25,5 +26,5 @@ def parse(text: str) -> CommandCall | None:
     if not text.startswith("/"):
         return None
     name, *rest = text[1:].split(None, 1) or [""]
-    command = next((c for c in commands_for(PLATFORM) if c.name == name.lower()), None)
+    command = find(commands, name)
     return CommandCall(command, rest[0].strip() if rest else "") if command is not None else None

@@ -37,11 +37,17 @@ class MqttSettings(PlatformSettings):
 
     NAME: ClassVar[str] = "mqtt"
 
-    # mqtt://user:password@host:1883 or mqtts://... (TLS); a secret, as it holds the password.
     url: SecretStr = SecretStr("")
+    """The broker: `mqtt://user:password@host:1883` or `mqtts://...` (TLS); a secret, as it holds
+    the password. Empty: the bridge is off."""
     topic_prefix: str = "parley"
-    client_id: str = ""  # empty: the broker assigns one (processes sharing a broker need their own)
-    qos: int = Field(1, ge=0, le=2)  # of the subscription and of every event published
+    """The first topic levels: requests on `{topic_prefix}/{session}/in`, answers on
+    `{topic_prefix}/{session}/out`, availability on `{topic_prefix}/status`."""
+    client_id: str = ""
+    """This process's MQTT client id; empty: the broker assigns one (processes sharing a broker
+    need their own)."""
+    qos: int = Field(1, ge=0, le=2)
+    """The QoS of the subscription and of every event published."""
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from adapters.mqtt.limits import (
     MAX_TOPIC_BYTES,
     MAX_USER_CHARS,
 )
+from bot.messages import Msg, say
 
 # Several Parley processes subscribe in this group: the broker hands each request to one of them.
 SHARE_GROUP = "parley"
@@ -24,23 +25,6 @@ OFFLINE = b"offline"
 # A session id is one safe topic level: no wildcard, no separator, nothing a shell or a file name
 # would trip on.
 _SESSION = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_SESSION_CHARS - 1}}}")
-
-MSG_TOO_LARGE = "The message is too large ({size} bytes; the limit is {limit})."
-MSG_NOT_UTF8 = "The message is not UTF-8 text (or holds a NUL character)."
-MSG_EMPTY = 'The message is empty: send text, or JSON {"text": "...", "user": "..."}.'
-MSG_BAD_JSON = "The message starts with { but is not valid JSON."
-MSG_BAD_SHAPE = (
-    'A JSON message needs "text" (a non-empty string); "user", if given, is a string of up to '
-    f"{MAX_USER_CHARS} characters."
-)
-MSG_BAD_SESSION = (
-    f"The session in the topic must be 1 to {MAX_SESSION_CHARS} letters, digits, '.', '_' or '-', "
-    "starting with a letter or digit."
-)
-MSG_BAD_RESPONSE_TOPIC = (
-    "The Response Topic cannot be used (empty, a wildcard, a $ topic or one of Parley's own "
-    "request topics): answered on {topic} instead."
-)
 
 
 class Unreadable(ValueError):
@@ -99,22 +83,22 @@ class Request:
 def check_session(session: str) -> str:
     """`session` if it is a safe session id, else `Unreadable`."""
     if not _SESSION.fullmatch(session):
-        raise Unreadable(MSG_BAD_SESSION)
+        raise Unreadable(say(Msg.MQTT_BAD_SESSION, limit=MAX_SESSION_CHARS))
     return session
 
 
 def read_request(payload: bytes) -> Request:
     """A request from its payload: UTF-8 text, or a JSON object {"text": ..., "user": ...}."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise Unreadable(MSG_TOO_LARGE.format(size=len(payload), limit=MAX_PAYLOAD_BYTES))
+        raise Unreadable(say(Msg.MQTT_TOO_LARGE, size=len(payload), limit=MAX_PAYLOAD_BYTES))
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
-        raise Unreadable(MSG_NOT_UTF8) from None
+        raise Unreadable(say(Msg.MQTT_NOT_UTF8)) from None
     if text.lstrip().startswith("{"):
         request = _json_request(text)
     elif not text.strip():
-        raise Unreadable(MSG_EMPTY)
+        raise Unreadable(say(Msg.MQTT_EMPTY))
     else:
         request = Request(text.strip())
     for value in (request.text, request.user or ""):
@@ -126,23 +110,23 @@ def _check_text(value: str) -> None:
     # JSON can spell what UTF-8 cannot carry (a lone surrogate, "\ud800"), and PostgreSQL
     # stores no NUL character: neither would survive the way to the store and back.
     if "\0" in value:
-        raise Unreadable(MSG_NOT_UTF8)
+        raise Unreadable(say(Msg.MQTT_NOT_UTF8))
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise Unreadable(MSG_NOT_UTF8) from None
+        raise Unreadable(say(Msg.MQTT_NOT_UTF8)) from None
 
 
 def _json_request(text: str) -> Request:
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
-        raise Unreadable(MSG_BAD_JSON) from None
+        raise Unreadable(say(Msg.MQTT_BAD_JSON)) from None
     if not isinstance(data, dict):
-        raise Unreadable(MSG_BAD_SHAPE)
+        raise Unreadable(say(Msg.MQTT_BAD_SHAPE, limit=MAX_USER_CHARS))
     message, user = data.get("text"), data.get("user")
     if not isinstance(message, str) or not message.strip():
-        raise Unreadable(MSG_BAD_SHAPE)
+        raise Unreadable(say(Msg.MQTT_BAD_SHAPE, limit=MAX_USER_CHARS))
     if user is not None and not (isinstance(user, str) and 0 < len(user.strip()) <= MAX_USER_CHARS):
-        raise Unreadable(MSG_BAD_SHAPE)
+        raise Unreadable(say(Msg.MQTT_BAD_SHAPE, limit=MAX_USER_CHARS))
     return Request(message.strip(), user.strip() if user is not None else None)

@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.streaming import DEFAULT_MARKER
+from bot.delivery.stream import DEFAULT_MARKER
+from bot.messages import Msg, say
+from bot.storage import Status
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 # Publishes one event (a JSON object) where the request's answers go.
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
-
-MSG_NO_REPLY = "No reply could be made to this message."
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class MqttReplyTarget:
             }
         )
 
-    def reply_ended(self, answer: str, status: str, note: str) -> None:
+    def reply_ended(self, answer: str, status: Status, note: str) -> None:
         self._outcome = Outcome(answer, status, note)
 
     # -- the final event -------------------------------------------------------------------
@@ -137,7 +137,7 @@ class MqttReplyTarget:
             return
         message = self._held or (outcome.note if outcome is not None else None)
         if outcome is not None and not message:
-            message = MSG_NO_REPLY
+            message = say(Msg.MQTT_NO_REPLY)
         if message:
             self._held = None
             await self.error(message)

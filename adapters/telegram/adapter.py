@@ -16,41 +16,32 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import telegram.error
-from telegram import Audio, Message, Update, Video, VideoNote, Voice
+from telegram import Message, Update
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from adapters.telegram.commands import find as find_command
 from adapters.telegram.commands import menu
 from adapters.telegram.config import TelegramSettings
-from adapters.telegram.errors import reason_of
-from adapters.telegram.limits import MAX_DOWNLOAD_BYTES, chat_limits
+from adapters.telegram.files import FileDownloads
+from adapters.telegram.limits import MAX_DOWNLOAD_BYTES
 from adapters.telegram.polling import Ticket, UpdatePoller
 from adapters.telegram.rules import (
-    Picture,
     conversation_key,
     is_addressed,
     is_private,
     may_use,
+    media_of,
     parse_command,
-    picture_of,
     strip_mention,
     topic_id,
-    unreadable_kind,
 )
-from adapters.telegram.targets import TelegramReplyTarget
+from adapters.telegram.targets import TelegramReplyTarget, chat_limits
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
-from bot.commands import CommandReply
-from bot.engine import (
-    MSG_CAPTION_ONLY,
-    MSG_IMAGE_TOO_LARGE,
-    MSG_NO_VISION,
-    MSG_NO_VISION_TEXT,
-    MSG_UNREADABLE,
-)
+from bot.command_table import CommandReply, find
 from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
+from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
-from bot.types import ImageInput, IncomingMessage
+from bot.types import Attachment, IncomingMessage
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -61,16 +52,6 @@ PLATFORM = "telegram"
 POLL_TIMEOUT_S = 30  # long-poll length of getUpdates (Telegram allows up to 50)
 UPDATES = [Update.MESSAGE]  # the only update type the bot acts on
 
-MSG_REFUSED = "Sorry, I'm not available to you here. Please ask the bot's owner for access."
-MSG_AUDIO_TOO_LARGE = (
-    "That recording is too large: I can take voice notes of up to {limit_mb:.0f} MB. "
-    "Please send a shorter one."
-)
-MSG_FAILED = "⚠️ Something went wrong on my side with that message. Please try again."
-MSG_DOWNLOAD_FAILED = "Sorry, I couldn't download that recording. Please try again."
-MSG_PICTURE_FAILED = "Sorry, I couldn't download that picture. Please try again."
-MSG_FILE_FAILED = "Sorry, Telegram did not take the file. Please try again later."
-_MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
 _UNDELIVERED = (DeliveryError, RetryAfter, ConnectionError)
 
@@ -98,7 +79,9 @@ class TelegramAdapter:
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook: WebhookServer | None = None
         self._poller: UpdatePoller | None = None
+        self._files: FileDownloads | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._table = services.commands.table(PLATFORM)
 
     @property
     def connected(self) -> bool:
@@ -135,6 +118,7 @@ class TelegramAdapter:
         application.add_handler(MessageHandler(_MESSAGES & ~filters.COMMAND, self._on_message))
         application.add_error_handler(self._on_error)
         self._application = application
+        self._files = FileDownloads(application.bot)
         try:
             await self._run(application)
         except telegram.error.InvalidToken:
@@ -147,7 +131,7 @@ class TelegramAdapter:
 
     async def _run(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await application.initialize()
-        await application.bot.set_my_commands(menu())
+        await application.bot.set_my_commands(menu(self._table))
         await application.start()
         if self._tg.webhook_url:
             await self._start_webhook(application)
@@ -171,6 +155,9 @@ class TelegramAdapter:
         if application.running:
             await application.stop()
         await self._drain()
+        if self._files is not None:
+            await self._files.close()
+            self._files = None
         await application.shutdown()
 
     # -- receiving -------------------------------------------------------------------------
@@ -202,7 +189,7 @@ class TelegramAdapter:
                 self._spawn(self._observe(message))
             return
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, MSG_REFUSED))
+            self._spawn(self._tell(message, say(Msg.REFUSED)))
             return
         self._spawn(self._answer(message, bot.username, ticket=self._claim()))
 
@@ -213,11 +200,11 @@ class TelegramAdapter:
         command = parse_command(message.text, context.bot.username)
         if command is None:
             return
-        known = find_command(command.name)
+        known = find(self._table, command.name)
         if known is None and not (is_private(message) or command.addressed):
             return  # in a group, an unknown bare /command is probably for another bot
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, MSG_REFUSED))
+            self._spawn(self._tell(message, say(Msg.REFUSED)))
             return
         if known is not None and known.turn:  # /ask: its text is a message to answer
             self._spawn(
@@ -250,32 +237,8 @@ class TelegramAdapter:
         try:
             if text is None:
                 text = strip_mention(message.text or message.caption or "", bot_username)
-            images: tuple[ImageInput, ...] = ()
-            limit = min(MAX_DOWNLOAD_BYTES, self._settings.llm.max_image_bytes)
-            picture = picture_of(message, limit)
-            if picture is not None:
-                seen = await self._picture(message, picture, limit, bool(text), target)
-                if seen is None:
-                    return  # told why it cannot be seen, and there is no text to answer
-                images = seen
-            kind = unreadable_kind(message)
-            if kind is not None:
-                log.info("Telegram: %s in chat %s cannot be read", kind, message.chat_id)
-                await target.notice(
-                    MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
-                )
-                if not text:
-                    return
-            audio: bytes | None = None
-            mime: str | None = None
-            media = message.voice or message.audio or message.video_note or message.video
-            if media is not None:
-                audio = await self._download(media, target)
-                if audio is None:
-                    return
-                mime = getattr(media, "mime_type", None) or _default_mime(media)
             await self._engine.handle(
-                self._incoming(message, text, audio, mime, images),
+                self._incoming(message, text, self._attachments(message)),
                 target,
                 on_stored=ticket.stored if ticket is not None else None,
                 # Not stored: Telegram keeps an unconfirmed update; on the last try, say so.
@@ -291,7 +254,7 @@ class TelegramAdapter:
         # One update's error boundary: log it, tell the user, keep polling.
         except Exception:
             log.exception("Telegram: handling a message in chat %s failed", message.chat_id)
-            await self._tell(message, MSG_FAILED)
+            await self._tell(message, say(Msg.MESSAGE_FAILED))
         finally:
             if ticket is not None:
                 ticket.stored()  # answered, refused or failed otherwise: nothing to redeliver
@@ -310,14 +273,14 @@ class TelegramAdapter:
         # One command's error boundary: log it, tell the user.
         except Exception:
             log.exception("Telegram: /%s in chat %s failed", name, message.chat_id)
-            reply = CommandReply(MSG_FAILED)
+            reply = CommandReply(say(Msg.MESSAGE_FAILED))
         await self._tell(message, reply.text)
         for file in reply.files:
             try:
                 await self._target(message).send_file(file)
             except _UNDELIVERED as exc:
                 log.warning("file to chat %s not delivered: %s", message.chat_id, exc)
-                await self._tell(message, MSG_FILE_FAILED)
+                await self._tell(message, say(Msg.FILE_REFUSED_TELEGRAM))
 
     async def _tell(self, message: Message, text: str) -> None:
         """A plain answer outside the engine's replies (command results, refusals)."""
@@ -326,69 +289,25 @@ class TelegramAdapter:
         except _UNDELIVERED as exc:
             log.warning("message to chat %s not delivered: %s", message.chat_id, exc)
 
-    async def _picture(
-        self,
-        message: Message,
-        picture: Picture,
-        limit: int,
-        has_text: bool,
-        target: TelegramReplyTarget,
-    ) -> tuple[ImageInput, ...] | None:
-        """The picture for the model, or () after telling the user why it is left out (None:
-        nothing else to answer). Nothing is downloaded for a model that cannot see it."""
-        if not await self._engine.takes_images(PLATFORM, conversation_key(message)):
-            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
-            return () if has_text else None
-        too_large = MSG_IMAGE_TOO_LARGE.format(size_mb=picture.size / _MB, limit_mb=limit / _MB)
-        data: bytes | None = None
-        if picture.size <= limit:
-            try:
-                file = await picture.media.get_file()
-                data = bytes(await file.download_as_bytearray())
-            except telegram.error.BadRequest as exc:
-                log.info("picture download refused: %s", exc)
-                if reason_of(exc) != "too_large":
-                    too_large = MSG_PICTURE_FAILED
-            except telegram.error.TelegramError as exc:
-                log.warning("picture download failed: %s", exc)
-                too_large = MSG_PICTURE_FAILED
-        if data is None or len(data) > limit:
-            log.info("picture of %d bytes in chat %s left out", picture.size, message.chat_id)
-            await target.notice(too_large)
-            return () if has_text else None
-        return (ImageInput(data, picture.mime),)
-
-    async def _download(
-        self, media: Voice | Audio | VideoNote | Video, target: TelegramReplyTarget
-    ) -> bytes | None:
-        """The recording's bytes, or None after telling the user why not."""
-        limit = min(MAX_DOWNLOAD_BYTES, self._settings.stt.max_bytes)
-        size = media.file_size or 0
-        too_large = MSG_AUDIO_TOO_LARGE.format(limit_mb=limit / _MB)
-        if size > limit:
-            log.info("voice note of %d bytes refused (limit %d)", size, limit)
-            await target.notice(too_large)
-            return None
-        try:
-            file = await media.get_file()
-            return bytes(await file.download_as_bytearray())
-        except telegram.error.BadRequest as exc:
-            # Telegram refuses files over 20 MB even when the update did not tell the size.
-            log.info("voice note download refused: %s", exc)
-            too_big = reason_of(exc) == "too_large"
-            await target.notice(too_large if too_big else MSG_DOWNLOAD_FAILED)
-        except telegram.error.TelegramError as exc:
-            log.warning("voice note download failed: %s", exc)
-            await target.notice(MSG_DOWNLOAD_FAILED)
-        return None
+    def _attachments(self, message: Message) -> tuple[Attachment, ...]:
+        """What the message carries besides text, each readable through `getFile`."""
+        assert self._files is not None
+        # Of a photo's sizes, the largest the picture limit takes.
+        largest = min(MAX_DOWNLOAD_BYTES, self._settings.llm.max_image_bytes)
+        return tuple(
+            Attachment(
+                media.kind,
+                size=media.size,
+                mime=media.mime,
+                name=media.name,
+                max_bytes=MAX_DOWNLOAD_BYTES,
+                reader=self._files.reader(media.file_id, media.size) if media.file_id else None,
+            )
+            for media in media_of(message, largest)
+        )
 
     def _incoming(
-        self,
-        message: Message,
-        text: str,
-        audio: bytes | None = None,
-        mime: str | None = None,
-        images: tuple[ImageInput, ...] = (),
+        self, message: Message, text: str, attachments: tuple[Attachment, ...] = ()
     ) -> IncomingMessage:
         user = message.from_user
         assert user is not None  # the handlers skip messages without a sender
@@ -401,12 +320,10 @@ class TelegramAdapter:
             user_name=user.full_name,
             text=text,
             is_admin=user.id in self._tg.admin_ids,
-            audio=audio,
-            audio_mime=mime,
             reply_to=str(replied.message_id) if replied is not None else None,
             message_id=str(message.message_id),
             is_private=is_private(message),
-            images=images,
+            attachments=attachments,
         )
 
     def _target(self, message: Message) -> TelegramReplyTarget:
@@ -441,7 +358,3 @@ class TelegramAdapter:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _default_mime(media: Voice | Audio | VideoNote | Video) -> str:
-    return "video/mp4" if isinstance(media, VideoNote | Video) else "audio/ogg"

@@ -27,27 +27,44 @@ import telegram.error
 from telegram import Bot, InputFile, Message, ReplyParameters
 from telegram.constants import ChatAction
 
+from adapters.telegram.config import TelegramSettings
 from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
-from adapters.telegram.limits import MAX_CAPTION_CHARS
+from adapters.telegram.limits import GROUP_WINDOW_S, MAX_CAPTION_CHARS, PLATFORM_KEY
+from bot.delivery.budgets import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
+from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
-from bot.streaming import EditScheduler
-from bot.types import OutgoingFile, TargetLimits, VoiceClip
+from bot.messages import queue_text
+from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
 
 # Telegram shows "typing..." for 5 s or until the bot sends a message. The engine asks again
 # every few seconds; calls closer together than this are dropped.
 TYPING_REFRESH_S = 3.0
-QUEUE_TEXT = "⏳ You're #{position} in line. I'll answer as soon as I can."
-QUEUE_TEXT_MANY = (
-    "⏳ You're #{position} in line ({waiting} messages waiting). I'll answer in order."
-)
 DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
 VOICE_FILE_NAME = "reply.ogg"
 VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
 # Draft ids animate changes of the same preview, so each reply part needs a fresh one.
 _draft_ids = itertools.count(random.randrange(1, 2**30))
+
+
+def chat_limits(settings: TelegramSettings, *, is_private: bool) -> TargetLimits:
+    """Budgets of one Telegram chat and of the whole bot, from `[telegram]` settings.
+
+    A private chat's limit is a soft rate that tolerates short bursts, so it gets the plain rate
+    plus a burst; the group and global limits are hard counts per window (`windowed_budget`).
+    """
+    if is_private:
+        chat = RateBudget(rate=settings.private_rate, burst=SHORT_REPLY_CALLS)
+    else:
+        chat = windowed_budget(settings.group_rate * GROUP_WINDOW_S, GROUP_WINDOW_S)
+    return TargetLimits(
+        max_chars=settings.max_message_chars,
+        chat=chat,
+        platform=windowed_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
+        platform_key=PLATFORM_KEY,
+    )
 
 
 class TelegramReplyTarget:
@@ -325,13 +342,6 @@ class _QueueNotice:
             except telegram.error.BadRequest as exc:
                 if not is_gone(exc):
                     raise
-
-
-def queue_text(position: int, waiting: int) -> str:
-    """A chat's queue notice: its best place in line, and how many of its messages wait."""
-    if waiting > 1:
-        return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
-    return QUEUE_TEXT.format(position=position)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,19 +23,11 @@ from bot.errors import SpeechSynthesisError
 from bot.speech.audio import Pcm, make_clip, silence
 from bot.speech.text import SentenceSplitter
 from bot.speech.tts import SpeechSynthesizer
-from bot.types import VoiceClip
+from bot.types import SpokenSentence, VoiceClip
 
 log = logging.getLogger(__name__)
 
 SENTENCE_GAP_S = 0.15  # pause between two separately synthesised sentences
-
-
-@dataclass(frozen=True, slots=True)
-class SpokenSentence:
-    """One sentence of a reply and its speech: mono float32 PCM at 48 kHz."""
-
-    text: str
-    pcm: Pcm
 
 
 class _Failed:

@@ -40,6 +40,7 @@ from tests.fakes.discord_world import (
     FilePart,
     snowflake,
 )
+from tests.fakes.streams import endless_stream
 
 API_PREFIX = "/api/v10"
 MAX_MESSAGE_CHARS = 2000
@@ -163,6 +164,9 @@ class FakeDiscord(DiscordWorld):
         self.rate_limited: list[Call] = []
         self._injected: list[_Injected] = []
         self.downloads: list[int] = []
+        # Attachments whose URL streams without end, whatever size they claim; what was sent.
+        self.endless: set[int] = set()
+        self.streamed: dict[int, int] = {}
         self._writes: dict[int, deque[float]] = defaultdict(deque)
         self._changed = asyncio.Condition()
         self.gateway = Gateway(
@@ -763,6 +767,8 @@ class FakeDiscord(DiscordWorld):
         if found is None:
             return web.Response(status=404, text="Not Found")
         data, content_type = found
+        if attachment_id in self.endless:
+            return await endless_stream(request, content_type, self.streamed, attachment_id)
         return web.Response(body=data, content_type=content_type)
 
     # -- message storage -------------------------------------------------------------------

@@ -18,8 +18,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from bot.delivery.notices import MessageOps
 from bot.errors import DeliveryError, RetryAfter
-from bot.streaming import MessageOps
 from bot.types import TargetLimits, TextTarget
 
 T = TypeVar("T")
@@ -306,7 +306,7 @@ class FakeTarget:
     async def typing(self) -> None:
         await self.platform.call(self, "typing", None)
 
-    # `bot.streaming.MessageOps`, for queue notices: the same calls.
+    # `bot.delivery.notices.MessageOps`, for queue notices: the same calls.
 
     async def post(self, text: str) -> str:
         return await self.send(text)

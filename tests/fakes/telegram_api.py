@@ -20,6 +20,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from tests.fakes.streams import endless_stream
+
 DEFAULT_TOKEN = "123456:TEST-fake-token"
 MAX_MESSAGE_CHARS = 4096  # Telegram counts characters (code points) after entity parsing
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # getFile refuses larger files
@@ -200,6 +202,9 @@ class FakeTelegramAPI:
         self.webhook: dict[str, Any] = {}
         self.files: dict[str, bytes] = {}
         self.file_sizes: dict[str, int] = {}
+        # Files whose download streams without end, whatever size they claim; what was sent.
+        self.endless: set[str] = set()
+        self.streamed: dict[str, int] = {}
         self.chats: dict[int, dict[str, Any]] = {}
         self.messages: dict[tuple[int, int], StoredMessage] = {}
         self._updates: list[dict[str, Any]] = []
@@ -484,12 +489,14 @@ class FakeTelegramAPI:
             return _json(error.body(), error.status)
         return _json({"ok": True, "result": result})
 
-    async def _on_file(self, request: web.Request) -> web.Response:
+    async def _on_file(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:
             return web.Response(status=401)
         file_id = request.match_info["path"].rsplit("/", 1)[-1]
         if file_id not in self.files:
             return web.Response(status=404)
+        if file_id in self.endless:
+            return await endless_stream(request, "application/octet-stream", self.streamed, file_id)
         return web.Response(body=self.files[file_id], content_type="application/octet-stream")
 
     def _inject(self, method: str, params: dict[str, Any]) -> None:

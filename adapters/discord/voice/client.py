@@ -2,19 +2,10 @@
 
 discord.py 2.7 keeps the voice websocket's SPEAKING and client connect/disconnect messages to
 itself; its `VoiceConnectionState` takes a websocket hook that sees every JSON message after
-discord.py has handled it, so `create_connection_state` installs one. From it the client keeps
-the SSRC -> user map and tells its listeners (the receiver) about users coming and going.
-
-Its socket reader thread is replaced by one that looks at the socket again every quarter
-second: discord.py's waits up to 30 s in `select()` on the socket it started with, and once
-the receiver keeps it running, a reconnect (which swaps the UDP socket) left IP discovery of
-the new connection waiting for those 30 s.
-
-A voice server that closes with 4015 ("crashed, resume") asks for a RESUME on a new websocket,
-keeping the UDP session, its key and the DAVE group. discord.py 2.7.1 instead repeats the whole
-join through the main gateway and then waits for a SESSION_DESCRIPTION that a resumed session
-does not get, and leaves the channel after its 30 s timeout; `ParleyConnectionState` resumes
-for real (RESUME, wait for RESUMED) and joins afresh only if the server refuses.
+discord.py has handled it, so `create_connection_state` installs one, on the connection state
+of adapters/discord/compat.py (a prompt socket reader, a real resume after close code 4015).
+From it the client keeps the SSRC -> user map and tells its listeners (the receiver) about
+users coming and going.
 
 It also adds the transport mode discord.py lacks, `aead_aes256_gcm_rtpsize` (Discord's preferred
 one), next to `aead_xchacha20_poly1305_rtpsize`; discord.py picks the first mode of the voice
@@ -23,18 +14,14 @@ server's list that the client supports and encrypts with the method `_encrypt_<m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import select
-from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
-from discord.errors import ConnectionClosed
 from discord.gateway import DiscordVoiceWebSocket
-from discord.voice_state import ConnectionFlowState, SocketReader, VoiceConnectionState
+from discord.voice_state import VoiceConnectionState
 
+from adapters.discord.compat import ResumingConnectionState
 from adapters.discord.voice.opus import ensure_opus
 from adapters.discord.voice.transport import SUPPORTED_MODES, TransportCipher, make_cipher
 
@@ -46,13 +33,10 @@ log = logging.getLogger(__name__)
 # Voice gateway opcodes (https://discord.com/developers/docs/topics/opcodes-and-status-codes#voice).
 OP_SESSION_DESCRIPTION = DiscordVoiceWebSocket.SESSION_DESCRIPTION  # 4
 OP_SPEAKING = DiscordVoiceWebSocket.SPEAKING  # 5: {user_id, ssrc, speaking}
-OP_RESUMED = DiscordVoiceWebSocket.RESUMED  # 9
 OP_CLIENTS_CONNECT = DiscordVoiceWebSocket.CLIENTS_CONNECT  # 11: {user_ids}
 OP_CLIENT_CONNECT = DiscordVoiceWebSocket.CLIENT_CONNECT  # 12: {user_id, audio_ssrc} (older form)
 OP_CLIENT_DISCONNECT = DiscordVoiceWebSocket.CLIENT_DISCONNECT  # 13: {user_id}
 NONCE_LIMIT = 0xFFFF_FFFF  # the 32-bit rtpsize nonce counter wraps here
-READER_SELECT_S = 0.25  # how long the socket reader waits before looking at the socket again
-UDP_RECEIVE_BYTES = 2048  # what discord.py's reader reads per datagram (Opus packets are small)
 
 
 class VoiceListener(Protocol):
@@ -63,87 +47,6 @@ class VoiceListener(Protocol):
     def on_user_left(self, user_id: int) -> None: ...
 
     def on_closed(self) -> None: ...
-
-
-class _PromptSocketReader(SocketReader):
-    """discord.py's UDP reader thread, but never stuck on a socket a reconnect replaced."""
-
-    def _do_run(self) -> None:
-        while not self._end.is_set():
-            if not self._running.is_set():
-                self._running.wait()
-                continue
-            sock = self.state.socket
-            try:
-                readable, _, _ = select.select([sock], [], [], READER_SELECT_S)
-            except (ValueError, TypeError, OSError):
-                # No socket yet, or closed by a reconnect: look again shortly.
-                self._end.wait(READER_SELECT_S)
-                continue
-            if not readable:
-                continue
-            try:
-                data = sock.recv(UDP_RECEIVE_BYTES)
-            except OSError:
-                continue
-            for callback in list(self._callbacks):
-                try:
-                    callback(data)
-                except Exception:
-                    log.exception("voice: socket listener %s failed", callback)
-
-
-WebsocketHook = Callable[[DiscordVoiceWebSocket, dict[str, Any]], Coroutine[Any, Any, Any]]
-
-
-class ParleyConnectionState(VoiceConnectionState):
-    """discord.py's connection state with the prompt socket reader and a real resume."""
-
-    def __init__(self, voice_client: discord.VoiceClient, *, hook: WebsocketHook) -> None:
-        self._client_hook = hook
-        self._resumed = False
-        super().__init__(voice_client, hook=self._on_message)
-        self._socket_reader.stop()  # discord.py's own, started paused: let it end
-        self._socket_reader = _PromptSocketReader(self)
-        self._socket_reader.start()
-
-    async def _on_message(self, ws: DiscordVoiceWebSocket, message: dict[str, Any]) -> None:
-        if message.get("op") == OP_RESUMED:
-            self._resumed = True
-        await self._client_hook(ws, message)
-
-    async def _connect(
-        self,
-        reconnect: bool,
-        timeout: float,  # noqa: ASYNC109 - discord.py's signature
-        self_deaf: bool,
-        self_mute: bool,
-        resume: bool,
-    ) -> None:
-        if resume and self.ip and self.secret_key and self.ws:
-            try:
-                await asyncio.wait_for(self._resume_session(), timeout=timeout)
-            except (ConnectionClosed, TimeoutError) as exc:
-                log.info("voice: the server did not resume the session (%s): joining again", exc)
-                await self.disconnect(cleanup=False)
-            else:
-                log.info("voice: session resumed")
-                return
-            resume = False
-        await super()._connect(reconnect, timeout, self_deaf, self_mute, resume)
-
-    async def _resume_session(self) -> None:
-        """RESUME on a new websocket; the UDP socket, its key and the DAVE session stay."""
-        self._resumed = False
-        # The closed websocket's heartbeat thread would go on beating (into a closed loop,
-        # at the end): close it properly first, which stops that thread.
-        with contextlib.suppress(ConnectionClosed, OSError):
-            await self.ws.close()
-        self.ws = await self._connect_websocket(True)
-        while not self._resumed:
-            await self.ws.poll_event()
-        self.ws.secret_key = self.secret_key  # unchanged by a resume
-        self.state = ConnectionFlowState.connected
 
 
 class ParleyVoiceClient(discord.VoiceClient):
@@ -179,7 +82,7 @@ class ParleyVoiceClient(discord.VoiceClient):
             self._listeners.remove(listener)
 
     def create_connection_state(self) -> VoiceConnectionState:
-        return ParleyConnectionState(self, hook=self._on_voice_message)
+        return ResumingConnectionState(self, hook=self._on_voice_message)
 
     def cleanup(self) -> None:
         super().cleanup()

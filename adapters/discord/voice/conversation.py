@@ -45,12 +45,12 @@ from adapters.discord.voice.speaker import VoiceNotReady
 from adapters.discord.voice.vad import Pcm
 from bot import metrics
 from bot.errors import AudioError, SpeechSynthesisError
-from bot.types import IncomingMessage, OutgoingFile, TargetLimits, VoiceClip
+from bot.messages import Msg, say
+from bot.types import IncomingMessage, OutgoingFile, SpokenSentence, TargetLimits, VoiceClip
 
 if TYPE_CHECKING:
     from adapters.discord.voice.session import VoiceSession
     from bot.speech.stt import Transcriber
-    from bot.speech.voice_reply import SpokenSentence
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +464,9 @@ class VoiceConversation:
         utterance = heard.utterance
         user_id = utterance.user_id
         member = self.guild.get_member(user_id)
-        name = member.display_name if member is not None else f"user {user_id}"
+        name = (
+            member.display_name if member is not None else say(Msg.VOICE_SOMEONE, user_id=user_id)
+        )
         mirrored = await self._mirror(name, text) if self._deps.mirror_text else None
         interrupted = asyncio.Event()
         target = VoiceTurnTarget(

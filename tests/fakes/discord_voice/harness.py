@@ -17,10 +17,8 @@ from typing import Any
 
 import discord
 import numpy as np
-import yarl
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 
+from adapters.discord.compat import redirect_endpoints
 from adapters.discord.voice import Utterance, VoiceOptions, VoiceSession
 from adapters.discord.voice.channels import VoiceChannels
 from adapters.discord.voice.conversation import VoiceConversation
@@ -42,9 +40,7 @@ UTTERANCE_TIMEOUT_S = 60.0  # hang guard: speech plus segmentation takes a few s
 @contextlib.asynccontextmanager
 async def discord_client(fake: FakeDiscord) -> AsyncIterator[discord.Client]:
     """A logged-in, ready discord.py client (guilds + voice_states intents) on `fake`."""
-    saved = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
-    Route.BASE = fake.api_url
-    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
+    restore_endpoints = redirect_endpoints(fake.api_url, fake.gateway_url)
     intents = discord.Intents.none()
     intents.guilds = True
     intents.voice_states = True
@@ -61,7 +57,7 @@ async def discord_client(fake: FakeDiscord) -> AsyncIterator[discord.Client]:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+        restore_endpoints()
 
 
 def voice_channel(client: discord.Client, channel_id: int) -> discord.VoiceChannel:

@@ -1,0 +1,300 @@
+"""One reply while it is written: the model's stream into the chat, its caps, its end.
+
+The engine prepares a turn (the chat's settings, the model, the request) and hands a
+`ReplyState` to `ReplyLoop.run`, which streams the answer into the chat, keeps it under the
+whole-reply caps and the time limit, stores it, shows its final text and sends the voice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot import metrics
+from bot.config import Settings
+from bot.delivery.stream import ReplyStream
+from bot.errors import (
+    DeliveryError,
+    LLMRequestRejected,
+    LLMStreamBroken,
+    LLMTimeout,
+    LLMUnavailable,
+    RetryAfter,
+    SpeechSynthesisError,
+)
+from bot.llm import LLMRequest, estimate_tokens
+from bot.messages import Msg, say
+from bot.models import ChatModel
+from bot.queue import TurnSlot
+from bot.storage import HistoryStore, Status, Turn
+from bot.types import ImageInput, IncomingMessage, LiveSpeechTarget, ReplyOutcomeTarget, ReplyTarget
+
+if TYPE_CHECKING:
+    from bot.speech.voice_reply import VoiceReply
+
+log = logging.getLogger(__name__)
+
+_TYPING_EVERY_S = 4.0  # platforms show "typing…" for about 5 s per call
+_FINISH_WHEN_CANCELLED_S = 1.0  # a cancelled reply's last edit, before the stream is dropped
+_SAVE_PARTIAL_EVERY_S = 2.0  # how much streamed text a hard crash can lose
+_SHOWN: tuple[Status, ...] = ("complete", "partial")  # replies worth their voice
+
+
+class _ReplyCapped(Exception):
+    """A reply reached `engine.max_reply_chars` or `engine.max_reply_messages`."""
+
+
+class _ChatRefused(Exception):
+    """The chat refused the reply for good (blocked, deleted): stop generating it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnState:
+    """One turn once its message is stored: what it answers, and where the answer goes."""
+
+    msg: IncomingMessage
+    target: ReplyTarget
+    ref: str  # the turn's id, in logs and in the notice of an unexpected error
+    rows: Turn  # the stored user message and the reply's row
+    text: str  # what is answered: the message's text, after a recording's transcript
+    images: tuple[ImageInput, ...] = ()  # its pictures, for a model that takes images
+
+
+@dataclass(slots=True)
+class ReplyState:
+    """One turn's reply from its request to its stored end: what every step reads and adds."""
+
+    turn: TurnState
+    model: ChatModel
+    request: LLMRequest
+    stream: ReplyStream
+    voice: VoiceReply | None
+    answer: str = ""  # the answer's text so far
+    reasoning_chars: int = 0  # reasoning streamed so far (it counts toward the character cap)
+    reasoning_open: bool = False  # a quoted reasoning block is being shown
+    first_token_at: float | None = None
+    status: Status = "failed"
+    note: str = ""  # said after the text (or alone): why the reply stopped
+
+    def ended(self, status: Status, note: str = "") -> None:
+        """The reply stopped; a partial one keeps what was streamed."""
+        self.status = status if status != "partial" or self.answer else "failed"
+        self.note = note
+
+
+class ReplyLoop:
+    """Streams replies: the caps, the time limit, typing, the store and the voice note."""
+
+    def __init__(self, settings: Settings, store: HistoryStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    async def run(self, state: ReplyState, slot: TurnSlot) -> None:
+        """Stream the reply, conclude it, and free the LLM slot as soon as generation ends."""
+        target = state.turn.target
+        timeout = self.settings.llm.reply_timeout_s
+        typing = asyncio.create_task(self._keep_typing(state))
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._consume(state, started)
+            state.ended("complete")
+        except TimeoutError:  # the whole-reply limit (the LLM client's own become LLMTimeout)
+            log.warning("reply in %s stopped after %g s", target.chat_key, timeout)
+            state.ended("partial", say(Msg.REPLY_TIMEOUT, seconds=timeout))
+        except _ChatRefused as exc:
+            # Blocked or gone: stop at once, so the slot and the chat's line are free again.
+            log.warning("reply in %s stopped: the chat refused it (%s)", target.chat_key, exc)
+            state.ended("partial")
+        except _ReplyCapped as exc:
+            log.warning("reply in %s cut at its %s", target.chat_key, exc)
+            state.ended("partial", say(Msg.REPLY_CAPPED))
+        except LLMUnavailable as exc:
+            log.warning("no LLM backend answered: %s", exc)
+            state.ended("failed", say(Msg.LLM_DOWN))
+        except LLMRequestRejected as exc:
+            state.ended("failed", say(Msg.LLM_REJECTED, reason=str(exc)[:200]))
+        except LLMTimeout:
+            state.ended("partial", say(Msg.LLM_TIMEOUT))
+        except LLMStreamBroken as exc:
+            log.warning("LLM stream broke: %s", exc)
+            state.ended("partial", say(Msg.CUT_OFF))
+        except asyncio.CancelledError:
+            typing.cancel()
+            await self._cancelled(state)
+            raise
+        # The turn's error boundary: close the reply, store it, tell the user.
+        except Exception:
+            log.exception("turn %s in %s failed while streaming", state.turn.ref, target.chat_key)
+            state.ended("partial", say(Msg.INTERNAL, ref=state.turn.ref))
+        finally:
+            typing.cancel()
+            # Generation is over: the final edits, 429 waits and the voice note go on without
+            # the LLM slot (the channel's next turn still waits for them).
+            slot.release()
+        if state.status == "complete" and not state.answer.strip():
+            state.ended("failed", say(Msg.EMPTY_REPLY))
+        metrics.REPLIES.labels(state.turn.msg.platform, state.status).inc()
+        await self._conclude(state)
+
+    async def _consume(self, state: ReplyState, started: float) -> None:
+        show_reasoning = self.settings.llm.reasoning == "show"
+        last_save = time.monotonic()
+        stream = state.stream
+        # aclosing: leaving the loop early (a cap, the time limit, a refused chat) closes the
+        # connection at once, which is how llama-server learns to free the slot.
+        # The chat's model: its own servers only, when it has them.
+        async with contextlib.aclosing(
+            state.model.client.stream(state.request, affinity=str(state.turn.rows.channel_id))
+        ) as events:
+            async for event in events:
+                self._check(state, event.reasoning)
+                if event.reasoning and show_reasoning:
+                    quoted = event.reasoning.replace("\n", "\n> ")
+                    stream.append(quoted if state.reasoning_open else f"> 💭 {quoted}")
+                    state.reasoning_open = True
+                if not event.text:
+                    continue
+                if state.first_token_at is None:
+                    state.first_token_at = time.perf_counter()
+                    metrics.TIME_TO_FIRST_TOKEN.observe(state.first_token_at - started)
+                if state.reasoning_open:
+                    stream.append("\n\n")
+                    state.reasoning_open = False
+                piece = self._fit(state, event.text.lstrip() if not state.answer else event.text)
+                if not piece:
+                    continue
+                state.answer += piece
+                stream.append(piece)
+                if state.voice is not None:
+                    state.voice.feed(piece)
+                metrics.TOKENS_OUT.inc()
+                if time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
+                    last_save = time.monotonic()
+                    await self.store.update_message(state.turn.rows.reply_row, content=state.answer)
+                self._check(state, "")
+
+    def _fit(self, state: ReplyState, piece: str) -> str:
+        """The part of `piece` that still fits under the character cap."""
+        room = self.settings.engine.max_reply_chars - len(state.answer) - state.reasoning_chars
+        return piece[: max(0, room)]
+
+    def _check(self, state: ReplyState, reasoning: str) -> None:
+        """Raise `_ChatRefused` if the chat refused the reply, `_ReplyCapped` at a cap."""
+        stream = state.stream
+        if stream.refused is not None:
+            raise _ChatRefused(stream.refused)
+        max_chars = self.settings.engine.max_reply_chars
+        max_messages = self.settings.engine.max_reply_messages
+        state.reasoning_chars += len(reasoning)
+        if len(state.answer) + state.reasoning_chars >= max_chars:
+            raise _ReplyCapped(f"{max_chars}-character cap")
+        # The writer may lag behind the text (it waits for rate budgets): count the messages the
+        # text needs as well as those it already has.
+        full = len(state.answer) >= max_messages * stream.max_chars
+        if full or stream.parts > max_messages:
+            raise _ReplyCapped(f"{max_messages}-message cap")
+
+    async def _cancelled(self, state: ReplyState) -> None:
+        """Cancelled (Ctrl-C in the console, shutdown): keep what the user saw."""
+        await store_reply(
+            self.store, state.turn.rows, state.answer, "partial" if state.answer else "failed"
+        )
+        stream = state.stream
+        # Best effort and brief: the platform may be unreachable too, and a shutdown waits.
+        finish = asyncio.ensure_future(stream.finish(stream.text + " …" if stream.text else None))
+        try:
+            async with asyncio.timeout(_FINISH_WHEN_CANCELLED_S):
+                await asyncio.shield(finish)
+        except (TimeoutError, DeliveryError, RetryAfter, OSError):
+            await stream.cancel()
+        if state.voice is not None:
+            await state.voice.cancel()
+
+    async def _conclude(self, state: ReplyState) -> None:
+        """Store the reply, show its final text (no marker) with the note, then the voice."""
+        target, stream, voice, note = state.turn.target, state.stream, state.voice, state.note
+        if isinstance(target, ReplyOutcomeTarget):
+            target.reply_ended(state.answer.rstrip(), state.status, note)
+        if voice is not None and isinstance(target, LiveSpeechTarget):
+            # Spoken live: its last sentences go on whatever becomes of the text.
+            if state.status in _SHOWN:
+                voice.end()
+            else:
+                await voice.cancel()
+            voice = None
+        try:
+            await store_reply(self.store, state.turn.rows, state.answer, state.status)
+        # What was streamed is shown even if it cannot be stored.
+        except Exception:
+            log.exception("turn %s: the reply could not be stored", state.turn.ref)
+        try:
+            if stream.text:
+                await stream.finish(stream.text + (f"\n\n{note}" if note else ""))
+            else:
+                await stream.cancel()
+                if note:
+                    await target.notice(note)
+        except DeliveryError as exc:
+            # The reply is stored; the chat refused it (bot removed, message deleted, ...).
+            log.warning("could not deliver the reply to %s: %s", target.chat_key, exc)
+            if voice is not None:
+                await voice.cancel()
+            return
+        # The stream's writer failed: free its budget, tell the user.
+        except Exception:
+            log.exception(
+                "turn %s: the reply could not be shown in %s", state.turn.ref, target.chat_key
+            )
+            await stream.cancel()
+            if voice is not None:
+                await voice.cancel()
+            await tell(target, say(Msg.INTERNAL, ref=state.turn.ref))
+            return
+        if voice is not None:
+            await self._send_voice(voice, state)
+
+    async def _send_voice(self, voice: VoiceReply, state: ReplyState) -> None:
+        if state.status not in _SHOWN:
+            await voice.cancel()  # nothing worth speaking: stop the queued sentences
+            return
+        try:
+            clip = await voice.finish()
+        except SpeechSynthesisError as exc:
+            log.warning("voice reply failed: %s", exc)
+            await state.turn.target.notice(say(Msg.NO_VOICE))
+            return
+        if clip is not None:
+            await state.turn.target.send_voice(clip)
+
+    async def _keep_typing(self, state: ReplyState) -> None:
+        target = state.turn.target
+        while state.first_token_at is None:
+            try:
+                await target.typing()
+            except (DeliveryError, RetryAfter, OSError):
+                pass  # a failed indicator must not end the reply
+            except Exception:
+                log.exception("typing indicator in %s failed; no more of them", target.chat_key)
+                return
+            await asyncio.sleep(_TYPING_EVERY_S)
+
+
+async def store_reply(store: HistoryStore, rows: Turn, answer: str, status: Status) -> None:
+    """Store a reply's final text and status."""
+    answer = answer.rstrip()
+    await store.update_message(
+        rows.reply_row, content=answer, status=status, token_count=estimate_tokens(answer)
+    )
+
+
+async def tell(target: ReplyTarget, text: str) -> None:
+    """A best-effort notice from an error boundary: its own failure is only logged."""
+    try:
+        await target.notice(text)
+    except Exception as exc:  # noqa: BLE001 - the platform may be what failed
+        log.warning("could not tell %s about a failed turn: %s", target.chat_key, exc)
