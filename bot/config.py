@@ -502,6 +502,10 @@ class PlatformSettings(_Section):
         """A platform runs when its token is set."""
         return bool(self.token.get_secret_value())
 
+    def secrets(self) -> list[str]:
+        """Secrets held inside its values besides the `SecretStr` fields (a URL's password)."""
+        return []
+
     @classmethod
     def of(cls, settings: Settings) -> Self:
         """This platform's section of `settings`."""
@@ -553,8 +557,12 @@ class Settings(BaseSettings):
         sections = (getattr(self, name) for name in type(self).model_fields)
         for section in sections:
             found += _secret_values(section)
-        # The storage URL's password, also as written inside the URL (percent-encoded).
-        return found + [s for s in self.storage.secrets() if s not in found]
+        # The storage URL's password (and a platform's, e.g. mqtt.url), also as written inside
+        # the URL (percent-encoded).
+        inside = self.storage.secrets()
+        for platform in self.platform_sections():
+            inside += platform.secrets()
+        return found + [s for s in inside if s not in found]
 
 
 def _secret_values(model: BaseModel) -> list[str]:

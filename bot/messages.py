@@ -152,6 +152,28 @@ class Msg(Enum):
     VOICE_CHANNEL = "the voice channel"
     VOICE_SOMEONE = "user {user_id}"
 
+    # -- the MQTT bridge: requests it cannot read -----------------------------------------
+    MQTT_TOO_LARGE = "The message is too large ({size} bytes; the limit is {limit})."
+    MQTT_NOT_UTF8 = "The message is not UTF-8 text (or holds a NUL character)."
+    MQTT_EMPTY = (
+        'The message is empty: send text, or a JSON object with "text" (and, if you like, "user").'
+    )
+    MQTT_BAD_JSON = "The message looks like a JSON object but is not valid JSON."
+    MQTT_BAD_SHAPE = (
+        'A JSON message needs "text" (a non-empty string); "user", if given, is a string of up '
+        "to {limit} characters."
+    )
+    MQTT_BAD_SESSION = (
+        "The session in the topic must be 1 to {limit} letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit."
+    )
+    MQTT_BAD_RESPONSE_TOPIC = (
+        "The Response Topic cannot be used (empty, a wildcard, a $ topic or one of Parley's own "
+        "request topics): answered on {topic} instead."
+    )
+    MQTT_STOPPING = "Parley is stopping: this reply was cut off. Please ask again in a moment."
+    MQTT_NO_REPLY = "No reply could be made to this message."
+
     # -- commands: the table's descriptions (/help, menus) --------------------------------
     HELP_INTRO = "Hi, I'm {bot_name}. Talk to me by text or voice note."
     HELP_LINE = "{usage} — {about}{note}"

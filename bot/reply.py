@@ -31,7 +31,7 @@ from bot.messages import Msg, say
 from bot.models import ChatModel
 from bot.queue import TurnSlot
 from bot.storage import HistoryStore, Status, Turn
-from bot.types import ImageInput, IncomingMessage, LiveSpeechTarget, ReplyTarget
+from bot.types import ImageInput, IncomingMessage, LiveSpeechTarget, ReplyOutcomeTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.voice_reply import VoiceReply
@@ -218,6 +218,8 @@ class ReplyLoop:
     async def _conclude(self, state: ReplyState) -> None:
         """Store the reply, show its final text (no marker) with the note, then the voice."""
         target, stream, voice, note = state.turn.target, state.stream, state.voice, state.note
+        if isinstance(target, ReplyOutcomeTarget):
+            target.reply_ended(state.answer.rstrip(), state.status, note)
         if voice is not None and isinstance(target, LiveSpeechTarget):
             # Spoken live: its last sentences go on whatever becomes of the text.
             if state.status in _SHOWN:

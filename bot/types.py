@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
+from bot.storage.base import Status
 
 if TYPE_CHECKING:
     import numpy as np
@@ -246,4 +247,16 @@ class LiveSpeechTarget(Protocol):
         A generator, so that a target that stops listening can close it: that stops the
         synthesis of what is still to come.
         """
+        ...
+
+
+@runtime_checkable
+class ReplyOutcomeTarget(Protocol):
+    """A reply target told how each reply ended, for clients that wait for a final event with
+    the reply's status (the MQTT bridge) rather than reading a chat."""
+
+    def reply_ended(self, answer: str, status: Status, note: str) -> None:
+        """The reply is over: its text as stored, its status ("complete", "partial" or
+        "failed") and the note the user is shown with it ("" when none). Called once, before
+        its final text is shown (which ends with the note)."""
         ...

@@ -40,6 +40,23 @@ if [[ ",$EXTRAS," == *",dev,"* && ! -x "$PG_BIN/initdb" ]]; then
     fi
 fi
 
+# The MQTT bridge's tests start a throwaway mosquitto broker on a loopback port, and its docs use
+# mosquitto_pub/mosquitto_sub: install Debian's mosquitto and mosquitto-clients with the dev extras
+# when missing. The tests run their own broker, so the package's system service is not kept running.
+if [[ ",$EXTRAS," == *",dev,"* && ! -x /usr/sbin/mosquitto ]]; then
+    step "Installing mosquitto and mosquitto-clients for the MQTT tests (apt-get)"
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            mosquitto mosquitto-clients >/dev/null
+        if [[ -d /run/systemd/system ]]; then
+            systemctl disable --now mosquitto >/dev/null 2>&1 || true
+        fi
+    else
+        echo "    not root (or no apt-get): install mosquitto and mosquitto-clients yourself" >&2
+    fi
+fi
+
 # The admin console's browser test drives Debian's Chromium through chromium-driver (selenium):
 # installed with the dev extras when missing; the runtime image never needs them.
 if [[ ",$EXTRAS," == *",dev,"* ]] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
