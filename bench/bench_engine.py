@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.app import ParleyApp
 from bot.channel_config import ChannelSettings
-from bot.config import EngineSettings, LLMSettings, Settings
+from bot.config import EngineSettings, Settings
 from bot.llm import LLMClient
+from bot.llm_settings import LLMSettings
 from bot.prompt import build_request, system_prompt
 from bot.storage import SQLiteStore, migrate
 from bot.types import IncomingMessage

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from bot.config import ToolsSettings
 from bot.tools.calls import assemble
 from bot.tools.hub import ToolCallRecord, ToolHub
 from bot.tools.messages import assistant_message, tool_message
+from bot.tools.settings import ToolsSettings
 from tests.fakes.mcp_servers import command
 
 WARMUP = 50

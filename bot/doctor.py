@@ -24,10 +24,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bot.config import LLMServerSettings, LLMSettings, Settings
+from bot.config import Settings
 from bot.errors import ConfigError, LLMUnavailable, StorageError
 from bot.llm import configured_urls
 from bot.llm_pool import redact_url
+from bot.llm_settings import LLMServerSettings, LLMSettings
 from bot.logs import RedactSecrets
 
 Status = Literal["ok", "warn", "fail", "skip"]

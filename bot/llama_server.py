@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 
 from bot.backoff import Backoff
-from bot.config import LLMServerSettings
 from bot.errors import LLMUnavailable
+from bot.llm_settings import LLMServerSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import aiohttp
 
 from bot import metrics
 from bot.backoff import Backoff
-from bot.config import LLMSettings
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMTimeout, LLMUnavailable
 from bot.llm_pool import DEFAULT_SLOTS, SHARED_HOLD_S, Backend, BackendPool, Lease, Routing
+from bot.llm_settings import LLMSettings
 from bot.sse import DONE, SSEDecoder, ThinkSplitter, parse_chunk
 
 log = logging.getLogger(__name__)

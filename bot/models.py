@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bot.config import LLMSettings, ModelSettings
 from bot.llm import Api, LLMClient
+from bot.llm_settings import LLMSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 

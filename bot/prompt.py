@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.channel_config import ChannelSettings
-from bot.config import PromptFormat
 from bot.llm import LLMRequest, estimate_tokens
+from bot.llm_settings import PromptFormat
 from bot.memory import Recalled
 from bot.personas import persona_text
 from bot.storage import StoredMessage

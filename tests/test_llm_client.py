@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.config import LLMSettings
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMUnavailable
 from bot.llm import Api, LLMClient, LLMRequest, StreamEvent
 from bot.llm_pool import Routing
+from bot.llm_settings import LLMSettings
 from bot.sse import SSEDecoder, ThinkSplitter, parse_chunk
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 

@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 
 from bot.backoff import Backoff
-from bot.config import ToolsSettings
 from bot.tools.hub import ToolCallRecord, ToolHub
 from bot.tools.server import ServerStatus
+from bot.tools.settings import ToolsSettings
 from bot.tools.status import health_detail, probe, summary
 from tests.fakes.mcp_servers import command
 from tests.fakes.waits import HANG_GUARD_S, eventually

@@ -15,7 +15,6 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, Tool
 
 from bot.backoff import Backoff
-from bot.config import ToolsSettings
 from bot.tools.names import assign_names, qualified_name
 from bot.tools.result import ToolResult, cap, result_text
 from bot.tools.server import (
@@ -25,6 +24,7 @@ from bot.tools.server import (
     ToolServer,
     restart_backoff,
 )
+from bot.tools.settings import ToolsSettings
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from mcp.client.stdio import stdio_client
 from mcp.types import Tool
 
 from bot.backoff import Backoff
-from bot.config import ToolServerSettings
 from bot.tools.childlog import ChildStderr
+from bot.tools.settings import ToolServerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot.config import ToolsSettings
 from bot.tools.hub import ToolHub
 from bot.tools.server import ServerStatus
+from bot.tools.settings import ToolsSettings
 
 PROBE_TIMEOUT_S = 30.0  # doctor's whole check is bounded at 60 s; a server still starting says so
 
