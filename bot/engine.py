@@ -7,9 +7,10 @@ import contextlib
 import functools
 import logging
 import secrets
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot import metrics
 from bot.attachments import AttachmentPolicy, Unpacked, stored_text
@@ -32,8 +33,8 @@ from bot.prompt import (
 from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.reply import ReplyLoop, ReplyState, TurnState, store_reply, tell
-from bot.storage import HistoryStore, StoredMessage
-from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
+from bot.storage import HistoryStore, StoredMessage, Turn
+from bot.types import AmendableTurn, ImageInput, IncomingMessage, LiveSpeechTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 _HISTORY_ROWS = 400  # rows read per prompt before the token budget trims them
 _NOTHING = Unpacked()  # a message without attachments
+_NEXT_ROW = sys.maxsize  # "after every stored row": the history a turn arriving now would see
+
+T = TypeVar("T")
 
 
 class ConversationEngine:
@@ -89,6 +93,7 @@ class ConversationEngine:
         *,
         on_stored: Callable[[], None] | None = None,
         redeliverable: bool = False,
+        amend: AmendableTurn | None = None,
     ) -> None:
         """Answer one message (text, voice, pictures); every user-visible outcome goes through
         `target`.
@@ -96,14 +101,15 @@ class ConversationEngine:
         `on_stored()` is called once the user's message is safely stored: a platform that
         redelivers unconfirmed updates may confirm it then. If it cannot be stored, the user is
         told why, unless `redeliverable`: then `MessageNotStored` is raised and the adapter
-        leaves the update unconfirmed, to come again.
+        leaves the update unconfirmed, to come again. `amend`: a turn that may still grow (see
+        `AmendableTurn`); a second call with it amends the turn the first one stored.
 
         The turn's error boundary: an unexpected error is logged with the chat and a turn id,
         the user is told, and the engine goes on serving this chat and every other.
         """
         turn_id = secrets.token_hex(4)
         try:
-            await self._handle(msg, target, turn_id, on_stored)
+            await self._handle(msg, target, turn_id, on_stored, amend)
         except MessageNotStored as exc:
             if redeliverable:
                 raise
@@ -122,6 +128,7 @@ class ConversationEngine:
         target: ReplyTarget,
         turn_id: str,
         on_stored: Callable[[], None] | None,
+        amend: AmendableTurn | None = None,
     ) -> None:
         metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.recording else "text").inc()
         if msg.user_ref in self._blocked:
@@ -130,10 +137,13 @@ class ConversationEngine:
         text = msg.text.strip()
         if not text and not msg.attachments:
             return  # nothing to answer (a bare mention, say)
-        if not self.rate.allow(msg.user_ref):
+        counted = amend is not None and amend.counted  # an amendment is the same message
+        if not counted and not self.rate.allow(msg.user_ref):
             limit = self.settings.engine.user_messages_per_minute
             await target.notice(say(Msg.SLOW_DOWN, limit=limit))
             return
+        if amend is not None:
+            amend.counted, amend.withdrawn = True, False
         limit = self.settings.engine.max_input_chars
         if len(text) > limit:
             await target.notice(say(Msg.TOO_LONG, length=len(text), limit=limit))
@@ -158,13 +168,19 @@ class ConversationEngine:
                 if not text and not unpacked.images:
                     return
                 stored = stored_text(text, unpacked.images)
-                rows = await self.store.start_turn(
-                    channel_id,
-                    author_id=msg.user_id,
-                    author_name=msg.user_name,
-                    content=stored,
-                    token_count=await self._count_tokens(stored),
-                )
+                tokens = await self._count_tokens(stored)
+                if amend is None:
+                    rows = await self.store.start_turn(
+                        channel_id,
+                        author_id=msg.user_id,
+                        author_name=msg.user_name,
+                        content=stored,
+                        token_count=tokens,
+                    )
+                else:
+                    rows = await _even_if_cancelled(
+                        self._store_amendable(msg, channel_id, stored, tokens, amend)
+                    )
             except StorageError as exc:
                 # The store logged it (once per kind of failure); the user hears why.
                 raise MessageNotStored(exc) from exc
@@ -174,9 +190,52 @@ class ConversationEngine:
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
         gate = functools.partial(self.store.channel_turn, rows.channel_id, rows.reply_row)
-        turn = TurnState(msg, target, turn_id, rows, text, unpacked.images)
-        async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
-            await self._reply(turn, slot)
+        turn = TurnState(msg, target, turn_id, rows, text, unpacked.images, amend)
+        try:
+            async with self.queue.turn(
+                key, functools.partial(_show_position, target), gate
+            ) as slot:
+                await self._reply(turn, slot)
+        except asyncio.CancelledError:
+            if turn.withdrawn:
+                # Its words were not the whole turn: this answer never shows; the amendment
+                # reserves the row again.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(store_reply(self.store, rows, "", "failed"))
+            raise
+
+    async def _store_amendable(
+        self,
+        msg: IncomingMessage,
+        channel_id: int,
+        content: str,
+        tokens: int,
+        amend: AmendableTurn,
+    ) -> Turn:
+        """Store the turn `amend` stands for: anew the first time, else amended in place."""
+        if amend.rows is None or amend.rows.channel_id != channel_id:
+            amend.rows = await self.store.start_turn(
+                channel_id,
+                author_id=msg.user_id,
+                author_name=msg.user_name,
+                content=content,
+                token_count=tokens,
+            )
+        else:
+            await self.store.amend_turn(amend.rows, content=content, token_count=tokens)
+        return amend.rows
+
+    async def warm(self, msg: IncomingMessage) -> None:
+        """Have the chat's model cache its next prompt's start (persona, history) while `msg`
+        is still being said (its text is not known yet), so the reply pays only for the new
+        words. Best effort: failures are logged, never raised."""
+        try:
+            channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+            rows = Turn(channel_id, user_row=_NEXT_ROW, reply_row=_NEXT_ROW)
+            _, request, chosen = await self._request(msg, rows, "", ())
+            await chosen.client.warm(request, affinity=str(channel_id))
+        except Exception as exc:  # noqa: BLE001 - a cold cache only costs time
+            log.debug("prompt of %s not warmed: %s", msg.chat_ref, exc)
 
     async def takes_images(self, platform: str, channel_key: str) -> bool:
         """Whether the model this chat uses takes images."""
@@ -292,19 +351,23 @@ class ConversationEngine:
     async def _prepare(self, turn: TurnState) -> tuple[ChannelSettings, LLMRequest, ChatModel]:
         """The chat's settings, its model and the LLM request: persona, what memory recalls,
         the group's background, history in budget, the message (and its pictures)."""
-        msg, rows = turn.msg, turn.rows
+        return await self._request(turn.msg, turn.rows, turn.text, turn.images)
+
+    async def _request(
+        self, msg: IncomingMessage, rows: Turn, text: str, images: Sequence[ImageInput]
+    ) -> tuple[ChannelSettings, LLMRequest, ChatModel]:
         settings = await self._channel_settings(rows.channel_id)
         chosen = self.models.pick(settings.model)
         parts: list[dict[str, Any]] = []
-        if turn.images:
+        if images:
             if await self.models.sees_images(chosen):
-                parts = await asyncio.to_thread(image_parts, turn.images)  # megabytes of base64
+                parts = await asyncio.to_thread(image_parts, images)  # megabytes of base64
             else:  # the pictures were read for the model of then; the chat switched since
                 log.info("pictures left out: model %r does not take images", chosen.name)
         history = await self.store.history(rows.channel_id, rows.user_row, _HISTORY_ROWS)
         kept = fit_rows(history, settings.history_tokens)
         complete = len(history) == len(kept) < _HISTORY_ROWS
-        recalled = await self._recall(turn, settings, kept, complete=complete)
+        recalled = await self._recall(msg, rows, text, settings, kept, complete=complete)
         bot_name = self.settings.engine.bot_name
         system = with_recalled(
             system_prompt(settings, bot_name), recalled, user_name=msg.user_name, bot_name=bot_name
@@ -314,7 +377,7 @@ class ConversationEngine:
             prompt_format=self.settings.llm.prompt_format,
             system=system,
             history=[PromptTurn(row.role, row.content) for row in kept],
-            user_text=turn.text,
+            user_text=text,
             settings=settings,
             bot_name=bot_name,
             images=parts,
@@ -324,7 +387,9 @@ class ConversationEngine:
 
     async def _recall(
         self,
-        turn: TurnState,
+        msg: IncomingMessage,
+        rows: Turn,
+        text: str,
         settings: ChannelSettings,
         kept: list[StoredMessage],
         *,
@@ -332,8 +397,7 @@ class ConversationEngine:
     ) -> Recalled:
         """Facts, older turns beyond the history (unless `complete`: the history is all there
         is) and, in groups, the background since the oldest turn shown (or all of it)."""
-        msg, rows = turn.msg, turn.rows
-        terms = search_terms(turn.text)
+        terms = search_terms(text)
         facts, used = await recall_facts(
             self.store,
             msg.platform,
@@ -379,7 +443,22 @@ class ConversationEngine:
             return None
         from bot.speech.voice_reply import VoiceReply
 
-        return VoiceReply(self.synthesizer, max_chars=self.settings.tts.max_chars)
+        return VoiceReply(
+            self.synthesizer, max_chars=self.settings.tts.max_chars, first_clause=live
+        )
+
+
+async def _even_if_cancelled(work: Awaitable[T]) -> T:
+    """`work`'s result; if the caller is cancelled meanwhile, `work` still runs to its end before
+    the cancellation goes on (a turn half-stored by a cancelled answer must be whole for its
+    amendment)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # its own failure is the amendment's to meet
+            await task
+        raise
 
 
 async def _show_position(target: ReplyTarget, position: int) -> None:

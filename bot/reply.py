@@ -31,7 +31,14 @@ from bot.messages import Msg, say
 from bot.models import ChatModel
 from bot.queue import TurnSlot
 from bot.storage import HistoryStore, Status, Turn
-from bot.types import ImageInput, IncomingMessage, LiveSpeechTarget, ReplyOutcomeTarget, ReplyTarget
+from bot.types import (
+    AmendableTurn,
+    ImageInput,
+    IncomingMessage,
+    LiveSpeechTarget,
+    ReplyOutcomeTarget,
+    ReplyTarget,
+)
 
 if TYPE_CHECKING:
     from bot.speech.voice_reply import VoiceReply
@@ -62,6 +69,12 @@ class TurnState:
     rows: Turn  # the stored user message and the reply's row
     text: str  # what is answered: the message's text, after a recording's transcript
     images: tuple[ImageInput, ...] = ()  # its pictures, for a model that takes images
+    amendable: AmendableTurn | None = None  # its words may still grow (a voice utterance)
+
+    @property
+    def withdrawn(self) -> bool:
+        """The speaker went on: this answer is void (the turn will be amended)."""
+        return self.amendable is not None and self.amendable.withdrawn
 
 
 @dataclass(slots=True)
@@ -200,7 +213,13 @@ class ReplyLoop:
             raise _ReplyCapped(f"{max_messages}-message cap")
 
     async def _cancelled(self, state: ReplyState) -> None:
-        """Cancelled (Ctrl-C in the console, shutdown): keep what the user saw."""
+        """Cancelled (Ctrl-C in the console, shutdown): keep what the user saw. A withdrawn
+        answer keeps nothing (the engine marks its row): nobody saw it."""
+        if state.turn.withdrawn:
+            await state.stream.cancel()
+            if state.voice is not None:
+                await state.voice.cancel()
+            return
         await store_reply(
             self.store, state.turn.rows, state.answer, "partial" if state.answer else "failed"
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
-from bot.storage.base import Status
+from bot.storage.base import Status, Turn
 
 if TYPE_CHECKING:
     import numpy as np
@@ -128,6 +128,27 @@ class IncomingMessage:
     def recording(self) -> Attachment | None:
         """The voice note, audio or video whose sound is transcribed (the first one)."""
         return next((a for a in self.attachments if a.kind in ("audio", "video")), None)
+
+
+@dataclass(eq=False)
+class AmendableTurn:
+    """A turn whose words may still grow: a voice utterance answered at the speaker's first
+    short pause, before they are surely done.
+
+    The first `ConversationEngine.handle` given it stores the message as usual and keeps its
+    rows here; a later one amends that same turn (the user's row gets the new words, the reply's
+    row is reused), so the history shows one question and one answer. `withdraw()` before
+    cancelling the task that answers it: that answer is dropped (its row is marked 'failed', never
+    shown as an answer) until the amendment answers again.
+    """
+
+    rows: Turn | None = None  # the stored message and its reply's row, once stored
+    counted: bool = False  # passed the per-user rate limit: an amendment is not a new message
+    withdrawn: bool = False
+
+    def withdraw(self) -> None:
+        """The words so far are not the whole turn: the answer being made for them is void."""
+        self.withdrawn = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from typing import Any
 from bot.app import ParleyApp
 from bot.errors import DeliveryError
 from bot.messages import Msg, say
+from bot.types import AmendableTurn
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.targets import RecordingTarget
@@ -241,3 +242,43 @@ async def test_a_chat_that_refuses_the_reply_keeps_it_stored(
     follow = RecordingTarget()
     await app.engine.handle(message("still there?"), follow)  # the engine carries on
     assert follow.text == "Hello from the fake model."
+
+
+async def test_an_amended_turn_is_one_question_and_one_answer(
+    fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    """A turn answered before its words were all said (a voice channel's early answer): the
+    first answer is withdrawn mid-stream, the amendment answers the whole, in the same rows."""
+    words_so_far, whole = "what is the weather", "what is the weather in Paris tomorrow"
+    released = asyncio.Event()
+
+    async def hold_the_guess(body: dict[str, Any]) -> None:
+        if "tomorrow" not in last_user_text(body):
+            await released.wait()  # the first answer is still being written when withdrawn
+
+    fake_llm.behaviour = Behaviour(reply=echo, pause=hold_the_guess)
+    # One message a minute: the amendment is the same message, not a second one.
+    settings = make_settings(
+        tmp_path, llm={"base_url": fake_llm.url}, engine={"user_messages_per_minute": 1}
+    )
+    async with ParleyApp(settings, speech=False) as parley:
+        amend = AmendableTurn()
+        early = RecordingTarget()
+        guess = asyncio.create_task(parley.engine.handle(message(words_so_far), early, amend=amend))
+        await early.first_text.wait()
+        amend.withdraw()
+        guess.cancel()
+        await asyncio.wait([guess])
+        released.set()
+        assert rows(tmp_path / "parley.db") == [
+            ("user", words_so_far, "complete"),
+            ("assistant", "", "failed"),  # never shown as an answer
+        ]
+        later = RecordingTarget()
+        await parley.engine.handle(message(whole), later, amend=amend)
+        assert later.text == f"You said {whole}." and not later.notices
+        assert last_user_text(fake_llm.requests[-1]) == whole
+        assert rows(tmp_path / "parley.db") == [
+            ("user", whole, "complete"),
+            ("assistant", f"You said {whole}.", "complete"),
+        ]

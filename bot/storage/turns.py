@@ -138,6 +138,24 @@ class Turns:
 
         return await self.db.write(rows)
 
+    async def amend_turn(self, turn: Turn, *, content: str, token_count: int | None) -> None:
+        """The user said more: their row of `turn` becomes `content`, and its reply's row is
+        reserved again (empty, 'queued') for the answer to the whole of it."""
+
+        async def rows(tx: Tx) -> None:
+            now = time.time()
+            await tx.execute(
+                "UPDATE messages SET content = $1, token_count = $2, updated_at = $3 WHERE id = $4",
+                *(content, token_count, now, turn.user_row),
+            )
+            await tx.execute(
+                "UPDATE messages SET content = '', status = 'queued', token_count = NULL,"
+                " updated_at = $1, owner = $2 WHERE id = $3",
+                *(now, self.db.owner, turn.reply_row),
+            )
+
+        await self.db.write(rows)
+
     async def record_failed_input(
         self, channel_id: int, *, author_id: str, author_name: str, note: str
     ) -> int:
