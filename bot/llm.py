@@ -432,6 +432,36 @@ class LLMClient:
         except aiohttp.ClientError as exc:
             raise _RetryableError(_describe_client_error(exc)) from None
 
+    async def warm(self, request: LLMRequest, *, affinity: str | None = None) -> bool:
+        """Have llama-server process `request`'s prompt into the cache of the slot `affinity`'s
+        next reply will use, generating (almost) nothing: that reply then pays only for the
+        tokens after the common prefix. Only on an idle llama.cpp server (it must not slow or
+        displace replies); True when the prompt was taken."""
+        backend = self.pool.plan(affinity)[0]
+        if not (backend.llama and backend.healthy and backend.in_flight == 0):
+            return False
+        path, body = self._payload(request)
+        # llama.cpp samples one token even when asked for none; that is the whole cost.
+        body = {**body, "stream": False, "max_tokens": 0, "n_predict": 0, "cache_prompt": True}
+        body.pop("stream_options", None)
+        lease = await self.pool.acquire(backend, affinity)
+        if lease.slot is not None:
+            body["id_slot"] = lease.slot
+        try:
+            async with self._client().post(
+                backend.url + path,
+                json=body,
+                timeout=aiohttp.ClientTimeout(
+                    total=self.settings.timeout_s, connect=self.settings.connect_timeout_s
+                ),
+            ) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False  # the next reply finds out what is wrong, and says so
+        finally:
+            self.pool.release(lease)
+
     async def tokenize(self, text: str) -> int | None:
         """Count tokens with llama-server's /tokenize; None when no backend offers it."""
         url = self.pool.plan(None)[0].url
