@@ -70,6 +70,16 @@ def test_streamed_text_is_cut_at_each_complete_sentence() -> None:
     assert splitter.flush() == ["I am fine"]
 
 
+def test_a_live_reply_starts_with_its_first_clause_of_a_few_words() -> None:
+    splitter = SentenceSplitter(first_clause_words=4)
+    assert splitter.feed("Yes, Paris is") == []  # "Yes," is too short to say on its own
+    assert splitter.feed(" the capital of France, with") == ["Yes, Paris is the capital of France,"]
+    assert splitter.feed(" 3,5 million people; it is big, old") == []  # then whole sentences
+    assert splitter.feed(" and busy. More") == ["with 3,5 million people; it is big, old and busy."]
+    assert splitter.flush() == ["More"]
+    assert SentenceSplitter().feed("Yes, Paris is the capital of France, and ") == []
+
+
 def test_lines_end_sentences_but_list_numbers_and_abbreviations_do_not() -> None:
     text = "## Plan\n1. Buy apples, e.g. red ones. Then rest\n2. Sleep well\nDr. Who arrives."
     assert split_streamed(text) == [

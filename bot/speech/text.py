@@ -30,6 +30,9 @@ _SPACE_BEFORE_MARK = re.compile(r"\s+(?=[.,!?;:…])")
 # Sentence punctuation, closing quotes/brackets/markup, then whitespace (needed while streaming:
 # "3." may become "3.5").
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?=\s)")
+# A clause break: a comma, semicolon or colon (not inside a number: "3,5"), then whitespace.
+_CLAUSE_END = re.compile(r"[,;:][\"'”’)\]*_]*(?=\s)")
+_WORDS = re.compile(r"\w+")
 _LAST_WORD = re.compile(r"(\w+(?:\.\w+)*)\W*$")
 
 
@@ -98,12 +101,16 @@ class SentenceSplitter:
 
     A sentence ends at ". ", "! ", "? " (not after an abbreviation or a list number) or at the
     end of a line; fenced code blocks are skipped whole, even while they are still streaming.
+    With `first_clause_words`, the very first piece may end sooner, at the first clause break
+    (", ", "; ", ": ") after at least that many words: a listener hears the reply's start
+    before its first sentence is written.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, first_clause_words: int = 0) -> None:
         self._pending = ""
         self._in_code = False
         self._line_start = True
+        self._clause_words = first_clause_words  # 0 once the first piece is out
 
     def feed(self, delta: str) -> list[str]:
         """Add streamed text; return the sentences it completed, ready to speak."""
@@ -143,14 +150,22 @@ class SentenceSplitter:
             spoken = _speakable_line(piece)
             if spoken:
                 sentences.append(spoken)
+                self._clause_words = 0
         return sentences
 
-    @staticmethod
-    def _sentence_cut(line: str) -> int | None:
-        for match in _SENTENCE_END.finditer(line):
-            if _is_sentence_end(line[: match.start()], match.group()):
-                return match.end()
-        return None
+    def _sentence_cut(self, line: str) -> int | None:
+        ends = [
+            match.end()
+            for match in _SENTENCE_END.finditer(line)
+            if _is_sentence_end(line[: match.start()], match.group())
+        ][:1]
+        if self._clause_words:
+            ends += [
+                match.end()
+                for match in _CLAUSE_END.finditer(line)
+                if len(_WORDS.findall(line[: match.start()])) >= self._clause_words
+            ][:1]
+        return min(ends, default=None)
 
 
 def _undecided(line: str, in_code: bool) -> bool:

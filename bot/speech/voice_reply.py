@@ -28,6 +28,9 @@ from bot.types import SpokenSentence, VoiceClip
 log = logging.getLogger(__name__)
 
 SENTENCE_GAP_S = 0.15  # pause between two separately synthesised sentences
+# Live speech starts with the first clause of at least this many words, not the whole first
+# sentence: it is heard sooner, and the pause a comma asks for is there anyway.
+FIRST_CLAUSE_WORDS = 4
 
 
 class _Failed:
@@ -51,10 +54,15 @@ class VoiceReply:
     the time the text ends most of the speech is ready.
     """
 
-    def __init__(self, synthesizer: SpeechSynthesizer, *, max_chars: int) -> None:
+    def __init__(
+        self, synthesizer: SpeechSynthesizer, *, max_chars: int, first_clause: bool = False
+    ) -> None:
         self._synthesizer = synthesizer
         self._max_chars = max_chars
-        self._splitter = SentenceSplitter()
+        # `first_clause`: for a live listener, the first piece spoken is the first clause.
+        self._splitter = SentenceSplitter(
+            first_clause_words=FIRST_CLAUSE_WORDS if first_clause else 0
+        )
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._spoken: list[str] = []
