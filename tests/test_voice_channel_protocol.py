@@ -30,7 +30,14 @@ from adapters.discord.voice.speaker import (
     trim_leading_silence,
 )
 from adapters.discord.voice.transport import make_cipher
-from adapters.discord.voice.vad import Segmenter, SileroStream, SpeechEnded, SpeechStarted
+from adapters.discord.voice.vad import (
+    Segmenter,
+    SileroStream,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+)
 from tests.fakes import audio_samples
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_voice.harness import discord_client, similarity, voice_call, voice_channel
@@ -300,6 +307,27 @@ async def test_segmenter_cuts_speech_and_ignores_silence_and_noise() -> None:
     assert not first.cut_off and last.cut_off
     assert similarity(first.pcm, pcm) > 0.95
     assert isinstance(events[0], SpeechStarted) and events[0].position >= 2 * RATE
+
+
+async def test_a_short_pause_is_reported_and_so_is_speech_going_on_after_it() -> None:
+    pcm = await speech(QUESTION)
+    gap = np.zeros(int(0.35 * RATE), dtype=np.float32)  # past the reports, short of the end
+    segmenter = Segmenter(SegmenterOptions(min_silence_ms=500, pause_reports_ms=(100, 200)))
+    events = []
+    for chunk in (gap, pcm, gap, pcm, np.zeros(RATE, dtype=np.float32)):
+        for start in range(0, chunk.size, 960):
+            events += segmenter.push(chunk[start : start + 960])
+    kinds = [type(e).__name__ for e in events]
+    pause, resume = "SpeechPaused", "SpeechResumed"
+    assert kinds == ["SpeechStarted", pause, pause, resume, pause, pause, "SpeechEnded"], kinds
+    first_pause, _, resumed, _, last_pause, ended = events[1:]
+    assert [e.pause_ms for e in events if isinstance(e, SpeechPaused)] == [100, 200, 100, 200]
+    assert isinstance(first_pause, SpeechPaused) and isinstance(resumed, SpeechResumed)
+    assert isinstance(last_pause, SpeechPaused) and isinstance(ended, SpeechEnded)
+    # The utterance is the whole of it; the pause before the end promised exactly that speech.
+    assert first_pause.speech_end < resumed.position < last_pause.speech_end
+    assert (last_pause.start, last_pause.speech_end) == (ended.start, ended.speech_end)
+    assert similarity(ended.pcm, pcm) > 0.5 and ended.pcm.size > 2 * pcm.size
 
 
 def test_libopus_comes_with_the_python_packages() -> None:

@@ -19,7 +19,11 @@ import discord
 from discord.channel import VocalGuildChannel
 
 from adapters.discord.targets import NOTICE_MENTIONS
-from adapters.discord.voice.conversation import VoiceConversation, VoiceTurnDeps
+from adapters.discord.voice.conversation import (
+    TRANSCRIBE_PAUSE_MS,
+    VoiceConversation,
+    VoiceTurnDeps,
+)
 from adapters.discord.voice.opus import OpusUnavailable
 from adapters.discord.voice.session import VoiceOptions, VoiceSession
 from adapters.discord.voice.vad import SegmenterOptions
@@ -174,9 +178,17 @@ class VoiceChannels:
     ) -> None:
         cfg, engine = self._cfg, self._engine
         assert engine.transcriber is not None
+        short = cfg.voice_early_pause_ms
+        early = short < cfg.voice_pause_ms
         options = VoiceOptions(
-            # Pauses are reported so Whisper can start before the pause has ended the turn.
-            segmenter=SegmenterOptions(min_silence_ms=cfg.voice_pause_ms, report_pauses=True),
+            # Short pauses are reported so Whisper (and an early answer) can start before the
+            # pause has ended the turn.
+            segmenter=SegmenterOptions(
+                min_silence_ms=cfg.voice_pause_ms,
+                pause_reports_ms=tuple(sorted({min(TRANSCRIBE_PAUSE_MS, short), short}))
+                if early
+                else (),
+            ),
             barge_in=cfg.voice_barge_in,
         )
         # The models load now (in threads), not at the first utterance.
@@ -196,6 +208,8 @@ class VoiceChannels:
             wake_word=cfg.voice_listen == "wake_word",
             barge_in=cfg.voice_barge_in,
             mirror_text=cfg.voice_mirror_text,
+            early_pause_ms=short if cfg.voice_early_answer and early else None,
+            warm=engine.warm,
         )
         call = VoiceConversation(
             session,

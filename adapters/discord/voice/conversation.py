@@ -3,8 +3,8 @@
 Each utterance the `VoiceSession` hears is transcribed by the speech module (Whisper, in its
 worker pool) and becomes a turn of the engine in the conversation of the *linked text channel*:
 the text channel `/join` was called from (which may be the voice channel's own chat). The turn
-uses that channel's history, persona and settings; its answer is spoken into the call sentence
-by sentence as the LLM writes it (`VoiceTurnTarget` is a `LiveSpeechTarget`), and, unless
+uses that channel's history, persona and settings; its answer is spoken into the call as the LLM
+writes it, first clause first (`VoiceTurnTarget` is a `LiveSpeechTarget`), and, unless
 `discord.voice_mirror_text` is off, both sides' words are written there too: the transcript as a
 message of the bot ("🎙️ **Alice**: ..."), the answer as a reply to it, streamed through the
 normal Discord reply target and its rate budgets.
@@ -15,38 +15,40 @@ them; transcription of the next one runs while the current answer is spoken. In 
 (`engine.bot_name`) are answered. Barge-in: someone starting to speak while the bot talks stops
 its speech (the session does that within a frame; the rest of the answer's sentences are not
 synthesised), unless `discord.voice_barge_in` is off.
+
+Early answers (`discord.voice_early_answer`): at a speaker's first short pause, when nothing
+else is being answered, what they said so far is answered at once as an `AmendableTurn`, heard
+when the pause reaches `voice_pause_ms` (the turn is confirmed) or at once if it is a whole
+sentence or question. If the speaker goes on, that answer is withdrawn (nothing of it heard, or
+stopped as in a barge-in; its text never written) and the whole utterance amends the stored
+turn. While someone speaks, the chat's prompt prefix is warmed in the LLM's cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
-import io
-import itertools
 import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 from discord.channel import VocalGuildChannel
 
-from adapters.discord.errors import delivery_error
 from adapters.discord.rules import AccessRules
 from adapters.discord.targets import NOTICE_MENTIONS, ChannelTarget
 from adapters.discord.voice.opus import OPUS_RATE
 from adapters.discord.voice.receiver import Utterance
-from adapters.discord.voice.speaker import VoiceNotReady
-from adapters.discord.voice.vad import Pcm
+from adapters.discord.voice.turn_target import VoiceTurnTarget
 from bot import metrics
-from bot.errors import AudioError, SpeechSynthesisError
+from bot.errors import AudioError
 from bot.messages import Msg, say
-from bot.types import IncomingMessage, OutgoingFile, SpokenSentence, TargetLimits, VoiceClip
+from bot.types import AmendableTurn, IncomingMessage, ReplyTarget, TargetLimits
 
 if TYPE_CHECKING:
     from adapters.discord.voice.session import VoiceSession
@@ -62,8 +64,24 @@ WAKE_SIMILARITY = 0.7
 # Saying only the name ("Parley?") opens this window for that speaker's next utterance.
 WAKE_FOLLOW_UP_S = 8.0
 MIN_TRANSCRIPT_LETTERS = 2  # "Uh." or a lone "I": Whisper's reading of a cough or a breath
+# Whisper starts on what was said at a pause this long (or at `voice_early_pause_ms` if that is
+# shorter): its text is then (mostly) ready when the pause reaches the early answer's.
+TRANSCRIBE_PAUSE_MS = 80
 MIRROR_PREFIX = "🎙️"
 _WORD = re.compile(r"[\w']+")
+# Whisper ends whatever it hears with a full stop ("tell me a story about."): words an English
+# sentence does not end on mark a thought cut by a pause, not a whole sentence.
+# A question may end on a preposition ("what is it about?"): taking it for an open thought only
+# waits for `voice_pause_ms`, while the other mistake speaks over the speaker.
+_OPEN_WORDS = (
+    "a an the my your our their every "
+    "about above across after against along among around as at before behind below between "
+    "by during for from in into like near of off on onto out over past since than through to "
+    "toward towards under until upon via with within without "
+    "and but or nor so yet because if unless while whereas although though whether "
+    "um uh er erm"
+)
+OPEN_ENDINGS = frozenset(_OPEN_WORDS.split())
 
 Reply = Callable[[discord.Message], ChannelTarget]
 
@@ -87,167 +105,29 @@ def wake_word_rest(text: str, name: str) -> str | None:
     return text[candidate[-1].end() :].lstrip(" ,.!?;:-—…").strip()
 
 
-class VoiceTurnTarget:
-    """Where one voice turn's answer goes: spoken into the call, its text to the linked channel.
+def sounds_finished(text: str) -> bool:
+    """Whether a transcript reads as a whole sentence or question: it ends with ".", "!" or "?"
+    (not "..."), and not on a word that leaves the thought open (`OPEN_ENDINGS`)."""
+    stripped = text.rstrip(" \"'”’)")
+    if not stripped.endswith((".", "!", "?")) or stripped.endswith(("..", "…")):
+        return False
+    words = _WORD.findall(stripped)
+    return bool(words) and words[-1].lower() not in OPEN_ENDINGS
 
-    Without a mirrored transcript (`text` None) the answer's text goes nowhere; notices (errors,
-    refusals) still go to the linked channel, where someone can read them.
-    """
 
-    def __init__(
-        self,
-        session: VoiceSession,
-        *,
-        text: ChannelTarget | None,
-        channel: discord.abc.Messageable,
-        channel_id: int,
-        limits: TargetLimits,
-        interrupted: asyncio.Event,
-    ) -> None:
-        self._session = session
-        self._text = text
-        self._channel = channel
-        self._channel_id = channel_id
-        self._limits = limits
-        self._interrupted = interrupted
-        self._unsent = itertools.count(1)
-        self._playback: asyncio.Task[bool] | None = None
-        self.playing = False  # the answer's speech is under way (barge-in applies)
-        self.first_audio_at: float | None = None  # monotonic: first sentence handed to the call
+class TurnHandler(Protocol):
+    """The engine's `handle`, as a voice turn calls it."""
 
-    # -- TextTarget: the mirrored answer -------------------------------------------------
-
-    @property
-    def chat_key(self) -> str:
-        return self._text.chat_key if self._text is not None else f"discord:{self._channel_id}"
-
-    @property
-    def limits(self) -> TargetLimits:
-        return self._limits
-
-    async def send(self, text: str) -> str:
-        if self._text is None:
-            return f"voice-{next(self._unsent)}"  # not mirrored: said, not written
-        return await self._text.send(text)
-
-    async def edit(self, message_id: str, text: str) -> None:
-        if self._text is not None:
-            await self._text.edit(message_id, text)
-
-    async def finalize(self, message_id: str, text: str) -> str:
-        if self._text is None:
-            return message_id
-        return await self._text.finalize(message_id, text)
-
-    async def delete(self, message_id: str) -> None:
-        if self._text is not None:
-            await self._text.delete(message_id)
-
-    # -- ReplyTarget ----------------------------------------------------------------------
-
-    async def typing(self) -> None:
-        if self._text is not None:
-            await self._text.typing()
-
-    async def queued(self, position: int) -> None:
-        if self._text is not None:
-            await self._text.queued(position)
-
-    async def notice(self, text: str) -> None:
-        if self._text is not None:
-            await self._text.notice(text)
-            return
-        try:
-            await self._channel.send(text, allowed_mentions=NOTICE_MENTIONS)
-        except discord.HTTPException as exc:
-            raise delivery_error("notice not delivered", exc) from exc
-
-    async def send_voice(self, clip: VoiceClip) -> None:
-        """Not used: a voice channel's answer is spoken live (`speak_live`), not uploaded."""
-        log.debug("voice: a voice note for a live turn was not sent (%.1f s)", clip.duration_s)
-
-    async def send_file(self, file: OutgoingFile) -> None:
-        """A file for the conversation goes to its text channel (a voice channel cannot show it)."""
-        if self._text is not None:
-            await self._text.send_file(file)
-            return
-        upload = discord.File(io.BytesIO(file.data), filename=file.name)
-        try:
-            await self._channel.send(file.caption or None, file=upload)
-        except discord.HTTPException as exc:
-            raise delivery_error("file not delivered", exc) from exc
-
-    # -- LiveSpeechTarget -----------------------------------------------------------------
-
-    def speak_live(self, sentences: AsyncGenerator[SpokenSentence, None]) -> None:
-        """Say the answer's sentences as they are synthesised (the engine calls this)."""
-        self._playback = asyncio.create_task(self._play(sentences), name="voice-answer")
-
-    async def finished(self) -> bool:
-        """Wait until the answer has been said; False when it was cut short or not said."""
-        if self._playback is None:
-            return True
-        return await self._playback
-
-    def interrupt(self) -> None:
-        """Barge-in: no more of this answer (the session already stopped the sound)."""
-        if self.playing:
-            self._interrupted.set()
-
-    async def _play(self, sentences: AsyncGenerator[SpokenSentence, None]) -> bool:
-        try:
-            first = await anext(sentences, None)
-            if first is None or self._interrupted.is_set():
-                return first is None
-            self.playing = True
-            self.first_audio_at = time.monotonic()
-            return await self._session.speak(self._then(first, sentences))
-        except SpeechSynthesisError as exc:
-            log.warning("voice: the answer could not be spoken: %s", exc)
-            return False
-        except VoiceNotReady as exc:
-            log.warning("voice: %s; the answer was not spoken", exc)
-            return False
-        finally:
-            self.playing = False
-            await sentences.aclose()  # stops synthesising what nobody will hear
-
-    async def _then(
-        self, first: SpokenSentence, sentences: AsyncGenerator[SpokenSentence, None]
-    ) -> AsyncIterator[Pcm]:
-        yield first.pcm
-        while not self._interrupted.is_set():
-            sentence = await self._next_unless_interrupted(sentences)
-            if sentence is None:
-                return
-            yield sentence.pcm
-
-    async def _next_unless_interrupted(
-        self, sentences: AsyncGenerator[SpokenSentence, None]
-    ) -> SpokenSentence | None:
-        """The next sentence, or None at the end or as soon as the bot is interrupted."""
-        upcoming: asyncio.Future[SpokenSentence | None] = asyncio.ensure_future(
-            anext(sentences, None)
-        )
-        stop = asyncio.ensure_future(self._interrupted.wait())
-        waiting: set[asyncio.Future[Any]] = {upcoming, stop}
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if upcoming.done():
-            return upcoming.result()
-        upcoming.cancel()  # the sentence generator ends, and with it the synthesis
-        with contextlib.suppress(asyncio.CancelledError):
-            await upcoming
-        return None
+    def __call__(
+        self, msg: IncomingMessage, target: ReplyTarget, *, amend: AmendableTurn | None = None
+    ) -> Coroutine[Any, Any, None]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class VoiceTurnDeps:
     """What a voice conversation needs from the adapter and the core."""
 
-    handle: Callable[[IncomingMessage, VoiceTurnTarget], Coroutine[Any, Any, None]]
+    handle: TurnHandler
     transcriber: Transcriber
     language: Callable[[str], Coroutine[Any, Any, str]]  # a channel key's stt_language
     reply_target: Reply  # the normal Discord reply target for a mirrored transcript
@@ -257,6 +137,31 @@ class VoiceTurnDeps:
     wake_word: bool
     barge_in: bool
     mirror_text: bool
+    early_pause_ms: int | None = None  # answer at a pause this long (None: at the end)
+    # The engine's `warm`: cache the chat's prompt prefix while someone speaks (None: don't).
+    warm: Callable[[IncomingMessage], Coroutine[Any, Any, None]] | None = None
+
+
+@dataclass(eq=False)
+class _Guess:
+    """An answer started at a speaker's short pause, before the turn is surely over."""
+
+    utterance: Utterance  # as the pause promised it
+    transcript: asyncio.Task[str | None]
+    amend: AmendableTurn
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)  # the pause lasted
+    task: asyncio.Task[None] | None = None
+    target: VoiceTurnTarget | None = None
+    answered: bool = False  # it became a turn (else the confirmed utterance is looked at anew)
+    transcribed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A withdrawn guess's turn, stored, for the rest of its utterance to amend."""
+
+    amend: AmendableTurn
+    task: asyncio.Task[None]  # the withdrawn answer, finishing its cancellation
 
 
 @dataclass(slots=True)
@@ -264,15 +169,17 @@ class _Heard:
     utterance: Utterance
     transcript: asyncio.Task[str | None]
     transcribed_at: float | None = None  # monotonic
+    guess: _Guess | None = None  # the early answer this utterance confirms
 
 
 @dataclass(frozen=True, slots=True)
 class TurnTimes:
     """When one answered utterance went through each stage (monotonic seconds)."""
 
-    speech_ended: float  # the VAD heard the pause that ends it
+    speech_ended: float  # the VAD heard the pause its answer started at (short, or the end)
     transcribed: float  # Whisper's text was ready
     answer_started: float | None  # its first synthesised sentence went to the call
+    early: bool = False  # answered from its first short pause
 
 
 TIMES_KEPT = 100  # recent turns' stage times, for the logs and the benchmark
@@ -299,6 +206,7 @@ class VoiceConversation:
         self._clock = clock
         self._heard: asyncio.Queue[_Heard | None] = asyncio.Queue()
         self._current: VoiceTurnTarget | None = None
+        self._busy = False  # the answering loop is on an utterance
         self._wake_open: dict[int, float] = {}  # user -> until when a follow-up is addressed
         self._closing = False
         self.left_because: str | None = None  # set by whoever makes the bot leave
@@ -309,8 +217,13 @@ class VoiceConversation:
         # Per SSRC: the transcription started at a pause, for the utterance if the pause lasts.
         self._early: dict[int, tuple[Utterance, asyncio.Task[str | None]]] = {}
         self.early_used = 0  # utterances whose transcript was ready from their pause
+        self._guess: _Guess | None = None  # the early answer under way (one at a time)
+        self._drafts: dict[int, _Draft] = {}  # per SSRC: a withdrawn guess's turn
+        self.withdrawn = 0  # early answers dropped because the speaker went on
+        self._warming: asyncio.Task[None] | None = None
         session.on_speech_start(self._speech_started)
         session.on_speech_pause(self._paused)
+        session.on_speech_resume(self._resumed)
 
     @property
     def voice_channel(self) -> VocalGuildChannel:
@@ -323,6 +236,12 @@ class VoiceConversation:
     def answering(self) -> bool:
         """A turn is under way (transcribed, being answered or spoken)."""
         return self._current is not None
+
+    @property
+    def early_answer_held(self) -> bool:
+        """An early answer is ready and waits to be heard (its turn is not confirmed yet)."""
+        guess = self._guess
+        return guess is not None and guess.target is not None and guess.target.held
 
     @property
     def quiet_s(self) -> float:
@@ -343,11 +262,15 @@ class VoiceConversation:
                     continue
                 heard = _Heard(utterance, self._transcription(utterance))
                 heard.transcript.add_done_callback(partial(_stamp, heard, self._clock))
+                heard.guess = self._confirm(utterance)
                 self._heard.put_nowait(heard)
         finally:
             for _, early in self._early.values():
                 early.cancel()
             self._early.clear()
+            guess = self._guess
+            if guess is not None and not guess.confirmed.is_set():
+                self._withdraw(guess)
             self._heard.put_nowait(None)
             await answering
 
@@ -371,43 +294,67 @@ class VoiceConversation:
         current = self._current
         if self._deps.barge_in and current is not None:
             current.interrupt()
+        self._warm(user_id)
 
     def _paused(self, utterance: Utterance) -> None:
-        """A speaker paused: transcribe what they said so far, in case the pause lasts.
+        """A speaker paused: transcribe what they said so far, in case the pause lasts, and
+        with early answers answer it already when nothing else is being answered.
 
         The pause ends the utterance only after `voice_pause_ms`; by then Whisper is (mostly)
-        done, and the transcript is used if the utterance is exactly this audio.
+        done, and the transcript is used if the utterance is this same speech.
         """
         if self._closing:
             return
-        stale = self._early.pop(utterance.ssrc, None)
-        if stale is not None:
-            stale[1].cancel()  # they spoke on after that pause
-        self._early[utterance.ssrc] = (utterance, asyncio.create_task(self._transcribe(utterance)))
+        early = self._early.get(utterance.ssrc)
+        if early is not None and early[0].speech == utterance.speech:
+            transcript = early[1]  # the same pause, grown longer
+        else:
+            if early is not None:
+                early[1].cancel()  # they spoke on after that pause
+            transcript = asyncio.create_task(self._transcribe(utterance))
+            self._early[utterance.ssrc] = (utterance, transcript)
+        answer_at = self._deps.early_pause_ms
+        if answer_at is not None and utterance.pause_ms >= answer_at and self._idle():
+            self._start_guess(utterance, transcript)
+
+    def _resumed(self, ssrc: int) -> None:
+        """A speaker went on after a pause: an answer to what they said before it is void."""
+        guess = self._guess
+        if guess is not None and guess.utterance.ssrc == ssrc and not guess.confirmed.is_set():
+            self._withdraw(guess)
+
+    def _idle(self) -> bool:
+        """Nothing is being answered, heard and waiting, or guessed."""
+        return (
+            self._current is None
+            and not self._busy
+            and self._heard.empty()
+            and self._guess is None
+            and not self._closing
+        )
 
     def _transcription(self, utterance: Utterance) -> asyncio.Task[str | None]:
         """The utterance's transcription: the one its pause started, or a new one."""
         early = self._early.pop(utterance.ssrc, None)
         if early is not None:
             paused, task = early
-            same = (paused.user_id, paused.start, paused.end) == (
-                utterance.user_id,
-                utterance.start,
-                utterance.end,
-            )
-            if same and not task.cancelled():
+            if paused.speech == utterance.speech and not task.cancelled():
                 self.early_used += 1
                 return task
             task.cancel()
         return asyncio.create_task(self._transcribe(utterance))
 
+    def _allowed(self, user_id: int) -> bool:
+        """The speaker may talk to the bot in the linked channel (and is not a bot)."""
+        member = self.guild.get_member(user_id)
+        parent_id = getattr(self.text_channel, "parent_id", None)
+        return not (member is not None and member.bot) and self._deps.access.allowed(
+            user_id, self.text_channel_id, parent_id
+        )
+
     async def _transcribe(self, utterance: Utterance) -> str | None:
         """The utterance's words, or None when it is not for us or nothing was heard."""
-        member = self.guild.get_member(utterance.user_id)
-        parent_id = getattr(self.text_channel, "parent_id", None)
-        if (member is not None and member.bot) or not self._deps.access.allowed(
-            utterance.user_id, self.text_channel_id, parent_id
-        ):
+        if not self._allowed(utterance.user_id):
             return None
         if utterance.cut_off and utterance.user_id not in self.session.client.members:
             return None  # the speaker left mid-sentence: nobody to answer
@@ -425,59 +372,32 @@ class VoiceConversation:
             return None
         return text
 
-    def _addressed(self, user_id: int, text: str) -> str | None:
-        """The text to answer, or None when wake-word mode says it was not said to us."""
+    def _addressed(self, user_id: int, text: str, *, peek: bool = False) -> str | None:
+        """The text to answer, or None when wake-word mode says it was not said to us.
+
+        `peek`: only look (an early answer's guess); the confirmed utterance opens or uses a
+        speaker's follow-up window.
+        """
         if not self._deps.wake_word:
             return text
         rest = wake_word_rest(text, self._deps.bot_name)
         now = self._clock()
         if rest is None:
-            if self._wake_open.pop(user_id, 0.0) > now:
-                return text  # the follow-up to a bare "Parley?"
-            return None
+            until = self._wake_open.get(user_id, 0.0) if peek else self._wake_open.pop(user_id, 0.0)
+            return text if until > now else None  # the follow-up to a bare "Parley?"
         if not rest:
-            self._wake_open[user_id] = now + WAKE_FOLLOW_UP_S
+            if not peek:
+                self._wake_open[user_id] = now + WAKE_FOLLOW_UP_S
             return None
         return rest
 
-    # -- answering -------------------------------------------------------------------------
-
-    async def _answer_in_order(self) -> None:
-        while (heard := await self._heard.get()) is not None:
-            try:
-                transcript = await heard.transcript
-                text = self._addressed(heard.utterance.user_id, transcript) if transcript else None
-                if text is None or self._closing:
-                    self.ignored += 1
-                    continue
-                await self._turn(heard, text)
-            # One turn's error boundary: the conversation goes on with the next utterance.
-            except Exception:
-                log.exception("voice: a turn in %s failed", self.voice_channel)
-        # Leaving: what was heard but not answered is dropped.
-        while not self._heard.empty():
-            left = self._heard.get_nowait()
-            if left is not None:
-                left.transcript.cancel()
-
-    async def _turn(self, heard: _Heard, text: str) -> None:
-        utterance = heard.utterance
-        user_id = utterance.user_id
+    def _message(self, user_id: int, text: str, message_id: str | None = None) -> IncomingMessage:
+        """`user_id`'s words as a message of the linked text channel."""
         member = self.guild.get_member(user_id)
         name = (
             member.display_name if member is not None else say(Msg.VOICE_SOMEONE, user_id=user_id)
         )
-        mirrored = await self._mirror(name, text) if self._deps.mirror_text else None
-        interrupted = asyncio.Event()
-        target = VoiceTurnTarget(
-            self.session,
-            text=self._deps.reply_target(mirrored) if mirrored is not None else None,
-            channel=self.text_channel,
-            channel_id=self.text_channel_id,
-            limits=self._deps.limits,
-            interrupted=interrupted,
-        )
-        msg = IncomingMessage(
+        return IncomingMessage(
             platform="discord",
             channel_key=str(self.text_channel_id),
             user_id=str(user_id),
@@ -487,25 +407,178 @@ class VoiceConversation:
             and self._deps.access.is_admin(
                 member, manage_guild=member.guild_permissions.manage_guild
             ),
-            message_id=str(mirrored.id) if mirrored is not None else None,
+            message_id=message_id,
         )
+
+    def _warm(self, user_id: int) -> None:
+        """Someone started speaking: have the LLM cache the chat's prompt prefix meanwhile."""
+        warming = self._warming
+        if (
+            self._deps.warm is None
+            or not self._idle()
+            or (warming is not None and not warming.done())
+            or not self._allowed(user_id)
+        ):
+            return
+        self._warming = asyncio.create_task(
+            self._deps.warm(self._message(user_id, "")), name="voice-warm"
+        )
+
+    # -- early answers ---------------------------------------------------------------------
+
+    def _start_guess(self, utterance: Utterance, transcript: asyncio.Task[str | None]) -> None:
+        draft = self._drafts.pop(utterance.ssrc, None)
+        guess = _Guess(utterance, transcript, draft.amend if draft is not None else AmendableTurn())
+        transcript.add_done_callback(lambda _: setattr(guess, "transcribed_at", self._clock()))
+        guess.task = asyncio.create_task(
+            self._answer_guess(guess, draft.task if draft is not None else None),
+            name="voice-early-answer",
+        )
+        self._guess = guess
+
+    async def _answer_guess(self, guess: _Guess, withdrawn: asyncio.Task[None] | None) -> None:
+        """Answer what was said up to the pause, as an amendable turn."""
+        try:
+            if withdrawn is not None:
+                await asyncio.wait([withdrawn])  # its row is marked before it is amended
+            warming = self._warming
+            if warming is not None:
+                await asyncio.wait([warming])  # the reply then finds its prompt cached
+            transcript = await guess.transcript
+            utterance = guess.utterance
+            text = self._addressed(utterance.user_id, transcript, peek=True) if transcript else None
+            if text is None or self._closing:
+                return
+            guess.answered = True
+            transcribed = guess.transcribed_at or self._clock()
+            await self._turn(utterance, text, transcribed, guess=guess)
+        except Exception:
+            log.exception("voice: an early answer in %s failed", self.voice_channel)
+        finally:
+            if self._guess is guess:
+                self._guess = None
+
+    def _confirm(self, utterance: Utterance) -> _Guess | None:
+        """The utterance ended: the early answer to this same speech is the answer."""
+        guess = self._guess
+        if guess is None or guess.utterance.ssrc != utterance.ssrc or guess.confirmed.is_set():
+            return None
+        if guess.utterance.speech != utterance.speech:
+            self._withdraw(guess)  # e.g. cut off by the speaker leaving: not what was answered
+            return None
+        guess.confirmed.set()
+        if guess.target is not None:
+            guess.target.speak()
+        return guess
+
+    def _withdraw(self, guess: _Guess) -> None:
+        """The speaker went on: drop the early answer; the turn it stored waits for the rest."""
+        self._guess = None
+        guess.amend.withdraw()
+        if guess.target is not None:
+            guess.target.withdraw()
+        assert guess.task is not None
+        guess.task.cancel()
+        self._drafts[guess.utterance.ssrc] = _Draft(guess.amend, guess.task)
+        self.withdrawn += 1
+        log.debug("voice: user %d went on: early answer withdrawn", guess.utterance.user_id)
+
+    async def _show_when_confirmed(
+        self, guess: _Guess, target: VoiceTurnTarget, msg: IncomingMessage, text: str
+    ) -> None:
+        await guess.confirmed.wait()
+        target.speak()
+        mirrored = await self._mirror(msg.user_name, text) if self._deps.mirror_text else None
+        target.show(self._deps.reply_target(mirrored) if mirrored is not None else None)
+
+    # -- answering -------------------------------------------------------------------------
+
+    async def _answer_in_order(self) -> None:
+        while (heard := await self._heard.get()) is not None:
+            self._busy = True
+            try:
+                await self._answer(heard)
+            # One turn's error boundary: the conversation goes on with the next utterance.
+            except Exception:
+                log.exception("voice: a turn in %s failed", self.voice_channel)
+            finally:
+                self._busy = False
+        # Leaving: what was heard but not answered is dropped.
+        while not self._heard.empty():
+            left = self._heard.get_nowait()
+            if left is not None:
+                left.transcript.cancel()
+
+    async def _answer(self, heard: _Heard) -> None:
+        guess = self._guess
+        if guess is not None and guess.task is not None:
+            await asyncio.wait([guess.task])  # an answer started at a pause goes first
+        if heard.guess is not None and heard.guess.task is not None:
+            await asyncio.wait([heard.guess.task])
+            if heard.guess.answered:
+                return
+        utterance = heard.utterance
+        transcript = await heard.transcript
+        text = self._addressed(utterance.user_id, transcript) if transcript else None
+        draft = self._drafts.pop(utterance.ssrc, None)
+        if draft is not None:
+            await asyncio.wait([draft.task])
+        if text is None or self._closing:
+            self.ignored += 1
+            return
+        transcribed = heard.transcribed_at or utterance.ended_at
+        await self._turn(
+            utterance, text, transcribed, amend=draft.amend if draft is not None else None
+        )
+
+    async def _turn(
+        self,
+        utterance: Utterance,
+        text: str,
+        transcribed: float,
+        *,
+        amend: AmendableTurn | None = None,
+        guess: _Guess | None = None,
+    ) -> None:
+        """Answer `text`: a turn that is over, or (`guess`) one answered at its first pause."""
+        user_id = utterance.user_id
+        target = VoiceTurnTarget(
+            self.session,
+            channel=self.text_channel,
+            channel_id=self.text_channel_id,
+            limits=self._deps.limits,
+        )
+        msg = self._message(user_id, text)
+        showing: asyncio.Task[None] | None = None
+        if guess is None:
+            mirrored = await self._mirror(msg.user_name, text) if self._deps.mirror_text else None
+            target.show(self._deps.reply_target(mirrored) if mirrored is not None else None)
+            if mirrored is not None:
+                msg = self._message(user_id, text, str(mirrored.id))
+        else:
+            amend, guess.target = guess.amend, target
+            if sounds_finished(text) or guess.confirmed.is_set():
+                target.speak()
+            showing = asyncio.create_task(self._show_when_confirmed(guess, target, msg, text))
         self._current = target
         try:
-            await self._deps.handle(msg, target)
+            await self._deps.handle(msg, target, amend=amend)
+            if showing is not None:
+                await showing  # the turn is confirmed and its words are written
             await target.finished()
         finally:
-            self._current = None
-            self.turns += 1
+            if showing is not None:
+                showing.cancel()
+            if self._current is target:
+                self._current = None
             self.last_activity = self._clock()
-        times = TurnTimes(
-            speech_ended=utterance.ended_at,
-            transcribed=heard.transcribed_at or utterance.ended_at,
-            answer_started=target.first_audio_at,
-        )
+            if amend is None or not amend.withdrawn:
+                self.turns += 1
+        times = TurnTimes(utterance.ended_at, transcribed, target.first_audio_at, guess is not None)
         self.times.append(times)
         if times.answer_started is not None:
             log.debug(
-                "voice: user %d: pause heard -> text %.2f s -> first sentence %.2f s",
+                "voice: user %d: pause heard -> text %.2f s -> first sound sent %.2f s",
                 user_id,
                 times.transcribed - times.speech_ended,
                 times.answer_started - times.speech_ended,

@@ -57,14 +57,19 @@ from adapters.discord.voice.vad import (
     SegmenterOptions,
     SpeechEnded,
     SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
 )
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.05  # how often the worker looks at idle streams and held packets
-IDLE_FILL_AFTER_S = 0.2  # a stream silent this long gets silence fed to its VAD
-MAX_GAP_FILL_S = 2.0  # longest silence inserted for a gap in a stream's timestamps
+# How often the worker looks at idle streams and held packets: a pause is heard this finely.
+TICK_S = 0.02
+# A stream that stopped without saying so gets silence fed to its VAD after this long (network
+# jitter is not a pause); one that sent Opus silence frames (a client that stopped talking) at once.
+IDLE_FILL_AFTER_S = 0.2
+MAX_GAP_FILL_S = 2.0  # longest silence inserted for a gap in a stream's timestamps ...
+GAP_FILL_OVER_PAUSE_S = 0.5  # ... or this much more than the pause that ends an utterance
 MAX_CONCEALED_FRAMES = 5  # lost packets (a sequence gap) filled by Opus loss concealment
 UNKNOWN_SSRC_HOLD_S = 1.0  # how long packets of an unmapped SSRC wait for SPEAKING
 UNKNOWN_SSRC_MAX_PACKETS = 50  # ... and how many of them (1 s of audio)
@@ -106,6 +111,13 @@ class Utterance:
     cut_off: bool = False  # the speaker left mid-utterance
     start: int = 0  # its first and last sample in the SSRC's stream (48 kHz)
     end: int = 0
+    speech_end: int = 0  # where the speech stopped: `end` without the trailing padding
+    pause_ms: int = 0  # a pause's utterance: how long the pause is so far
+
+    @property
+    def speech(self) -> tuple[int, int, int, int]:
+        """Which speech this is: a pause's utterance and the end it promised compare equal."""
+        return (self.user_id, self.ssrc, self.start, self.speech_end)
 
     @property
     def duration_s(self) -> float:
@@ -160,6 +172,10 @@ class _SpeakerStream:
         self.last_timestamp = 0
         self.last_arrival = 0.0
         self.filled = 0  # samples of silence fed since the last packet (idle filling)
+        # Since the client's first Opus silence frame of its current quiet spell (it stopped
+        # talking): when, and the samples of silence fed since (frames and filling).
+        self.quiet_since: float | None = None
+        self.quiet_fed = 0
 
     def samples_to_time(self, position: int, now: float) -> float:
         """Monotonic time at which stream sample `position` was heard (estimated)."""
@@ -179,6 +195,8 @@ def _utterance(
         cut_off=cut_off,
         start=event.start,
         end=event.end,
+        speech_end=event.speech_end,
+        pause_ms=event.pause_ms if isinstance(event, SpeechPaused) else 0,
     )
 
 
@@ -188,7 +206,8 @@ EventSink = Callable[[Any], None]
 class VoiceReceiver:
     """Turns the datagrams of one voice connection into utterances and speech onsets.
 
-    `on_utterance(Utterance)` and `on_speech_start(user_id)` are called on `loop`.
+    `on_utterance(Utterance)`, `on_speech_start(user_id)`, `on_pause(Utterance)` and
+    `on_resume(ssrc)` are called on `loop`.
     """
 
     def __init__(
@@ -199,6 +218,7 @@ class VoiceReceiver:
         on_utterance: Callable[[Utterance], None],
         on_speech_start: Callable[[int], None],
         on_pause: Callable[[Utterance], None] | None = None,
+        on_resume: Callable[[int], None] | None = None,
         options: SegmenterOptions | None = None,
         unknown_ssrc_hold_s: float = UNKNOWN_SSRC_HOLD_S,
         clock: Callable[[], float] = time.monotonic,
@@ -208,8 +228,12 @@ class VoiceReceiver:
         self._on_utterance = on_utterance
         self._on_speech_start = on_speech_start
         self._on_pause = on_pause
+        self._on_resume = on_resume
         self._options = options or SegmenterOptions()
         self._hold_s = unknown_ssrc_hold_s
+        # Enough silence for any pause to end an utterance (`voice_pause_ms` goes up to 3 s).
+        fill_s = max(MAX_GAP_FILL_S, self._options.min_silence_ms / 1000 + GAP_FILL_OVER_PAUSE_S)
+        self._max_fill = int(fill_s * OPUS_RATE)
         self._clock = clock
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="parley-voice-rx", daemon=True)
@@ -471,7 +495,7 @@ class VoiceReceiver:
             elif gap > 0:
                 # The sender paused (Discord clients send nothing while silent): the VAD must
                 # hear that pause to end the utterance, minus what idle filling already gave.
-                missing = min(gap, int(MAX_GAP_FILL_S * OPUS_RATE)) - stream.filled
+                missing = min(gap, self._max_fill) - stream.filled
                 if missing > 0:
                     self._emit(
                         stream, stream.segmenter.push(np.zeros(missing, np.float32)), arrival
@@ -480,6 +504,10 @@ class VoiceReceiver:
         stream.last_timestamp = header.timestamp
         stream.last_arrival = arrival
         stream.filled = 0
+        if opus != OPUS_SILENCE:
+            stream.quiet_since = None
+        elif stream.quiet_since is None:
+            stream.quiet_since, stream.quiet_fed = arrival, 0
         self._decode(stream, opus, arrival)
 
     def _decode(self, stream: _SpeakerStream, opus: bytes | None, arrival: float) -> None:
@@ -492,6 +520,8 @@ class VoiceReceiver:
         self.stats.frames += 1
         frames = self.stats.per_user_frames
         frames[stream.user_id] = frames.get(stream.user_id, 0) + 1
+        if opus == OPUS_SILENCE:
+            stream.quiet_fed += pcm.size
         self._emit(stream, stream.segmenter.push(pcm), arrival)
 
     def _tick(self, now: float) -> None:
@@ -509,12 +539,19 @@ class VoiceReceiver:
         for stream in self._streams.values():
             if not stream.segmenter.speaking:
                 continue
-            idle = now - stream.last_arrival
-            if idle < IDLE_FILL_AFTER_S:
-                continue
-            due = min(int(idle * OPUS_RATE), int(MAX_GAP_FILL_S * OPUS_RATE)) - stream.filled
+            if stream.quiet_since is not None:
+                # Silent since its first silence frame, whether the frames came paced or in a
+                # burst (discord.py sends its five at once).
+                quiet = int((now - stream.quiet_since) * OPUS_RATE)
+                due = min(quiet, self._max_fill) - stream.quiet_fed
+            else:
+                idle = now - stream.last_arrival
+                if idle < IDLE_FILL_AFTER_S:
+                    continue
+                due = min(int(idle * OPUS_RATE), self._max_fill) - stream.filled
             if due > 0:
                 stream.filled += due
+                stream.quiet_fed += due
                 self._emit(stream, stream.segmenter.push(np.zeros(due, np.float32)), now)
 
     def _emit(self, stream: _SpeakerStream, events: list[Any], now: float) -> None:
@@ -524,6 +561,8 @@ class VoiceReceiver:
             elif isinstance(event, SpeechPaused) and self._on_pause is not None:
                 paused = _utterance(stream, event, now, cut_off=False)
                 self._loop.call_soon_threadsafe(self._on_pause, paused)
+            elif isinstance(event, SpeechResumed) and self._on_resume is not None:
+                self._loop.call_soon_threadsafe(self._on_resume, stream.ssrc)
             elif isinstance(event, SpeechEnded):
                 self.stats.utterances += 1
                 utterance = _utterance(stream, event, now, cut_off=event.cut_off)

@@ -38,6 +38,7 @@ class VoiceOptions:
 
 SpeechStartListener = Callable[[int], None]
 PauseListener = Callable[[Utterance], None]
+ResumeListener = Callable[[int], None]
 
 
 def warm_up() -> None:
@@ -56,6 +57,7 @@ class VoiceSession:
         self._utterances: asyncio.Queue[Utterance | None] = asyncio.Queue()
         self._speech_listeners: list[SpeechStartListener] = []
         self._pause_listeners: list[PauseListener] = []
+        self._resume_listeners: list[ResumeListener] = []
         self._closed = asyncio.Event()
         self._speaker = Speaker(client, ready_timeout_s=self.options.ready_timeout_s)
         self._receiver = VoiceReceiver(
@@ -64,6 +66,7 @@ class VoiceSession:
             on_utterance=self._utterances.put_nowait,
             on_speech_start=self._speech_started,
             on_pause=self._paused,
+            on_resume=self._resumed,
             options=self.options.segmenter,
             unknown_ssrc_hold_s=self.options.unknown_ssrc_hold_s,
         )
@@ -104,8 +107,13 @@ class VoiceSession:
 
     def on_speech_pause(self, listener: PauseListener) -> None:
         """Call `listener(utterance)` when a speaker pauses long enough to maybe be done: the
-        utterance as it will be if the pause goes on (`SegmenterOptions.report_pauses`)."""
+        utterance as it will be if the pause goes on (`SegmenterOptions.pause_reports_ms`)."""
         self._pause_listeners.append(listener)
+
+    def on_speech_resume(self, listener: ResumeListener) -> None:
+        """Call `listener(ssrc)` when a speaker goes on after a reported pause: the utterance
+        that pause promised will not be the one that ends."""
+        self._resume_listeners.append(listener)
 
     @property
     def stats(self) -> ReceiveStats:
@@ -186,6 +194,10 @@ class VoiceSession:
     def _paused(self, utterance: Utterance) -> None:
         for listener in list(self._pause_listeners):
             listener(utterance)
+
+    def _resumed(self, ssrc: int) -> None:
+        for listener in list(self._resume_listeners):
+            listener(ssrc)
 
     def _speech_started(self, user_id: int) -> None:
         if self.options.barge_in and self._speaker.speaking:

@@ -46,9 +46,11 @@ class SegmenterOptions:
     min_silence_ms: int = 600  # a pause this long ends the utterance: the speaker's turn is over
     speech_pad_ms: int = 200  # audio kept before the start and after the end of speech
     max_utterance_s: float = 30.0  # Whisper's window; longer speech is cut into pieces
-    # Also report `SpeechPaused` once a pause is `speech_pad_ms` long: the utterance so far, as
-    # it will end if the pause goes on (a listener can start transcribing it early).
-    report_pauses: bool = False
+    # Also report `SpeechPaused` as a pause reaches each of these lengths (ascending; useful
+    # below `min_silence_ms`): the utterance so far, as it will end if the pause goes on (a
+    # listener can start transcribing and answering it early), and `SpeechResumed` if the
+    # speaker then goes on.
+    pause_reports_ms: tuple[int, ...] = ()
 
     @property
     def end_threshold(self) -> float:
@@ -68,11 +70,21 @@ class SpeechStarted:
 
 @dataclass(frozen=True, slots=True)
 class SpeechPaused:
-    """A pause began: if it lasts, the utterance will be exactly this (same audio, positions)."""
+    """A pause began: if it lasts, the utterance will be this speech (same start, same
+    `speech_end`; its audio may have less of the trailing padding)."""
 
     pcm: Pcm
     start: int
     end: int
+    speech_end: int  # where the speech stopped (`end` without the padding)
+    pause_ms: int  # how long the pause is (one of `pause_reports_ms`)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed:
+    """The speaker went on after a reported pause: that pause does not end the utterance."""
+
+    position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +95,10 @@ class SpeechEnded:
     start: int
     end: int
     cut_off: bool  # ended by `flush` (the speaker left), not by a pause
+    speech_end: int = 0  # where the speech stopped (`end` without the padding)
 
 
-SegmentEvent = SpeechStarted | SpeechPaused | SpeechEnded
+SegmentEvent = SpeechStarted | SpeechPaused | SpeechResumed | SpeechEnded
 
 
 @functools.cache
@@ -172,6 +185,7 @@ class Segmenter:
         self._lookback = self._pad + (options.onset_windows + 2) * WINDOW_48K
         self._min_speech = options.min_speech_ms * ms
         self._min_silence = options.min_silence_ms * ms
+        self._pause_reports = sorted(options.pause_reports_ms)
         self._max_utterance = int(options.max_utterance_s * OPUS_RATE)
         self._end_threshold = options.end_threshold
         self._chunks: list[Pcm] = []  # 48 kHz audio from `_kept_from` to `_position`
@@ -182,7 +196,7 @@ class Segmenter:
         self._speaking = False
         self._start = 0  # first sample of the current speech
         self._silence_from: int | None = None  # where the current pause began
-        self._pause_reported: int | None = None  # the pause a SpeechPaused went out for
+        self._reported = 0  # of `pause_reports_ms`, how many the current pause reached
 
     @property
     def speaking(self) -> bool:
@@ -232,29 +246,34 @@ class Segmenter:
                 self._run = 0
             return
         if probability >= self._options.threshold:
-            self._silence_from = None
+            if self._silence_from is not None and self._reported:
+                events.append(SpeechResumed(start))
+            self._silence_from, self._reported = None, 0
         elif probability < self._end_threshold and self._silence_from is None:
-            self._silence_from = start
+            self._silence_from, self._reported = start, 0
         if self._silence_from is not None and end - self._silence_from >= self._min_silence:
             self._finish(self._silence_from, events)
         elif self._silence_from is not None and self._pause_worth_reporting(end):
-            self._pause_reported = self._silence_from
+            pause_ms = self._pause_reports[self._reported]
+            self._reported += 1
             paused = self._utterance(self._start, self._silence_from, cut_off=False)
-            events.append(SpeechPaused(paused.pcm, paused.start, paused.end))
+            events.append(
+                SpeechPaused(paused.pcm, paused.start, paused.end, paused.speech_end, pause_ms)
+            )
         elif end - self._start >= self._max_utterance:
             # Too long for one transcription: cut here and go on with a new utterance.
             events.append(self._utterance(self._start, end, cut_off=False, pad_end=False))
             self._start = end
 
     def _pause_worth_reporting(self, end: int) -> bool:
-        """The pause is `speech_pad_ms` long (its padding is here), not reported yet, and what
-        came before it is long enough to be an utterance."""
-        silence_from = self._silence_from
+        """The pause reached its next length to report, and what came before it is long enough
+        to be an utterance."""
+        silence_from, reports = self._silence_from, self._pause_reports
+        ms = OPUS_RATE // 1000
         return (
-            self._options.report_pauses
-            and silence_from is not None
-            and self._pause_reported != silence_from
-            and end - silence_from >= self._pad
+            silence_from is not None
+            and self._reported < len(reports)
+            and end - silence_from >= reports[self._reported] * ms
             and silence_from - self._start >= self._min_speech
         )
 
@@ -273,7 +292,7 @@ class Segmenter:
         audio = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
         self._chunks = [audio]
         pcm = audio[first - self._kept_from : last - self._kept_from].copy()
-        return SpeechEnded(pcm=pcm, start=first, end=last, cut_off=cut_off)
+        return SpeechEnded(pcm=pcm, start=first, end=last, cut_off=cut_off, speech_end=end)
 
     def _trim(self) -> None:
         """Keep only what a future utterance can still use: its padding, or the current one."""
