@@ -1,15 +1,20 @@
 """Voice channel benchmarks: answer latency, receive CPU per listened speaker, barge-in.
 
-Run: `.venv/bin/python bench/bench_voice.py` (a few minutes; prints a Markdown table). The real
-discord.py client joins the fake voice server (tests/fakes/discord_voice) with DAVE; fake humans
-speak real (piper) speech at real time.
+Run: `.venv/bin/python bench/bench_voice.py` (several minutes; prints a Markdown table), or
+`bench/bench_voice.py latency` for the answer-latency rows alone. The real discord.py client joins
+the fake voice server (tests/fakes/discord_voice) with DAVE; fake humans speak real (piper)
+speech at real time.
 
 - Answer latency: the whole bot (ParleyApp with Whisper and piper, the Discord adapter, /join)
   in a call with one fake human who asks a question; from the end of their speech (the last
   frame with sound leaving the fake human) to the first packet with sound of the answer at
-  the fake human, through VAD end-of-turn, Whisper, the LLM's first sentence, piper and the
+  the fake human, through VAD end of turn, Whisper, the LLM's first clause, piper and the
   Opus/DAVE send path. With the fake LLM (instant) and with the bundled model on the real
-  llama-server (started by the app, as `parley run` does). The bot's own stage times split it.
+  llama-server (started by the app, as `parley run` does). Each with the pipelining on
+  (`discord.voice_early_answer`: the answer starts at the first short pause) and off (it starts
+  when the pause reaches `voice_pause_ms`), back to back; the load average at the start of each
+  is shown. The bot's own stage times split it: "VAD end of turn" is the pause the answer
+  started from (the short one when pipelined).
 
 - CPU per speaker: thread CPU time of the receive worker (RTP parse, transport and DAVE
   decryption, Opus decoding, VAD) plus discord.py's UDP reader thread, per second of audio and
@@ -26,11 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -198,10 +205,10 @@ def first_speech_arrival(human: FakeHuman) -> float | None:
 
 
 async def answer_latency(
-    llm: FakeLLMServer | str, trials: int, **settings: dict[str, object]
+    llm: FakeLLMServer | str, trials: int, **settings: Any
 ) -> tuple[list[float], list[Stages]]:
     """End of speech -> first sound of the answer, per trial, and the stage split of each:
-    (end of speech -> VAD end of turn, -> transcript, -> first sentence sent, -> first sound)."""
+    (end of speech -> VAD end of turn, -> transcript, -> first clause sent, -> first sound)."""
     latencies: list[float] = []
     stages: list[Stages] = []
     question = trimmed(await speech(QUESTION))
@@ -236,7 +243,7 @@ async def answer_latency(
 
 
 def latency_rows(label: str, latencies: list[float], stages: list[Stages]) -> list[tuple[str, str]]:
-    names = ("VAD end of turn", "Whisper", "LLM first sentence + piper", "send + first packet")
+    names = ("VAD end of turn", "Whisper", "LLM + TTS to first audio", "send + first packet")
     split = ", ".join(
         f"{name} {1000 * statistics.median(s[i] for s in stages):.0f}"
         for i, name in enumerate(names)
@@ -250,23 +257,49 @@ def latency_rows(label: str, latencies: list[float], stages: list[Stages]) -> li
     ]
 
 
+async def latency_on_and_off(
+    label: str, llm: str | None, trials: int, **settings: Any
+) -> list[tuple[str, str]]:
+    """The latency rows of one setup, pipelining on then off, and the ratio of their medians.
+
+    `llm`: a real server's URL ("": the managed llama-server), or None for the fake LLM.
+    """
+    rows: list[tuple[str, str]] = []
+    medians = []
+    for early in (True, False):
+        load = os.getloadavg()[0]
+        settings["voice_early_answer"] = early
+        if llm is None:
+            async with FakeLLMServer(behaviour=Behaviour(reply=FAKE_ANSWER)) as fake_llm:
+                latencies, stages = await answer_latency(fake_llm, trials, **settings)
+        else:
+            latencies, stages = await answer_latency(llm, trials, **settings)
+        name = f"{label}, pipelining {'on' if early else 'off'}, load {load:.1f}"
+        rows += latency_rows(name, latencies, stages)
+        medians.append(statistics.median(latencies))
+    rows.append((f"... p50 pipelining on / off ({label})", f"{medians[0] / medians[1]:.2f}"))
+    return rows
+
+
 async def main() -> None:
     rows: list[tuple[str, str]] = []
-    async with FakeLLMServer(behaviour=Behaviour(reply=FAKE_ANSWER)) as fake_llm:
-        latencies, stages = await answer_latency(fake_llm, LATENCY_TRIALS)
-    rows += latency_rows("fake LLM, Whisper tiny.en", latencies, stages)
-    async with FakeLLMServer(behaviour=Behaviour(reply=FAKE_ANSWER)) as fake_llm:
-        latencies, stages = await answer_latency(
-            fake_llm, LATENCY_TRIALS, stt_settings={"model": "base"}
-        )
-    rows += latency_rows("fake LLM, Whisper base (the default)", latencies, stages)
-    latencies, stages = await answer_latency(
-        "",
+    rows += await latency_on_and_off("fake LLM, Whisper tiny.en", None, LATENCY_TRIALS)
+    rows += await latency_on_and_off(
+        "fake LLM, Whisper base (the default)",
+        None,
+        LATENCY_TRIALS,
+        stt_settings={"model": "base"},
+    )
+    rows += await latency_on_and_off(
+        "bundled model, Whisper tiny.en",
+        "",  # the managed llama-server with the bundled model
         LATENCY_TRIALS_REAL,
-        llm_settings={"base_url": ""},  # the managed llama-server with the bundled model
+        llm_settings={"base_url": ""},
         engine={"max_tokens": REAL_MAX_TOKENS},
     )
-    rows += latency_rows("bundled model, Whisper tiny.en", latencies, stages)
+    if sys.argv[1:] == ["latency"]:
+        print_table(rows)
+        return
     await receive_cpu(1)  # warm-up run, not counted (piper's first synthesis, caches)
     lag_p99, lag_max = await idle_lag()
     rows.append(
@@ -293,6 +326,10 @@ async def main() -> None:
             spread(barge),
         )
     )
+    print_table(rows)
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
     print("| Voice channel measure | Value |")
     print("|---|---|")
     for name, value in rows:

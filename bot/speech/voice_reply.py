@@ -2,8 +2,8 @@
 
 Two ways to take it: `finish()` gives one voice note of the whole reply (Telegram, Discord
 voice messages); `sentences()` yields each sentence's audio as soon as it is synthesised, so a
-live listener (a Discord voice channel) hears the first sentence while the LLM is still writing
-the rest, and `end()` says the text is complete.
+live listener (a Discord voice channel) hears the first sentence (with `first_clause`, its first
+clause) while the LLM is still writing the rest, and `end()` says the text is complete.
 
 How long replies are cut: the speech covers the reply's speakable text (Markdown stripped, code
 blocks dropped) up to `max_chars` characters (`tts.max_chars`), ending with the last whole

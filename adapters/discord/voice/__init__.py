@@ -14,6 +14,8 @@ Underneath, one voice connection as utterances in and speech out::
         done = await session.speak(pcm_or_clips)   # False when interrupted
     session.stop_speaking()               # barge-in: stops within one 20 ms frame
     session.on_speech_start(callback)     # callback(user_id) at every speech onset
+    session.on_speech_pause(callback)     # callback(utterance so far) at each reported pause
+    session.on_speech_resume(callback)    # callback(ssrc): the speaker went on after one
     await session.leave()                 # utterances() ends after the last flushed one
 
 With `VoiceOptions.barge_in` (on by default) a speech onset from anyone stops the bot's speech.
