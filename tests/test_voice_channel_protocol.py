@@ -320,13 +320,16 @@ async def test_a_short_pause_is_reported_and_so_is_speech_going_on_after_it() ->
     kinds = [type(e).__name__ for e in events]
     pause, resume = "SpeechPaused", "SpeechResumed"
     assert kinds == ["SpeechStarted", pause, pause, resume, pause, pause, "SpeechEnded"], kinds
-    first_pause, _, resumed, _, last_pause, ended = events[1:]
+    first_pause, second_pause, resumed, _, last_pause, ended = events[1:]
     assert [e.pause_ms for e in events if isinstance(e, SpeechPaused)] == [100, 200, 100, 200]
-    assert isinstance(first_pause, SpeechPaused) and isinstance(resumed, SpeechResumed)
+    assert isinstance(first_pause, SpeechPaused) and isinstance(second_pause, SpeechPaused)
+    assert isinstance(resumed, SpeechResumed)
     assert isinstance(last_pause, SpeechPaused) and isinstance(ended, SpeechEnded)
     # The utterance is the whole of it; the pause before the end promised exactly that speech.
     assert first_pause.speech_end < resumed.position < last_pause.speech_end
     assert (last_pause.start, last_pause.speech_end) == (ended.start, ended.speech_end)
+    assert np.array_equal(last_pause.pcm, ended.pcm)  # what Whisper hears early is the same
+    assert np.array_equal(first_pause.pcm, second_pause.pcm)  # at 100 and 200 ms alike
     assert similarity(ended.pcm, pcm) > 0.5 and ended.pcm.size > 2 * pcm.size
 
 

@@ -71,7 +71,7 @@ class SpeechStarted:
 @dataclass(frozen=True, slots=True)
 class SpeechPaused:
     """A pause began: if it lasts, the utterance will be this speech (same start, same
-    `speech_end`; its audio may have less of the trailing padding)."""
+    `speech_end`; the padding after it that has not been heard yet is silence here)."""
 
     pcm: Pcm
     start: int
@@ -257,9 +257,11 @@ class Segmenter:
             pause_ms = self._pause_reports[self._reported]
             self._reported += 1
             paused = self._utterance(self._start, self._silence_from, cut_off=False)
-            events.append(
-                SpeechPaused(paused.pcm, paused.start, paused.end, paused.speech_end, pause_ms)
-            )
+            # Its padding after the speech is still partly to come: silence, if the pause lasts
+            # (Whisper hears a last word better with all of it).
+            end = paused.speech_end + self._pad
+            pcm = np.pad(paused.pcm, (0, max(0, end - paused.end)))
+            events.append(SpeechPaused(pcm, paused.start, end, paused.speech_end, pause_ms))
         elif end - self._start >= self._max_utterance:
             # Too long for one transcription: cut here and go on with a new utterance.
             events.append(self._utterance(self._start, end, cut_off=False, pad_end=False))
