@@ -149,19 +149,16 @@ class _Guess:
     utterance: Utterance  # as the pause promised it
     transcript: asyncio.Task[str | None]
     amend: AmendableTurn
+    after: tuple[asyncio.Task[None], ...] = ()  # withdrawn answers of its turn, still ending
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)  # the pause lasted
     task: asyncio.Task[None] | None = None
     target: VoiceTurnTarget | None = None
     answered: bool = False  # it became a turn (else the confirmed utterance is looked at anew)
     transcribed_at: float | None = None
 
-
-@dataclass(frozen=True, slots=True)
-class _Draft:
-    """A withdrawn guess's turn, stored, for the rest of its utterance to amend."""
-
-    amend: AmendableTurn
-    task: asyncio.Task[None]  # the withdrawn answer, finishing its cancellation
+    def ending(self) -> tuple[asyncio.Task[None], ...]:
+        """Withdrawn, it and the answers withdrawn before it that are still being cancelled."""
+        return tuple(t for t in (*self.after, self.task) if t is not None and not t.done())
 
 
 @dataclass(slots=True)
@@ -218,7 +215,7 @@ class VoiceConversation:
         self._early: dict[int, tuple[Utterance, asyncio.Task[str | None]]] = {}
         self.early_used = 0  # utterances whose transcript was ready from their pause
         self._guess: _Guess | None = None  # the early answer under way (one at a time)
-        self._drafts: dict[int, _Draft] = {}  # per SSRC: a withdrawn guess's turn
+        self._drafts: dict[int, _Guess] = {}  # per SSRC: a withdrawn guess; the rest amends it
         self.withdrawn = 0  # early answers dropped because the speaker went on
         self._warming: asyncio.Task[None] | None = None
         session.on_speech_start(self._speech_started)
@@ -428,19 +425,18 @@ class VoiceConversation:
 
     def _start_guess(self, utterance: Utterance, transcript: asyncio.Task[str | None]) -> None:
         draft = self._drafts.pop(utterance.ssrc, None)
-        guess = _Guess(utterance, transcript, draft.amend if draft is not None else AmendableTurn())
+        guess = _Guess(utterance, transcript, AmendableTurn())
+        if draft is not None:
+            guess.amend, guess.after = draft.amend, draft.ending()
         transcript.add_done_callback(lambda _: setattr(guess, "transcribed_at", self._clock()))
-        guess.task = asyncio.create_task(
-            self._answer_guess(guess, draft.task if draft is not None else None),
-            name="voice-early-answer",
-        )
+        guess.task = asyncio.create_task(self._answer_guess(guess), name="voice-early-answer")
         self._guess = guess
 
-    async def _answer_guess(self, guess: _Guess, withdrawn: asyncio.Task[None] | None) -> None:
+    async def _answer_guess(self, guess: _Guess) -> None:
         """Answer what was said up to the pause, as an amendable turn."""
         try:
-            if withdrawn is not None:
-                await asyncio.wait([withdrawn])  # its row is marked before it is amended
+            if guess.after:
+                await asyncio.wait(guess.after)  # their rows are stored and marked first
             warming = self._warming
             if warming is not None:
                 await asyncio.wait([warming])  # the reply then finds its prompt cached
@@ -479,7 +475,7 @@ class VoiceConversation:
             guess.target.withdraw()
         assert guess.task is not None
         guess.task.cancel()
-        self._drafts[guess.utterance.ssrc] = _Draft(guess.amend, guess.task)
+        self._drafts[guess.utterance.ssrc] = guess
         self.withdrawn += 1
         log.debug("voice: user %d went on: early answer withdrawn", guess.utterance.user_id)
 
@@ -521,8 +517,9 @@ class VoiceConversation:
         transcript = await heard.transcript
         text = self._addressed(utterance.user_id, transcript) if transcript else None
         draft = self._drafts.pop(utterance.ssrc, None)
-        if draft is not None:
-            await asyncio.wait([draft.task])
+        ending = draft.ending() if draft is not None else ()
+        if ending:
+            await asyncio.wait(ending)
         if text is None or self._closing:
             self.ignored += 1
             return
