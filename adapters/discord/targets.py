@@ -22,8 +22,8 @@ from discord.http import HTTPClient
 
 from adapters.discord.config import DiscordSettings
 from adapters.discord.limits import (
-    GLOBAL_HEADROOM,
     INTERACTION_TOKEN_LIFETIME_S,
+    LIBRARY_CALLS,
     PLATFORM_KEY,
 )
 from adapters.discord.rest import (
@@ -33,7 +33,7 @@ from adapters.discord.rest import (
     InteractionTokenExpired,
     Upload,
 )
-from bot.delivery.budgets import GLOBAL_WINDOW_S, windowed_budget
+from bot.delivery.budgets import GLOBAL_WINDOW_S, platform_budget, windowed_budget
 from bot.delivery.notices import LatestMessage
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
@@ -67,13 +67,16 @@ def queue_text(position: int, waiting: int) -> str:
 
 
 def channel_limits(settings: DiscordSettings) -> TargetLimits:
-    """Budgets of one Discord channel and of the whole bot, from `[discord]` settings."""
+    """Budgets of one Discord channel and of the whole bot, from `[discord]` settings.
+
+    The bot may send its whole global window at once, less the `LIBRARY_CALLS` discord.py makes
+    on its own (and never less than half of it).
+    """
+    per_window = settings.global_rate * GLOBAL_WINDOW_S
     return TargetLimits(
         max_chars=settings.max_message_chars,
         chat=windowed_budget(settings.channel_edits, settings.channel_window_s),
-        platform=windowed_budget(
-            settings.global_rate * GLOBAL_WINDOW_S - GLOBAL_HEADROOM, GLOBAL_WINDOW_S
-        ),
+        platform=platform_budget(max(per_window - LIBRARY_CALLS, per_window / 2), GLOBAL_WINDOW_S),
         platform_key=PLATFORM_KEY,
     )
 

@@ -31,7 +31,12 @@ from adapters.telegram.config import TelegramSettings
 from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import GROUP_WINDOW_S, MAX_CAPTION_CHARS, PLATFORM_KEY
-from bot.delivery.budgets import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
+from bot.delivery.budgets import (
+    GLOBAL_WINDOW_S,
+    SHORT_REPLY_CALLS,
+    platform_budget,
+    windowed_budget,
+)
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
@@ -56,7 +61,8 @@ def chat_limits(settings: TelegramSettings, *, is_private: bool) -> TargetLimits
     """Budgets of one Telegram chat and of the whole bot, from `[telegram]` settings.
 
     A private chat's limit is a soft rate that tolerates short bursts, so it gets the plain rate
-    plus a burst; the group and global limits are hard counts per window (`windowed_budget`).
+    plus a burst; a group's limit is a hard count per minute (`windowed_budget`); the bot may
+    send its whole second's count at once (`platform_budget`).
     """
     if is_private:
         chat = RateBudget(rate=settings.private_rate, burst=SHORT_REPLY_CALLS)
@@ -65,7 +71,7 @@ def chat_limits(settings: TelegramSettings, *, is_private: bool) -> TargetLimits
     return TargetLimits(
         max_chars=settings.max_message_chars,
         chat=chat,
-        platform=windowed_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
+        platform=platform_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
         platform_key=PLATFORM_KEY,
     )
 

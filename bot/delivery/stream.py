@@ -77,8 +77,6 @@ class ReplyStream:
         # Exact delays (no jitter): simulations on a virtual clock must be repeatable.
         self._backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S, jitter=0.0)
         lane.chat.streams += 1
-        lane.platform.unshown += 1
-        self._unshown = True
         self._task = asyncio.create_task(self._write_loop(), name=f"reply:{target.chat_key}")
 
     def append(self, delta: str) -> None:
@@ -162,7 +160,6 @@ class ReplyStream:
                 await self._perform(step)
         finally:
             self._lane.chat.streams -= 1
-            self._shows_something()
 
     def _reply(self) -> str:
         return self.text if self._final is None else self._final
@@ -242,23 +239,7 @@ class ReplyStream:
         self._written_at = self._scheduler.clock.now()
         metrics.PLATFORM_CALLS.labels(target.limits.platform_key, step.kind).inc()
         try:
-            if step.kind == "send":
-                self._message = await target.send(step.text)
-                self._shows_something()
-                self._shown = step.text
-            elif step.kind == "edit":
-                await target.edit(self._require_message(), step.text)
-                self._shown = step.text
-            elif step.kind == "finalize":
-                self._ids.append(await target.finalize(self._require_message(), step.text))
-                self._message, self._shown = None, ""
-                if step.cut is not None:
-                    self._next_part(step.cut)
-                else:
-                    self._done = True
-            else:
-                await target.delete(self._require_message())
-                self._message, self._done = None, True
+            await self._scheduler.counted(self._lane.platform, self._make(step))
         except RetryAfter as exc:
             metrics.RATE_LIMITED.labels(target.limits.platform_key).inc()
             log.debug(
@@ -275,11 +256,25 @@ class ReplyStream:
             self._backoff.reset()
             self._unreadable = 0
 
-    def _shows_something(self) -> None:
-        """The reply's first message is out (or the reply ended): it needs no token soon."""
-        if self._unshown:
-            self._unshown = False
-            self._lane.platform.unshown -= 1
+    async def _make(self, step: _Step) -> None:
+        """The platform call of `step`, and what it changes in the stream."""
+        target = self._target
+        if step.kind == "send":
+            self._message = await target.send(step.text)
+            self._shown = step.text
+        elif step.kind == "edit":
+            await target.edit(self._require_message(), step.text)
+            self._shown = step.text
+        elif step.kind == "finalize":
+            self._ids.append(await target.finalize(self._require_message(), step.text))
+            self._message, self._shown = None, ""
+            if step.cut is not None:
+                self._next_part(step.cut)
+            else:
+                self._done = True
+        else:
+            await target.delete(self._require_message())
+            self._message, self._done = None, True
 
     def _require_message(self) -> str:
         if self._message is None:
