@@ -136,19 +136,24 @@ class _Bucket:
 
 
 class _Window:
-    """A platform's places for text: `calls` in any `window_s`, counted from their grants."""
+    """A platform's places for text: `calls` in any `window_s`, counted from their grants;
+    interim edits (`paced`) spaced `window_s / calls` apart."""
 
     def __init__(self, budget: RateBudget) -> None:
         self.calls, _, self.window_s = platform_windows(budget)
         self.taken: deque[float] = deque()
+        self.next_paced = -1e9
 
-    def ready(self, now: float) -> float:
+    def ready(self, now: float, *, paced: bool = False) -> float:
         while self.taken and self.taken[0] + self.window_s <= now:
             self.taken.popleft()
-        return now if len(self.taken) < self.calls else self.taken[0] + self.window_s
+        ready = now if len(self.taken) < self.calls else self.taken[0] + self.window_s
+        return max(ready, self.next_paced) if paced else ready
 
-    def take(self, now: float) -> None:
+    def take(self, now: float, *, paced: bool = False) -> None:
         self.taken.append(now)
+        if paced:
+            self.next_paced = max(self.next_paced, now) + self.window_s / self.calls
 
 
 def earliest(
@@ -209,9 +214,10 @@ def earliest(
 def most_updates(windows: list[tuple[float, float]], limits: TargetLimits) -> list[float]:
     """The most writes per second each conversation could get while its tokens stream.
 
-    Every conversation writes whenever its chat's bucket and the platform's hold a token, the
-    one that wrote longest ago first; once its tokens end it still needs its final edit, which
-    goes first (as Parley's do): a max-min fair share of what the buckets leave.
+    Every conversation writes whenever its chat's bucket and the platform's window allow (paced,
+    as interim edits are), the one that wrote longest ago first; once its tokens end it still
+    needs its final edit, which goes first (as Parley's do): a max-min fair share of what the
+    budgets leave.
     """
     platform = _Window(limits.platform)
     chats = [_Bucket(limits.chat) for _ in windows]
@@ -230,14 +236,14 @@ def most_updates(windows: list[tuple[float, float]], limits: TargetLimits) -> li
                 finals.discard(final)
                 continue
             ready = [i for i in active if chats[i].ready(now) <= now]
-            if ready:
+            if ready and platform.ready(now, paced=True) <= now:
                 i = min(ready, key=lambda j: last[j])
-                platform.take(now)
+                platform.take(now, paced=True)
                 chats[i].take(now)
                 counts[i] += 1
                 last[i] = now
                 continue
-        moments = [platform.ready(now)]
+        moments = [platform.ready(now), platform.ready(now, paced=True)]
         moments += [chats[i].ready(now) for i in active]
         moments += [chats[i].ready(now) for _, i in due]
         moments += [t for a, z in windows for t in (a, z) if t > now]

@@ -178,15 +178,23 @@ class Window:
     the answer, so however late calls reach the platform, no window of `window_s` on the
     platform's clock holds more than `calls` of them. A call given back unmade (`refund`) frees
     its place at once.
+
+    Paced calls (notices and interim edits) are spaced `window_s / calls` apart: places taken
+    in a burst come free in a burst one window later, so a window that a burst of queue notices
+    or interim edits filled would keep the replies' first and final texts that come a moment
+    later waiting for most of a window, while spaced calls free a place every `window_s /
+    calls`. Only the calls that show a reply's first text or complete one (`FIRST`, `COMPLETE`)
+    burst.
     """
 
-    __slots__ = ("_answers", "calls", "in_flight", "paused_until", "window_s")
+    __slots__ = ("_answers", "_next_paced", "calls", "in_flight", "paused_until", "window_s")
 
     def __init__(self, calls: int, window_s: float) -> None:
         self.calls = calls
         self.window_s = window_s
         self.in_flight = 0  # granted calls not answered yet
         self._answers: deque[float] = deque()  # when calls were answered, oldest first
+        self._next_paced = -math.inf  # the earliest moment of the next paced call
         self.paused_until = -math.inf
 
     def update(self, calls: int, window_s: float) -> None:
@@ -198,9 +206,9 @@ class Window:
         while answers and answers[0] + self.window_s <= now:
             answers.popleft()
 
-    def ready_at(self, now: float) -> float:
-        """When a place will be free that a pause does not hold back (inf: not before a call in
-        flight is answered)."""
+    def ready_at(self, now: float, *, paced: bool = False) -> float:
+        """When a place will be free that a pause (and for a `paced` call, the pace) does not
+        hold back; inf: not before a call in flight is answered."""
         self._expire(now)
         over = self.in_flight + len(self._answers) + 1 - self.calls  # places to wait for
         if over <= 0:
@@ -209,12 +217,14 @@ class Window:
             ready = self._answers[over - 1] + self.window_s
         else:
             ready = math.inf
-        return max(ready, self.paused_until)
+        return max(ready, self.paused_until, self._next_paced if paced else ready)
 
-    def take(self, now: float) -> None:
+    def take(self, now: float, *, paced: bool = False) -> None:
         """Take a place for a call (the caller checked `ready_at`)."""
         self._expire(now)
         self.in_flight += 1
+        if paced:
+            self._next_paced = max(self._next_paced, now) + self.window_s / self.calls
 
     def answered(self, now: float) -> None:
         """A granted call was answered (or failed): its place frees `window_s` from now."""
@@ -466,11 +476,16 @@ class BudgetScheduler:
             chat, platform = request.lane.chat, request.lane.platform
             if chat in blocked or platform in blocked:
                 continue
+            # Interim edits leave a token in their chat (reserve). Notices and interim edits
+            # are paced bot-wide (`Window`); every later call in this order is one of them too,
+            # so a paced one that must wait rightly holds back the rest.
+            paced = request.urgency >= Priority.NOTICE
             need = 1.0 + (chat.reserve if request.urgency is Priority.UPDATE else 0.0)
-            chat_ready, platform_ready = chat.ready_at(now, need), platform.ready_at(now)
+            chat_ready = chat.ready_at(now, need)
+            platform_ready = platform.ready_at(now, paced=paced)
             if chat_ready <= now and platform_ready <= now:
                 chat.take(now)
-                platform.take(now)
+                platform.take(now, paced=paced)
                 request.granted.set_result(None)
                 waiting.pop()
                 continue
