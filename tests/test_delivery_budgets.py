@@ -194,11 +194,11 @@ def test_a_notice_is_retried_through_network_failures_a_few_times() -> None:
     ]
 
 
-# Two places for text and one for typing indicators in every 1/15 s.
+# Two places for text and two for typing indicators in every 1/15 s.
 TYPING_ROOM = TargetLimits(
     max_chars=80,
     chat=RateBudget(rate=1.0, burst=2.0),
-    platform=RateBudget(rate=45.0, burst=3.0),
+    platform=RateBudget(rate=60.0, burst=4.0),
     platform_key="fake",
 )
 

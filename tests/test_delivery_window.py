@@ -159,11 +159,11 @@ def test_no_window_ever_holds_more_than_the_platforms_count(
 
 
 def test_a_window_lets_its_whole_count_through_at_once_and_the_rest_a_window_after() -> None:
-    """60 replies at once on Discord: 46 first messages at once (one place of the 47 is for
-    typing), the other 14 a window after the first answers; none draws a 429."""
+    """60 replies at once on Discord: 45 first messages at once (two places of the 47 are for
+    typing), the other 15 a window after the first answers; none draws a 429."""
     limits = discord_limits(DiscordSettings())
     text_places, typing_places, window_s = platform_windows(limits.platform)
-    assert (text_places, typing_places, window_s) == (46, 1, 1.0)
+    assert (text_places, typing_places, window_s) == (45, 2, 1.0)
     platform = FakePlatform(
         latency_s=(0.05, 0.05), windows=(Window("chat", 5, 5.0), Window("global", 50, 1.0))
     )
@@ -177,7 +177,7 @@ def test_a_window_lets_its_whole_count_through_at_once_and_the_rest_a_window_aft
 
     simulate(scenario)
     sends = sorted(c.at for c in platform.calls if c.op == "send")
-    assert sends[:46] == [0.0] * 46
-    assert min(sends[46:]) >= 1.05  # the first answers came at 0.05
+    assert sends[:45] == [0.0] * 45
+    assert min(sends[45:]) >= 1.05  # the first answers came at 0.05
     assert not [c for c in platform.calls if c.outcome == "429"]
     assert platform.violations == []

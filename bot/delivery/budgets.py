@@ -40,9 +40,10 @@ MAX_RESENDS = 3  # parts (or notices) sent again after their message was refused
 _INTERIM_RESERVE = 1.0  # tokens an interim edit leaves in its chat bucket
 # Places of each platform window kept for typing indicators, out of text's reach: the platforms
 # count indicators bot-wide, and a place stays taken for a whole window, so an indicator taking
-# one of text's places could hold back a reply's text by up to a window. Only a window that
-# still leaves text a short reply's calls has them.
-TYPING_PLACES = 1
+# one of text's places could hold back a reply's text by up to a window. Two, as many as the old
+# shared bucket's burst let through at once; only a window that still leaves text a short
+# reply's calls has them.
+TYPING_PLACES = 2
 _NETWORK_TRIES = 3  # attempts of a budgeted call (a notice) through network failures
 _TOKEN_SLACK = 1e-9  # float error of a refill that lands exactly on a whole token
 
