@@ -137,7 +137,7 @@ class _Bucket:
 
 class _Window:
     """A platform's places for text: `calls` in any `window_s`, counted from their grants;
-    interim edits (`paced`) spaced `window_s / calls` apart."""
+    interim edits (`paced`) spaced `window_s / calls` apart once half the window is taken."""
 
     def __init__(self, budget: RateBudget) -> None:
         self.calls, _, self.window_s = platform_windows(budget)
@@ -148,7 +148,7 @@ class _Window:
         while self.taken and self.taken[0] + self.window_s <= now:
             self.taken.popleft()
         ready = now if len(self.taken) < self.calls else self.taken[0] + self.window_s
-        return max(ready, self.next_paced) if paced else ready
+        return max(ready, self.next_paced) if paced and 2 * len(self.taken) >= self.calls else ready
 
     def take(self, now: float, *, paced: bool = False) -> None:
         self.taken.append(now)

@@ -180,12 +180,12 @@ class Window:
     platform's clock holds more than `calls` of them. A call given back unmade (`refund`) frees
     its place at once.
 
-    Paced calls (notices and interim edits) are spaced `window_s / calls` apart: places taken
-    in a burst come free in a burst one window later, so a window that a burst of queue notices
-    or interim edits filled would keep the replies' first and final texts that come a moment
-    later waiting for most of a window, while spaced calls free a place every `window_s /
-    calls`. Only the calls that show a reply's first text or complete one (`FIRST`, `COMPLETE`)
-    burst.
+    Paced calls (notices and interim edits) are spaced `window_s / calls` apart once half the
+    window is taken: places taken in a burst come free in a burst one window later, so a window
+    that a burst of queue notices or interim edits filled would keep the replies' first and
+    final texts that come a moment later waiting for most of a window, while spaced calls free
+    a place every `window_s / calls`. Only the calls that show a reply's first text or complete
+    one (`FIRST`, `COMPLETE`) may take the second half at once.
     """
 
     __slots__ = ("_answers", "_next_paced", "calls", "in_flight", "paused_until", "window_s")
@@ -211,14 +211,17 @@ class Window:
         """When a place will be free that a pause (and for a `paced` call, the pace) does not
         hold back; inf: not before a call in flight is answered."""
         self._expire(now)
-        over = self.in_flight + len(self._answers) + 1 - self.calls  # places to wait for
+        taken = self.in_flight + len(self._answers)
+        over = taken + 1 - self.calls  # places to wait for
         if over <= 0:
             ready = now
         elif over <= len(self._answers):
             ready = self._answers[over - 1] + self.window_s
         else:
             ready = math.inf
-        return max(ready, self.paused_until, self._next_paced if paced else ready)
+        if paced and 2 * taken >= self.calls:
+            ready = max(ready, self._next_paced)
+        return max(ready, self.paused_until)
 
     def take(self, now: float, *, paced: bool = False) -> None:
         """Take a place for a call (the caller checked `ready_at`)."""
