@@ -327,7 +327,8 @@ async def test_the_overview_reads_health_backends_slots_and_metrics(
         async with client:
             _, before, _ = await client.get("/admin/api/overview")
             await running.app.engine.handle(message("hello"), RecordingTarget())
-            running.console._overview = None  # skip the short cache: the numbers just moved
+            # Skip the short cache: the numbers just moved.
+            running.console.overview._cache = None  # type: ignore[union-attr]
             running.console.history.sample()  # type: ignore[union-attr]
             status, raw, _ = await client.get("/admin/api/overview")
             _, page, _ = await client.get("/admin")
