@@ -13,7 +13,6 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
-from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.urls import has_credentials, url_passwords
 
 VoiceMode = Literal["off", "reply-to-voice", "always"]
 PromptFormat = Literal["plain", "chatml", "llama2", "gemma"]
@@ -174,6 +174,22 @@ class LLMSettings(_Section):
                 pools.append((f"llm.models.{name}", servers, how))
         return self
 
+    @model_validator(mode="after")
+    def _one_authorization(self) -> LLMSettings:
+        """A request carries one Authorization header: a URL's user:password@ or the API key
+        (aiohttp refuses every request that has both)."""
+        lists = [("llm", [self.base_url, *self.fallback_urls, *self.backends], self.api_key)]
+        for name, entry in self.models.items():
+            key = entry.api_key if entry.api_key.get_secret_value() else self.api_key
+            lists.append((f"llm.models.{name}", entry.servers, key))
+        for owner, urls, key in lists:
+            if key.get_secret_value() and any(map(has_credentials, urls)):
+                raise ValueError(
+                    f"{owner}: a server URL with user:password@ and an api_key would both be "
+                    "the requests' Authorization: set one of them"
+                )
+        return self
+
     @field_validator("base_url", "fallback_urls", "backends")
     @classmethod
     def _http_urls(cls, value: str | list[str]) -> str | list[str]:
@@ -241,20 +257,6 @@ class StorageSettings(_Section):
         if url and not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
         return value
-
-    def secrets(self) -> list[str]:
-        """The URL and its password, as written and URL-decoded, for redaction."""
-        url = self.url.get_secret_value()
-        if not url:
-            return []
-        found = [url]
-        try:
-            password = urlsplit(url).password
-        except ValueError:  # e.g. a port that is not a number: the URL itself is still hidden
-            password = None
-        if password:
-            found += [password, unquote(password)]
-        return found
 
 
 class STTSettings(_Section):
@@ -377,23 +379,30 @@ class Settings(BaseSettings):
         return [value for value in values if isinstance(value, PlatformSettings)]
 
     def secrets(self) -> list[str]:
-        """Every configured secret value (any `SecretStr`, in any section), for redaction."""
+        """Every configured secret value (any `SecretStr`, in any section) and the password in
+        any URL setting (http://user:password@host), for redaction."""
         found: list[str] = []
         sections = (getattr(self, name) for name in type(self).model_fields)
         for section in sections:
             found += _secret_values(section)
-        # The storage URL's password, also as written inside the URL (percent-encoded).
-        return found + [s for s in self.storage.secrets() if s not in found]
+        return list(dict.fromkeys(found))
 
 
 def _secret_values(model: BaseModel) -> list[str]:
     values: list[str] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
-        # Sections nest (llm.server) and some are keyed (llm.models.NAME.api_key).
-        for item in value.values() if isinstance(value, dict) else [value]:
+        # Sections nest (llm.server), some are keyed (llm.models.NAME.api_key), URLs come in
+        # lists (llm.fallback_urls).
+        if isinstance(value, dict):
+            value = list(value.values())
+        for item in value if isinstance(value, list) else [value]:
             if isinstance(item, SecretStr) and item.get_secret_value():
-                values.append(item.get_secret_value())
+                # A secret URL (storage.url) is hidden whole, and its password wherever it is
+                # shown on its own, as written (percent-encoded) and decoded.
+                values += [item.get_secret_value(), *url_passwords(item.get_secret_value())]
+            elif isinstance(item, str):
+                values += url_passwords(item)
             elif isinstance(item, BaseModel):
                 values += _secret_values(item)
     return values

@@ -241,7 +241,7 @@ async def test_no_page_response_or_log_line_holds_a_secret(tmp_path: Path) -> No
         assert session_token not in body
     logged = logs.getvalue()
     assert "a careless line" in logged and "failed sign-in from 127.0.0.1" in logged
-    assert not leaks(logged, TELEGRAM_TOKEN, DISCORD_TOKEN, API_KEY, PASSWORD)
+    assert not leaks(logged, TELEGRAM_TOKEN, DISCORD_TOKEN, API_KEY, PASSWORD, LLM_URL_PASSWORD)
     assert not [part for part in hash_parts if part in logged] and session_token not in logged
     stored = database_bytes(tmp_path)
     assert not [part for part in hash_parts if part.encode() in stored]
