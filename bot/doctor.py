@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import Any, Literal, Protocol, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,9 +29,6 @@ from bot.llm import configured_urls
 from bot.llm_server_api import NoAnswer, ServerAPI, describe_network_error
 from bot.logs import RedactSecrets
 from bot.urls import has_credentials, redact_url, url_host
-
-if TYPE_CHECKING:
-    from bot.platform import Platform
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -54,8 +51,20 @@ class Finding:
 Check = Callable[[], Awaitable[list[Finding]]]
 
 
+class CheckedPlatform(Protocol):
+    """What the doctor asks of a platform (`bot.platform.Platform`, which imports `Finding`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def check(self) -> Callable[[Settings], Awaitable[list[Finding]]]: ...
+
+    def enabled(self, settings: Settings) -> bool: ...
+
+
 async def run_doctor(
-    settings: Settings, platforms: Sequence[Platform] = (), *, out: TextIO | None = None
+    settings: Settings, platforms: Sequence[CheckedPlatform] = (), *, out: TextIO | None = None
 ) -> int:
     """Run every check, print the table to `out` (stdout); 1 if any check failed, else 0."""
     out = sys.stdout if out is None else out
@@ -71,7 +80,7 @@ async def run_doctor(
     return 0
 
 
-async def diagnose(settings: Settings, platforms: Sequence[Platform] = ()) -> list[Finding]:
+async def diagnose(settings: Settings, platforms: Sequence[CheckedPlatform] = ()) -> list[Finding]:
     """Every check, run at once; the findings in a fixed order (the platforms' last)."""
     checks: list[tuple[str, Check]] = [
         ("config", lambda: _sync(check_config, settings)),
@@ -115,7 +124,7 @@ def _plural(count: int, word: str) -> str:
 # -- config and database ---------------------------------------------------------------------
 
 
-async def _platform_check(platform: Platform, settings: Settings) -> list[Finding]:
+async def _platform_check(platform: CheckedPlatform, settings: Settings) -> list[Finding]:
     if not platform.enabled(settings):
         return [Finding(platform.name, "skip", "no token set")]
     return await platform.check(settings)
