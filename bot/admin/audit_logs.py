@@ -10,7 +10,7 @@ from aiohttp import web
 
 from bot.admin import queries
 from bot.admin.logtail import LogRing
-from bot.admin.web import Pages, event_stream, int_param, next_or_none, send_event
+from bot.admin.pages import Pages, event_stream, int_param, next_or_none, send_event
 
 if TYPE_CHECKING:
     from bot.storage import Store

@@ -25,11 +25,11 @@ from bot.admin.conversations import Conversations
 from bot.admin.exposure import SET_PASSWORD_HINT, exposure_warning
 from bot.admin.logtail import LogRing
 from bot.admin.overview import Overview
+from bot.admin.pages import PREFIX, STATIC_DIR, Pages, security_headers
 from bot.admin.passwords import PasswordStore
 from bot.admin.signin import SignIn
 from bot.admin.stats import SAMPLE_EVERY_S, MetricsHistory
 from bot.admin.try_it import TryIt
-from bot.admin.web import PREFIX, STATIC_DIR, Pages, security_headers
 from bot.config import Settings
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from aiohttp import web
 from bot.admin import queries
 from bot.admin.chat_settings import chat_settings, set_chat_setting
 from bot.admin.config_view import describe_settings, read_config_file
-from bot.admin.web import PREFIX, Pages, actor, form_field, int_param, quote_path, redirect
+from bot.admin.pages import PREFIX, Pages, actor, form_field, int_param, quote_path, redirect
 from bot.config import Settings
 
 if TYPE_CHECKING:

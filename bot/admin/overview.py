@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bot.admin.pages import Pages
 from bot.admin.stats import MetricsHistory, Series
-from bot.admin.web import Pages
 from bot.health import HealthChecks
 from bot.llm_server_api import NoAnswer
 

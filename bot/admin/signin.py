@@ -11,18 +11,7 @@ import logging
 
 from aiohttp import web
 
-from bot.admin.passwords import PasswordStore
-from bot.admin.sessions import (
-    CSRF_FIELD,
-    CSRF_HEADER,
-    LOGIN_COOKIE,
-    SESSION_COOKIE,
-    LoginThrottle,
-    SessionStore,
-    new_token,
-    same_token,
-)
-from bot.admin.web import (
+from bot.admin.pages import (
     ACCESS,
     LOGIN_PATH,
     NOBODY,
@@ -35,6 +24,17 @@ from bot.admin.web import (
     form_field,
     quote_path,
     redirect,
+)
+from bot.admin.passwords import PasswordStore
+from bot.admin.sessions import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    LoginThrottle,
+    SessionStore,
+    new_token,
+    same_token,
 )
 from bot.config import HTTPSettings
 

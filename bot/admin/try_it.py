@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.admin import queries
-from bot.admin.web import Pages, actor, event_stream, form_field, next_or_none
+from bot.admin.pages import Pages, actor, event_stream, form_field, next_or_none
 from bot.admin.web_target import WEB_CHANNEL, WEB_PLATFORM, WebReplyTarget, web_message
 
 if TYPE_CHECKING:
