@@ -13,7 +13,6 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
-from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -30,6 +29,7 @@ from bot.errors import ConfigError
 from bot.llm_settings import LLMSettings
 from bot.section import Section
 from bot.tools.settings import ToolsSettings
+from bot.urls import url_passwords
 
 VoiceMode = Literal["off", "reply-to-voice", "always"]
 
@@ -98,20 +98,6 @@ class StorageSettings(Section):
         if url and not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
         return value
-
-    def secrets(self) -> list[str]:
-        """The URL and its password, as written and URL-decoded, for redaction."""
-        url = self.url.get_secret_value()
-        if not url:
-            return []
-        found = [url]
-        try:
-            password = urlsplit(url).password
-        except ValueError:  # e.g. a port that is not a number: the URL itself is still hidden
-            password = None
-        if password:
-            found += [password, unquote(password)]
-        return found
 
 
 class STTSettings(Section):
@@ -224,10 +210,6 @@ class PlatformSettings(Section):
         """A platform runs when its token is set."""
         return bool(self.token.get_secret_value())
 
-    def secrets(self) -> list[str]:
-        """Secrets held inside its values besides the `SecretStr` fields (a URL's password)."""
-        return []
-
     @classmethod
     def of(cls, settings: Settings) -> Self:
         """This platform's section of `settings`."""
@@ -274,27 +256,30 @@ class Settings(BaseSettings):
         return [value for value in values if isinstance(value, PlatformSettings)]
 
     def secrets(self) -> list[str]:
-        """Every configured secret value (any `SecretStr`, in any section), for redaction."""
+        """Every configured secret value (any `SecretStr`, in any section) and the password in
+        any URL setting (http://user:password@host), for redaction."""
         found: list[str] = []
         sections = (getattr(self, name) for name in type(self).model_fields)
         for section in sections:
             found += _secret_values(section)
-        # The storage URL's password (and a platform's, e.g. mqtt.url), also as written inside
-        # the URL (percent-encoded).
-        inside = self.storage.secrets()
-        for platform in self.platform_sections():
-            inside += platform.secrets()
-        return found + [s for s in inside if s not in found]
+        return list(dict.fromkeys(found))
 
 
 def _secret_values(model: BaseModel) -> list[str]:
     values: list[str] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
-        # Sections nest (llm.server) and some are keyed (llm.models.NAME.api_key).
-        for item in value.values() if isinstance(value, dict) else [value]:
+        # Sections nest (llm.server), some are keyed (llm.models.NAME.api_key), URLs come in
+        # lists (llm.fallback_urls).
+        if isinstance(value, dict):
+            value = list(value.values())
+        for item in value if isinstance(value, list) else [value]:
             if isinstance(item, SecretStr) and item.get_secret_value():
-                values.append(item.get_secret_value())
+                # A secret URL (storage.url, mqtt.url) is hidden whole, and its password wherever
+                # it is shown on its own, as written (percent-encoded) and decoded.
+                values += [item.get_secret_value(), *url_passwords(item.get_secret_value())]
+            elif isinstance(item, str):
+                values += url_passwords(item)
             elif isinstance(item, BaseModel):
                 values += _secret_values(item)
     return values

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 from bot.config import LoggingSettings
 
 _REDACTED = "[REDACTED]"
+# A password inside a URL (http://user:password@host), also one no setting names (a URL a
+# server redirected to): the configured URLs' passwords are among the secrets as well.
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):[^@\s/]+@")
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces secret values wherever they appear in a record's message or arguments."""
+    """Replaces secret values, and any password inside a URL, wherever they appear in a
+    record's message, arguments or exception."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
@@ -22,15 +27,14 @@ class RedactSecrets(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, _REDACTED)
-        return text
+        return _URL_PASSWORD.sub(rf"\1:{_REDACTED}@", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = self.redact(record.getMessage())
-            record.args = None
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
-                record.exc_info = None
+        record.msg = self.redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 

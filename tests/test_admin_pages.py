@@ -241,7 +241,7 @@ async def test_no_page_response_or_log_line_holds_a_secret(tmp_path: Path) -> No
         assert session_token not in body
     logged = logs.getvalue()
     assert "a careless line" in logged and "failed sign-in from 127.0.0.1" in logged
-    assert not leaks(logged, TELEGRAM_TOKEN, DISCORD_TOKEN, API_KEY, PASSWORD)
+    assert not leaks(logged, TELEGRAM_TOKEN, DISCORD_TOKEN, API_KEY, PASSWORD, LLM_URL_PASSWORD)
     assert not [part for part in hash_parts if part in logged] and session_token not in logged
     stored = database_bytes(tmp_path)
     assert not [part for part in hash_parts if part.encode() in stored]
@@ -327,7 +327,8 @@ async def test_the_overview_reads_health_backends_slots_and_metrics(
         async with client:
             _, before, _ = await client.get("/admin/api/overview")
             await running.app.engine.handle(message("hello"), RecordingTarget())
-            running.console._overview = None  # skip the short cache: the numbers just moved
+            # Skip the short cache: the numbers just moved.
+            running.console.overview._cache = None  # type: ignore[union-attr]
             running.console.history.sample()  # type: ignore[union-attr]
             status, raw, _ = await client.get("/admin/api/overview")
             _, page, _ = await client.get("/admin")
