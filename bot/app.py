@@ -1,5 +1,6 @@
-"""The composition root (with bot/cli.py): the database, the LLM backends, speech, the edit
-scheduler, the engine, the commands, and the platform adapters found under adapters/.
+"""The composition root (with bot/cli.py): the database, the LLM backends, speech, the tool
+servers, the edit scheduler, the engine, the commands, and the platform adapters found under
+adapters/.
 
 This module and bot/cli.py are the only core modules that import adapters/.
 """
@@ -33,6 +34,7 @@ from bot.storage import HistoryStore, open_store
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
     from bot.speech.tts import SpeechSynthesizer
+    from bot.tools.hub import ToolHub
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class ParleyApp:
         self.engine: ConversationEngine
         self.commands: Commands
         self.models: ModelCatalog
+        self.tools: ToolHub | None = None  # the tool servers, when any are configured
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
@@ -94,6 +97,7 @@ class ParleyApp:
             # line: it is as long as all the servers run at once.
             slots += await self.models.discover()
             transcriber, synthesizer = self._speech()
+            self.tools = await self._start_tools()
             self.engine = ConversationEngine(
                 s,
                 self.store,
@@ -103,13 +107,16 @@ class ParleyApp:
                 transcriber=transcriber,
                 synthesizer=synthesizer,
                 models=self.models,
+                tools=self.tools,
             )
             # A server down, back or resized: the line follows (llm.concurrency fixes the
             # default servers' part).
             if not s.llm.concurrency:
                 self.llm.pool.on_capacity(self._resize_queue)
             self.models.on_capacity(self._resize_queue)
-            self.commands = Commands(s, self.store, platform_commands())
+            self.commands = Commands(
+                s, self.store, platform_commands(), tools=self.tools, models=self.models
+            )
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
         except BaseException:
@@ -153,6 +160,20 @@ class ParleyApp:
             api = s.api
         return [url, *s.fallback_urls], api
 
+    async def _start_tools(self) -> ToolHub | None:
+        """The configured tool servers, coming up in the background (a chat turns tools on or
+        off, so they run whenever any is configured); None when there are none."""
+        settings = self.settings.tools
+        if not settings.servers:
+            if settings.enabled:
+                log.warning("tools.enabled is on, but no [tools.servers] are configured")
+            return None
+        from bot.tools.hub import ToolHub  # the MCP SDK, loaded only when tools are configured
+
+        hub = ToolHub(settings)
+        await hub.start()
+        return hub
+
     def _speech(self) -> tuple[Transcriber | None, SpeechSynthesizer | None]:
         if not self.speech:
             return None, None
@@ -188,6 +209,11 @@ class ParleyApp:
         checks.add_detail("llm", llm_status(self.llm, self.engine.queue))
         if self.models.status():  # a model's servers down leave its chats only unanswered
             checks.add_detail("models", self.models.status)
+        tools = self.tools
+        if tools is not None:  # shown, not checked: a tool server down costs no answer
+            from bot.tools.status import health_detail
+
+            checks.add_detail("tools", lambda: health_detail(tools.status()))
         return checks
 
     async def aclose(self) -> None:
@@ -200,6 +226,8 @@ class ParleyApp:
             for part in (engine.transcriber, engine.synthesizer):
                 if part is not None:
                     await part.close()
+        if self.tools is not None:
+            await self.tools.aclose()
         if hasattr(self, "models"):
             await self.models.close()
         if hasattr(self, "llm"):

@@ -169,6 +169,7 @@ COMMANDS: tuple[Command, ...] = (
         change_access=Access.OWNER,
         setting=MODEL_KEY,
     ),
+    Command("tools", Msg.CMD_TOOLS),
     Command(
         "session",
         Msg.CMD_SESSION,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from bot.channel_config import CHANNEL_KEYS, MODEL_KEY, ChannelSettings, parse_channel_value
 from bot.command_table import (
@@ -28,7 +29,12 @@ from bot.models import DEFAULT_MODEL
 from bot.personas import PERSONAS
 from bot.session_commands import SessionCommands
 from bot.storage import HistoryStore
+from bot.tool_commands import ToolCommands
 from bot.types import IncomingMessage
+
+if TYPE_CHECKING:
+    from bot.models import ModelCatalog
+    from bot.tools.hub import ToolHub
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,12 @@ class Commands:
         settings: Settings,
         store: HistoryStore,
         platforms: Mapping[str, Sequence[Command]] | None = None,
+        *,
+        tools: ToolHub | None = None,
+        models: ModelCatalog | None = None,
     ) -> None:
-        """`platforms`: each platform's own commands, offered there besides the core's."""
+        """`platforms`: each platform's own commands, offered there besides the core's;
+        `tools`: the tool servers (None: none configured); `models`: the chats' models."""
         self.settings = settings
         self.store = store
         self._tables = {name: table(own) for name, own in (platforms or {}).items()}
@@ -61,6 +71,7 @@ class Commands:
             "forget": self._forget,
             "remember": memory.remember,
             "model": self._model,
+            "tools": ToolCommands(settings, store, tools, models).listing,
             "memory show": memory.show,
             "memory forget": memory.forget,
             "memory share": memory.share,
@@ -155,12 +166,12 @@ class Commands:
 
     async def channel_settings(self, channel_id: int) -> ChannelSettings:
         """A chat's settings: the engine defaults with its overrides."""
-        return await ChannelSettings.load(self.store, self.settings.engine, channel_id)
+        return await ChannelSettings.load(self.store, self.settings, channel_id)
 
     async def set_value(self, msg: IncomingMessage, channel_id: int, key: str, raw: str) -> str:
         """Validate and store one chat setting, audited; the answer says what changed or why not."""
         try:
-            value = parse_channel_value(self.settings.engine, key, raw)
+            value = parse_channel_value(self.settings, key, raw)
         except ValueError as exc:
             return say(Msg.CANT_SET, key=key, reason=exc)
         if key == "stt_language" and value != "auto" and not await _known_language(value):

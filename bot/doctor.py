@@ -1,5 +1,5 @@
-"""`parley doctor`: checks the config, the database, the LLM backends, the speech models and the
-platform tokens, prints a table, and exits non-zero when something fails.
+"""`parley doctor`: checks the config, the database, the LLM backends, the speech models, the tool
+servers and the platform tokens, prints a table, and exits non-zero when something fails.
 
 Nothing here prints a secret: every detail goes through the same redaction as the logs.
 """
@@ -89,6 +89,7 @@ async def diagnose(settings: Settings, platforms: Sequence[CheckedPlatform] = ()
         ("llm", lambda: check_llm(settings.llm)),
         ("stt", lambda: _sync(check_stt, settings)),
         ("tts", lambda: check_tts(settings)),
+        ("tools", lambda: check_tools(settings)),
     ]
     checks += [(p.name, functools.partial(_platform_check, p, settings)) for p in platforms]
     results = await asyncio.gather(*(_bounded(name, check) for name, check in checks))
@@ -362,6 +363,31 @@ def check_stt(settings: Settings) -> list[Finding]:
     except ConfigError as exc:
         return [Finding("stt", "fail", "; ".join(exc.problems))]
     return [Finding("stt", "ok", f"{model}: {folder}")]
+
+
+async def check_tools(settings: Settings) -> list[Finding]:
+    """Each tool server started (or reached) once: its state and tool count."""
+    tools = settings.tools
+    if not tools.servers:
+        return [Finding("tools", "skip", "no [tools.servers] configured")]
+    from bot.tools.status import probe, summary  # the MCP SDK, loaded only when it is needed
+
+    levels: dict[str, Status] = {"ready": "ok", "starting": "warn", "failed": "fail"}
+    findings = []
+    for status in await probe(tools):
+        level = levels[status.state]
+        findings.append(Finding(f"tools.{status.name}", level, summary(status)))
+    llm = settings.llm
+    if not configured_urls(llm) and not llm.server.model_path and llm.api != "chat":
+        findings.append(
+            Finding(
+                "tools",
+                "warn",
+                "the bundled base model cannot call tools: run an instruct model "
+                '(llm.server.model_path, extra_args = ["--jinja"]; see docs/tools.md)',
+            )
+        )
+    return findings
 
 
 async def check_tts(settings: Settings) -> list[Finding]:

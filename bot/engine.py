@@ -22,10 +22,10 @@ from bot.memory import Recalled, recall_background, recall_facts, recall_turns, 
 from bot.messages import Msg, phrase, say
 from bot.models import ChatModel, ModelCatalog
 from bot.prompt import (
-    PromptTurn,
     build_request,
     fit_rows,
     image_parts,
+    prompt_turns,
     system_prompt,
     with_recalled,
 )
@@ -33,12 +33,14 @@ from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.reply import ReplyLoop, ReplyState, TurnState, store_reply, tell
 from bot.storage import HistoryStore, StoredMessage
+from bot.tools.turn import ToolTurn
 from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
     from bot.speech.tts import SpeechSynthesizer
     from bot.speech.voice_reply import VoiceReply
+    from bot.tools.hub import ToolHub
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class ConversationEngine:
         transcriber: Transcriber | None = None,
         synthesizer: SpeechSynthesizer | None = None,
         models: ModelCatalog | None = None,
+        tools: ToolHub | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -79,6 +82,7 @@ class ConversationEngine:
         metrics.LLM_SLOTS_TOTAL.set_function(lambda: self.queue.slots)
         self.transcriber = transcriber
         self.synthesizer = synthesizer
+        self.tools = tools  # the configured tool servers (None: none are)
 
     # ----------------------------------------------------------------- messages
 
@@ -268,7 +272,7 @@ class ConversationEngine:
         return await self.llm.tokenize(text) or estimate_tokens(text)
 
     async def _channel_settings(self, channel_id: int) -> ChannelSettings:
-        return await ChannelSettings.load(self.store, self.settings.engine, channel_id)
+        return await ChannelSettings.load(self.store, self.settings, channel_id)
 
     async def _reply(self, turn: TurnState, slot: TurnSlot) -> None:
         try:
@@ -284,8 +288,20 @@ class ConversationEngine:
         voice = self._voice_reply(turn.msg, settings, live=live)
         if voice is not None and isinstance(target, LiveSpeechTarget):
             target.speak_live(voice.sentences())  # heard sentence by sentence as it streams
+        stream = self.scheduler.open(target)
+        tools = None
+        if request.tools and self.tools is not None:
+            tools = ToolTurn(
+                self.tools,
+                request,
+                stream,
+                self.store,
+                msg=turn.msg,
+                channel_id=turn.rows.channel_id,
+                live_voice=voice if live else None,
+            )
         state = ReplyState(
-            turn, model=chosen, request=request, stream=self.scheduler.open(target), voice=voice
+            turn, model=chosen, request=request, stream=stream, voice=voice, tools=tools
         )
         await self.replies.run(state, slot)
 
@@ -301,8 +317,12 @@ class ConversationEngine:
                 parts = await asyncio.to_thread(image_parts, turn.images)  # megabytes of base64
             else:  # the pictures were read for the model of then; the chat switched since
                 log.info("pictures left out: model %r does not take images", chosen.name)
+        # Tools go to a chat that has them on, through the chat API (a base model has none).
+        tools: list[dict[str, Any]] = []
+        if self.tools is not None and settings.tools and chosen.client.api == "chat":
+            tools = self.tools.openai_tools()
         history = await self.store.history(rows.channel_id, rows.user_row, _HISTORY_ROWS)
-        kept = fit_rows(history, settings.history_tokens)
+        kept = fit_rows(history, settings.history_tokens, exchanges=bool(tools))
         complete = len(history) == len(kept) < _HISTORY_ROWS
         recalled = await self._recall(turn, settings, kept, complete=complete)
         bot_name = self.settings.engine.bot_name
@@ -313,12 +333,13 @@ class ConversationEngine:
             api=chosen.client.api,
             prompt_format=self.settings.llm.prompt_format,
             system=system,
-            history=[PromptTurn(row.role, row.content) for row in kept],
+            history=prompt_turns(kept),
             user_text=turn.text,
             settings=settings,
             bot_name=bot_name,
             images=parts,
             model=chosen.model,
+            tools=tools,
         )
         return settings, request, chosen
 

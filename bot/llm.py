@@ -41,14 +41,18 @@ class LLMRequest:
     temperature: float = 0.7
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
+    # Functions the model may call (the chat API's `tools`, OpenAI's format); chat only.
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class StreamEvent:
-    """A piece of the reply: answer text and/or reasoning; the last one carries usage."""
+    """A piece of the reply: answer text, reasoning and/or pieces of tool calls (`delta.
+    tool_calls` as streamed, put together by bot/tools/calls.py); the last one carries usage."""
 
     text: str = ""
     reasoning: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
 
@@ -282,6 +286,8 @@ class LLMClient:
             body["stop"] = request.stop[:4]  # OpenAI accepts at most four stop strings
         if self.api == "chat":
             body["messages"] = request.messages
+            if request.tools:
+                body["tools"] = request.tools
             return "/v1/chat/completions", body
         body["prompt"] = request.prompt
         return "/v1/completions", body
@@ -384,10 +390,17 @@ class LLMClient:
                     event = StreamEvent(
                         text=text,
                         reasoning=chunk.reasoning + inline_reasoning,
+                        tool_calls=chunk.tool_calls,
                         finish_reason=chunk.finish_reason,
                         usage={**chunk.timings, **chunk.usage},
                     )
-                    if event.text or event.reasoning or event.finish_reason or event.usage:
+                    if (
+                        event.text
+                        or event.reasoning
+                        or event.tool_calls
+                        or event.finish_reason
+                        or event.usage
+                    ):
                         yield event
                 if not finished:
                     # No [DONE] and no finish_reason: the server died or the connection dropped.

@@ -56,6 +56,10 @@ class Msg(Enum):
         "⏳ You're #{position} in line ({waiting} messages waiting); I'll answer them in order."
     )
 
+    # -- tools the model calls during a reply ---------------------------------------------
+    TOOL_RUNNING = "🔧 {tools}…"  # shown above the answer while (and after) the tools run
+    TOOL_ONE_MOMENT = "One moment."  # said in a voice channel when a tool takes a while
+
     # -- voice notes and spoken replies ---------------------------------------------------
     TRANSCRIPT = "🎤 “{transcript}”"
     NO_STT = "Voice notes are not available on this bot (speech recognition is not installed)."
@@ -212,6 +216,7 @@ class Msg(Enum):
     CMD_SESSION_RESUME = "Go back to a conversation"
     PARAM_SESSION_RESUME = "its name, from /session list"
     CMD_SESSION_EXPORT = "This conversation as a Markdown file"
+    CMD_TOOLS = "The tools I can use in this chat"
     CMD_JOIN = "Join your voice channel (or the one named) and talk there"
     PARAM_VOICE_CHANNEL = "the voice channel (default: the one you are in)"
     CMD_LEAVE = "Leave the voice channel"
@@ -254,6 +259,24 @@ class Msg(Enum):
     MODEL_ONLY_DEFAULT = "Only the default is set up here ([llm.models] in the config adds more)."
     MODEL_UNKNOWN = "There is no model called “{name}”. /model lists them."
     MODEL_CHANGED = "This chat now uses {name} (was {old}). It applies from the next message."
+
+    # -- /tools ---------------------------------------------------------------------------
+    TOOLS_SHOWN = "Tools I can use in this chat (I pick one when a question needs it):"
+    TOOL_LINE = "• {name} ({server})"
+    TOOL_LINE_ABOUT = "• {name} ({server}): {about}"
+    TOOLS_NONE_SET_UP = (
+        "No tools are set up on this bot. Its operator can add tool servers (MCP) in the "
+        "[tools] section of the configuration: see docs/tools.md."
+    )
+    TOOLS_OFF = "Tools are off in this chat. An admin can turn them on: /config set tools on"
+    TOOLS_BASE_MODEL = (
+        "The model this chat uses is a base model, which cannot call tools. The bot's operator "
+        "can run an instruct model with tool support instead (docs/tools.md shows how)."
+    )
+    TOOLS_NOT_READY = (
+        "Tools are on in this chat, but no tool server is ready right now. "
+        "Please try again in a moment."
+    )
 
     # -- /remember, /memory ---------------------------------------------------------------
     REMEMBER_USAGE = "Usage: /remember TEXT, e.g. /remember I'm vegetarian"

@@ -4,11 +4,16 @@ for base models.
 What memory recalls (remembered facts, relevant older turns) and a group's background messages go
 into the system text, under headings that say what they are, so every format carries them: the
 chat API's system message, and the raw prompts of base models.
+
+A reply that called tools is replayed on the chat API as it happened (the assistant's calls, the
+results marked as data, the answer), as long as the chat still offers tools; its results are cut
+first when the history budget is short.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +24,8 @@ from bot.llm_settings import PromptFormat
 from bot.memory import Recalled
 from bot.personas import persona_text
 from bot.storage import StoredMessage
+from bot.tools.history import ToolExchange
+from bot.tools.messages import TOOL_DATA_RULE
 from bot.types import ImageInput
 
 # Base models continue text rather than follow instructions: a couple of example turns show them
@@ -33,6 +40,7 @@ _PLAIN_EXAMPLES: tuple[tuple[str, str], ...] = (
 class PromptTurn:
     role: str  # "user" | "assistant"
     content: str
+    tools: ToolExchange | None = None  # the tool calls and results of a reply (chat API only)
 
 
 def system_prompt(settings: ChannelSettings, bot_name: str) -> str:
@@ -94,8 +102,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def fit_rows(newest_first: Sequence[StoredMessage], budget_tokens: int) -> list[StoredMessage]:
-    """The newest rows that fit the budget, oldest first."""
+def fit_rows(
+    newest_first: Sequence[StoredMessage], budget_tokens: int, *, exchanges: bool = False
+) -> list[StoredMessage]:
+    """The newest rows that fit the budget, oldest first.
+
+    With `exchanges` (the request offers tools), the replies' tool exchanges take what room the
+    rows' text leaves, the newest first: whole if it fits, else with their results cut, else
+    not at all. A tool exchange never costs a turn its place. Without, every exchange is left out.
+    """
     kept: list[StoredMessage] = []
     used = 0
     for row in newest_first:
@@ -104,8 +119,32 @@ def fit_rows(newest_first: Sequence[StoredMessage], budget_tokens: int) -> list[
             break
         used += cost
         kept.append(row)
+    room = budget_tokens - used if exchanges else 0
+    for index, row in enumerate(kept):
+        if row.tool_exchange is not None:
+            kept[index], spent = _fit_exchange(row, room)
+            room -= spent
     kept.reverse()
     return kept
+
+
+def _fit_exchange(row: StoredMessage, room: int) -> tuple[StoredMessage, int]:
+    """`row` with as much of its tool exchange as `room` tokens take, and their count."""
+    exchange = ToolExchange.decode(row.tool_exchange) if room > 0 else None
+    if exchange is not None:
+        if (tokens := exchange.tokens()) <= room:
+            return row, tokens
+        shortened = exchange.shortened()
+        if (tokens := shortened.tokens()) <= room:
+            return dataclasses.replace(row, tool_exchange=shortened.encode()), tokens
+    return dataclasses.replace(row, tool_exchange=None), 0
+
+
+def prompt_turns(rows: Sequence[StoredMessage]) -> list[PromptTurn]:
+    """History rows as prompt turns (a reply's kept tool exchange with it)."""
+    return [
+        PromptTurn(row.role, row.content, ToolExchange.decode(row.tool_exchange)) for row in rows
+    ]
 
 
 def fit_history(newest_first: Sequence[StoredMessage], budget_tokens: int) -> list[PromptTurn]:
@@ -124,18 +163,28 @@ def build_request(
     bot_name: str,
     images: Sequence[dict[str, Any]] = (),
     model: str = "",
+    tools: Sequence[dict[str, Any]] = (),
 ) -> LLMRequest:
     """The LLM request for one reply: chat messages, or a raw prompt in `prompt_format`.
 
-    `images` (from `image_parts`) go with the message being answered, after its text: chat only.
+    `images` (from `image_parts`) go with the message being answered, after its text; `tools`
+    (the chat API's format) are offered to the model, and the system text says their results are
+    data: chat only.
     """
     turns = [*history, PromptTurn("user", user_text)]
     request = LLMRequest(
         temperature=settings.temperature, max_tokens=settings.max_tokens, model=model
     )
     if api == "chat":
+        if tools:
+            request.tools = list(tools)
+            system = f"{system}\n\n{TOOL_DATA_RULE}"
         request.messages = [{"role": "system", "content": system}]
-        request.messages += [{"role": t.role, "content": t.content} for t in turns]
+        for turn in turns:
+            if turn.tools is not None and tools:
+                request.messages += turn.tools.messages(turn.content)
+            else:
+                request.messages.append({"role": turn.role, "content": turn.content})
         if images:
             text = [{"type": "text", "text": user_text}] if user_text else []
             request.messages[-1]["content"] = [*text, *images]

@@ -3,6 +3,8 @@
 The engine prepares a turn (the chat's settings, the model, the request) and hands a
 `ReplyState` to `ReplyLoop.run`, which streams the answer into the chat, keeps it under the
 whole-reply caps and the time limit, stores it, shows its final text and sends the voice.
+When the model calls tools, each round's calls are carried out by the reply's `ToolTurn`
+(bot/tools/turn.py) and the model is asked again, until it answers.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from bot.messages import Msg, say
 from bot.models import ChatModel
 from bot.queue import TurnSlot
 from bot.storage import HistoryStore, Status, Turn
+from bot.tools.calls import ToolCall, ToolCallAssembler
 from bot.types import ImageInput, IncomingMessage, LiveSpeechTarget, ReplyOutcomeTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.voice_reply import VoiceReply
+    from bot.tools.turn import ToolTurn
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +83,17 @@ class ReplyState:
     first_token_at: float | None = None
     status: Status = "failed"
     note: str = ""  # said after the text (or alone): why the reply stopped
+    tools: ToolTurn | None = None  # the tool rounds, when the model is offered tools
+    after_tools: bool = False  # a tool line ends what is shown: the next text goes below it
 
     def ended(self, status: Status, note: str = "") -> None:
         """The reply stopped; a partial one keeps what was streamed."""
         self.status = status if status != "partial" or self.answer else "failed"
         self.note = note
+
+    def tool_exchange(self) -> str | None:
+        """The tool calls and results to store with the reply (None: there were none)."""
+        return self.tools.exchange() if self.tools is not None else None
 
 
 class ReplyLoop:
@@ -142,9 +152,29 @@ class ReplyLoop:
         await self._conclude(state)
 
     async def _consume(self, state: ReplyState, started: float) -> None:
+        """Stream rounds until the model answers: after a round that asked for tools, the
+        tools run and the model is asked again with their results."""
+        tools = state.tools
+        while True:
+            if tools is not None:
+                tools.offer()
+            calls = await self._stream_round(state, started)
+            if not calls:
+                return
+            if tools is None or not tools.offered:
+                log.info("the model asked for tools it was not offered: ignored")
+                return
+            state.reasoning_open = False
+            await tools.run(calls, state.answer)
+            state.after_tools = True
+            self._check(state, "")
+
+    async def _stream_round(self, state: ReplyState, started: float) -> list[ToolCall]:
+        """Stream one response into the chat; the tool calls it asked for."""
         show_reasoning = self.settings.llm.reasoning == "show"
         last_save = time.monotonic()
         stream = state.stream
+        calls = ToolCallAssembler()
         # aclosing: leaving the loop early (a cap, the time limit, a refused chat) closes the
         # connection at once, which is how llama-server learns to free the slot.
         # The chat's model: its own servers only, when it has them.
@@ -152,9 +182,12 @@ class ReplyLoop:
             state.model.client.stream(state.request, affinity=str(state.turn.rows.channel_id))
         ) as events:
             async for event in events:
+                calls.feed(event.tool_calls)
                 self._check(state, event.reasoning)
                 if event.reasoning and show_reasoning:
                     quoted = event.reasoning.replace("\n", "\n> ")
+                    if not state.reasoning_open:
+                        self._below_tools(state)
                     stream.append(quoted if state.reasoning_open else f"> 💭 {quoted}")
                     state.reasoning_open = True
                 if not event.text:
@@ -165,18 +198,43 @@ class ReplyLoop:
                 if state.reasoning_open:
                     stream.append("\n\n")
                     state.reasoning_open = False
-                piece = self._fit(state, event.text.lstrip() if not state.answer else event.text)
+                text = event.text
+                if not state.answer or state.after_tools:
+                    text = text.lstrip()
+                    if not text:
+                        continue
+                if self._below_tools(state) and state.answer:
+                    # What the model wrote before its tool calls is a paragraph of its own.
+                    state.answer += "\n\n"
+                    if state.voice is not None:
+                        state.voice.feed("\n\n")
+                piece = self._fit(state, text)
                 if not piece:
                     continue
-                state.answer += piece
-                stream.append(piece)
-                if state.voice is not None:
-                    state.voice.feed(piece)
+                self._add(state, piece)
                 metrics.TOKENS_OUT.inc()
                 if time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
                     last_save = time.monotonic()
                     await self.store.update_message(state.turn.rows.reply_row, content=state.answer)
                 self._check(state, "")
+        return calls.finish()
+
+    @staticmethod
+    def _add(state: ReplyState, piece: str) -> None:
+        """Answer text: shown, kept and spoken."""
+        state.answer += piece
+        state.stream.append(piece)
+        if state.voice is not None:
+            state.voice.feed(piece)
+
+    @staticmethod
+    def _below_tools(state: ReplyState) -> bool:
+        """Start a new paragraph under a tool line, if one ends what is shown; whether it did."""
+        if not state.after_tools:
+            return False
+        state.after_tools = False
+        state.stream.append("\n\n")
+        return True
 
     def _fit(self, state: ReplyState, piece: str) -> str:
         """The part of `piece` that still fits under the character cap."""
@@ -201,9 +259,8 @@ class ReplyLoop:
 
     async def _cancelled(self, state: ReplyState) -> None:
         """Cancelled (Ctrl-C in the console, shutdown): keep what the user saw."""
-        await store_reply(
-            self.store, state.turn.rows, state.answer, "partial" if state.answer else "failed"
-        )
+        status: Status = "partial" if state.answer else "failed"
+        await store_reply(self.store, state.turn.rows, state.answer, status, state.tool_exchange())
         stream = state.stream
         # Best effort and brief: the platform may be unreachable too, and a shutdown waits.
         finish = asyncio.ensure_future(stream.finish(stream.text + " …" if stream.text else None))
@@ -228,7 +285,9 @@ class ReplyLoop:
                 await voice.cancel()
             voice = None
         try:
-            await store_reply(self.store, state.turn.rows, state.answer, state.status)
+            await store_reply(
+                self.store, state.turn.rows, state.answer, state.status, state.tool_exchange()
+            )
         # What was streamed is shown even if it cannot be stored.
         except Exception:
             log.exception("turn %s: the reply could not be stored", state.turn.ref)
@@ -284,11 +343,17 @@ class ReplyLoop:
             await asyncio.sleep(_TYPING_EVERY_S)
 
 
-async def store_reply(store: HistoryStore, rows: Turn, answer: str, status: Status) -> None:
-    """Store a reply's final text and status."""
+async def store_reply(
+    store: HistoryStore, rows: Turn, answer: str, status: Status, tool_exchange: str | None = None
+) -> None:
+    """Store a reply's final text and status (and its tool calls and results, if any)."""
     answer = answer.rstrip()
     await store.update_message(
-        rows.reply_row, content=answer, status=status, token_count=estimate_tokens(answer)
+        rows.reply_row,
+        content=answer,
+        status=status,
+        token_count=estimate_tokens(answer),
+        tool_exchange=tool_exchange,
     )
 
 

@@ -119,7 +119,7 @@ class Conversations:
         error_key: str = "",
         status: int = 200,
     ) -> web.Response:
-        rows = await chat_settings(self.store, self.settings.engine, chat.id)
+        rows = await chat_settings(self.store, self.settings, chat.id)
         return self.pages.render(
             request,
             "chat_settings.html",

@@ -75,6 +75,15 @@ class VoiceReply:
         for sentence in self._splitter.feed(delta):
             self._accept(sentence)
 
+    def interject(self, sentence: str) -> None:
+        """Say `sentence` next, on its own (e.g. "One moment." while a tool runs): the text fed
+        so far ends its sentence first."""
+        if self._abandoned or self._closed:
+            return
+        for pending in self._splitter.feed("\n"):
+            self._accept(pending)
+        self._accept(sentence)
+
     async def finish(self) -> VoiceClip | None:
         """The whole reply's voice clip (sentences concatenated); None if nothing speakable.
 

@@ -55,6 +55,8 @@ class StoredMessage:
     status: Status
     token_count: int | None
     created_at: float
+    # A reply's tool calls and results (JSON, bot/tools/history.py); None: it called no tool.
+    tool_exchange: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

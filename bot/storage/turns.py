@@ -16,7 +16,8 @@ from bot.storage.base import PENDING, VISIBLE, Status, StoredMessage, Turn
 from bot.storage.database import Database, Tx
 
 MESSAGE_COLUMNS = (
-    "id", "role", "author_id", "author_name", "content", "status", "token_count", "created_at"
+    "id", "role", "author_id", "author_name", "content", "status", "token_count", "created_at",
+    "tool_exchange",
 )  # fmt: skip
 VISIBLE_SQL = "status IN ({})".format(", ".join(f"'{status}'" for status in VISIBLE))
 # Matches PostgreSQL's messages_pending index.
@@ -158,16 +159,19 @@ class Turns:
         content: str | None = None,
         status: Status | None = None,
         token_count: int | None = None,
+        tool_exchange: str | None = None,
     ) -> None:
-        """Update a message's content, status and token count (None leaves a field as it is)."""
+        """Update a message's content, status, token count and tool exchange (None leaves a
+        field as it is)."""
         await self.db.write(
             lambda tx: tx.execute(
                 "UPDATE messages SET content = COALESCE($1, content),"
                 " status = COALESCE($2, status), token_count = COALESCE($3, token_count),"
-                " updated_at = $4 WHERE id = $5",
+                " tool_exchange = COALESCE($4, tool_exchange), updated_at = $5 WHERE id = $6",
                 content,
                 status,
                 token_count,
+                tool_exchange,
                 time.time(),
                 row_id,
             )
