@@ -281,6 +281,11 @@ _NOTES = {
         "settings and audited (`/model default` goes back). See "
         "[LLM servers](llm-servers.md#models-per-chat)."
     ),
+    "tools": (
+        "Lists the tools of the servers in `[tools]` that this chat's model is offered, or why "
+        "there are none: no servers configured, tools off in this chat (`/config set tools on`), "
+        "or a base model that cannot call tools. See [Tools](tools.md)."
+    ),
     "session": (
         "`/session list` shows each conversation's messages, last day, and which one is current. "
         f"`/session new` without a name: `{AUTO_NAME.format(n=2)}`, `{AUTO_NAME.format(n=3)}`…; "

@@ -177,7 +177,10 @@ def test_every_setting_a_page_names_exists(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     named = {key.rstrip(".") for key in _KEY.findall(text) if not key.endswith(".py")}
     # A keyed table's entries: llm.models.qwen.url is llm.models.NAME.url.
-    named = {re.sub(r"^llm\.models\.(?!NAME)[a-z0-9_-]+", "llm.models.NAME", key) for key in named}
+    named = {
+        re.sub(r"^(llm\.models|tools\.servers)\.(?!NAME)[a-z0-9_-]+", r"\1.NAME", key)
+        for key in named
+    }
     variables = set(_VARIABLE.findall(text)) - _NOT_SETTINGS
     named |= {
         variable.removeprefix("PARLEY_").lower().replace("__", ".").rstrip(".")

@@ -228,8 +228,9 @@ class FakeLLMServer:
         if b.hang:
             await self._closing.wait()
             return web.Response(status=503)
-        reply = b.reply(body) if callable(b.reply) else b.reply
         chat = "messages" in body
+        calls = b.tool_calls(body) if chat and b.tool_calls is not None else ()
+        reply = "" if calls else b.reply(body) if callable(b.reply) else b.reply
         slot = None
         if self.slots is not None:
             asked = body.get("id_slot")
@@ -244,7 +245,6 @@ class FakeLLMServer:
             if chat:
                 await _send(resp, _chat_chunk({"role": "assistant", "content": None}))
             await asyncio.sleep(b.first_delay_s)
-            calls = b.tool_calls(body) if chat and b.tool_calls is not None else ()
             if calls:
                 if b.before_calls:
                     await _send(resp, _chat_chunk({"content": b.before_calls}))
