@@ -163,7 +163,7 @@ def test_every_link_between_pages_resolves(page: Path) -> None:
 
 
 # Dotted keys a page names (`llm.server.model_path`, telegram.admin_ids): not a module
-# (discord.py) nor a call (engine.handle()).
+# (discord.py), a page (tools.md) nor a call (engine.handle()).
 _SECTIONS = "|".join(docs.settings_model().model_fields)
 _KEY = re.compile(rf"(?<![\w./-])((?:{_SECTIONS})\.[a-z_]+(?:\.[A-Za-z_]+)*)(?![\w(])")
 _VARIABLE = re.compile(r"\bPARLEY_[A-Z_]+\b")
@@ -175,7 +175,7 @@ _NOT_SETTINGS = {"PARLEY_CONFIG", "PARLEY_EXTRAS", "PARLEY_TELEGRAM__TOKN"}
 def test_every_setting_a_page_names_exists(page: Path) -> None:
     known = {key for key, _ in _every_setting()}
     text = page.read_text(encoding="utf-8")
-    named = {key.rstrip(".") for key in _KEY.findall(text) if not key.endswith(".py")}
+    named = {key.rstrip(".") for key in _KEY.findall(text) if not key.endswith((".py", ".md"))}
     # A keyed table's entries: llm.models.qwen.url is llm.models.NAME.url.
     named = {
         re.sub(r"^(llm\.models|tools\.servers)\.(?!NAME)[a-z0-9_-]+", r"\1.NAME", key)
