@@ -192,8 +192,6 @@ class LoggingSettings(Section):
     """"text": readable lines; "json": one object per line, for a log collector."""
 
 
-# A server's name prefixes its tools' names when two servers offer the same tool, and function
-# names on the chat API are limited to these characters (64 at most).
 class PlatformSettings(Section):
     """Base of a platform's section ([telegram], [discord]), defined by its adapter package.
 

@@ -94,6 +94,8 @@ class Behaviour:
     # the text streamed before them (a model saying what it is about to do).
     tool_calls: ToolCallsFn | None = None
     before_calls: str = ""
+    # Called once a response of tool calls has gone out whole (a benchmark times the round).
+    on_calls_sent: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -249,6 +251,8 @@ class FakeLLMServer:
                 if b.before_calls:
                     await _send(resp, _chat_chunk({"content": b.before_calls}))
                 await self._stream_calls(resp, calls)
+                if b.on_calls_sent is not None:
+                    b.on_calls_sent(body)
                 return resp
             words = re.findall(r"\S+\s*|\s+", reply)
             pieces = [
