@@ -159,7 +159,7 @@ async def test_commands_are_registered_and_config_set_is_for_admins(
     async with telegram_bot(telegram_settings(tmp_path, telegram, fake_llm.url, admin_ids=[ADMIN])):
         assert [c["command"] for c in telegram.commands] == [
             "start", "help", "ask", "reset", "persona", "voice", "config", "forget", "remember",
-            "memory", "model", "session",
+            "memory", "model", "tools", "session",
         ]  # fmt: skip
         telegram.send_text(group, ann, "/config set temperature 0.2")
         await telegram.wait_for(telegram_shows(GROUP, "only admins"))
