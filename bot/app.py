@@ -22,7 +22,7 @@ from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
 from bot.delivery.scheduler import EditScheduler
 from bot.engine import ConversationEngine
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StorageError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient, configured_urls
@@ -112,6 +112,7 @@ class ParleyApp:
             self.commands = Commands(s, self.store, platform_commands())
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
+            self._tasks.append(asyncio.create_task(self._forget_handled()))
         except BaseException:
             await self.aclose()
             raise
@@ -180,12 +181,25 @@ class ParleyApp:
                 log.info("retention: deleted %d messages", deleted)
             await asyncio.sleep(_RETENTION_SWEEP_S)
 
+    async def _forget_handled(self) -> None:
+        """Platform updates handled long ago cannot come again: their claims go."""
+        while True:
+            try:
+                forgotten = await self.store.purge_handled()
+            except StorageError as exc:  # the next sweep tries again
+                log.info("handled updates not purged: %s", exc)
+            else:
+                if forgotten:
+                    log.info("forgot %d handled platform updates", forgotten)
+            await asyncio.sleep(_RETENTION_SWEEP_S)
+
     def health_checks(self) -> HealthChecks:
         """The database and LLM checks for /healthz; the CLI adds one per connected platform."""
         checks = HealthChecks()
         checks.add("database", database_check(self.store))
         checks.add("llm", llm_check(self.llm))
         checks.add_detail("llm", llm_status(self.llm, self.engine.queue))
+        checks.add_detail("held", self.engine.hold.status)  # messages waiting for the store
         if self.models.status():  # a model's servers down leave its chats only unanswered
             checks.add_detail("models", self.models.status)
         return checks

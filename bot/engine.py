@@ -8,7 +8,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from bot import metrics
@@ -16,7 +16,17 @@ from bot.attachments import AttachmentPolicy, Unpacked, stored_text
 from bot.channel_config import ChannelSettings
 from bot.config import Settings
 from bot.delivery.scheduler import EditScheduler
-from bot.errors import AudioError, DeliveryError, MessageNotStored, RetryAfter, StorageError
+from bot.errors import (
+    AlreadyHandled,
+    AudioError,
+    DeliveryError,
+    MessageNotStored,
+    RetryAfter,
+    StorageError,
+    StorageProblem,
+    storage_trouble,
+)
+from bot.hold import StorageHold
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
 from bot.memory import Recalled, recall_background, recall_facts, recall_turns, search_terms
 from bot.messages import Msg, phrase, say
@@ -31,9 +41,9 @@ from bot.prompt import (
 )
 from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
-from bot.reply import ReplyLoop, ReplyState, TurnState, store_reply, tell
-from bot.storage import HistoryStore, StoredMessage
-from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
+from bot.reply import ReplyLoop, ReplyState, TurnState, part_recorder, store_reply, tell
+from bot.storage import HistoryStore, StoredMessage, Turn
+from bot.types import Delivery, IncomingMessage, LiveSpeechTarget, ReplyTarget
 
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
@@ -44,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _HISTORY_ROWS = 400  # rows read per prompt before the token budget trims them
 _NOTHING = Unpacked()  # a message without attachments
+_DIRECT = Delivery()  # a platform that neither confirms nor redelivers
 
 
 class ConversationEngine:
@@ -71,6 +82,7 @@ class ConversationEngine:
         self.rate = UserRateLimiter(settings.engine.user_messages_per_minute)
         self.attachments = AttachmentPolicy(settings, self._sees_images)
         self.replies = ReplyLoop(settings, store)
+        self.hold = StorageHold()  # messages waiting while the store is out
         self._blocked = frozenset(settings.engine.blocked_users)
         # Per channel while its messages arrive: the lock, and how many hold or wait for it.
         self._arrivals: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -83,29 +95,25 @@ class ConversationEngine:
     # ----------------------------------------------------------------- messages
 
     async def handle(
-        self,
-        msg: IncomingMessage,
-        target: ReplyTarget,
-        *,
-        on_stored: Callable[[], None] | None = None,
-        redeliverable: bool = False,
+        self, msg: IncomingMessage, target: ReplyTarget, delivery: Delivery = _DIRECT
     ) -> None:
         """Answer one message (text, voice, pictures); every user-visible outcome goes through
         `target`.
 
-        `on_stored()` is called once the user's message is safely stored: a platform that
-        redelivers unconfirmed updates may confirm it then. If it cannot be stored, the user is
-        told why, unless `redeliverable`: then `MessageNotStored` is raised and the adapter
-        leaves the update unconfirmed, to come again.
+        `delivery.stored()` is called once the user's message is safely stored (or was stored
+        by an earlier delivery of it: that one is not answered again). While the store is out
+        the message waits (`bot.hold`); given up, the user is told why, unless the platform
+        keeps the update to deliver it again: then `MessageNotStored` is raised and the adapter
+        leaves the update unconfirmed.
 
         The turn's error boundary: an unexpected error is logged with the chat and a turn id,
         the user is told, and the engine goes on serving this chat and every other.
         """
         turn_id = secrets.token_hex(4)
         try:
-            await self._handle(msg, target, turn_id, on_stored)
+            await self._handle(msg, target, turn_id, delivery)
         except MessageNotStored as exc:
-            if redeliverable:
+            if not exc.final:
                 raise
             await tell(target, say(exc.phrase))
         except (DeliveryError, RetryAfter) as exc:
@@ -121,11 +129,15 @@ class ConversationEngine:
         msg: IncomingMessage,
         target: ReplyTarget,
         turn_id: str,
-        on_stored: Callable[[], None] | None,
+        delivery: Delivery,
     ) -> None:
         metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.recording else "text").inc()
         if msg.user_ref in self._blocked:
             log.info("ignoring a message from blocked user %s", msg.user_ref)
+            return
+        if await self._handled_already(msg):
+            if delivery.stored is not None:
+                delivery.stored()
             return
         text = msg.text.strip()
         if not text and not msg.attachments:
@@ -145,11 +157,24 @@ class ConversationEngine:
                 return
             unpacked = found
         key = msg.chat_ref
+        size = len(text.encode("utf-8", "replace")) + sum(len(i.data) for i in unpacked.images)
+        # While the store is out the message waits in its place, its writes retried.
+        place = self.hold.place(
+            key,
+            size,
+            tell=functools.partial(_tell_delayed, target),
+            until=delivery.keep_until,
+            held=delivery.held,
+        )
+        handled = None if msg.handled_key is None else (msg.platform, msg.handled_key)
+        rows: Turn | None
         # Messages of one channel are recorded and join its line in arrival order: the awaits
         # before that (a new channel's row, token counting over HTTP) finish in any order.
-        async with self._arrival(key):
+        async with place as waiting, self._arrival(key):
             try:
-                channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+                channel_id = await waiting.run(
+                    functools.partial(self.store.channel_id, msg.platform, msg.channel_key)
+                )
                 if unpacked.recording is not None:
                     transcript = await self._transcribe(msg, target, channel_id)
                     if transcript is None:
@@ -158,18 +183,28 @@ class ConversationEngine:
                 if not text and not unpacked.images:
                     return
                 stored = stored_text(text, unpacked.images)
-                rows = await self.store.start_turn(
-                    channel_id,
-                    author_id=msg.user_id,
-                    author_name=msg.user_name,
-                    content=stored,
-                    token_count=await self._count_tokens(stored),
+                tokens = await self._count_tokens(stored)
+                rows = await waiting.run(
+                    functools.partial(
+                        self.store.start_turn,
+                        channel_id,
+                        author_id=msg.user_id,
+                        author_name=msg.user_name,
+                        content=stored,
+                        token_count=tokens,
+                        handled=handled,
+                    )
                 )
             except StorageError as exc:
                 # The store logged it (once per kind of failure); the user hears why.
                 raise MessageNotStored(exc) from exc
-        if on_stored is not None:
-            on_stored()
+            except AlreadyHandled:
+                log.info("%s: message %s came again; answered already", key, msg.message_id)
+                rows = None
+        if delivery.stored is not None:
+            delivery.stored()
+        if rows is None:
+            return
         # No await between the lock's release and joining the line (in turn()'s first step).
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
@@ -177,6 +212,19 @@ class ConversationEngine:
         turn = TurnState(msg, target, turn_id, rows, text, unpacked.images)
         async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
             await self._reply(turn, slot)
+
+    async def _handled_already(self, msg: IncomingMessage) -> bool:
+        """Whether an earlier delivery of `msg` was stored (a platform's redelivery); a store
+        that cannot say lets the message through: storing it will tell."""
+        if msg.handled_key is None:
+            return False
+        try:
+            handled = await self.store.was_handled(msg.platform, msg.handled_key)
+        except StorageError:
+            return False
+        if handled:
+            log.info("%s: message %s came again; answered already", msg.chat_ref, msg.message_id)
+        return handled
 
     async def takes_images(self, platform: str, channel_key: str) -> bool:
         """Whether the model this chat uses takes images."""
@@ -209,9 +257,12 @@ class ConversationEngine:
                     author_name=msg.user_name,
                     content=text,
                     token_count=estimate_tokens(text),
+                    handled=None if msg.handled_key is None else (msg.platform, msg.handled_key),
                 )
         except StorageError as exc:  # the store logged it, once per kind of failure
             log.info("background message in %s not kept: %s", key, exc)
+        except AlreadyHandled:
+            log.info("background message %s in %s came again: kept already", msg.message_id, key)
         except Exception:
             log.exception("keeping a background message in %s failed", key)
 
@@ -284,9 +335,8 @@ class ConversationEngine:
         voice = self._voice_reply(turn.msg, settings, live=live)
         if voice is not None and isinstance(target, LiveSpeechTarget):
             target.speak_live(voice.sentences())  # heard sentence by sentence as it streams
-        state = ReplyState(
-            turn, model=chosen, request=request, stream=self.scheduler.open(target), voice=voice
-        )
+        stream = self.scheduler.open(target, on_part=part_recorder(self.store, turn.rows.reply_row))
+        state = ReplyState(turn, model=chosen, request=request, stream=stream, voice=voice)
         await self.replies.run(state, slot)
 
     async def _prepare(self, turn: TurnState) -> tuple[ChannelSettings, LLMRequest, ChatModel]:
@@ -380,6 +430,11 @@ class ConversationEngine:
         from bot.speech.voice_reply import VoiceReply
 
         return VoiceReply(self.synthesizer, max_chars=self.settings.tts.max_chars)
+
+
+async def _tell_delayed(target: ReplyTarget, problem: StorageProblem) -> None:
+    """Tell a chat once that its answer waits for the store (a failure only logged)."""
+    await tell(target, say(Msg.ANSWER_DELAYED, trouble=storage_trouble(problem)))
 
 
 async def _show_position(target: ReplyTarget, position: int) -> None:

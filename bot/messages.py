@@ -51,6 +51,11 @@ class Msg(Enum):
     STORAGE_FULL = "the server's storage is full"
     STORAGE_READ_ONLY = "the server's storage is read-only"
     STORAGE_BROKEN = "the server's storage is not working right now"
+    ANSWER_DELAYED = (
+        "⚠️ I can't save messages right now ({trouble}), so my answer will take a while. "
+        "I'll reply as soon as it works again."
+    )
+    REPLY_INTERRUPTED = "⚠️ This reply was interrupted: I was restarted before I could finish it."
     QUEUE_POSITION = "⏳ You're #{position} in line; I'll answer as soon as it's your turn."
     QUEUE_POSITION_MANY = (
         "⏳ You're #{position} in line ({waiting} messages waiting); I'll answer them in order."

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from bot import metrics
 from bot.config import Settings
-from bot.delivery.stream import ReplyStream
+from bot.delivery.stream import PartShown, PartSink, ReplyStream
 from bot.errors import (
     DeliveryError,
     LLMRequestRejected,
@@ -25,6 +25,7 @@ from bot.errors import (
     LLMUnavailable,
     RetryAfter,
     SpeechSynthesisError,
+    StorageError,
 )
 from bot.llm import LLMRequest, estimate_tokens
 from bot.messages import Msg, say
@@ -42,6 +43,9 @@ _TYPING_EVERY_S = 4.0  # platforms show "typing…" for about 5 s per call
 _FINISH_WHEN_CANCELLED_S = 1.0  # a cancelled reply's last edit, before the stream is dropped
 _SAVE_PARTIAL_EVERY_S = 2.0  # how much streamed text a hard crash can lose
 _SHOWN: tuple[Status, ...] = ("complete", "partial")  # replies worth their voice
+# A reply part's message id is recorded before the stream's next call: a database that does not
+# answer may hold the reply up this long, no longer.
+_RECORD_PART_S = 5.0
 
 
 class _ReplyCapped(Exception):
@@ -290,6 +294,23 @@ async def store_reply(store: HistoryStore, rows: Turn, answer: str, status: Stat
     await store.update_message(
         rows.reply_row, content=answer, status=status, token_count=estimate_tokens(answer)
     )
+
+
+def part_recorder(store: HistoryStore, reply_row: int) -> PartSink:
+    """Records a reply's platform messages as the stream reports them, so a process killed
+    mid-reply leaves their ids for the next start to finish them (`bot.repair`)."""
+
+    async def record(shown: PartShown) -> None:
+        try:
+            async with asyncio.timeout(_RECORD_PART_S):
+                if shown.done:
+                    await store.part_done(reply_row, shown.part, shown.message_id)
+                else:
+                    await store.part_shown(reply_row, shown.part, shown.message_id)
+        except (StorageError, TimeoutError) as exc:  # the reply goes on; only a crash needs it
+            log.info("reply %d: message %s not recorded: %s", reply_row, shown.message_id, exc)
+
+    return record
 
 
 async def tell(target: ReplyTarget, text: str) -> None:

@@ -129,6 +129,27 @@ class IncomingMessage:
         """The voice note, audio or video whose sound is transcribed (the first one)."""
         return next((a for a in self.attachments if a.kind in ("audio", "video")), None)
 
+    @property
+    def handled_key(self) -> str | None:
+        """What a redelivery of this message has in common with it (its conversation and its
+        platform id), so it is answered once; None when the platform gives no id."""
+        return None if self.message_id is None else f"{self.channel_key}/{self.message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a platform hands over one message, and what it wants to hear back.
+
+    A platform that delivers an update again until it is confirmed (Telegram) confirms it on
+    `stored()`, and keeps it until `keep_until` (epoch seconds; None: the platform does not
+    deliver again, so a message that cannot be stored waits in memory only). `held()` says it
+    waits in memory for the store to come back.
+    """
+
+    stored: Callable[[], None] | None = None
+    held: Callable[[], None] | None = None
+    keep_until: float | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class SpokenSentence:

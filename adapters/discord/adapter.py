@@ -40,12 +40,15 @@ from adapters.discord.targets import (
     Clock,
     InteractionTarget,
     channel_limits,
+    rewrite_message,
 )
 from adapters.discord.voice.channels import VoiceChannels
 from bot.command_table import CommandReply
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
+from bot.repair import InterruptedReplies
+from bot.storage.reply_parts import OpenPart
 from bot.types import Attachment, IncomingMessage, TargetLimits
 
 if TYPE_CHECKING:
@@ -125,6 +128,9 @@ class DiscordAdapter:
         self._restore_endpoints: Callable[[], None] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
         self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
+        self._repairs = InterruptedReplies(
+            services.engine.store, PLATFORM, self._rewrite, max_chars=self._cfg.max_message_chars
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -199,10 +205,12 @@ class DiscordAdapter:
             len(client.guilds),
             sharding.describe(self._cfg),
         )
+        self._repairs.start()
 
     async def stop(self) -> None:
         """Stop taking turns, let replies in progress finish (up to a grace period), disconnect."""
         self._stopping = True
+        await self._repairs.stop()
         # Voice channels are left at once (the turn in progress keeps its grace for its text).
         leaving = asyncio.create_task(self._leave_voice())
         if self._tasks:
@@ -491,6 +499,18 @@ class DiscordAdapter:
             is_admin=self._access.is_admin(user, manage_guild=manage_guild),
             message_id=str(interaction.id),
             is_private=interaction.guild_id is None,
+        )
+
+    async def _rewrite(self, part: OpenPart, text: str) -> None:
+        """Finish a message of an interrupted reply (adapters/discord/targets.rewrite_message)."""
+        assert self._rest is not None
+        await rewrite_message(
+            self._rest,
+            self._engine.scheduler,
+            self._limits,
+            int(part.channel_key),
+            int(part.message_id),
+            text,
         )
 
     # -- tasks -----------------------------------------------------------------------------

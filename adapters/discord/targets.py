@@ -33,7 +33,7 @@ from adapters.discord.rest import (
     InteractionTokenExpired,
     Upload,
 )
-from bot.delivery.budgets import GLOBAL_WINDOW_S, windowed_budget
+from bot.delivery.budgets import GLOBAL_WINDOW_S, Priority, windowed_budget
 from bot.delivery.notices import LatestMessage
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
@@ -185,6 +185,22 @@ class _DiscordTarget:
             log.info("voice message refused (%s), sending a plain audio file", exc)
             return False
         return True
+
+
+async def rewrite_message(
+    rest: DiscordRest,
+    scheduler: EditScheduler,
+    limits: TargetLimits,
+    channel_id: int,
+    message_id: int,
+    text: str,
+) -> None:
+    """Replace the text of one of the bot's messages under the channel's budgets (a message of
+    a reply interrupted by a killed process, finished after the restart). An interaction's
+    response is a message of the bot's too, edited the same way once its token is gone."""
+    where = _DiscordTarget(rest=rest, channel_id=channel_id, limits=limits, scheduler=scheduler)
+    edit = partial(rest.edit_message, channel_id, message_id, text)
+    await scheduler.call(where, edit, priority=Priority.COMPLETE, what="repair")
 
 
 class _ChannelQueueNotice:

@@ -26,6 +26,25 @@ NS_RECORD = _NAMESPACE + 3  # key: held while a turn's rows are inserted (transa
 
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
+APPLICATION_NAME = "parley"  # how Parley's sessions show in pg_stat_activity
+# Set on every session Parley opens. A host that dies without closing its connections (power
+# loss, a network cut) leaves them open on the server, locks included, until TCP notices: by
+# default after two hours. With these keepalives the server ends such a session within
+# idle + interval * count = 60 s, and with it the turn locks it held; a transaction left open
+# by a process that hangs is ended after a minute. (Settings of the server's side of each
+# connection, which any user may set: https://www.postgresql.org/docs/15/runtime-config-connection.html)
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
+IDLE_IN_TRANSACTION_S = 60
+SESSION_SETTINGS = {
+    "application_name": APPLICATION_NAME,
+    "tcp_keepalives_idle": str(KEEPALIVE_IDLE_S),
+    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL_S),
+    "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_S * 1000),
+}
+
 
 def location(url: str) -> str:
     """`host:port/database` of a PostgreSQL URL: what messages name, never the password."""
@@ -110,7 +129,10 @@ async def connect(url: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> as
     """One connection, errors as StorageError (never chained: a parse error may quote the URL)."""
     try:
         return await asyncpg.connect(
-            url, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT_S
+            url,
+            timeout=connect_timeout,
+            command_timeout=COMMAND_TIMEOUT_S,
+            server_settings=SESSION_SETTINGS,
         )
     except (*DB_ERRORS, ValueError) as exc:
         raise storage_error(url, "cannot connect", exc) from None
