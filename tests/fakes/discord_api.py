@@ -343,6 +343,17 @@ class FakeDiscord(DiscordWorld):
         await self.gateway.dispatch("MESSAGE_CREATE", self.message_payload(message, event=True))
         return message
 
+    async def redeliver(self, message: FakeMessage) -> None:
+        """Dispatch `message`'s MESSAGE_CREATE again, as Discord may replay events after a
+        reconnect (gateway delivery is at least once)."""
+        await self.gateway.dispatch("MESSAGE_CREATE", self.message_payload(message, event=True))
+
+    async def drop_sessions(self, code: int = 4000) -> None:
+        """Close every live gateway session as Discord does on an error of its own (4000: an
+        unknown error, after which a client resumes or identifies again)."""
+        for session in self.gateway.live:
+            await session.close(code, "Unknown error.")
+
     async def interact(
         self,
         command: str,
