@@ -30,7 +30,7 @@ HOLD_MAX_MESSAGES = 500  # messages waiting in memory at once
 HOLD_MAX_BYTES = 64 * 1024 * 1024  # their text and pictures together
 HOLD_MAX_S = 24 * 3600.0  # the longest a message waits, whatever the platform
 RETRY_INITIAL_S = 0.5  # the first wait after a failed write; doubles up to RETRY_MAX_S
-RETRY_MAX_S = 10.0  # a database back from a restart is used within this long
+RETRY_MAX_S = 5.0  # a database back from a restart is used within this long
 # Failures that pass: the database restarting or out of reach, a full disk, a read-only
 # standby. Any other ("error": a statement the database refuses) would fail the same way again.
 PASSING: frozenset[StorageProblem] = frozenset({"full", "read_only", "io", "busy", "unavailable"})

@@ -309,6 +309,9 @@ def part_recorder(store: HistoryStore, reply_row: int) -> PartSink:
                     await store.part_shown(reply_row, shown.part, shown.message_id)
         except (StorageError, TimeoutError) as exc:  # the reply goes on; only a crash needs it
             log.info("reply %d: message %s not recorded: %s", reply_row, shown.message_id, exc)
+        # Whatever went wrong with the record, the reply itself must go on.
+        except Exception:
+            log.exception("reply %d: recording message %s failed", reply_row, shown.message_id)
 
     return record
 

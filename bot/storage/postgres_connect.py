@@ -24,7 +24,10 @@ NS_INSTANCE = _NAMESPACE + 1  # key: a store's instance number, held while the s
 NS_CHANNEL = _NAMESPACE + 2  # key: the channel's turn lock (session level, on the coordinator)
 NS_RECORD = _NAMESPACE + 3  # key: held while a turn's rows are inserted (transaction level)
 
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: asyncpg's state of a connection broken mid-statement (a server going
+# down under a commit), a lost connection like the others.
+_CLIENT_ERRORS = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+DB_ERRORS = (asyncpg.PostgresError, *_CLIENT_ERRORS, OSError, TimeoutError)
 
 APPLICATION_NAME = "parley"  # how Parley's sessions show in pg_stat_activity
 # Set on every session Parley opens. A host that dies without closing its connections (power
@@ -85,7 +88,7 @@ def _reason(exc: BaseException) -> str:
         return f"{exc} (check the user and password in storage.url)"
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+    if isinstance(exc, (asyncpg.PostgresError, *_CLIENT_ERRORS)):
         return str(exc)
     # Anything else (e.g. a ValueError from parsing the URL) may quote the URL: say less.
     return f"{type(exc).__name__}: storage.url is not a valid PostgreSQL URL"
@@ -120,7 +123,7 @@ def _problem(exc: BaseException) -> StorageProblem:
     code = getattr(exc, "sqlstate", None)
     if isinstance(code, str):
         return _SQLSTATE_PROBLEMS.get(code) or _SQLSTATE_CLASS_PROBLEMS.get(code[:2], "error")
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(exc, (OSError, TimeoutError, *_CLIENT_ERRORS)):
         return "unavailable"
     return "error"
 
