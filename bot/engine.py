@@ -135,10 +135,6 @@ class ConversationEngine:
         if msg.user_ref in self._blocked:
             log.info("ignoring a message from blocked user %s", msg.user_ref)
             return
-        if await self._handled_already(msg):
-            if delivery.stored is not None:
-                delivery.stored()
-            return
         text = msg.text.strip()
         if not text and not msg.attachments:
             return  # nothing to answer (a bare mention, say)
@@ -172,6 +168,8 @@ class ConversationEngine:
         # before that (a new channel's row, token counting over HTTP) finish in any order.
         async with place as waiting, self._arrival(key):
             try:
+                # Checked in the arrival lock: an await before it would reorder the chat.
+                await self._not_handled_yet(msg)
                 channel_id = await waiting.run(
                     functools.partial(self.store.channel_id, msg.platform, msg.channel_key)
                 )
@@ -213,18 +211,18 @@ class ConversationEngine:
         async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
             await self._reply(turn, slot)
 
-    async def _handled_already(self, msg: IncomingMessage) -> bool:
-        """Whether an earlier delivery of `msg` was stored (a platform's redelivery); a store
-        that cannot say lets the message through: storing it will tell."""
+    async def _not_handled_yet(self, msg: IncomingMessage) -> None:
+        """AlreadyHandled if an earlier delivery of `msg` was stored (a platform's redelivery),
+        before a recording is transcribed again; a store that cannot say lets the message
+        through: storing it claims the update in the same transaction, which decides."""
         if msg.handled_key is None:
-            return False
+            return
         try:
             handled = await self.store.was_handled(msg.platform, msg.handled_key)
         except StorageError:
-            return False
+            return
         if handled:
-            log.info("%s: message %s came again; answered already", msg.chat_ref, msg.message_id)
-        return handled
+            raise AlreadyHandled(f"{msg.platform} update {msg.handled_key}")
 
     async def takes_images(self, platform: str, channel_key: str) -> bool:
         """Whether the model this chat uses takes images."""

@@ -55,7 +55,7 @@ class StorageHold:
         self.clock = clock
         self.messages = 0  # held now
         self.bytes = 0
-        self._told: set[str] = set()  # chats told their answer is delayed, until one is stored
+        self.told: set[str] = set()  # chats told their answer is delayed, until one is stored
 
     def status(self) -> dict[str, int]:
         """What waits now, for /healthz."""
@@ -140,7 +140,7 @@ class Place:
                     self._chat,
                     time.monotonic() - self._since,
                 )
-            self._hold._told.discard(self._chat)
+            self._hold.told.discard(self._chat)
             return result
 
     async def _failed(self, exc: StorageError) -> None:
@@ -161,8 +161,8 @@ class Place:
         if self._hold.clock() >= self._deadline:
             log.warning("a held message of %s is given up: it waited too long", self._chat)
             raise MessageNotStored(exc) from exc
-        if (room or self._redelivered) and self._chat not in self._hold._told:
-            self._hold._told.add(self._chat)
+        if (room or self._redelivered) and self._chat not in self._hold.told:
+            self._hold.told.add(self._chat)
             await self._tell(exc.problem)
         if not room:
             log.warning(
