@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from adapters import platforms, settings_sections
 from adapters.console import COMMANDS as CONSOLE_COMMANDS
 from adapters.console import PLATFORM as CONSOLE
+from bot.catalog import load_translations
 from bot.command_table import Command
 from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
@@ -110,6 +111,9 @@ class ParleyApp:
                 self.llm.pool.on_capacity(self._resize_queue)
             self.models.on_capacity(self._resize_queue)
             self.commands = Commands(s, self.store, platform_commands())
+            # Every translation is read (and compiled) now, off the event loop: not at the
+            # first message in each language.
+            await asyncio.to_thread(load_translations)
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
         except BaseException:

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from bot import metrics
 from bot.attachments import AttachmentPolicy, Unpacked, stored_text
-from bot.channel_config import ChannelSettings
+from bot.channel_config import ChannelSettings, chat_language
 from bot.config import Settings
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import AudioError, DeliveryError, MessageNotStored, RetryAfter, StorageError
+from bot.languages import speech_language, turn_language
 from bot.llm import LLMClient, LLMRequest, estimate_tokens
 from bot.memory import Recalled, recall_background, recall_facts, recall_turns, search_terms
 from bot.messages import Msg, phrase, say
@@ -102,19 +103,33 @@ class ConversationEngine:
         the user is told, and the engine goes on serving this chat and every other.
         """
         turn_id = secrets.token_hex(4)
+        metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.recording else "text").inc()
+        if msg.user_ref in self._blocked:
+            log.info("ignoring a message from blocked user %s", msg.user_ref)
+            return
+        if not msg.text.strip() and not msg.attachments:
+            return  # nothing to answer (a bare mention, say)
+        lang = turn_language(self.settings.engine.language, msg.language)
         try:
-            await self._handle(msg, target, turn_id, on_stored)
+            lang = await self.language(msg)
+            await self._handle(msg, target, turn_id, on_stored, lang)
         except MessageNotStored as exc:
             if redeliverable:
                 raise
-            await tell(target, say(exc.phrase))
+            await tell(target, say(exc.phrase, lang=lang))
         except (DeliveryError, RetryAfter) as exc:
             # The chat refused what the turn had to say (a notice, the voice note): nobody to tell.
             log.warning("turn %s: %s refused a message: %s", turn_id, target.chat_key, exc)
         # The turn's error boundary: one broken turn must not end the bot.
         except Exception:
             log.exception("turn %s in %s failed unexpectedly", turn_id, msg.chat_ref)
-            await tell(target, say(Msg.INTERNAL, ref=turn_id))
+            await tell(target, say(Msg.INTERNAL, lang=lang, ref=turn_id))
+
+    async def language(self, msg: IncomingMessage) -> str:
+        """The language of `msg`'s turn: its chat's `language` setting, else the sender's."""
+        return await chat_language(
+            self.store, self.settings.engine, msg.platform, msg.channel_key, msg.language
+        )
 
     async def _handle(
         self,
@@ -122,25 +137,20 @@ class ConversationEngine:
         target: ReplyTarget,
         turn_id: str,
         on_stored: Callable[[], None] | None,
+        lang: str,
     ) -> None:
-        metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.recording else "text").inc()
-        if msg.user_ref in self._blocked:
-            log.info("ignoring a message from blocked user %s", msg.user_ref)
-            return
         text = msg.text.strip()
-        if not text and not msg.attachments:
-            return  # nothing to answer (a bare mention, say)
         if not self.rate.allow(msg.user_ref):
             limit = self.settings.engine.user_messages_per_minute
-            await target.notice(say(Msg.SLOW_DOWN, limit=limit))
+            await target.notice(say(Msg.SLOW_DOWN, lang=lang, limit=limit))
             return
         limit = self.settings.engine.max_input_chars
         if len(text) > limit:
-            await target.notice(say(Msg.TOO_LONG, length=len(text), limit=limit))
+            await target.notice(say(Msg.TOO_LONG, lang=lang, length=len(text), limit=limit))
             return
         unpacked = _NOTHING
         if msg.attachments:  # downloads run outside the arrival lock: other messages go on
-            found = await self.attachments.unpack(msg, text, target)
+            found = await self.attachments.unpack(msg, text, target, lang)
             if found is None:
                 return
             unpacked = found
@@ -151,7 +161,7 @@ class ConversationEngine:
             try:
                 channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
                 if unpacked.recording is not None:
-                    transcript = await self._transcribe(msg, target, channel_id)
+                    transcript = await self._transcribe(msg, target, channel_id, lang)
                     if transcript is None:
                         return
                     text = f"{transcript}\n\n{text}" if text else transcript
@@ -174,8 +184,9 @@ class ConversationEngine:
         # The store's turn lock keeps the channel's order across bot processes sharing one
         # PostgreSQL; it is taken at the head of the channel's line, before an LLM slot.
         gate = functools.partial(self.store.channel_turn, rows.channel_id, rows.reply_row)
-        turn = TurnState(msg, target, turn_id, rows, text, unpacked.images)
-        async with self.queue.turn(key, functools.partial(_show_position, target), gate) as slot:
+        turn = TurnState(msg, target, turn_id, rows, text, lang, unpacked.images)
+        shown = functools.partial(_show_position, target, lang)
+        async with self.queue.turn(key, shown, gate) as slot:
             await self._reply(turn, slot)
 
     async def takes_images(self, platform: str, channel_key: str) -> bool:
@@ -231,7 +242,7 @@ class ConversationEngine:
                 self._arrivals[key] = (lock, users - 1)
 
     async def _transcribe(
-        self, msg: IncomingMessage, target: ReplyTarget, channel_id: int
+        self, msg: IncomingMessage, target: ReplyTarget, channel_id: int, lang: str
     ) -> str | None:
         """The recording's text, or None after telling the user why there is none."""
         recording = msg.recording
@@ -245,14 +256,14 @@ class ConversationEngine:
             audio = await self.attachments.recording(recording)
             started = time.perf_counter()
             transcript = await self.transcriber.transcribe(
-                audio, recording.mime or None, language=settings.stt_language
+                audio, recording.mime or None, language=speech_language(settings.stt_language, lang)
             )
         except AudioError as exc:
-            reason = say(exc.phrase)
+            reason = say(exc.phrase, lang=lang)
         else:
             metrics.STT_SECONDS.observe(time.perf_counter() - started)
             if self.settings.stt.show_transcript:
-                await target.notice(say(Msg.TRANSCRIPT, transcript=transcript))
+                await target.notice(say(Msg.TRANSCRIPT, lang=lang, transcript=transcript))
             return transcript
         # The turn is recorded even though it cannot be answered (status 'failed').
         await self.store.record_failed_input(
@@ -281,7 +292,7 @@ class ConversationEngine:
             raise
         target = turn.target
         live = isinstance(target, LiveSpeechTarget)
-        voice = self._voice_reply(turn.msg, settings, live=live)
+        voice = self._voice_reply(turn.msg, settings, turn.lang, live=live)
         if voice is not None and isinstance(target, LiveSpeechTarget):
             target.speak_live(voice.sentences())  # heard sentence by sentence as it streams
         state = ReplyState(
@@ -307,7 +318,10 @@ class ConversationEngine:
         recalled = await self._recall(turn, settings, kept, complete=complete)
         bot_name = self.settings.engine.bot_name
         system = with_recalled(
-            system_prompt(settings, bot_name), recalled, user_name=msg.user_name, bot_name=bot_name
+            system_prompt(settings, bot_name, turn.lang),
+            recalled,
+            user_name=msg.user_name,
+            bot_name=bot_name,
         )
         request = build_request(
             api=chosen.client.api,
@@ -319,6 +333,7 @@ class ConversationEngine:
             bot_name=bot_name,
             images=parts,
             model=chosen.model,
+            lang=turn.lang,
         )
         return settings, request, chosen
 
@@ -367,7 +382,7 @@ class ConversationEngine:
         return Recalled(facts, earlier, background)
 
     def _voice_reply(
-        self, msg: IncomingMessage, settings: ChannelSettings, *, live: bool = False
+        self, msg: IncomingMessage, settings: ChannelSettings, lang: str, *, live: bool = False
     ) -> VoiceReply | None:
         wanted = (
             live  # a voice channel: every answer is spoken
@@ -379,13 +394,13 @@ class ConversationEngine:
             return None
         from bot.speech.voice_reply import VoiceReply
 
-        return VoiceReply(self.synthesizer, max_chars=self.settings.tts.max_chars)
+        return VoiceReply(self.synthesizer, max_chars=self.settings.tts.max_chars, lang=lang)
 
 
-async def _show_position(target: ReplyTarget, position: int) -> None:
+async def _show_position(target: ReplyTarget, lang: str, position: int) -> None:
     """A courtesy "#n in line" notice: its failure must never cost the turn its answer."""
     try:
-        await target.queued(position)
+        await target.queued(position, lang)
     except (DeliveryError, RetryAfter, OSError) as exc:
         log.info("queue position not shown in %s: %s", target.chat_key, exc)
     except Exception:

@@ -61,6 +61,7 @@ class TurnState:
     ref: str  # the turn's id, in logs and in the notice of an unexpected error
     rows: Turn  # the stored user message and the reply's row
     text: str  # what is answered: the message's text, after a recording's transcript
+    lang: str  # the language Parley speaks in this turn (bot/languages.py)
     images: tuple[ImageInput, ...] = ()  # its pictures, for a model that takes images
 
 
@@ -105,24 +106,26 @@ class ReplyLoop:
             state.ended("complete")
         except TimeoutError:  # the whole-reply limit (the LLM client's own become LLMTimeout)
             log.warning("reply in %s stopped after %g s", target.chat_key, timeout)
-            state.ended("partial", say(Msg.REPLY_TIMEOUT, seconds=timeout))
+            state.ended("partial", say(Msg.REPLY_TIMEOUT, lang=state.turn.lang, seconds=timeout))
         except _ChatRefused as exc:
             # Blocked or gone: stop at once, so the slot and the chat's line are free again.
             log.warning("reply in %s stopped: the chat refused it (%s)", target.chat_key, exc)
             state.ended("partial")
         except _ReplyCapped as exc:
             log.warning("reply in %s cut at its %s", target.chat_key, exc)
-            state.ended("partial", say(Msg.REPLY_CAPPED))
+            state.ended("partial", say(Msg.REPLY_CAPPED, lang=state.turn.lang))
         except LLMUnavailable as exc:
             log.warning("no LLM backend answered: %s", exc)
-            state.ended("failed", say(Msg.LLM_DOWN))
+            state.ended("failed", say(Msg.LLM_DOWN, lang=state.turn.lang))
         except LLMRequestRejected as exc:
-            state.ended("failed", say(Msg.LLM_REJECTED, reason=str(exc)[:200]))
+            state.ended(
+                "failed", say(Msg.LLM_REJECTED, lang=state.turn.lang, reason=str(exc)[:200])
+            )
         except LLMTimeout:
-            state.ended("partial", say(Msg.LLM_TIMEOUT))
+            state.ended("partial", say(Msg.LLM_TIMEOUT, lang=state.turn.lang))
         except LLMStreamBroken as exc:
             log.warning("LLM stream broke: %s", exc)
-            state.ended("partial", say(Msg.CUT_OFF))
+            state.ended("partial", say(Msg.CUT_OFF, lang=state.turn.lang))
         except asyncio.CancelledError:
             typing.cancel()
             await self._cancelled(state)
@@ -130,14 +133,14 @@ class ReplyLoop:
         # The turn's error boundary: close the reply, store it, tell the user.
         except Exception:
             log.exception("turn %s in %s failed while streaming", state.turn.ref, target.chat_key)
-            state.ended("partial", say(Msg.INTERNAL, ref=state.turn.ref))
+            state.ended("partial", say(Msg.INTERNAL, lang=state.turn.lang, ref=state.turn.ref))
         finally:
             typing.cancel()
             # Generation is over: the final edits, 429 waits and the voice note go on without
             # the LLM slot (the channel's next turn still waits for them).
             slot.release()
         if state.status == "complete" and not state.answer.strip():
-            state.ended("failed", say(Msg.EMPTY_REPLY))
+            state.ended("failed", say(Msg.EMPTY_REPLY, lang=state.turn.lang))
         metrics.REPLIES.labels(state.turn.msg.platform, state.status).inc()
         await self._conclude(state)
 
@@ -253,7 +256,7 @@ class ReplyLoop:
             await stream.cancel()
             if voice is not None:
                 await voice.cancel()
-            await tell(target, say(Msg.INTERNAL, ref=state.turn.ref))
+            await tell(target, say(Msg.INTERNAL, lang=state.turn.lang, ref=state.turn.ref))
             return
         if voice is not None:
             await self._send_voice(voice, state)
@@ -266,7 +269,7 @@ class ReplyLoop:
             clip = await voice.finish()
         except SpeechSynthesisError as exc:
             log.warning("voice reply failed: %s", exc)
-            await state.turn.target.notice(say(Msg.NO_VOICE))
+            await state.turn.target.notice(say(Msg.NO_VOICE, lang=state.turn.lang))
             return
         if clip is not None:
             await state.turn.target.send_voice(clip)
