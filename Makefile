@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # PostgreSQL, ~70 s more.
 POSTGRES_PASS := -q -m platform --storage=postgresql
 
-.PHONY: run test test-postgres setup lint format bench docs clean
+.PHONY: run test test-postgres setup lint format bench docs locales clean
 
 run: setup  ## set everything up and start the bot (console chat when no platform token is set)
 	@$(PY) -m bot run
@@ -38,6 +38,9 @@ bench: setup  ## benchmarks; numbers go into README.md
 
 docs: setup  ## rewrite docs/configuration.md and docs/commands.md from the settings and the commands
 	$(PY) -m bot.docs
+
+locales: setup  ## rewrite the message catalogs' template from the code and merge it into each language
+	$(PY) -m bot.catalog_update
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -40,6 +40,7 @@ def shipped() -> dict[str, str]:
     return found
 
 
+@functools.lru_cache(maxsize=1024)  # every say() asks; the platforms' tags are few
 def catalog_language(tag: str) -> str:
     """The shipped language that serves `tag` ("fr-ca" -> "fr"); English when none does."""
     languages = shipped()

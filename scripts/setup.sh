@@ -70,6 +70,19 @@ if [[ ",$EXTRAS," == *",dev,"* ]] && ! { command -v chromium && command -v chrom
     fi
 fi
 
+# espeak-ng is the offline voice of every language but English (the bundled piper voice speaks
+# English only): French voice replies use it when edge-tts is off or unreachable, and the French
+# voice-note test speaks with it. Installed for the runtime too, not only with the dev extras.
+if ! command -v espeak-ng >/dev/null; then
+    step "Installing espeak-ng, the offline voice for French and other languages (apt-get)"
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+    else
+        echo "    not root (or no apt-get): install espeak-ng yourself, or French replies have no offline voice" >&2
+    fi
+fi
+
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 

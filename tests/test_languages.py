@@ -4,12 +4,13 @@ what follows it (Parley's words, /help, the persona, Whisper, the voice, the wak
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from adapters.console import console_language
+from adapters.console import ConsoleChat, console_language
 from adapters.discord.voice.wake import wake_word_rest
 from bot.app import ParleyApp
 from bot.config import EngineSettings, TTSSettings
@@ -190,3 +191,18 @@ async def test_the_queue_notice_is_said_in_the_language_of_each_waiting_turn(
     release.set()
     await asyncio.gather(busy, waiting)
     assert second.position_languages[0] == "fr"
+
+
+async def test_the_console_speaks_the_terminals_language(
+    app: ParleyApp, fake_llm: FakeLLMServer
+) -> None:
+    out = io.StringIO()
+    chat = ConsoleChat(
+        app.services,
+        stdin=io.StringIO("/help\n" + "x" * 5000 + "\n"),
+        stdout=out,
+        environ={"LANG": "fr_FR.UTF-8"},
+    )
+    await chat.run()
+    assert FRENCH_HELP in out.getvalue()
+    assert "Votre message est trop long (5000 caractères" in out.getvalue()

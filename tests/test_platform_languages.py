@@ -156,6 +156,19 @@ async def test_discord_commands_carry_french_descriptions_and_answer_in_the_loca
     assert final_reply(discord, refused) == "Désolé, seuls les admins peuvent changer les réglages."
 
 
+async def test_a_fixed_engine_language_describes_discords_commands_for_everyone(
+    tmp_path: Path, discord: FakeDiscord, fake_llm: FakeLLMServer
+) -> None:
+    settings = discord_settings(tmp_path, discord, fake_llm.url, engine={"language": "fr"})
+    async with discord_bot(settings):
+        english_client = await discord.interact("help", locale="en-US")
+        await discord.wait_until(replied(discord, english_client))
+    reset = next(c for c in discord.commands[None] if c["name"] == "reset")
+    assert reset["description"] == "Oublier cette conversation"
+    assert reset["description_localizations"] == {}
+    assert final_reply(discord, english_client).startswith(FRENCH_HELP)
+
+
 async def test_a_discord_server_message_follows_the_servers_preferred_locale(
     tmp_path: Path, discord: FakeDiscord, fake_llm: FakeLLMServer
 ) -> None:

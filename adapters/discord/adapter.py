@@ -161,8 +161,9 @@ class DiscordAdapter:
             **sharding.client_options(self._cfg),
         )
         self._client = client
-        self._tree = build_command_tree(client, self, self._commands.table(PLATFORM))
-        await self._tree.set_translator(CatalogTranslator())
+        language = self._settings.engine.language
+        self._tree = build_command_tree(client, self, self._commands.table(PLATFORM), language)
+        await self._tree.set_translator(CatalogTranslator(language))
         self._voice = VoiceChannels(
             client=client,
             cfg=self._cfg,

@@ -21,10 +21,14 @@ def menus(commands: Sequence[Command], language: str) -> list[tuple[str | None, 
     to everyone in the default menu."""
     default = ENGLISH if language == AUTO else language
     found: list[tuple[str | None, list[BotCommand]]] = [(None, menu(commands, default))]
-    # Telegram's language_code is a two-letter ISO 639-1 code: one menu per language.
-    codes = dict.fromkeys(primary(tag) for tag in shipped() if primary(tag) != ENGLISH)
-    for code in codes:
-        found.append((code, menu(commands, code) if language == AUTO else []))
+    # Telegram's language_code is a two-letter ISO 639-1 code: one menu per language, from its
+    # plain catalog when there is one ("pt" before "pt_BR").
+    codes: dict[str, str] = {}
+    for tag in shipped():
+        codes.setdefault(primary(tag), tag)
+    for code, tag in codes.items():
+        if code != ENGLISH:
+            found.append((code, menu(commands, tag) if language == AUTO else []))
     return found
 
 
