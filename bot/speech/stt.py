@@ -230,7 +230,7 @@ def _pick_language(model: WhisperModel, speech: Pcm, language: str | None) -> st
             _warned.add(code)
             log.warning(
                 "voice in %r, but stt.model is English only: transcribing it as English "
-                "(stt.model = \"base\" understands %r)",
+                '(stt.model = "base" understands %r)',
                 code,
                 code,
             )
