@@ -30,7 +30,7 @@ from bot.command_table import (
 )
 from bot.config import Settings
 from bot.errors import StorageError, storage_trouble
-from bot.languages import AUTO, ENGLISH, FOLLOW, is_setting, primary
+from bot.languages import AUTO, ENGLISH, FOLLOW, is_setting, primary, turn_language
 from bot.memory_commands import MemoryCommands
 from bot.messages import Msg, phrase, say
 from bot.models import DEFAULT_MODEL
@@ -122,13 +122,15 @@ class Commands:
         The answer is in the chat's language: the handler gets `msg` with its `language`
         resolved (the chat's setting over the sender's platform language).
         """
-        lang = await self.language(msg)
-        msg = dataclasses.replace(msg, language=lang)
         command = find(self.table(msg.platform), name)
         if command is None or command.turn:
+            lang = await self.language(msg)
             return CommandReply(say(Msg.UNKNOWN_COMMAND, lang=lang, name=name.lower().lstrip("/")))
-        if msg.user_ref in self._blocked:
+        if msg.user_ref in self._blocked:  # told without touching the store
+            lang = turn_language(self.settings.engine.language, msg.language)
             return CommandReply(say(Msg.BLOCKED, lang=lang))
+        lang = await self.language(msg)
+        msg = dataclasses.replace(msg, language=lang)
         args = args.strip()
         key = command.runs or command.name
         if command.subcommands:
