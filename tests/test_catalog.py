@@ -11,7 +11,7 @@ from babel.messages.catalog import Catalog, Message
 from babel.messages.pofile import read_po
 
 from bot.catalog import TEMPLATE, po_path, shipped
-from bot.catalog_update import entries, render, template, updated
+from bot.catalog_update import entries, new_language, render, template, updated
 from bot.messages import Msg
 from bot.personas import PERSONAS, persona_text
 
@@ -104,6 +104,14 @@ def test_a_catalog_merged_with_changed_english_marks_the_translation_to_check() 
     added = merged.get("Done.", context="DONE")  # untranslated, or a guess marked fuzzy
     assert added is not None and (added.fuzzy or not added.string)
     assert merged.get("Done.", context="DONE_BEFORE") is None
+
+
+def test_a_new_language_starts_with_every_entry_to_translate() -> None:
+    started = read_po(io.StringIO(new_language("de")), locale="de")
+    assert started.plural_forms == "nplurals=2; plural=(n != 1);"
+    assert sorted(str(m.context) for m in started if m.id) == sorted(IDS)
+    assert all(not m.string or m.string == ("", "") for m in started if m.id)
+    assert updated("de", new_language("de")) == new_language("de")
 
 
 def test_the_personas_speak_the_language_of_the_turn() -> None:
