@@ -103,27 +103,19 @@ class ConversationEngine:
         the user is told, and the engine goes on serving this chat and every other.
         """
         turn_id = secrets.token_hex(4)
-        metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.recording else "text").inc()
-        if msg.user_ref in self._blocked:
-            log.info("ignoring a message from blocked user %s", msg.user_ref)
-            return
-        if not msg.text.strip() and not msg.attachments:
-            return  # nothing to answer (a bare mention, say)
-        lang = turn_language(self.settings.engine.language, msg.language)
         try:
-            lang = await self.language(msg)
-            await self._handle(msg, target, turn_id, on_stored, lang)
+            await self._handle(msg, target, turn_id, on_stored)
         except MessageNotStored as exc:
             if redeliverable:
                 raise
-            await tell(target, say(exc.phrase, lang=lang))
+            await tell(target, say(exc.phrase, lang=await self._told_in(msg)))
         except (DeliveryError, RetryAfter) as exc:
             # The chat refused what the turn had to say (a notice, the voice note): nobody to tell.
             log.warning("turn %s: %s refused a message: %s", turn_id, target.chat_key, exc)
         # The turn's error boundary: one broken turn must not end the bot.
         except Exception:
             log.exception("turn %s in %s failed unexpectedly", turn_id, msg.chat_ref)
-            await tell(target, say(Msg.INTERNAL, lang=lang, ref=turn_id))
+            await tell(target, say(Msg.INTERNAL, lang=await self._told_in(msg), ref=turn_id))
 
     async def language(self, msg: IncomingMessage) -> str:
         """The language of `msg`'s turn: its chat's `language` setting, else the sender's."""
@@ -131,26 +123,42 @@ class ConversationEngine:
             self.store, self.settings.engine, msg.platform, msg.channel_key, msg.language
         )
 
+    async def _told_in(self, msg: IncomingMessage) -> str:
+        """The language of an error boundary's notice: whatever failed must not stop it."""
+        try:
+            return await self.language(msg)
+        except Exception:  # noqa: BLE001 - the store may be what failed
+            return turn_language(self.settings.engine.language, msg.language)
+
     async def _handle(
         self,
         msg: IncomingMessage,
         target: ReplyTarget,
         turn_id: str,
         on_stored: Callable[[], None] | None,
-        lang: str,
     ) -> None:
+        metrics.MESSAGES_IN.labels(msg.platform, "voice" if msg.recording else "text").inc()
+        if msg.user_ref in self._blocked:
+            log.info("ignoring a message from blocked user %s", msg.user_ref)
+            return
         text = msg.text.strip()
+        if not text and not msg.attachments:
+            return  # nothing to answer (a bare mention, say)
+        # The chat's language is read where it is needed: a text message reaches the arrival
+        # lock below without an await, so a chat's messages keep the order they came in.
         if not self.rate.allow(msg.user_ref):
             limit = self.settings.engine.user_messages_per_minute
+            lang = await self.language(msg)
             await target.notice(say(Msg.SLOW_DOWN, lang=lang, limit=limit))
             return
         limit = self.settings.engine.max_input_chars
         if len(text) > limit:
+            lang = await self.language(msg)
             await target.notice(say(Msg.TOO_LONG, lang=lang, length=len(text), limit=limit))
             return
         unpacked = _NOTHING
         if msg.attachments:  # downloads run outside the arrival lock: other messages go on
-            found = await self.attachments.unpack(msg, text, target, lang)
+            found = await self.attachments.unpack(msg, text, target, await self.language(msg))
             if found is None:
                 return
             unpacked = found
@@ -160,6 +168,7 @@ class ConversationEngine:
         async with self._arrival(key):
             try:
                 channel_id = await self.store.channel_id(msg.platform, msg.channel_key)
+                lang = await self.language(msg)
                 if unpacked.recording is not None:
                     transcript = await self._transcribe(msg, target, channel_id, lang)
                     if transcript is None:
