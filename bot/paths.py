@@ -20,8 +20,9 @@ MODELS_EXTRA = "models"  # pyproject.toml's extra with llama-server and the bund
 def checkout_root() -> Path | None:
     """The source checkout this code runs from, or None when it is an installed package."""
     root = Path(__file__).resolve().parent.parent
-    # An installed package sits in site-packages, which has neither of these.
-    if (root / "pyproject.toml").is_file() and (root / "scripts" / "setup.sh").is_file():
+    # An installed package sits in site-packages, which has neither of these; the Docker image
+    # has the source but no Makefile (`make run` is no help there).
+    if (root / "pyproject.toml").is_file() and (root / "Makefile").is_file():
         return root
     return None
 
