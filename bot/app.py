@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RETENTION_SWEEP_S = 3600.0
-BUNDLED_MODEL_TEMPERATURE = 0.3  # unless engine.temperature is set
+# Unless engine.temperature is set: greedy decoding, so the same questions get the same answers
+# at every run (the README's transcript is one), and no less often right than sampling at 0.3.
+BUNDLED_MODEL_TEMPERATURE = 0.0
 
 
 def load(path: str | Path | None = None) -> Settings:
@@ -143,7 +145,7 @@ class ParleyApp:
         self.server = ManagedLlamaServer(s.server, log_path=log_path)
         url = await self.server.start()
         # The bundled model is a base model without a chat template: drive it by raw completion,
-        # and cooler than an instruct model (it strays from the facts at 0.7).
+        # and greedily (it strays from the facts at 0.7, and varies at any temperature).
         engine = self.settings.engine
         if self.server.uses_bundled_model and "temperature" not in engine.model_fields_set:
             engine.temperature = BUNDLED_MODEL_TEMPERATURE

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bot.config import Settings, resolve_config_path
 from bot.errors import ConfigError, LLMUnavailable, StorageError
-from bot.logs import setup_logging
+from bot.logs import console_log_path, setup_logging
 from bot.platform import STOP_GRACE_S
 
 if TYPE_CHECKING:
@@ -36,32 +36,74 @@ EXIT_FAILURE = 1
 SHUTDOWN_BUDGET_S = 5.0
 PLATFORM_STOP_BUDGET_S = 3.5
 
+# What `parley --help` says: written for the people who run the bot.
+_DESCRIPTION = (
+    "Parley: a self-hosted chat bot for Telegram and Discord that answers with a local LLM, "
+    "or chats with you in this terminal when no platform is configured."
+)
+_EPILOG = (
+    "Settings come from config.toml (or --config, or $PARLEY_CONFIG) and from environment "
+    "variables such as PARLEY_TELEGRAM__TOKEN. Run `parley COMMAND --help` for a command's "
+    "options."
+)
+_VERBOSE_HELP = "show the log in this terminal (the console chat otherwise writes it to a file)"
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    parser = argparse.ArgumentParser(prog="parley", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument(
         "--config",
         metavar="PATH",
-        help="TOML config file (else $PARLEY_CONFIG, else ./config.toml, else defaults)",
+        help="the TOML settings file (else $PARLEY_CONFIG, else ./config.toml, else defaults)",
     )
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser(
-        "run", help="start the bot: Telegram/Discord when tokens are set, else the console"
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    run_help = (
+        "start the bot: on Telegram and Discord when their tokens are set, else the console "
+        "chat (the default command)"
     )
-    chat = sub.add_parser("chat", help="chat in this terminal")
+    run = sub.add_parser("run", help=run_help, description=_sentence(run_help))
+    run.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    chat_help = "chat with the bot in this terminal"
+    chat = sub.add_parser("chat", help=chat_help, description=_sentence(chat_help))
     chat.add_argument(
-        "--voice", metavar="FILE", type=Path, help="send this audio file as a voice note"
+        "--voice",
+        metavar="FILE",
+        type=Path,
+        help="start by sending this audio file as a voice note; voice replies are saved as files",
     )
-    sub.add_parser("migrate", help="apply database migrations and exit")
-    sub.add_parser("doctor", help="check config, database, LLM backends, speech models, tokens")
-    sub.add_parser("healthcheck", help="ask this machine's /healthz (Docker's HEALTHCHECK)")
-    admin = sub.add_parser("admin", help="the admin console (/admin)")
-    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    chat.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    for name, text in (
+        ("migrate", "create or upgrade the database, then exit"),
+        ("doctor", "check the settings, the database, the model, the voices and the tokens"),
+        (
+            "healthcheck",
+            "ask the running bot's /healthz whether it is healthy (exit code 0 when it is)",
+        ),
+    ):
+        sub.add_parser(name, help=text, description=_sentence(text))
+    admin = sub.add_parser(
+        "admin",
+        help="manage the admin console (the web page at /admin)",
+        description="Manage the admin console, the web page at /admin.",
+    )
+    admin_sub = admin.add_subparsers(
+        dest="admin_command", required=True, title="commands", metavar="COMMAND"
+    )
+    password_help = "set the admin console's password: typed twice, or one line on standard input"
     admin_sub.add_parser(
         "set-password",
-        help="read a new admin password from standard input and store its argon2 hash",
+        help=password_help,
+        description=(
+            "Set the admin console's password: typed twice without echo, or read as one line "
+            "from standard input. Only its hash is stored; signed-in sessions are signed out."
+        ),
     )
     return parser
+
+
+def _sentence(text: str) -> str:
+    """A command's one-line help as the first sentence of its own --help."""
+    return text[0].upper() + text[1:] + "."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.logging, settings.secrets())
     command = args.command or "run"
+    log_file = _console_log_file(settings, command, verbose=getattr(args, "verbose", False))
+    setup_logging(settings.logging, settings.secrets(), file=log_file)
     try:
         if command == "migrate":
             return asyncio.run(_migrate(settings))
@@ -112,9 +155,34 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except (StorageError, LLMUnavailable) as exc:
         log.error("%s", exc)
+        if log_file is not None:  # the log is in a file: say it here too
+            print(exc, file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _console_log_file(settings: Settings, command: str, *, verbose: bool) -> Path | None:
+    """The log file while the console chat has the terminal, else None (the log goes to stderr).
+
+    Says where the log goes, once. A file that cannot be opened leaves the log on stderr.
+    """
+    if verbose or command not in ("run", "chat"):
+        return None
+    if command == "run":
+        from adapters import platforms
+
+        if any(platform.enabled(settings) for platform in platforms()):
+            return None
+    path = console_log_path(settings.storage)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("a").close()
+    except OSError as exc:
+        print(f"cannot write the log to {path} ({exc}): it goes to this terminal", file=sys.stderr)
+        return None
+    print(f"Logging to {path} (--verbose shows the log here).", file=sys.stderr)
+    return path
 
 
 async def _migrate(settings: Settings) -> int:

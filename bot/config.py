@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from bot.errors import ConfigError
 from bot.llm_settings import LLMSettings
+from bot.paths import default_database_path
 from bot.section import Section
 from bot.tools.settings import ToolsSettings
 from bot.urls import url_passwords
@@ -80,8 +81,10 @@ class EngineSettings(Section):
 class StorageSettings(Section):
     """Where history lives: a SQLite file (`path`), or PostgreSQL when `url` is set."""
 
-    path: str = "data/parley.db"
-    """The SQLite database (WAL mode); the llama-server log goes next to it."""
+    path: str = Field(default_factory=default_database_path)
+    """The SQLite database (WAL mode); the logs of llama-server and of the console chat go next
+    to it. Default: data/parley.db in a source checkout; installed as a package, parley.db in
+    the user's data directory ($XDG_DATA_HOME/parley, else ~/.local/share/parley)."""
     url: SecretStr = SecretStr("")
     """PostgreSQL instead of SQLite, e.g. postgresql://user:password@host:5432/db, shared by several
     bot processes. A secret (it holds the password): prefer the environment variable. Empty:
@@ -120,15 +123,16 @@ class STTSettings(Section):
 class TTSSettings(Section):
     """Synthesised voice replies."""
 
-    backends: list[Literal["edge", "piper", "espeak"]] = ["edge", "piper", "espeak"]
-    """The voices, tried in order: edge-tts (Microsoft's, online), piper (bundled, offline),
-    espeak-ng."""
+    backends: list[Literal["edge", "piper", "espeak"]] = ["piper", "espeak"]
+    """The voices, tried in order: piper (bundled, offline), espeak-ng (offline), edge-tts
+    ("edge": Microsoft's, online; only when listed, e.g. ["piper", "edge", "espeak"] as a
+    fallback, or first to prefer it)."""
     edge_voice: str = "en-US-AriaNeural"
     """edge-tts's voice."""
     edge_rate: str = "+0%"
     """edge-tts's speaking rate, e.g. "+10%"."""
     edge_timeout_s: float = Field(5.0, gt=0)
-    """edge-tts gives up this quickly when offline, then the next voice speaks."""
+    """edge-tts gives up this quickly when unreachable, then the next voice speaks."""
     piper_model: str = ""
     """A piper .onnx voice. Empty: the bundled joe-us voice."""
     espeak_voice: str = "en"

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 HEALTHY = 200
 UNHEALTHY = 503  # what load balancers and orchestrators read as "take me out of rotation"
+# How the start-up log names what extensions mount, by path ([http] admin serves /admin).
+_MOUNTED_NAMES = {"/admin": "admin console"}
 
 
 class HttpExtension(Protocol):
@@ -92,6 +94,11 @@ class OpsServer:
         self._runner = runner
         self.port = runner.addresses[0][1]
         log.info("health and metrics on %s/healthz and %s/metrics", self.url, self.url)
+        # What extensions mounted (the admin console at /admin, when it is on): its URL too.
+        for resource in app.router.resources():
+            if isinstance(resource, web.PrefixedSubAppResource):
+                name = _MOUNTED_NAMES.get(resource.canonical, "more pages")
+                log.info("%s on %s%s", name, self.url, resource.canonical)
 
     async def stop(self) -> None:
         if self._runner is not None:
