@@ -6,7 +6,9 @@ import asyncio
 import html
 import json
 import logging
+import os
 import re
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -309,6 +311,8 @@ async def test_the_log_tail_streams_new_records_redacted(
             _, body, _ = await client.get("/admin/logs")
             after = re.search(r'data-after="(\d+)"', body)
             assert after
+            this_process = f"{socket.gethostname()}:{os.getpid()}"
+            assert f"records of this process, {this_process}" in page_text(body)
             url = f"{running.url}/admin/logs/stream?after={after.group(1)}"
             async with client.http.get(url) as resp:
                 assert resp.headers["Content-Type"] == "text/event-stream"
@@ -348,6 +352,10 @@ async def test_the_overview_reads_health_backends_slots_and_metrics(
     assert any(v is not None for _, v in charts["ttft"]["points"])
     text = page_text(page)
     assert "database ok" in text and "llm ok" in text and fake_llm.url in text
+    # Processes sharing a database each count their own: the page and its data say whose.
+    this_process = f"{socket.gethostname()}:{os.getpid()}"
+    assert data["process"] == this_process
+    assert f"This process, {this_process}" in text
 
 
 async def test_the_server_stops_with_event_streams_open(

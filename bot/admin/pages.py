@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -63,11 +65,18 @@ def current_credential() -> Credential:
     return credential
 
 
+def process_name() -> str:
+    """This process as the log tail and charts name it (host:pid): several processes sharing a
+    database each serve their own."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Pages:
     """Renders the console's templates with what every page shows (CSRF token, menu, name)."""
 
     def __init__(self, bot_name: str) -> None:
         self.bot_name = bot_name
+        self.process = process_name()
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("bot.admin", "templates"),
             autoescape=jinja2.select_autoescape(("html",)),
@@ -88,6 +97,7 @@ class Pages:
             signed_in=session is not None,
             nav=NAV,
             bot_name=self.bot_name,
+            process=self.process,
             set_password_hint=SET_PASSWORD_HINT,
             **context,
         )
