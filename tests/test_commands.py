@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from bot import command_table
 from bot.app import ParleyApp, platform_commands
 from bot.command_table import COMMANDS, Access, Command, help_text, table
 from bot.commands import Commands
-from bot.messages import Msg
+from bot.messages import Msg, say
 from tests.conftest import message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.parley_process import parley_env, start_parley
@@ -30,7 +32,7 @@ TABLES = {name: table(own) for name, own in platform_commands().items()}
 
 
 def test_help_lists_every_command_the_platform_offers() -> None:
-    assert set(TABLES) == {"telegram", "discord", "console"}
+    assert set(TABLES) == {"telegram", "discord", "console", "mqtt"}
     for platform, commands in TABLES.items():
         text = help_text("Parley", commands)
         for command in commands:
@@ -121,3 +123,45 @@ async def test_console_runs_the_table_and_asks(tmp_path: Path) -> None:
     assert proc.returncode == 0, err.decode()
     assert help_text("Parley", TABLES["console"]) in text
     assert "Parley: echo two words" in text
+
+
+def replies_at_least(count: int) -> Callable[[FakeTelegramAPI], bool]:
+    return lambda api: len(telegram_replies(api, ANN)) >= count
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+async def test_ids_typed_by_users_get_a_clear_answer_and_never_reach_the_store(
+    storage: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """A number past what the database holds would overflow its driver ("something went
+    wrong" on SQLite, "storage is not working" and an ERROR on PostgreSQL)."""
+    if storage == "postgresql":
+        monkeypatch.setenv("PARLEY_STORAGE__URL", request.getfixturevalue("postgres_url"))
+    huge = "99999999999999999999999"
+    asked = {
+        f"/memory forget {huge}": say(Msg.NO_SUCH_FACT, id=int(huge)),
+        f"/memory share #{huge}": say(Msg.NO_SUCH_FACT, id=int(huge)),
+        f"/memory private {2**63}": say(Msg.NO_SUCH_FACT, id=2**63),
+        f"/memory forget {2**63 - 1}": say(Msg.NO_SUCH_FACT, id=2**63 - 1),
+        "/memory forget 0": say(Msg.NO_SUCH_FACT, id=0),
+        "/memory forget -1": say(Msg.MEMORY_USAGE, verb="forget"),
+        "/memory forget ²": say(Msg.MEMORY_USAGE, verb="forget"),  # a digit int() refuses
+        "/memory share 1e400": say(Msg.MEMORY_USAGE, verb="share"),
+        "/memory private " + "9" * 5000: say(Msg.MEMORY_USAGE, verb="private"),
+    }
+    async with FakeTelegramAPI() as api, FakeLLMServer(Behaviour(reply=echo_reply)) as llm:
+        ann = api.user(ANN, "Ann")
+        chat = api.private_chat(ann)
+        async with telegram_bot(telegram_settings(tmp_path, api, llm.url)):
+            texts = [*asked, "/remember I like tea", "/memory forget 1"]  # ids still work
+            for n, text in enumerate(texts, start=1):
+                api.send_text(chat, ann, text)
+                await api.wait_for(replies_at_least(n))
+    replies = telegram_replies(api, ANN)
+    assert replies[: len(asked)] == list(asked.values())
+    assert replies[len(asked) :] == [say(Msg.REMEMBERED, id=1), say(Msg.FORGOT_FACT, id=1)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
