@@ -2,9 +2,11 @@
 
 Secure by default: the endpoint binds loopback; there is no default password (until one is set,
 /admin only says how to set one); a session cookie (HttpOnly, SameSite=Strict, Secure over TLS)
-follows a sign-in; every POST carries the session's CSRF token; failed sign-ins are throttled per
-address (bot.admin.signin). Pages never contain a token, an API key or the password hash: secrets
-are masked, URLs shown without credentials, and log lines redacted before they are kept.
+follows a sign-in; every POST carries the session's CSRF token; sign-in attempts are throttled per
+address, counted before the password is checked (bot.admin.signin). Sessions and the throttle
+live in the store, so processes sharing a database share them. Pages never contain a token, an
+API key or the password hash: secrets are masked, URLs shown without credentials, and log lines
+redacted before they are kept.
 
 Each page lives in its own module (overview, conversations, audit_logs, try_it); this one mounts
 them and runs what they share for the endpoint's lifetime.
@@ -69,7 +71,7 @@ class AdminConsole:
         self.web_app: web.Application | None = None  # the /admin sub-application, once mounted
         pages = Pages(settings.engine.bot_name)
         self.pages = pages
-        self.signin = SignIn(settings.http, self.passwords, pages)
+        self.signin = SignIn(settings.http, self.passwords, pages, store=store)
         self.conversations = Conversations(
             settings,
             store=store,

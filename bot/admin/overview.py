@@ -80,6 +80,7 @@ class Overview:
                 "replies_by_status": {k: int(v) for k, v in totals.replies_by_status.items()},
             },
             "sampled_every_s": self.sample_every_s,
+            "process": self.pages.process,  # the queue, totals and charts are this process's
         }
         self._cache = (now, data)
         return data
