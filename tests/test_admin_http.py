@@ -62,6 +62,7 @@ async def test_without_a_password_admin_only_says_how_to_set_one(
         status, html, _ = await client.get("/admin")
         assert status == 200
         assert "parley admin set-password" in html and "PARLEY_HTTP__ADMIN_PASSWORD" in html
+        assert "make admin-password" in html  # the tests run from a checkout
         assert 'name="password"' not in html and "Sign out" not in html
         assert "hello there" not in html
         for method, path in admin_routes(running):

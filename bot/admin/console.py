@@ -24,7 +24,7 @@ from aiohttp import web
 
 from bot.admin.audit_logs import AuditAndLogs
 from bot.admin.conversations import Conversations
-from bot.admin.exposure import SET_PASSWORD_HINT, exposure_warning
+from bot.admin.exposure import exposure_warning, set_password_hint
 from bot.admin.logtail import LogRing
 from bot.admin.overview import Overview
 from bot.admin.pages import PREFIX, STATIC_DIR, Pages, security_headers
@@ -136,7 +136,7 @@ class AdminConsole:
         self.history.start()
         credential = await self.passwords.current()
         if credential is None:
-            log.info("admin console: locked, no password set (%s)", SET_PASSWORD_HINT)
+            log.info("admin console: locked, no password set (%s)", set_password_hint())
         else:
             log.info("admin console on %s (password from the %s)", PREFIX, credential.origin)
         warning = exposure_warning(self.settings.http, password_set=credential is not None)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from bot.admin.exposure import SET_PASSWORD_HINT
+from bot.admin.exposure import set_password_hint
 from bot.admin.passwords import Credential
 from bot.admin.sessions import Session
 from bot.storage.base import MAX_ROW_ID
@@ -100,7 +100,7 @@ class Pages:
             nav=NAV,
             bot_name=self.bot_name,
             process=self.process,
-            set_password_hint=SET_PASSWORD_HINT,
+            set_password_hint=set_password_hint(),
             **context,
         )
         return web.Response(text=html, content_type="text/html", status=status)
