@@ -1,4 +1,5 @@
-"""The `parley` command: run (default), chat, migrate, doctor, healthcheck, admin set-password.
+"""The `parley` command: run (default), chat, migrate, doctor, healthcheck, admin set-password,
+api-key create.
 
 With bot/app.py, the composition root: it loads the settings with every platform's section and
 starts the platforms whose token is set (the console chat when none is).
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         "set-password",
         help="read a new admin password from standard input and store its argon2 hash",
     )
+    api_key = sub.add_parser("api-key", help="keys of the HTTP API (/v1/)")
+    api_key_sub = api_key.add_subparsers(dest="api_key_command", required=True)
+    create = api_key_sub.add_parser(
+        "create", help="print a new random key for NAME once; only its hash is stored"
+    )
+    create.add_argument("name", metavar="NAME", help="whose key it is (letters, digits, . _ -)")
     return parser
 
 
@@ -90,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.admin.cli import set_password
 
             return set_password(settings)
+        if command == "api-key":
+            from adapters.api.keys import create_key
+
+            return asyncio.run(create_key(settings, args.name))
         if command == "healthcheck":
             from bot.health import probe, probe_url
 
@@ -142,47 +153,50 @@ async def _run(
     assert main is not None
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    async with (
-        ParleyApp(settings) as app,
-        serve_http(
-            settings.http, app.health_checks(), extensions=_http_extensions(app, config_path)
-        ) as checks,
-    ):
-        enabled = app.enabled_platforms()
-        if console or not enabled:
-            from adapters.console import ConsoleChat
+    async with ParleyApp(settings) as app:
+        enabled = [] if console else await app.enabled_platforms()
+        # Made before the endpoint starts: a platform served over HTTP mounts its routes then.
+        adapters: list[PlatformAdapter] = [app.create_adapter(p) for p in enabled]
+        extensions = [*_http_extensions(app, config_path), app.routes]
+        async with serve_http(settings.http, app.health_checks(), extensions=extensions) as checks:
+            if not enabled:
+                from adapters.console import ConsoleChat
 
-            await ConsoleChat(app.services).run(voice_file)
-            return 0
-        adapters: list[PlatformAdapter] = []
-        for platform in enabled:
-            adapters.append(app.create_adapter(platform))
-            checks.add(platform.name, platform_check(adapters[-1]))
-        # Load the speech models while the platforms connect, not at the first voice note.
-        warm_up = asyncio.create_task(app.warm_up_speech())
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        names = ", ".join(platform.name for platform in enabled)
-        try:
-            for adapter in adapters:
-                await adapter.start()
-            log.info("Parley is running on %s; Ctrl-C to stop", names)
-            await stop.wait()
-        finally:
-            warm_up.cancel()
-            started = time.monotonic()
-            log.info(
-                "shutting down: replies in progress get %g s to finish (within %g s in all)",
-                STOP_GRACE_S,
-                SHUTDOWN_BUDGET_S,
-            )
-            await _stop_platforms(enabled, adapters)
+                await ConsoleChat(app.services).run(voice_file)
+                return 0
+            for platform, adapter in zip(enabled, adapters, strict=True):
+                checks.add(platform.name, platform_check(adapter))
+            started = await _serve(app, enabled, adapters)
     # Leaving the `async with` above stopped the managed llama-server and closed the store.
     log.info("stopped in %.1f s", time.monotonic() - started)
     return 0
+
+
+async def _serve(app: ParleyApp, enabled: list[Platform], adapters: list[PlatformAdapter]) -> float:
+    """Start the platforms, run until SIGINT/SIGTERM, stop them; returns when stopping began."""
+    # Load the speech models while the platforms connect, not at the first voice note.
+    warm_up = asyncio.create_task(app.warm_up_speech())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    names = ", ".join(platform.name for platform in enabled)
+    try:
+        for adapter in adapters:
+            await adapter.start()
+        log.info("Parley is running on %s; Ctrl-C to stop", names)
+        await stop.wait()
+    finally:
+        warm_up.cancel()
+        started = time.monotonic()
+        log.info(
+            "shutting down: replies in progress get %g s to finish (within %g s in all)",
+            STOP_GRACE_S,
+            SHUTDOWN_BUDGET_S,
+        )
+        await _stop_platforms(enabled, adapters)
+    return started
 
 
 async def _stop_platforms(enabled: list[Platform], adapters: list[PlatformAdapter]) -> None:
