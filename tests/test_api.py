@@ -7,6 +7,7 @@ keeps (history, commands, one key's sessions hidden from another, delete), and t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from openai.types.chat import ChatCompletionMessageParam, ChatCompletionUserMess
 from tests.fakes.api_bot import ALICE, BOB, RunningApi, api_bot, api_settings
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import echo_reply, echoed
+from tests.fakes.waits import eventually
 
 pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
@@ -465,3 +467,44 @@ async def _fuzz(bot: RunningApi) -> None:
     async with client(bot) as openai_client:  # still serving
         answer = await openai_client.chat.completions.create(model="parley", messages=[user("ok?")])
     assert answer.choices[0].message.content == echoed("ok?")
+
+
+# -- connections and stopping -------------------------------------------------------------------
+
+
+async def test_a_client_that_leaves_mid_stream_frees_the_llm(
+    bot: RunningApi, fake_llm: FakeLLMServer
+) -> None:
+    fake_llm.behaviour = Behaviour(reply="word " * 500, delay_s=0.02)  # ten seconds of words
+    body = {"messages": [user("talk")], "stream": True}
+    headers = {"Authorization": f"Bearer {ALICE}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(bot.url + "/chat/completions", json=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        async for line in resp.content:
+            if b'"content": "word' in line:
+                break  # the answer streams: leave
+    await eventually(lambda: fake_llm.cancelled == 1)
+    assert fake_llm.in_flight == 0
+    assert bot.app.engine.queue.in_use == 0
+
+
+async def test_a_stop_lets_answers_finish_and_refuses_new_requests(
+    tmp_path: Path, fake_llm: FakeLLMServer
+) -> None:
+    fake_llm.behaviour = Behaviour(reply=echo_reply, delay_s=0.1)
+    async with api_bot(api_settings(tmp_path, fake_llm.url), stop_grace_s=30.0) as bot:
+        answering = asyncio.create_task(
+            call(bot, "POST", "/sessions/s/messages", json={"content": "one two three four"})
+        )
+        await eventually(lambda: fake_llm.in_flight == 1)
+        stopping = asyncio.create_task(bot.adapter.stop())
+        await eventually(lambda: not bot.adapter.connected)
+        status, body, _ = await call(bot, "GET", "/models")
+        assert status == 503 and body["error"]["code"] == "unavailable"
+        status, body, _ = await answering
+        assert status == 200
+        assert body["choices"][0]["message"]["content"] == echoed("one two three four")
+        await stopping

@@ -163,9 +163,9 @@ def test_every_link_between_pages_resolves(page: Path) -> None:
 
 
 # Dotted keys a page names (`llm.server.model_path`, telegram.admin_ids): not a module
-# (discord.py) nor a call (engine.handle()).
+# (discord.py), a call (engine.handle()) nor a page (api.md).
 _SECTIONS = "|".join(docs.settings_model().model_fields)
-_KEY = re.compile(rf"(?<![\w./-])((?:{_SECTIONS})\.[a-z_]+(?:\.[A-Za-z_]+)*)(?![\w(])")
+_KEY = re.compile(rf"(?<![\w./-])((?:{_SECTIONS})\.(?!md\b)[a-z_]+(?:\.[A-Za-z_]+)*)(?![\w(])")
 _VARIABLE = re.compile(r"\bPARLEY_[A-Z_]+\b")
 # Not settings: the config file's path, setup's extras, and a mistyped key a page shows.
 _NOT_SETTINGS = {"PARLEY_CONFIG", "PARLEY_EXTRAS", "PARLEY_TELEGRAM__TOKN"}
