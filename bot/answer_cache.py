@@ -3,7 +3,7 @@ the LLM, answers an identical later request at once, without the LLM, on every p
 
 The key covers the servers (or the model's own), the request path and the whole body: the model
 name, every message or the raw prompt, the sampling parameters. Only complete replies are kept;
-on PostgreSQL every process shares them. A store that fails makes a miss, never a failed reply.
+on PostgreSQL every process shares them. A cache that fails makes a miss, never a failed reply.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ class AnswerCache:
         except StorageError as exc:  # the store logged it; the LLM answers instead
             log.info("answer cache not read: %s", exc)
             found = None
+        # The cache's error boundary: whatever fails here, the LLM answers.
+        except Exception:
+            log.exception("answer cache look-up failed")
+            found = None
         metrics.ANSWER_CACHE.labels("hit" if found is not None else "miss").inc()
         if found is None:
             return None
@@ -94,3 +98,6 @@ class AnswerCache:
             )
         except StorageError as exc:
             log.info("answer not kept in the cache: %s", exc)
+        # The cache's error boundary: the reply is given and stored whatever fails here.
+        except Exception:
+            log.exception("keeping an answer in the cache failed")

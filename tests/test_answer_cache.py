@@ -20,6 +20,8 @@ from bot.storage import Store, open_store
 from tests.fakes.api_bot import ALICE, RunningApi, api_bot, api_settings
 from tests.fakes.drivers import PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.platform_bots import telegram_bot, telegram_replies, telegram_settings
+from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import HANG_GUARD_S
 
 pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
@@ -121,6 +123,18 @@ async def test_partial_and_failed_replies_are_never_kept(
     assert again.choices[0].message.content == whole.choices[0].message.content == SLOW.reply
 
 
+async def test_a_cache_the_store_cannot_serve_is_a_miss_not_a_failure(
+    bot: RunningApi, fake_llm: FakeLLMServer
+) -> None:
+    fake_llm.behaviour = Behaviour(reply="fast")
+    await bot.app.store.db.write(lambda tx: tx.execute("DROP TABLE answer_cache"))
+    async with client(bot) as openai_client:
+        for _ in range(2):
+            answer = await openai_client.chat.completions.create(model="parley", messages=QUESTION)
+            assert answer.choices[0].message.content == "fast"
+    assert len(fake_llm.requests) == 2
+
+
 async def test_the_cache_is_off_unless_enabled(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     fake_llm.behaviour = Behaviour(reply="fast")
     async with api_bot(api_settings(tmp_path, fake_llm.url)) as bot, client(bot) as openai_client:
@@ -202,3 +216,23 @@ async def test_processes_sharing_postgresql_share_the_cache(
             answer = await second.chat.completions.create(model="parley", messages=QUESTION)
     assert answer.choices[0].message.content == "shared"
     assert len(fake_llm.requests) == 1
+
+
+@pytest.mark.speech
+async def test_a_cached_answer_is_spoken_as_usual(
+    tmp_path: Path, fake_llm: FakeLLMServer, telegram: FakeTelegramAPI
+) -> None:
+    fake_llm.behaviour = Behaviour(reply="The capital of France is Paris.")
+    settings = telegram_settings(tmp_path, telegram, fake_llm.url, engine={"voice_mode": "always"})
+    settings.cache.enabled = True
+    ann, bob = telegram.user(7001, "Ann"), telegram.user(7002, "Bob")
+    async with telegram_bot(settings, speech=True) as running:
+        telegram.send_text(telegram.private_chat(ann), ann, "What is the capital of France?")
+        await telegram.wait_for(lambda a: a.calls_to("sendVoice", ok=True))
+        await _kept(running.app.store)
+        telegram.send_text(telegram.private_chat(bob), bob, "What is the capital of France?")
+        await telegram.wait_for(lambda a: len(a.calls_to("sendVoice", ok=True)) == 2)
+    assert len(fake_llm.requests) == 1
+    voices = telegram.calls_to("sendVoice", ok=True)
+    assert [call.params["chat_id"] for call in voices] == [7001, 7002]
+    assert telegram_replies(telegram, 7002) == ["The capital of France is Paris."]
