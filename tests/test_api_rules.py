@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.api.config import ApiSettings
+from adapters.api.doctor import check as doctor_check
 from adapters.api.errors import ApiError
 from adapters.api.keys import KEY_PREFIX, KeyRing, key_hash, new_key
 from adapters.api.rules import (
@@ -158,3 +159,14 @@ async def test_the_key_ring_knows_configured_and_stored_keys(tmp_path: Path) -> 
         assert await ring.owner("pk-stored-for-alice-1") is None
     finally:
         await store.close()
+
+
+async def test_the_doctor_says_where_the_api_is_served_or_that_it_is_not(tmp_path: Path) -> None:
+    keys = {"keys": {"alice": "pk-0123456789abcdef"}}
+    off = await doctor_check(make_settings(tmp_path, api=keys))
+    assert [(f.check, f.status) for f in off] == [("api", "warn")]
+    assert "http.enabled" in off[0].detail
+    on = await doctor_check(make_settings(tmp_path, api=keys, http={"enabled": True, "port": 8181}))
+    assert [(f.check, f.status) for f in on] == [("api", "ok")]
+    assert "http://127.0.0.1:8181/v1/" in on[0].detail
+    assert "pk-0123456789abcdef" not in on[0].detail + off[0].detail
