@@ -153,50 +153,47 @@ async def _run(
     assert main is not None
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    async with ParleyApp(settings) as app:
+    async with contextlib.AsyncExitStack() as stack:
+        app = await stack.enter_async_context(ParleyApp(settings))
         enabled = [] if console else await app.enabled_platforms()
         # Made before the endpoint starts: a platform served over HTTP mounts its routes then.
         adapters: list[PlatformAdapter] = [app.create_adapter(p) for p in enabled]
         extensions = [*_http_extensions(app, config_path), app.routes]
-        async with serve_http(settings.http, app.health_checks(), extensions=extensions) as checks:
-            if not enabled:
-                from adapters.console import ConsoleChat
+        checks = await stack.enter_async_context(
+            serve_http(settings.http, app.health_checks(), extensions=extensions)
+        )
+        if not enabled:
+            from adapters.console import ConsoleChat
 
-                await ConsoleChat(app.services).run(voice_file)
-                return 0
-            for platform, adapter in zip(enabled, adapters, strict=True):
-                checks.add(platform.name, platform_check(adapter))
-            started = await _serve(app, enabled, adapters)
+            await ConsoleChat(app.services).run(voice_file)
+            return 0
+        for platform, adapter in zip(enabled, adapters, strict=True):
+            checks.add(platform.name, platform_check(adapter))
+        # Load the speech models while the platforms connect, not at the first voice note.
+        warm_up = asyncio.create_task(app.warm_up_speech())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        names = ", ".join(platform.name for platform in enabled)
+        try:
+            for adapter in adapters:
+                await adapter.start()
+            log.info("Parley is running on %s; Ctrl-C to stop", names)
+            await stop.wait()
+        finally:
+            warm_up.cancel()
+            started = time.monotonic()
+            log.info(
+                "shutting down: replies in progress get %g s to finish (within %g s in all)",
+                STOP_GRACE_S,
+                SHUTDOWN_BUDGET_S,
+            )
+            await _stop_platforms(enabled, adapters)
     # Leaving the `async with` above stopped the managed llama-server and closed the store.
     log.info("stopped in %.1f s", time.monotonic() - started)
     return 0
-
-
-async def _serve(app: ParleyApp, enabled: list[Platform], adapters: list[PlatformAdapter]) -> float:
-    """Start the platforms, run until SIGINT/SIGTERM, stop them; returns when stopping began."""
-    # Load the speech models while the platforms connect, not at the first voice note.
-    warm_up = asyncio.create_task(app.warm_up_speech())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    names = ", ".join(platform.name for platform in enabled)
-    try:
-        for adapter in adapters:
-            await adapter.start()
-        log.info("Parley is running on %s; Ctrl-C to stop", names)
-        await stop.wait()
-    finally:
-        warm_up.cancel()
-        started = time.monotonic()
-        log.info(
-            "shutting down: replies in progress get %g s to finish (within %g s in all)",
-            STOP_GRACE_S,
-            SHUTDOWN_BUDGET_S,
-        )
-        await _stop_platforms(enabled, adapters)
-    return started
 
 
 async def _stop_platforms(enabled: list[Platform], adapters: list[PlatformAdapter]) -> None:
