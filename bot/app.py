@@ -24,6 +24,7 @@ from bot.delivery.scheduler import EditScheduler
 from bot.engine import ConversationEngine
 from bot.errors import ConfigError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
+from bot.http_server import HttpRoutes
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient, configured_urls
 from bot.models import ModelCatalog
@@ -74,6 +75,7 @@ class ParleyApp:
         self.engine: ConversationEngine
         self.commands: Commands
         self.models: ModelCatalog
+        self.routes = HttpRoutes(settings.http)  # platforms served on the [http] endpoint
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
@@ -125,12 +127,12 @@ class ParleyApp:
 
     @property
     def services(self) -> Services:
-        """What a platform adapter gets: the settings, the engine and the commands."""
-        return Services(self.settings, self.engine, self.commands)
+        """What a platform adapter gets: the settings, the engine, the commands, the routes."""
+        return Services(self.settings, self.engine, self.commands, self.routes)
 
-    def enabled_platforms(self) -> list[Platform]:
-        """The platforms whose token is set."""
-        return [platform for platform in platforms() if platform.enabled(self.settings)]
+    async def enabled_platforms(self) -> list[Platform]:
+        """The platforms that run: their token is set (or, say, the HTTP API has a key)."""
+        return [p for p in platforms() if await p.running(self.settings, self.store)]
 
     def create_adapter(self, platform: Platform) -> PlatformAdapter:
         """A platform's adapter, connected to this app's engine and commands."""

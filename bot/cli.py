@@ -1,4 +1,5 @@
-"""The `parley` command: run (default), chat, migrate, doctor, healthcheck, admin set-password.
+"""The `parley` command: run (default), chat, migrate, doctor, healthcheck, admin set-password,
+api-key create.
 
 With bot/app.py, the composition root: it loads the settings with every platform's section and
 starts the platforms whose token is set (the console chat when none is).
@@ -98,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
             "from standard input. Only its hash is stored; signed-in sessions are signed out."
         ),
     )
+    api_key = sub.add_parser(
+        "api-key",
+        help="manage the keys of the HTTP API (/v1/)",
+        description="Manage the keys of the HTTP API (/v1/), the OpenAI-compatible endpoint.",
+    )
+    api_key_sub = api_key.add_subparsers(
+        dest="api_key_command", required=True, title="commands", metavar="COMMAND"
+    )
+    create_help = "print a new random key for NAME once; only its hash is stored"
+    create = api_key_sub.add_parser("create", help=create_help, description=_sentence(create_help))
+    create.add_argument("name", metavar="NAME", help="whose key it is (letters, digits, . _ -)")
     return parser
 
 
@@ -133,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.admin.cli import set_password
 
             return set_password(settings)
+        if command == "api-key":
+            from adapters.api.keys import create_key
+
+            return asyncio.run(create_key(settings, args.name))
         if command == "healthcheck":
             from bot.health import probe, probe_url
 
@@ -145,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--voice: {voice} is not a file", file=sys.stderr)
             return EXIT_CONFIG
         return asyncio.run(
-            _run(settings, console=command == "chat", voice_file=voice, config_path=config_path)
+            _run(
+                settings,
+                console=command == "chat",
+                voice_file=voice,
+                config_path=config_path,
+                log_file=log_file,
+            )
         )
     except asyncio.CancelledError:  # SIGTERM during start-up or shutdown
         return 0
@@ -198,7 +220,12 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _run(
-    settings: Settings, *, console: bool, voice_file: Path | None, config_path: Path | None = None
+    settings: Settings,
+    *,
+    console: bool,
+    voice_file: Path | None,
+    config_path: Path | None = None,
+    log_file: Path | None = None,
 ) -> int:
     from bot.app import ParleyApp
     from bot.health import platform_check
@@ -210,22 +237,27 @@ async def _run(
     assert main is not None
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    async with (
-        ParleyApp(settings) as app,
-        serve_http(
-            settings.http, app.health_checks(), extensions=_http_extensions(app, config_path)
-        ) as checks,
-    ):
-        enabled = app.enabled_platforms()
-        if console or not enabled:
+    async with contextlib.AsyncExitStack() as stack:
+        app = await stack.enter_async_context(ParleyApp(settings))
+        enabled = [] if console else await app.enabled_platforms()
+        if enabled and log_file is not None:
+            # A platform only the database turns on (an API key made with `parley api-key
+            # create`): no console chat will have the terminal, so the log comes back to it.
+            setup_logging(settings.logging, settings.secrets())
+            log.info("no console chat: the log is on this terminal again (began in %s)", log_file)
+        # Made before the endpoint starts: a platform served over HTTP mounts its routes then.
+        adapters: list[PlatformAdapter] = [app.create_adapter(p) for p in enabled]
+        extensions = [*_http_extensions(app, config_path), app.routes]
+        checks = await stack.enter_async_context(
+            serve_http(settings.http, app.health_checks(), extensions=extensions)
+        )
+        if not enabled:
             from adapters.console import ConsoleChat
 
             await ConsoleChat(app.services).run(voice_file)
             return 0
-        adapters: list[PlatformAdapter] = []
-        for platform in enabled:
-            adapters.append(app.create_adapter(platform))
-            checks.add(platform.name, platform_check(adapters[-1]))
+        for platform, adapter in zip(enabled, adapters, strict=True):
+            checks.add(platform.name, platform_check(adapter))
         # Load the speech models while the platforms connect, not at the first voice note.
         warm_up = asyncio.create_task(app.warm_up_speech())
         stop = asyncio.Event()

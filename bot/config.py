@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.cache_settings import CacheSettings
 from bot.errors import ConfigError
 from bot.llm_settings import LLMSettings
 from bot.paths import default_database_path
@@ -241,6 +242,7 @@ class Settings(BaseSettings):
     http: HTTPSettings = HTTPSettings()
     logging: LoggingSettings = LoggingSettings()
     tools: ToolsSettings = ToolsSettings()
+    cache: CacheSettings = CacheSettings()
 
     @classmethod
     def settings_customise_sources(
