@@ -363,6 +363,31 @@ async def test_the_log_tail_streams_new_records_redacted(
     assert "signed in from" not in seen  # only records after the page's last one
 
 
+async def test_the_overview_counts_answers_from_the_cache(
+    fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        tmp_path, **admin_sections(fake_llm.url), cache={"enabled": True, "ttl_s": 600}
+    )
+    async with running_console(settings) as running:
+        client = await signed_in(running)
+        async with client:
+            _, before, _ = await client.get("/admin/api/overview")
+            for chat in ("c1", "c2"):  # the same question, each the first of its chat
+                msg = message("what is a cache?", channel=chat)
+                await running.app.engine.handle(msg, RecordingTarget())
+            running.console.overview._cache = None  # type: ignore[union-attr]
+            _, raw, _ = await client.get("/admin/api/overview")
+            _, page, _ = await client.get("/admin")
+    data, old = json.loads(raw)["totals"], json.loads(before)["totals"]
+    assert (data["cache_hits"] - old["cache_hits"], data["cache_misses"] - old["cache_misses"]) == (
+        1,
+        1,
+    )
+    assert len(fake_llm.requests) == 1
+    assert f"Answers from the cache {data['cache_hits']}" in page_text(page)
+
+
 async def test_the_overview_reads_health_backends_slots_and_metrics(
     fake_llm: FakeLLMServer, tmp_path: Path
 ) -> None:
