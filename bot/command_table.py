@@ -210,6 +210,25 @@ def find(commands: Iterable[Command], name: str) -> Command | None:
     return next((command for command in commands if command.name == wanted), None)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandCall:
+    """A message that runs a command: the command and the text after its name."""
+
+    command: Command
+    args: str
+
+
+def parse_call(text: str, commands: Iterable[Command]) -> CommandCall | None:
+    """The command `text` runs, if it starts with the name of one of `commands`, for platforms
+    where a command is plain text (MQTT, the HTTP API). Other text starting with "/" is a message
+    like any other (as on the console)."""
+    if not text.startswith("/"):
+        return None
+    name, *rest = text[1:].split(None, 1) or [""]
+    command = find(commands, name)
+    return CommandCall(command, rest[0].strip() if rest else "") if command is not None else None
+
+
 _ACCESS_NOTES = {
     Access.EVERYONE: None,
     Access.OWNER: Msg.ACCESS_OWNER_NOTE,

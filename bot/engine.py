@@ -33,6 +33,7 @@ from bot.prompt import (
 from bot.queue import TurnQueue, TurnSlot
 from bot.ratelimit import UserRateLimiter
 from bot.reply import ReplyLoop, ReplyState, TurnState, store_reply, tell
+from bot.stateless import StatelessChat, stateless_request
 from bot.storage import HistoryStore, StoredMessage
 from bot.types import IncomingMessage, LiveSpeechTarget, ReplyTarget
 
@@ -198,6 +199,37 @@ class ConversationEngine:
         async with self.queue.turn(key, shown, gate) as slot:
             await self._reply(turn, slot)
 
+    async def complete(self, chat: StatelessChat, target: ReplyTarget) -> ReplyState:
+        """Answer a conversation the caller keeps (the HTTP API's chat completions) and store
+        nothing: the model asked for, the default chat settings, and the same line of LLM slots,
+        caps, time limit and answer cache as every turn. The reply's end reaches `target`."""
+        metrics.MESSAGES_IN.labels(chat.platform, "text").inc()
+        chosen = self.models.pick(chat.model)
+        # Such a caller names no language: the configured one, else English.
+        lang = turn_language(self.settings.engine.language, "")
+        request = stateless_request(
+            chat,
+            api=chosen.client.api,
+            prompt_format=self.settings.llm.prompt_format,
+            settings=ChannelSettings.resolve(self.settings.engine, {}),
+            bot_name=self.settings.engine.bot_name,
+            model=chosen.model,
+            lang=lang,
+        )
+        ref = secrets.token_hex(4)
+        # A line of its own: such a conversation waits for nothing but a free LLM slot.
+        msg = IncomingMessage(
+            chat.platform, f"{chat.user_id}:{ref}", chat.user_id, chat.user_id, chat.question
+        )
+        turn = TurnState(msg, target, ref, None, chat.question, lang)
+        position = functools.partial(_show_position, target)
+        async with self.queue.turn(msg.chat_ref, position) as slot:
+            state = ReplyState(
+                turn, model=chosen, request=request, stream=self.scheduler.open(target), voice=None
+            )
+            await self.replies.run(state, slot)
+        return state
+
     async def takes_images(self, platform: str, channel_key: str) -> bool:
         """Whether the model this chat uses takes images."""
         channel_id = await self.store.channel_id(platform, channel_key)
@@ -293,11 +325,11 @@ class ConversationEngine:
     async def _reply(self, turn: TurnState, slot: TurnSlot) -> None:
         try:
             settings, request, chosen = await self._prepare(turn)
-            await self.store.update_message(turn.rows.reply_row, status="streaming")
+            await self.store.update_message(turn.stored.reply_row, status="streaming")
         except Exception:
             # Nothing was shown yet: the reply row must not stay 'queued' until the next start.
             with contextlib.suppress(Exception):
-                await store_reply(self.store, turn.rows, "", "failed")
+                await store_reply(self.store, turn.stored, "", "failed")
             raise
         target = turn.target
         live = isinstance(target, LiveSpeechTarget)
@@ -312,7 +344,7 @@ class ConversationEngine:
     async def _prepare(self, turn: TurnState) -> tuple[ChannelSettings, LLMRequest, ChatModel]:
         """The chat's settings, its model and the LLM request: persona, what memory recalls,
         the group's background, history in budget, the message (and its pictures)."""
-        msg, rows = turn.msg, turn.rows
+        msg, rows = turn.msg, turn.stored
         settings = await self._channel_settings(rows.channel_id)
         chosen = self.models.pick(settings.model)
         parts: list[dict[str, Any]] = []
@@ -356,7 +388,7 @@ class ConversationEngine:
     ) -> Recalled:
         """Facts, older turns beyond the history (unless `complete`: the history is all there
         is) and, in groups, the background since the oldest turn shown (or all of it)."""
-        msg, rows = turn.msg, turn.rows
+        msg, rows = turn.msg, turn.stored
         terms = search_terms(turn.text)
         facts, used = await recall_facts(
             self.store,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from bot.llm import estimate_tokens
 from bot.memory import MAX_MEMORIES_PER_USER, MAX_MEMORY_CHARS
 from bot.messages import Msg, Phrase, phrase, say
 from bot.storage import HistoryStore, Memory
+from bot.storage.base import MAX_ROW_ID
 from bot.types import IncomingMessage
+
+# An id as typed: ASCII digits (str.isdigit() takes "²", which int() refuses), few enough that
+# the answer can repeat them.
+_DIGITS = re.compile(r"[0-9]{1,40}")
 
 
 class MemoryCommands:
@@ -53,6 +60,8 @@ class MemoryCommands:
             which = _memory_id(args)
         except ValueError:
             return say(Msg.MEMORY_USAGE, lang=msg.language, verb="forget")
+        if _no_such(which):
+            return say(Msg.NO_SUCH_FACT, lang=msg.language, id=which)
         deleted = await self.store.forget_memories(
             msg.platform, msg.user_id, which, actor_name=msg.user_name
         )
@@ -75,6 +84,8 @@ class MemoryCommands:
             which = _memory_id(args)
         except ValueError:
             return say(Msg.MEMORY_USAGE, lang=msg.language, verb="share" if shared else "private")
+        if _no_such(which):
+            return say(Msg.NO_SUCH_FACT, lang=msg.language, id=which)
         changed = await self.store.share_memories(msg.platform, msg.user_id, which, shared=shared)
         if which is None:
             if not changed:
@@ -94,13 +105,19 @@ def _facts(count: int) -> Phrase:
 
 
 def _memory_id(args: str) -> int | None:
-    """A fact's id, or None for "all"; ValueError when `args` is neither."""
+    """A fact's id, or None for "all"; ValueError when `args` is neither (ASCII digits only)."""
     word = args.strip().lower().lstrip("#")
     if word == "all":
         return None
-    if not word.isdigit():
+    if not _DIGITS.fullmatch(word):
         raise ValueError(args)
     return int(word)
+
+
+def _no_such(which: int | None) -> bool:
+    """Whether `which` is an id no fact can have: past what the database holds it would overflow
+    the driver, so the store is never asked about it."""
+    return which is not None and not 0 < which <= MAX_ROW_ID
 
 
 def _memory_line(memory: Memory, lang: str) -> str:

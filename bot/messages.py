@@ -181,6 +181,34 @@ class Msg(Enum):
     MQTT_STOPPING = "Parley is stopping: this reply was cut off. Please ask again in a moment."
     MQTT_NO_REPLY = "No reply could be made to this message."
 
+    # -- the HTTP API: requests it refuses ------------------------------------------------
+    API_NO_KEY = "Send your API key in the header `Authorization: Bearer KEY`."
+    API_BAD_KEY = "That API key is not valid."
+    API_KEY_THROTTLED = "Too many wrong API keys came from your address: try again in {wait}."
+    API_SLOW_DOWN = "This key sent more than {limit} requests in a minute: try again in {wait}."
+    API_BLOCKED = "This key is blocked."
+    API_TOO_LARGE = "The request body is too large (the limit is {limit} bytes)."
+    API_BAD_JSON = "The request body is not valid JSON (UTF-8)."
+    API_NOT_OBJECT = "The request body must be a JSON object."
+    API_BAD_FIELD = "`{field}` must be {expected}."
+    API_BAD_MESSAGE = (
+        "messages[{index}] must be an object with a `role` (system, user or assistant) and a "
+        "text `content` (a string, or a list of text parts)."
+    )
+    API_LAST_NOT_USER = "The last message must be the user's."
+    API_TOO_MANY_MESSAGES = "A request holds at most {limit} messages."
+    API_ONE_CHOICE = "`n` must be 1: Parley gives one answer per request."
+    API_UNKNOWN_MODEL = "The model `{model}` does not exist: GET /v1/models lists them."
+    API_BAD_SESSION = (
+        "A session is 1 to {limit} letters, digits, '.', '_' or '-', starting with a letter or "
+        "digit."
+    )
+    API_BAD_LIMIT = "`limit` must be a whole number from 1 to {limit}."
+    API_NOT_FOUND = "There is no {method} {path}: see docs/api.md for the endpoints."
+    API_STOPPING = "Parley is starting or stopping: please try again in a moment."
+    API_NO_REPLY = "No reply could be made to this request."
+    API_INTERNAL = "Something went wrong on Parley's side (ref {ref}). Please try again."
+
     # -- commands: the table's descriptions (/help, menus) --------------------------------
     HELP_INTRO = "Hi, I'm {bot_name}. Talk to me by text or voice note."
     HELP_LINE = "{usage} — {about}{note}"

@@ -25,6 +25,17 @@ EXPORT_MAX_BYTES = 8 * 1024 * 1024
 EXPORT_MIME = "text/markdown"
 
 
+# Characters that can start or end Markdown formatting inside a line (CommonMark lets any ASCII
+# punctuation be escaped with a backslash; these are the ones that change what follows them).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>~|#&!])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as literal Markdown on one line: line breaks become spaces, formatting characters
+    are escaped, so a name cannot end the bold around it or start a heading."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
 def normalise_name(raw: str) -> str | None:
     """A session name as stored (lowercase), or None if it cannot be one."""
     name = raw.strip().lower()
@@ -53,11 +64,8 @@ def export_markdown(
     blocks: list[str] = []
     size = 0
     for row in reversed(rows):  # newest first, so a cut drops the oldest
-        author = (
-            bot_name
-            if row.role == "assistant"
-            else (row.author_name or say(Msg.EXPORT_USER, lang=lang))
-        )
+        name = bot_name if row.role == "assistant" else row.author_name
+        author = markdown_text(name) or say(Msg.EXPORT_USER, lang=lang)
         status = "" if row.status == "complete" else f" · {row.status}"
         block = f"**{author}** · {_when(row.created_at)}{status}\n\n{row.content}\n"
         size += len(block.encode()) + 1
@@ -67,9 +75,20 @@ def export_markdown(
     blocks.reverse()
     left_out = len(rows) - len(blocks)
     head = [
-        say(Msg.EXPORT_TITLE, lang=lang, bot_name=bot_name, session=session),
+        say(
+            Msg.EXPORT_TITLE,
+            lang=lang,
+            bot_name=markdown_text(bot_name),
+            session=markdown_text(session),
+        ),
         "",
-        say(Msg.EXPORT_ABOUT, lang=lang, chat=chat, when=_when(now), messages=len(blocks)),
+        say(
+            Msg.EXPORT_ABOUT,
+            lang=lang,
+            chat=markdown_text(chat),
+            when=_when(now),
+            messages=len(blocks),
+        ),
         "",
     ]
     if left_out:

@@ -203,6 +203,8 @@ class TelegramAdapter:
         message = update.message
         if message is None or message.from_user is None or message.text is None:
             return
+        if message.from_user.is_bot:
+            return  # like their messages: two bots must not answer each other without end
         command = parse_command(message.text, context.bot.username)
         if command is None:
             return

