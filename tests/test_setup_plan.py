@@ -63,7 +63,12 @@ def test_make_run_installs_neither_postgresql_nor_chromium(machine: dict[str, st
     shown = plan("run", machine)
     assert "extras: models)" in shown, shown
     assert "postgresql" not in shown.lower() and "chromium" not in shown.lower(), shown
-    assert "apt-get" not in shown
+    # Running installs only the default voice chain's last voice, and says why.
+    installs = [line for line in shown.splitlines() if "apt-get" in line]
+    assert installs == [
+        "  - apt-get install espeak-ng: espeak-ng, the offline voice of French and every language "
+        "but English (the bundled piper voice speaks English only)"
+    ], shown
     assert "dev:" not in shown
 
 
