@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -207,9 +208,11 @@ async def test_by_default_the_offline_voice_replies_without_a_warning(
         await parley.engine.handle(message("Say something."), target)
     [clip] = target.voices
     assert clip.duration_s > 1.0  # piper speaking the fake model's sentence, not a tone
-    assert tone_share(decode_pcm(clip.ogg_opus, SPEECH_RATE), TONE_HZ) < 0.2
+    # Not the stand-in's tone (over 0.9 of the energy at TONE_HZ): speech spreads its energy, though
+    # a male voice's harmonics put a fifth to a third of it near 440 Hz.
+    assert tone_share(decode_pcm(clip.ogg_opus, SPEECH_RATE), TONE_HZ) < 0.5
     assert edge_service.connections == 0
-    assert "speech: piper spoke" in caplog.text
+    assert re.search(r"speech: piper \(.*\) spoke", caplog.text), caplog.text
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
