@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from adapters import platforms, settings_sections
 from adapters.console import COMMANDS as CONSOLE_COMMANDS
 from adapters.console import PLATFORM as CONSOLE
+from bot.catalog import load_translations
 from bot.command_table import Command
 from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
@@ -24,6 +25,7 @@ from bot.delivery.scheduler import EditScheduler
 from bot.engine import ConversationEngine
 from bot.errors import ConfigError, StorageError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
+from bot.http_server import HttpRoutes
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient, configured_urls
 from bot.models import ModelCatalog
@@ -37,7 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RETENTION_SWEEP_S = 3600.0
-BUNDLED_MODEL_TEMPERATURE = 0.3  # unless engine.temperature is set
+# Unless engine.temperature is set: greedy decoding, so the same questions get the same answers
+# at every run (the README's transcript is one), and no less often right than sampling at 0.3.
+BUNDLED_MODEL_TEMPERATURE = 0.0
 
 
 def load(path: str | Path | None = None) -> Settings:
@@ -72,6 +76,7 @@ class ParleyApp:
         self.engine: ConversationEngine
         self.commands: Commands
         self.models: ModelCatalog
+        self.routes = HttpRoutes(settings.http)  # platforms served on the [http] endpoint
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
@@ -110,6 +115,9 @@ class ParleyApp:
                 self.llm.pool.on_capacity(self._resize_queue)
             self.models.on_capacity(self._resize_queue)
             self.commands = Commands(s, self.store, platform_commands())
+            # Every translation is read (and compiled) now, off the event loop: not at the
+            # first message in each language.
+            await asyncio.to_thread(load_translations)
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
             self._tasks.append(asyncio.create_task(self._forget_handled()))
@@ -124,12 +132,12 @@ class ParleyApp:
 
     @property
     def services(self) -> Services:
-        """What a platform adapter gets: the settings, the engine and the commands."""
-        return Services(self.settings, self.engine, self.commands)
+        """What a platform adapter gets: the settings, the engine, the commands, the routes."""
+        return Services(self.settings, self.engine, self.commands, self.routes)
 
-    def enabled_platforms(self) -> list[Platform]:
-        """The platforms whose token is set."""
-        return [platform for platform in platforms() if platform.enabled(self.settings)]
+    async def enabled_platforms(self) -> list[Platform]:
+        """The platforms that run: their token is set (or, say, the HTTP API has a key)."""
+        return [p for p in platforms() if await p.running(self.settings, self.store)]
 
     def create_adapter(self, platform: Platform) -> PlatformAdapter:
         """A platform's adapter, connected to this app's engine and commands."""
@@ -144,7 +152,7 @@ class ParleyApp:
         self.server = ManagedLlamaServer(s.server, log_path=log_path)
         url = await self.server.start()
         # The bundled model is a base model without a chat template: drive it by raw completion,
-        # and cooler than an instruct model (it strays from the facts at 0.7).
+        # and greedily (it strays from the facts at 0.7, and varies at any temperature).
         engine = self.settings.engine
         if self.server.uses_bundled_model and "temperature" not in engine.model_fields_set:
             engine.temperature = BUNDLED_MODEL_TEMPERATURE

@@ -70,16 +70,18 @@ class StorageHold:
         tell: Tell,
         until: float | None = None,
         held: Callable[[], None] | None = None,
+        wait: bool = True,
     ) -> AsyncIterator[Place]:
         """A message's place while it is stored: `Place.run` retries its writes.
 
         `until` (epoch seconds): when the platform stops redelivering its update (None: it
         does not redeliver). `held()` is called when it starts waiting in memory. Every message
         counts from the start, so those queued behind a waiting one count too; the bounds
-        decide at its first failed write whether it may wait.
+        decide at its first failed write whether it may wait; one that may not `wait` (its
+        caller waits on an open request) never does.
         """
         deadline = self.clock() + self.max_s
-        place = Place(self, chat, tell, min(deadline, until or math.inf), until, held)
+        place = Place(self, chat, tell, min(deadline, until or math.inf), until, held, wait)
         self.messages += 1
         self.bytes += size
         try:
@@ -100,8 +102,10 @@ class Place:
         deadline: float,
         until: float | None,
         held: Callable[[], None] | None,
+        wait: bool = True,
     ) -> None:
         self._hold = hold
+        self._wait = wait
         self._chat = chat
         self._tell = tell
         self._deadline = deadline
@@ -147,6 +151,8 @@ class Place:
         """The store failed once more: wait (MessageNotStored when the message cannot)."""
         if exc.problem not in PASSING:
             raise MessageNotStored(exc) from exc
+        if not self._wait:  # its caller asks again: nothing waits, nobody is told to wait
+            raise MessageNotStored(exc, final=False) from exc
         room = self._admit()
         if room and not self._waiting:
             self._waiting = True

@@ -18,6 +18,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.channel_config import chat_language
+from bot.config import EngineSettings
 from bot.errors import DeliveryError, StorageError
 from bot.messages import Msg, say
 from bot.splitter import split_markdown
@@ -58,9 +60,11 @@ class InterruptedReplies:
         rewrite: RewritePart,
         *,
         max_chars: int,
+        defaults: EngineSettings,
         sweep_s: float = REPAIR_SWEEP_S,
     ) -> None:
         self._store = store
+        self._defaults = defaults
         self._platform = platform
         self._rewrite = rewrite
         self._max_chars = max_chars
@@ -112,7 +116,11 @@ class InterruptedReplies:
         return finished
 
     async def _finish(self, part: OpenPart, limit: asyncio.Semaphore) -> bool:
-        text = finished_text(part, self._max_chars, say(Msg.REPLY_INTERRUPTED))
+        # Nobody is talking now: the chat's language setting, else the configured one.
+        lang = await chat_language(
+            self._store, self._defaults, self._platform, part.channel_key, ""
+        )
+        text = finished_text(part, self._max_chars, say(Msg.REPLY_INTERRUPTED, lang=lang))
         ok = False
         async with limit:
             try:

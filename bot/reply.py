@@ -2,7 +2,8 @@
 
 The engine prepares a turn (the chat's settings, the model, the request) and hands a
 `ReplyState` to `ReplyLoop.run`, which streams the answer into the chat, keeps it under the
-whole-reply caps and the time limit, stores it, shows its final text and sends the voice.
+whole-reply caps and the time limit, stores it, shows its final text and sends the voice. A
+request the answer cache knows (bot/answer_cache.py) is answered from it, whole, without the LLM.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from bot import metrics
+from bot.answer_cache import AnswerCache, CachedAnswer
 from bot.config import Settings
 from bot.delivery.stream import PartShown, PartSink, ReplyStream
 from bot.errors import (
@@ -63,9 +65,17 @@ class TurnState:
     msg: IncomingMessage
     target: ReplyTarget
     ref: str  # the turn's id, in logs and in the notice of an unexpected error
-    rows: Turn  # the stored user message and the reply's row
+    rows: Turn | None  # the stored user message and the reply's row; None: nothing is stored
     text: str  # what is answered: the message's text, after a recording's transcript
+    lang: str  # the language Parley speaks in this turn (bot/languages.py)
     images: tuple[ImageInput, ...] = ()  # its pictures, for a model that takes images
+
+    @property
+    def stored(self) -> Turn:
+        """The rows of a turn that is stored (a conversation the caller keeps has none)."""
+        if self.rows is None:
+            raise ValueError(f"turn {self.ref} is not stored")
+        return self.rows
 
 
 @dataclass(slots=True)
@@ -83,6 +93,8 @@ class ReplyState:
     first_token_at: float | None = None
     status: Status = "failed"
     note: str = ""  # said after the text (or alone): why the reply stopped
+    usage: dict[str, Any] = field(default_factory=dict)  # the LLM's token counts and timings
+    cached: bool = False  # answered from the answer cache, without the LLM
 
     def ended(self, status: Status, note: str = "") -> None:
         """The reply stopped; a partial one keeps what was streamed."""
@@ -96,9 +108,33 @@ class ReplyLoop:
     def __init__(self, settings: Settings, store: HistoryStore) -> None:
         self.settings = settings
         self.store = store
+        self.cache = AnswerCache(settings.cache, store)
 
     async def run(self, state: ReplyState, slot: TurnSlot) -> None:
-        """Stream the reply, conclude it, and free the LLM slot as soon as generation ends."""
+        """Stream the reply (or take it from the answer cache), conclude it, and free the LLM
+        slot as soon as generation ends. Only a complete reply is kept in the cache."""
+        key = await self.cache.key(state.model.client, state.request)  # None: the cache is off
+        cached = await self.cache.find(key) if key is not None else None
+        if cached is not None:
+            slot.release()
+            self._answer_from_cache(state, cached)
+        else:
+            await self._generate(state, slot)
+        metrics.REPLIES.labels(state.turn.msg.platform, state.status).inc()
+        await self._conclude(state)
+        if key is not None and cached is None and state.status == "complete":
+            await self.cache.keep(key, state.answer.rstrip(), state.usage)
+
+    def _answer_from_cache(self, state: ReplyState, cached: CachedAnswer) -> None:
+        state.cached = True
+        state.first_token_at = time.perf_counter()
+        state.answer = cached.text
+        state.usage = dict(cached.usage)
+        if state.voice is not None:
+            state.voice.feed(cached.text)  # spoken as usual
+        state.ended("complete")
+
+    async def _generate(self, state: ReplyState, slot: TurnSlot) -> None:
         target = state.turn.target
         timeout = self.settings.llm.reply_timeout_s
         typing = asyncio.create_task(self._keep_typing(state))
@@ -109,24 +145,26 @@ class ReplyLoop:
             state.ended("complete")
         except TimeoutError:  # the whole-reply limit (the LLM client's own become LLMTimeout)
             log.warning("reply in %s stopped after %g s", target.chat_key, timeout)
-            state.ended("partial", say(Msg.REPLY_TIMEOUT, seconds=timeout))
+            state.ended("partial", say(Msg.REPLY_TIMEOUT, lang=state.turn.lang, seconds=timeout))
         except _ChatRefused as exc:
             # Blocked or gone: stop at once, so the slot and the chat's line are free again.
             log.warning("reply in %s stopped: the chat refused it (%s)", target.chat_key, exc)
             state.ended("partial")
         except _ReplyCapped as exc:
             log.warning("reply in %s cut at its %s", target.chat_key, exc)
-            state.ended("partial", say(Msg.REPLY_CAPPED))
+            state.ended("partial", say(Msg.REPLY_CAPPED, lang=state.turn.lang))
         except LLMUnavailable as exc:
             log.warning("no LLM backend answered: %s", exc)
-            state.ended("failed", say(Msg.LLM_DOWN))
+            state.ended("failed", say(Msg.LLM_DOWN, lang=state.turn.lang))
         except LLMRequestRejected as exc:
-            state.ended("failed", say(Msg.LLM_REJECTED, reason=str(exc)[:200]))
+            state.ended(
+                "failed", say(Msg.LLM_REJECTED, lang=state.turn.lang, reason=str(exc)[:200])
+            )
         except LLMTimeout:
-            state.ended("partial", say(Msg.LLM_TIMEOUT))
+            state.ended("partial", say(Msg.LLM_TIMEOUT, lang=state.turn.lang))
         except LLMStreamBroken as exc:
             log.warning("LLM stream broke: %s", exc)
-            state.ended("partial", say(Msg.CUT_OFF))
+            state.ended("partial", say(Msg.CUT_OFF, lang=state.turn.lang))
         except asyncio.CancelledError:
             typing.cancel()
             await self._cancelled(state)
@@ -134,28 +172,30 @@ class ReplyLoop:
         # The turn's error boundary: close the reply, store it, tell the user.
         except Exception:
             log.exception("turn %s in %s failed while streaming", state.turn.ref, target.chat_key)
-            state.ended("partial", say(Msg.INTERNAL, ref=state.turn.ref))
+            state.ended("partial", say(Msg.INTERNAL, lang=state.turn.lang, ref=state.turn.ref))
         finally:
             typing.cancel()
             # Generation is over: the final edits, 429 waits and the voice note go on without
             # the LLM slot (the channel's next turn still waits for them).
             slot.release()
         if state.status == "complete" and not state.answer.strip():
-            state.ended("failed", say(Msg.EMPTY_REPLY))
-        metrics.REPLIES.labels(state.turn.msg.platform, state.status).inc()
-        await self._conclude(state)
+            state.ended("failed", say(Msg.EMPTY_REPLY, lang=state.turn.lang))
 
     async def _consume(self, state: ReplyState, started: float) -> None:
         show_reasoning = self.settings.llm.reasoning == "show"
         last_save = time.monotonic()
         stream = state.stream
+        rows = state.turn.rows
         # aclosing: leaving the loop early (a cap, the time limit, a refused chat) closes the
         # connection at once, which is how llama-server learns to free the slot.
         # The chat's model: its own servers only, when it has them.
+        affinity = str(rows.channel_id) if rows is not None else None
         async with contextlib.aclosing(
-            state.model.client.stream(state.request, affinity=str(state.turn.rows.channel_id))
+            state.model.client.stream(state.request, affinity=affinity)
         ) as events:
             async for event in events:
+                if event.usage:
+                    state.usage.update(event.usage)
                 self._check(state, event.reasoning)
                 if event.reasoning and show_reasoning:
                     quoted = event.reasoning.replace("\n", "\n> ")
@@ -177,9 +217,9 @@ class ReplyLoop:
                 if state.voice is not None:
                     state.voice.feed(piece)
                 metrics.TOKENS_OUT.inc()
-                if time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
+                if rows is not None and time.monotonic() - last_save > _SAVE_PARTIAL_EVERY_S:
                     last_save = time.monotonic()
-                    await self.store.update_message(state.turn.rows.reply_row, content=state.answer)
+                    await self.store.update_message(rows.reply_row, content=state.answer)
                 self._check(state, "")
 
     def _fit(self, state: ReplyState, piece: str) -> str:
@@ -205,9 +245,7 @@ class ReplyLoop:
 
     async def _cancelled(self, state: ReplyState) -> None:
         """Cancelled (Ctrl-C in the console, shutdown): keep what the user saw."""
-        await store_reply(
-            self.store, state.turn.rows, state.answer, "partial" if state.answer else "failed"
-        )
+        await self._store(state, "partial" if state.answer else "failed")
         stream = state.stream
         # Best effort and brief: the platform may be unreachable too, and a shutdown waits.
         finish = asyncio.ensure_future(stream.finish(stream.text + " …" if stream.text else None))
@@ -232,13 +270,15 @@ class ReplyLoop:
                 await voice.cancel()
             voice = None
         try:
-            await store_reply(self.store, state.turn.rows, state.answer, state.status)
+            await self._store(state, state.status)
         # What was streamed is shown even if it cannot be stored.
         except Exception:
             log.exception("turn %s: the reply could not be stored", state.turn.ref)
+        # A cached answer was never streamed: it is shown whole, in one message.
+        shown = stream.text or state.answer
         try:
-            if stream.text:
-                await stream.finish(stream.text + (f"\n\n{note}" if note else ""))
+            if shown:
+                await stream.finish(shown + (f"\n\n{note}" if note else ""))
             else:
                 await stream.cancel()
                 if note:
@@ -257,10 +297,14 @@ class ReplyLoop:
             await stream.cancel()
             if voice is not None:
                 await voice.cancel()
-            await tell(target, say(Msg.INTERNAL, ref=state.turn.ref))
+            await tell(target, say(Msg.INTERNAL, lang=state.turn.lang, ref=state.turn.ref))
             return
         if voice is not None:
             await self._send_voice(voice, state)
+
+    async def _store(self, state: ReplyState, status: Status) -> None:
+        if state.turn.rows is not None:  # a conversation the caller keeps stores nothing
+            await store_reply(self.store, state.turn.rows, state.answer, status)
 
     async def _send_voice(self, voice: VoiceReply, state: ReplyState) -> None:
         if state.status not in _SHOWN:
@@ -270,7 +314,7 @@ class ReplyLoop:
             clip = await voice.finish()
         except SpeechSynthesisError as exc:
             log.warning("voice reply failed: %s", exc)
-            await state.turn.target.notice(say(Msg.NO_VOICE))
+            await state.turn.target.notice(say(Msg.NO_VOICE, lang=state.turn.lang))
             return
         if clip is not None:
             await state.turn.target.send_voice(clip)

@@ -23,7 +23,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from adapters.mqtt.commands import PLATFORM, CommandCall, parse
+from adapters.mqtt.commands import PLATFORM
 from adapters.mqtt.config import MqttSettings
 from adapters.mqtt.connection import BrokerLink
 from adapters.mqtt.limits import LIMITS
@@ -34,6 +34,7 @@ from adapters.mqtt.rules import (
     read_request,
 )
 from adapters.mqtt.targets import MqttReplyTarget
+from bot.command_table import CommandCall, parse_call
 from bot.errors import ConfigError
 from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
@@ -77,7 +78,11 @@ class MqttAdapter:
         self._stop_grace_s = stop_grace_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._repairs = InterruptedReplies(
-            services.engine.store, PLATFORM, self._rewrite, max_chars=LIMITS.max_chars
+            services.engine.store,
+            PLATFORM,
+            self._rewrite,
+            max_chars=LIMITS.max_chars,
+            defaults=services.settings.engine,
         )
 
     @property
@@ -134,7 +139,8 @@ class MqttAdapter:
             await self._last_word(target.error(str(exc)), session)
             return
         try:
-            await self._turn(incoming, parse(incoming.text, self._commands.table(PLATFORM)), target)
+            call = parse_call(incoming.text, self._commands.table(PLATFORM))
+            await self._turn(incoming, call, target)
         except asyncio.CancelledError:
             # A stop cut the reply short: the device hears so rather than waiting for ever.
             with contextlib.suppress(OSError, TimeoutError):

@@ -20,7 +20,7 @@ import telegram.error
 from telegram import Message, Update
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from adapters.telegram.commands import menu
+from adapters.telegram.commands import menus
 from adapters.telegram.config import TelegramSettings
 from adapters.telegram.files import FileDownloads
 from adapters.telegram.limits import MAX_DOWNLOAD_BYTES
@@ -41,6 +41,7 @@ from adapters.telegram.webhook import WebhookServer
 from bot.command_table import CommandReply, find
 from bot.delivery.budgets import Priority
 from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter, StorageError
+from bot.languages import turn_language
 from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
 from bot.repair import InterruptedReplies
@@ -87,7 +88,11 @@ class TelegramAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._table = services.commands.table(PLATFORM)
         self._repairs = InterruptedReplies(
-            services.engine.store, PLATFORM, self._rewrite, max_chars=self._tg.max_message_chars
+            services.engine.store,
+            PLATFORM,
+            self._rewrite,
+            max_chars=self._tg.max_message_chars,
+            defaults=services.settings.engine,
         )
 
     @property
@@ -139,7 +144,12 @@ class TelegramAdapter:
 
     async def _run(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await application.initialize()
-        await application.bot.set_my_commands(menu(self._table))
+        # One menu per language: Telegram shows each user the menu of their language_code.
+        for language_code, commands in menus(self._table, self._settings.engine.language):
+            if commands:
+                await application.bot.set_my_commands(commands, language_code=language_code)
+            else:  # a menu of an earlier run, for a language this one does not speak
+                await application.bot.delete_my_commands(language_code=language_code)
         await application.start()
         if self._tg.webhook_url:
             await self._start_webhook(application)
@@ -198,7 +208,7 @@ class TelegramAdapter:
                 self._spawn(self._observe(message))
             return
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, say(Msg.REFUSED)))
+            self._spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
         self._spawn(self._answer(message, bot.username, ticket=self._claim()))
 
@@ -206,6 +216,8 @@ class TelegramAdapter:
         message = update.message
         if message is None or message.from_user is None or message.text is None:
             return
+        if message.from_user.is_bot:
+            return  # like their messages: two bots must not answer each other without end
         command = parse_command(message.text, context.bot.username)
         if command is None:
             return
@@ -213,7 +225,7 @@ class TelegramAdapter:
         if known is None and not (is_private(message) or command.addressed):
             return  # in a group, an unknown bare /command is probably for another bot
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, say(Msg.REFUSED)))
+            self._spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
         if known is not None and known.turn:  # /ask: its text is a message to answer
             self._spawn(
@@ -264,7 +276,7 @@ class TelegramAdapter:
         # One update's error boundary: log it, tell the user, keep polling.
         except Exception:
             log.exception("Telegram: handling a message in chat %s failed", message.chat_id)
-            await self._tell(message, say(Msg.MESSAGE_FAILED))
+            await self._tell(message, say(Msg.MESSAGE_FAILED, lang=self._language(message)))
         finally:
             if ticket is not None:
                 ticket.stored()  # answered, refused or failed otherwise: nothing to redeliver
@@ -286,14 +298,15 @@ class TelegramAdapter:
         # One command's error boundary: log it, tell the user.
         except Exception:
             log.exception("Telegram: /%s in chat %s failed", name, message.chat_id)
-            reply = CommandReply(say(Msg.MESSAGE_FAILED))
+            reply = CommandReply(say(Msg.MESSAGE_FAILED, lang=self._language(message)))
         await self._tell(message, reply.text)
         for file in reply.files:
             try:
                 await self._target(message).send_file(file)
             except _UNDELIVERED as exc:
                 log.warning("file to chat %s not delivered: %s", message.chat_id, exc)
-                await self._tell(message, say(Msg.FILE_REFUSED_TELEGRAM))
+                refused = say(Msg.FILE_REFUSED_TELEGRAM, lang=await self._commands.language(msg))
+                await self._tell(message, refused)
 
     async def _first_delivery(self, msg: IncomingMessage) -> bool:
         """Claim a command's update before it runs, so a redelivery does not run it twice (a
@@ -347,7 +360,16 @@ class TelegramAdapter:
             message_id=str(message.message_id),
             is_private=is_private(message),
             attachments=attachments,
+            language=user.language_code or "",
         )
+
+    def _language(self, message: Message) -> str:
+        """The language of a notice outside a turn (a refusal, an error): the bot's setting, else
+        the sender's; the chat's own setting is not read for these (the store may be what
+        failed, and a refused user's chat is not stored)."""
+        user = message.from_user
+        code = user.language_code if user is not None else None
+        return turn_language(self._settings.engine.language, code or "")
 
     def _target(self, message: Message) -> TelegramReplyTarget:
         private = is_private(message)

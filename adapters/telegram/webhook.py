@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 
 from aiohttp import web
@@ -65,7 +64,7 @@ class WebhookServer:
             return web.Response(status=403)
         try:
             data = await request.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not UTF-8 or not JSON (both ValueErrors): a resend would not help
             return web.Response(status=400)
         # An update that cannot be decoded is acknowledged anyway: Telegram would redeliver it.
         checked = decodable(data)

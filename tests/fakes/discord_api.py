@@ -362,8 +362,11 @@ class FakeDiscord(DiscordWorld):
         user: FakeUser | None = None,
         channel_id: int | None = None,
         dm: bool = False,
+        locale: str = "en-US",
     ) -> FakeInteraction:
         """A user runs a synced slash command ("ask", "config set"): dispatch INTERACTION_CREATE.
+
+        `locale`: the language of the user's Discord client.
 
         Options are checked against the schema the bot registered, so an unsynced command or a
         misnamed option fails here as it would in the Discord client.
@@ -391,6 +394,7 @@ class FakeDiscord(DiscordWorld):
             guild_id=guild_id,
             user=user,
             created_at=self.clock(),
+            locale=locale,
         )
         self.interactions[interaction.id] = interaction
         await self.gateway.dispatch(
