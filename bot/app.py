@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING
 from adapters import platforms, settings_sections
 from adapters.console import COMMANDS as CONSOLE_COMMANDS
 from adapters.console import PLATFORM as CONSOLE
+from bot.catalog import load_translations
 from bot.command_table import Command
 from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
 from bot.delivery.scheduler import EditScheduler
 from bot.engine import ConversationEngine
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StorageError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
+from bot.http_server import HttpRoutes
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient, configured_urls
 from bot.models import ModelCatalog
@@ -39,7 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RETENTION_SWEEP_S = 3600.0
-BUNDLED_MODEL_TEMPERATURE = 0.3  # unless engine.temperature is set
+# Unless engine.temperature is set: greedy decoding, so the same questions get the same answers
+# at every run (the README's transcript is one), and no less often right than sampling at 0.3.
+BUNDLED_MODEL_TEMPERATURE = 0.0
 
 
 def load(path: str | Path | None = None) -> Settings:
@@ -75,6 +79,7 @@ class ParleyApp:
         self.commands: Commands
         self.models: ModelCatalog
         self.tools: ToolHub | None = None  # the tool servers, when any are configured
+        self.routes = HttpRoutes(settings.http)  # platforms served on the [http] endpoint
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
@@ -117,8 +122,12 @@ class ParleyApp:
             self.commands = Commands(
                 s, self.store, platform_commands(), tools=self.tools, models=self.models
             )
+            # Every translation is read (and compiled) now, off the event loop: not at the
+            # first message in each language.
+            await asyncio.to_thread(load_translations)
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
+            self._tasks.append(asyncio.create_task(self._forget_handled()))
         except BaseException:
             await self.aclose()
             raise
@@ -130,12 +139,12 @@ class ParleyApp:
 
     @property
     def services(self) -> Services:
-        """What a platform adapter gets: the settings, the engine and the commands."""
-        return Services(self.settings, self.engine, self.commands)
+        """What a platform adapter gets: the settings, the engine, the commands, the routes."""
+        return Services(self.settings, self.engine, self.commands, self.routes)
 
-    def enabled_platforms(self) -> list[Platform]:
-        """The platforms whose token is set."""
-        return [platform for platform in platforms() if platform.enabled(self.settings)]
+    async def enabled_platforms(self) -> list[Platform]:
+        """The platforms that run: their token is set (or, say, the HTTP API has a key)."""
+        return [p for p in platforms() if await p.running(self.settings, self.store)]
 
     def create_adapter(self, platform: Platform) -> PlatformAdapter:
         """A platform's adapter, connected to this app's engine and commands."""
@@ -150,7 +159,7 @@ class ParleyApp:
         self.server = ManagedLlamaServer(s.server, log_path=log_path)
         url = await self.server.start()
         # The bundled model is a base model without a chat template: drive it by raw completion,
-        # and cooler than an instruct model (it strays from the facts at 0.7).
+        # and greedily (it strays from the facts at 0.7, and varies at any temperature).
         engine = self.settings.engine
         if self.server.uses_bundled_model and "temperature" not in engine.model_fields_set:
             engine.temperature = BUNDLED_MODEL_TEMPERATURE
@@ -201,12 +210,25 @@ class ParleyApp:
                 log.info("retention: deleted %d messages", deleted)
             await asyncio.sleep(_RETENTION_SWEEP_S)
 
+    async def _forget_handled(self) -> None:
+        """Platform updates handled long ago cannot come again: their claims go."""
+        while True:
+            try:
+                forgotten = await self.store.purge_handled()
+            except StorageError as exc:  # the next sweep tries again
+                log.info("handled updates not purged: %s", exc)
+            else:
+                if forgotten:
+                    log.info("forgot %d handled platform updates", forgotten)
+            await asyncio.sleep(_RETENTION_SWEEP_S)
+
     def health_checks(self) -> HealthChecks:
         """The database and LLM checks for /healthz; the CLI adds one per connected platform."""
         checks = HealthChecks()
         checks.add("database", database_check(self.store))
         checks.add("llm", llm_check(self.llm))
         checks.add_detail("llm", llm_status(self.llm, self.engine.queue))
+        checks.add_detail("held", self.engine.hold.status)  # messages waiting for the store
         if self.models.status():  # a model's servers down leave its chats only unanswered
             checks.add_detail("models", self.models.status)
         tools = self.tools

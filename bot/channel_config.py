@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter, ValidationError
 
 from bot.config import EngineSettings, Settings, VoiceMode
+from bot.errors import StorageError
+from bot.languages import turn_language
 
 if TYPE_CHECKING:
     from bot.storage import HistoryStore
@@ -30,7 +32,8 @@ CHANNEL_KEYS: dict[str, str] = {
     "group_context": "groups: show the model recent messages not addressed to it (true/false)",
     "group_context_tokens": "how much of that group background the model sees, in tokens",
     "voice_mode": "off | reply-to-voice | always",
-    "stt_language": "voice note language (e.g. en, de), or auto",
+    "language": "the language I speak here: auto (each user's own), or a code like en, fr",
+    "stt_language": "voice note language: follow (the one above), a code (e.g. en, de), or auto",
     TOOLS_KEY: "let the model call the configured tools: on | off",
 }
 _ENGINE_KEYS = tuple(key for key in CHANNEL_KEYS if key != TOOLS_KEY)
@@ -57,6 +60,7 @@ class ChannelSettings:
     group_context: bool
     group_context_tokens: int
     voice_mode: VoiceMode
+    language: str
     stt_language: str
     tools: bool  # the model is offered the configured tools
     # The model the chat picked with /model (llm.models); "": the default. Not a `config set`
@@ -77,6 +81,20 @@ class ChannelSettings:
     ) -> ChannelSettings:
         """A chat's settings as they are now (read fresh: another process may have changed them)."""
         return cls.resolve(settings, await store.channel_settings(channel_id))
+
+
+async def chat_language(
+    store: HistoryStore, settings: Settings, platform: str, channel_key: str, user: str
+) -> str:
+    """The language to speak in a chat to a user whose platform language is `user`: the chat's
+    `language` setting (else `engine.language`) unless "auto", else `user`; English when none
+    names one. With the store failing, the chat's setting is unknown: `engine.language` then."""
+    try:
+        channel_id = await store.channel_id(platform, channel_key)
+        setting = (await ChannelSettings.load(store, settings, channel_id)).language
+    except StorageError:  # the store logged it; the turn reports it where it matters
+        setting = settings.engine.language
+    return turn_language(setting, user)
 
 
 def parse_channel_value(settings: Settings, key: str, raw: str) -> Any:

@@ -170,9 +170,14 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, dict) and not value:
-        return "{}"
+    if isinstance(value, dict):  # an inline table
+        items = (f"{_toml_key(str(key))} = {_toml(item)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
     raise TypeError(f"no TOML form for the default {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _field_row(section: _Section, name: str, field: FieldInfo) -> str:

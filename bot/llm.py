@@ -272,7 +272,8 @@ class LLMClient:
 
     # ------------------------------------------------------------------ streaming
 
-    def _payload(self, request: LLMRequest) -> tuple[str, dict[str, Any]]:
+    def payload(self, request: LLMRequest) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body `stream()` posts for `request` (before a server's slot hint)."""
         body: dict[str, Any] = {
             "stream": True,
             "temperature": request.temperature,
@@ -302,7 +303,7 @@ class LLMClient:
         LLMRequestRejected (4xx), LLMTimeout (no answer in llm.timeout_s) or LLMStreamBroken
         (the stream stopped after the first token).
         """
-        path, body = self._payload(request)
+        path, body = self.payload(request)
         plan = self.pool.plan(affinity)
         problems: list[str] = []
         for position, backend in enumerate(plan):

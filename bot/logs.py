@@ -1,4 +1,8 @@
-"""Logging: human-readable or JSON lines, with every configured secret redacted."""
+"""Logging: human-readable or JSON lines, with every configured secret redacted.
+
+Lines go to stderr, or to a file while the console chat has the terminal (its conversation
+stays readable; `--verbose` brings the lines back to the terminal).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import logging
 import re
 import sys
 import time
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 
-from bot.config import LoggingSettings
+from bot.config import LoggingSettings, StorageSettings
 
 _REDACTED = "[REDACTED]"
 # A password inside a URL (http://user:password@host), also one no setting names (a URL a
@@ -56,14 +62,40 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(settings: LoggingSettings, secrets: list[str]) -> None:
-    """Configure the root logger once, for the whole process."""
-    handler = logging.StreamHandler(sys.stderr)
+CONSOLE_LOG_NAME = "parley.log"
+# The console chat's log file is kept to this size, with one older file beside it.
+CONSOLE_LOG_BYTES = 5 * 1024 * 1024
+
+
+def console_log_path(storage: StorageSettings) -> Path:
+    """Where the console chat writes its log: beside the database, like llama-server's log."""
+    return Path(storage.path).expanduser().parent / CONSOLE_LOG_NAME
+
+
+def setup_logging(
+    settings: LoggingSettings, secrets: list[str], *, file: Path | None = None
+) -> None:
+    """Configure the root logger once, for the whole process: stderr, or `file` when given.
+
+    Raises OSError when the file cannot be opened. With a file, Python's own warnings are
+    logged there too, so nothing but the conversation reaches the terminal.
+    """
+    handler: logging.Handler
+    if file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(
+            file, maxBytes=CONSOLE_LOG_BYTES, backupCount=1, encoding="utf-8"
+        )
+        logging.captureWarnings(True)
     if settings.format == "json":
         handler.setFormatter(JSONFormatter())
     else:
+        # A file outlives the day it was started on: its lines carry the date.
+        clock = "%H:%M:%S" if file is None else "%Y-%m-%d %H:%M:%S"
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", clock)
         )
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()

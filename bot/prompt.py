@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot import catalog
 from bot.channel_config import ChannelSettings
+from bot.languages import ENGLISH
 from bot.llm import LLMRequest, estimate_tokens
 from bot.llm_settings import PromptFormat
 from bot.memory import Recalled
@@ -29,11 +31,14 @@ from bot.tools.messages import TOOL_DATA_RULE
 from bot.types import ImageInput
 
 # Base models continue text rather than follow instructions: a couple of example turns show them
-# the shape of a conversation, and stop strings end the answer where the next turn would begin.
-_PLAIN_EXAMPLES: tuple[tuple[str, str], ...] = (
-    ("What is the capital of Italy?", "The capital of Italy is Rome."),
-    ("How many legs does a spider have?", "A spider has eight legs."),
+# the shape of a conversation (and its language), and stop strings end the answer where the next
+# turn would begin. Each is (id, question, answer); the catalog has them in other languages, as
+# `{id}_QUESTION` and `{id}_ANSWER`, with the speaker's label `PROMPT_USER`.
+PLAIN_EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    ("EXAMPLE_CAPITAL", "What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("EXAMPLE_SPIDER", "How many legs does a spider have?", "A spider has eight legs."),
 )
+USER_LABEL = ("PROMPT_USER", "User")  # who speaks the user's lines of a plain transcript
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +48,9 @@ class PromptTurn:
     tools: ToolExchange | None = None  # the tool calls and results of a reply (chat API only)
 
 
-def system_prompt(settings: ChannelSettings, bot_name: str) -> str:
-    """Persona first, then the channel's extra instructions."""
-    parts = [persona_text(settings.persona, bot_name)]
+def system_prompt(settings: ChannelSettings, bot_name: str, lang: str = ENGLISH) -> str:
+    """Persona first (a preset in `lang`), then the channel's extra instructions."""
+    parts = [persona_text(settings.persona, bot_name, lang)]
     if settings.system_prompt.strip():
         parts.append(settings.system_prompt.strip())
     return "\n\n".join(parts)
@@ -164,12 +169,13 @@ def build_request(
     images: Sequence[dict[str, Any]] = (),
     model: str = "",
     tools: Sequence[dict[str, Any]] = (),
+    lang: str = ENGLISH,
 ) -> LLMRequest:
     """The LLM request for one reply: chat messages, or a raw prompt in `prompt_format`.
 
     `images` (from `image_parts`) go with the message being answered, after its text; `tools`
     (the chat API's format) are offered to the model, and the system text says their results are
-    data: chat only.
+    data: chat only. `lang`: the language of a base model's example turns.
     """
     turns = [*history, PromptTurn("user", user_text)]
     request = LLMRequest(
@@ -189,7 +195,7 @@ def build_request(
             text = [{"type": "text", "text": user_text}] if user_text else []
             request.messages[-1]["content"] = [*text, *images]
         return request
-    request.prompt, request.stop = render_raw(prompt_format, system, turns, bot_name)
+    request.prompt, request.stop = render_raw(prompt_format, system, turns, bot_name, lang)
     return request
 
 
@@ -210,9 +216,16 @@ def image_parts(images: Sequence[ImageInput]) -> list[dict[str, Any]]:
 
 
 def render_raw(
-    prompt_format: PromptFormat, system: str, turns: list[PromptTurn], bot_name: str
+    prompt_format: PromptFormat,
+    system: str,
+    turns: list[PromptTurn],
+    bot_name: str,
+    lang: str = ENGLISH,
 ) -> tuple[str, list[str]]:
-    """Render a conversation for a raw-completion backend; returns (prompt, stop strings)."""
+    """Render a conversation for a raw-completion backend; returns (prompt, stop strings).
+
+    The plain transcript's example turns and user label are in `lang`.
+    """
     if prompt_format == "chatml":
         out = [f"<|im_start|>system\n{system}<|im_end|>\n"]
         out += [f"<|im_start|>{t.role}\n{t.content}<|im_end|>\n" for t in turns]
@@ -238,14 +251,18 @@ def render_raw(
         out.append("<start_of_turn>model\n")
         return "".join(out), ["<end_of_turn>", "<start_of_turn>"]
     # plain: a transcript the base model continues.
+    user = catalog.text(*USER_LABEL, lang)
     lines = [system, ""]
-    for question, answer in _PLAIN_EXAMPLES:
-        lines += [f"User: {question}", f"{bot_name}: {answer}"]
+    for example, question, answer in PLAIN_EXAMPLES:
+        lines += [
+            f"{user}: {catalog.text(f'{example}_QUESTION', question, lang)}",
+            f"{bot_name}: {catalog.text(f'{example}_ANSWER', answer, lang)}",
+        ]
     for turn in turns:
-        speaker = "User" if turn.role == "user" else bot_name
+        speaker = user if turn.role == "user" else bot_name
         lines.append(f"{speaker}: {_one_paragraph(turn.content)}")
     lines.append(f"{bot_name}:")
-    return "\n".join(lines), ["\nUser:", f"\n{bot_name}:", "\n\n"]
+    return "\n".join(lines), [f"\n{user}:", f"\n{bot_name}:", "\n\n"]
 
 
 def _one_paragraph(text: str) -> str:

@@ -36,25 +36,33 @@ class ToolCommands:
         """The tools this chat's model is offered, or why it is offered none."""
         hub = self._hub
         if hub is None:
-            return say(Msg.TOOLS_NONE_SET_UP)
+            return say(Msg.TOOLS_NONE_SET_UP, lang=msg.language)
         chat = await ChannelSettings.load(self._store, self._settings, channel_id)
         # Only the chat API carries tools: a base model (raw completion) never gets them.
         if self._models is not None and self._models.pick(chat.model).client.api != "chat":
-            return say(Msg.TOOLS_BASE_MODEL)
+            return say(Msg.TOOLS_BASE_MODEL, lang=msg.language)
         if not chat.tools:
-            return say(Msg.TOOLS_OFF)
+            return say(Msg.TOOLS_OFF, lang=msg.language)
         tools = hub.tools()
         if not tools:
-            return say(Msg.TOOLS_NOT_READY)
-        lines = [say(Msg.TOOLS_SHOWN)]
+            return say(Msg.TOOLS_NOT_READY, lang=msg.language)
+        lines = [say(Msg.TOOLS_SHOWN, lang=msg.language)]
         for tool in tools:
             about = _brief(tool.description)
             if about:
                 lines.append(
-                    say(Msg.TOOL_LINE_ABOUT, name=tool.name, server=tool.server, about=about)
+                    say(
+                        Msg.TOOL_LINE_ABOUT,
+                        lang=msg.language,
+                        name=tool.name,
+                        server=tool.server,
+                        about=about,
+                    )
                 )
             else:
-                lines.append(say(Msg.TOOL_LINE, name=tool.name, server=tool.server))
+                lines.append(
+                    say(Msg.TOOL_LINE, lang=msg.language, name=tool.name, server=tool.server)
+                )
         return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ TABLES = {name: table(own) for name, own in platform_commands().items()}
 
 
 def test_help_lists_every_command_the_platform_offers() -> None:
-    assert set(TABLES) == {"telegram", "discord", "console", "mqtt"}
+    assert set(TABLES) == {"api", "discord", "mqtt", "telegram", "console"}
     for platform, commands in TABLES.items():
         text = help_text("Parley", commands)
         for command in commands:

@@ -141,6 +141,19 @@ async def test_a_streamable_http_server_works_like_stdio(
     assert status_of(hub, "remote").restarts >= 1
 
 
+async def test_a_url_with_credentials_works_and_is_never_logged_with_them(
+    make_hub: MakeHub, http_fake: HttpFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the SDK logs the endpoint it connects to at DEBUG
+    port = await http_fake.start()
+    hub = await make_hub({"remote": {"url": f"http://tooluser:tool-pw-0123@127.0.0.1:{port}/mcp"}})
+    assert status_of(hub, "remote").state == "ready"
+    assert (await hub.call("echo", '{"text": "behind a login"}')).text == "behind a login"
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(f"127.0.0.1:{port}/mcp" in line for line in logged)  # the endpoint is named
+    assert not [line for line in logged if "tool-pw-0123" in line or "tooluser" in line]
+
+
 async def test_a_server_that_answers_nothing_never_hangs_a_call(make_hub: MakeHub) -> None:
     hub = await make_hub(
         {"silent": {"command": command("silent")}, "fake": {"command": command("stdio")}},

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from adapters.discord.voice.conversation import wake_word_rest
+from adapters.discord.voice.wake import wake_word_rest
 from bot.messages import Msg, say
 from tests.fakes.discord_voice.harness import transcribe, voice_bot, words
 from tests.fakes.discord_voice.media import OpusEncoder, stereo_frames

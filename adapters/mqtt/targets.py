@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.delivery.stream import DEFAULT_MARKER
+from bot.languages import ENGLISH
 from bot.messages import Msg, say
 from bot.storage import Status
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
@@ -89,7 +90,7 @@ class MqttReplyTarget:
     async def typing(self) -> None:
         return None  # the first delta (or `queued`) is the sign of life
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         await self._emit({"type": "queued", "position": position})
 
     async def notice(self, text: str) -> None:

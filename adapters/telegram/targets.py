@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -34,6 +35,7 @@ from adapters.telegram.limits import GROUP_WINDOW_S, MAX_CAPTION_CHARS, PLATFORM
 from bot.delivery.budgets import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
+from bot.languages import ENGLISH
 from bot.messages import queue_text
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
@@ -159,13 +161,14 @@ class TelegramReplyTarget:
         if shown:  # skipped for text: the next call may try again
             self._last_typing = now
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         """Show the chat's one "#n in line" message at this position; it never blocks.
 
         However many of the chat's messages wait, it has one such message, posted once and
         edited as positions change; it goes when none of them waits any more.
         """
-        self._scheduler.queue_notices.wait(self, _QueueNotice(self), self, position, queue_text)
+        text = functools.partial(queue_text, lang=lang)
+        self._scheduler.queue_notices.wait(self, _QueueNotice(self), self, position, text)
 
     async def notice(self, text: str) -> None:
         """Post a short plain message (transcript, error, refusal); long ones are split."""

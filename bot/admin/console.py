@@ -2,9 +2,11 @@
 
 Secure by default: the endpoint binds loopback; there is no default password (until one is set,
 /admin only says how to set one); a session cookie (HttpOnly, SameSite=Strict, Secure over TLS)
-follows a sign-in; every POST carries the session's CSRF token; failed sign-ins are throttled per
-address (bot.admin.signin). Pages never contain a token, an API key or the password hash: secrets
-are masked, URLs shown without credentials, and log lines redacted before they are kept.
+follows a sign-in; every POST carries the session's CSRF token; sign-in attempts are throttled per
+address, counted before the password is checked (bot.admin.signin). Sessions and the throttle
+live in the store, so processes sharing a database share them. Pages never contain a token, an
+API key or the password hash: secrets are masked, URLs shown without credentials, and log lines
+redacted before they are kept.
 
 Each page lives in its own module (overview, conversations, audit_logs, try_it); this one mounts
 them and runs what they share for the endpoint's lifetime.
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from bot.admin.audit_logs import AuditAndLogs
 from bot.admin.conversations import Conversations
-from bot.admin.exposure import SET_PASSWORD_HINT, exposure_warning
+from bot.admin.exposure import exposure_warning, set_password_hint
 from bot.admin.logtail import LogRing
 from bot.admin.overview import Overview
 from bot.admin.pages import PREFIX, STATIC_DIR, Pages, security_headers
@@ -69,7 +71,7 @@ class AdminConsole:
         self.web_app: web.Application | None = None  # the /admin sub-application, once mounted
         pages = Pages(settings.engine.bot_name)
         self.pages = pages
-        self.signin = SignIn(settings.http, self.passwords, pages)
+        self.signin = SignIn(settings.http, self.passwords, pages, store=store)
         self.conversations = Conversations(
             settings,
             store=store,
@@ -134,7 +136,7 @@ class AdminConsole:
         self.history.start()
         credential = await self.passwords.current()
         if credential is None:
-            log.info("admin console: locked, no password set (%s)", SET_PASSWORD_HINT)
+            log.info("admin console: locked, no password set (%s)", set_password_hint())
         else:
             log.info("admin console on %s (password from the %s)", PREFIX, credential.origin)
         warning = exposure_warning(self.settings.http, password_set=credential is not None)

@@ -14,8 +14,18 @@ from aiohttp import web
 from bot.admin import queries
 from bot.admin.chat_settings import chat_settings, set_chat_setting
 from bot.admin.config_view import describe_settings, read_config_file
-from bot.admin.pages import PREFIX, Pages, actor, form_field, int_param, quote_path, redirect
+from bot.admin.pages import (
+    PREFIX,
+    Pages,
+    actor,
+    form_field,
+    id_in_path,
+    int_param,
+    quote_path,
+    redirect,
+)
 from bot.config import Settings
+from bot.storage.base import MAX_ROW_ID
 
 if TYPE_CHECKING:
     from bot.commands import Commands
@@ -64,7 +74,9 @@ class Conversations:
 
     async def _chats_page(self, request: web.Request) -> web.StreamResponse:
         search = request.query.get("q", "").strip()
-        page = int_param(request.query.get("page"), 1, minimum=1)
+        page = int_param(
+            request.query.get("page"), 1, minimum=1, maximum=MAX_ROW_ID // CHATS_PER_PAGE
+        )
         hits: list[queries.SearchHit] = []
         chats: list[queries.ChatSummary] = []
         total = 0
@@ -88,20 +100,34 @@ class Conversations:
         )
 
     async def _chat(self, request: web.Request) -> queries.ChatSummary:
-        chat = await queries.get_chat(self.store, int(request.match_info["chat"]))
+        chat = await queries.get_chat(self.store, id_in_path(request, "chat"))
         if chat is None:
             raise web.HTTPNotFound(text="No such conversation.")
         return chat
 
     async def _chat_page(self, request: web.Request) -> web.StreamResponse:
+        """A chat's messages, each with the conversation (/session) it belongs to; `?session=ID`
+        shows one conversation only."""
         chat = await self._chat(request)
         before = int_param(request.query.get("before"), None, minimum=1)
+        sessions = await self.store.sessions(chat.id)
+        names = {session.id: session.name for session in sessions}
+        wanted = int_param(request.query.get("session"), None, minimum=0)
+        shown = wanted if wanted in names else None
         rows = await queries.chat_messages(
-            self.store, chat.id, limit=MESSAGES_PER_PAGE, before=before
+            self.store, chat.id, limit=MESSAGES_PER_PAGE, before=before, session_id=shown
         )
         older = rows[0].id if len(rows) == MESSAGES_PER_PAGE else None
         return self.pages.render(
-            request, "chat.html", current="chats", chat=chat, rows=rows, older=older
+            request,
+            "chat.html",
+            current="chats",
+            chat=chat,
+            rows=rows,
+            older=older,
+            sessions=sessions,
+            session_names=names,
+            shown_session=shown,
         )
 
     async def _chat_settings_page(self, request: web.Request) -> web.StreamResponse:

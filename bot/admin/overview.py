@@ -78,8 +78,11 @@ class Overview:
                 "tokens_out": int(totals.get("parley_tokens_out_total")),
                 "rate_limited": int(totals.get("parley_rate_limited_total")),
                 "replies_by_status": {k: int(v) for k, v in totals.replies_by_status.items()},
+                "cache_hits": int(totals.cache_by_result.get("hit", 0)),
+                "cache_misses": int(totals.cache_by_result.get("miss", 0)),
             },
             "sampled_every_s": self.sample_every_s,
+            "process": self.pages.process,  # the queue, totals and charts are this process's
         }
         self._cache = (now, data)
         return data

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -16,9 +18,10 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from bot.admin.exposure import SET_PASSWORD_HINT
+from bot.admin.exposure import set_password_hint
 from bot.admin.passwords import Credential
 from bot.admin.sessions import Session
+from bot.storage.base import MAX_ROW_ID
 
 PREFIX = "/admin"
 LOGIN_PATH = f"{PREFIX}/login"
@@ -32,6 +35,7 @@ NAV = (
     ("try", f"{PREFIX}/try", "Try it"),
 )
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+_MAX_INT_CHARS = 30  # a longer query parameter is no number the console uses
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # A strict policy: only this console's own files, no inline script, never inside a frame.
 _CSP = (
@@ -63,11 +67,18 @@ def current_credential() -> Credential:
     return credential
 
 
+def process_name() -> str:
+    """This process as the log tail and charts name it (host:pid): several processes sharing a
+    database each serve their own."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Pages:
     """Renders the console's templates with what every page shows (CSRF token, menu, name)."""
 
     def __init__(self, bot_name: str) -> None:
         self.bot_name = bot_name
+        self.process = process_name()
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("bot.admin", "templates"),
             autoescape=jinja2.select_autoescape(("html",)),
@@ -88,7 +99,8 @@ class Pages:
             signed_in=session is not None,
             nav=NAV,
             bot_name=self.bot_name,
-            set_password_hint=SET_PASSWORD_HINT,
+            process=self.process,
+            set_password_hint=set_password_hint(),
             **context,
         )
         return web.Response(text=html, content_type="text/html", status=status)
@@ -137,13 +149,24 @@ def form_field(form: Mapping[str, Any], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def int_param(raw: str | None, default: Any, *, minimum: int) -> Any:
-    """A query parameter as an int of at least `minimum`, else `default`."""
+def int_param(raw: str | None, default: Any, *, minimum: int, maximum: int = MAX_ROW_ID) -> Any:
+    """A query parameter as an int from `minimum` to `maximum`, else `default`: a row id past
+    what the database holds would overflow its driver."""
+    if raw is None or not raw.isascii() or len(raw) > _MAX_INT_CHARS:
+        return default
     try:
-        value = int(raw) if raw is not None else default
+        value = int(raw)
     except ValueError:
         return default
-    return value if value is None or value >= minimum else default
+    return value if minimum <= value <= maximum else default
+
+
+def id_in_path(request: web.Request, name: str) -> int:
+    """A row id from the route (digits only), or 404 when no row can have it."""
+    value = int_param(request.match_info[name], None, minimum=1)
+    if value is None:
+        raise web.HTTPNotFound(text="No such conversation.")
+    return int(value)
 
 
 async def event_stream(request: web.Request) -> web.StreamResponse:

@@ -1,13 +1,16 @@
 """Who may use the console: the guard in front of every route, signing in and out.
 
 Every route but the sign-in needs a session cookie (HttpOnly, SameSite=Strict, Secure over TLS);
-every POST comes from this site and carries the session's CSRF token; failed sign-ins are
-throttled per address. Until a password is set, /admin only says how to set one.
+every POST comes from this site and carries the session's CSRF token; sign-in attempts are
+throttled per address, each counted before its password is checked. Until a password is set,
+/admin only says how to set one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -31,12 +34,16 @@ from bot.admin.sessions import (
     CSRF_HEADER,
     LOGIN_COOKIE,
     SESSION_COOKIE,
-    LoginThrottle,
+    SIGN_IN_SCOPE,
+    SIGN_IN_THROTTLE,
     SessionStore,
     new_token,
     same_token,
 )
 from bot.config import HTTPSettings
+
+if TYPE_CHECKING:
+    from bot.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +55,14 @@ _PUBLIC_ROUTES = frozenset({"login", "login_submit"})
 class SignIn:
     """The guard (a middleware), the sign-in form and signing out."""
 
-    def __init__(self, http: HTTPSettings, passwords: PasswordStore, pages: Pages) -> None:
+    def __init__(
+        self, http: HTTPSettings, passwords: PasswordStore, pages: Pages, *, store: Store
+    ) -> None:
         self.http = http
         self.passwords = passwords
         self.pages = pages
-        self.sessions = SessionStore()
-        self.throttle = LoginThrottle()
+        self.store = store
+        self.sessions = SessionStore(store)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/login", self._login_page, name="login")
@@ -73,7 +82,9 @@ class SignIn:
         ACCESS.set(Access(credential, None))
         if route.name in _PUBLIC_ROUTES:
             return await handler(request)
-        session = self.sessions.get(request.cookies.get(SESSION_COOKIE), credential.fingerprint)
+        session = await self.sessions.get(
+            request.cookies.get(SESSION_COOKIE), credential.fingerprint
+        )
         if session is None:
             if request.method in SAFE_METHODS and route.name not in ("logs_stream",):
                 return redirect(f"{LOGIN_PATH}?next={quote_path(request.path_qs)}")
@@ -107,7 +118,7 @@ class SignIn:
 
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
         credential = current_credential()
-        if self.sessions.get(request.cookies.get(SESSION_COOKIE), credential.fingerprint):
+        if await self.sessions.get(request.cookies.get(SESSION_COOKIE), credential.fingerprint):
             return redirect(_next_path(request.query.get("next")))
         return self._login_form(request)
 
@@ -140,7 +151,13 @@ class SignIn:
         address = request.remote or "unknown"
         form = await request.post()
         next_path = _next_path(form_field(form, "next"))
-        wait = self.throttle.retry_after(address)
+        if not same_token(form_field(form, CSRF_FIELD), request.cookies.get(LOGIN_COOKIE, "")):
+            return self.refused(request, "The sign-in form expired: reload it and try again.")
+        # Counted before the password is checked, in the store: attempts sent at once, to this
+        # process or another, are counted one after another and only counted ones are checked.
+        wait = math.ceil(
+            await self.store.throttle_attempt(SIGN_IN_SCOPE, address, SIGN_IN_THROTTLE)
+        )
         if wait:
             response = self._login_form(
                 request,
@@ -150,17 +167,14 @@ class SignIn:
             )
             response.headers["Retry-After"] = str(wait)
             return response
-        if not same_token(form_field(form, CSRF_FIELD), request.cookies.get(LOGIN_COOKIE, "")):
-            return self.refused(request, "The sign-in form expired: reload it and try again.")
         password = form_field(form, "password")
         if not password or not await self.passwords.verify(credential, password):
-            self.throttle.failed(address)
             log.warning("admin console: failed sign-in from %s", address)
             return self._login_form(
                 request, status=401, error="Wrong password.", next_path=next_path
             )
-        self.throttle.succeeded(address)
-        token, _ = self.sessions.create(credential.fingerprint, address)
+        await self.store.throttle_clear(SIGN_IN_SCOPE, address)
+        token, _ = await self.sessions.create(credential.fingerprint, address)
         log.info("admin console: signed in from %s", address)
         response = redirect(next_path)
         response.set_cookie(
@@ -175,7 +189,7 @@ class SignIn:
         return response
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
-        self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        await self.sessions.end(request.cookies.get(SESSION_COOKIE))
         log.info("admin console: signed out from %s", request.remote)
         response = redirect(LOGIN_PATH)
         response.del_cookie(SESSION_COOKIE, path=PREFIX)

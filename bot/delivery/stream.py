@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,23 @@ _MAX_UNREADABLE = 2  # retries of a call whose answer the platform library could
 
 
 @dataclass(frozen=True, slots=True)
+class PartShown:
+    """A reply part's platform message, reported as soon as the platform returns its id.
+
+    `part` counts the reply's messages from 0; `done` is False while the message may still end
+    in the streaming marker, True once its final text is shown or it is deleted.
+    """
+
+    part: int
+    message_id: str
+    done: bool
+
+
+# Told of every PartShown, awaited before the stream's next call (e.g. to record the ids).
+PartSink = Callable[[PartShown], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Step:
     """The next call of a stream."""
 
@@ -49,10 +67,16 @@ class ReplyStream:
     """One reply being shown: append deltas as they arrive, then finish."""
 
     def __init__(
-        self, scheduler: BudgetScheduler, target: TextTarget, lane: Lane, marker: str
+        self,
+        scheduler: BudgetScheduler,
+        target: TextTarget,
+        lane: Lane,
+        marker: str,
+        on_part: PartSink | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._target = target
+        self._on_part = on_part
         self._limits = target.limits
         self._lane = lane
         self._marker = marker
@@ -241,9 +265,12 @@ class ReplyStream:
         target = self._target
         self._written_at = self._scheduler.clock.now()
         metrics.PLATFORM_CALLS.labels(target.limits.platform_key, step.kind).inc()
+        part = len(self._ids)
+        shown: PartShown | None = None
         try:
             if step.kind == "send":
                 self._message = await target.send(step.text)
+                shown = PartShown(part, self._message, done=False)
                 self._shows_something()
                 self._shown = step.text
             elif step.kind == "edit":
@@ -251,13 +278,16 @@ class ReplyStream:
                 self._shown = step.text
             elif step.kind == "finalize":
                 self._ids.append(await target.finalize(self._require_message(), step.text))
+                shown = PartShown(part, self._ids[-1], done=True)
                 self._message, self._shown = None, ""
                 if step.cut is not None:
                     self._next_part(step.cut)
                 else:
                     self._done = True
             else:
-                await target.delete(self._require_message())
+                message_id = self._require_message()
+                await target.delete(message_id)
+                shown = PartShown(part, message_id, done=True)
                 self._message, self._done = None, True
         except RetryAfter as exc:
             metrics.RATE_LIMITED.labels(target.limits.platform_key).inc()
@@ -274,6 +304,8 @@ class ReplyStream:
         else:
             self._backoff.reset()
             self._unreadable = 0
+            if shown is not None and self._on_part is not None:
+                await self._on_part(shown)
 
     def _shows_something(self) -> None:
         """The reply's first message is out (or the reply ended): it needs no token soon."""

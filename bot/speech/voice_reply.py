@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 
 from bot.errors import SpeechSynthesisError
+from bot.languages import ENGLISH
 from bot.speech.audio import Pcm, make_clip, silence
 from bot.speech.text import SentenceSplitter
 from bot.speech.tts import SpeechSynthesizer
@@ -51,9 +52,13 @@ class VoiceReply:
     the time the text ends most of the speech is ready.
     """
 
-    def __init__(self, synthesizer: SpeechSynthesizer, *, max_chars: int) -> None:
+    def __init__(
+        self, synthesizer: SpeechSynthesizer, *, max_chars: int, lang: str = ENGLISH
+    ) -> None:
+        """`lang`: the reply's language, whose voice speaks it."""
         self._synthesizer = synthesizer
         self._max_chars = max_chars
+        self._lang = lang
         self._splitter = SentenceSplitter()
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -185,7 +190,7 @@ class VoiceReply:
     async def _synthesize_in_order(self) -> None:
         try:
             while (sentence := await self._queue.get()) is not None:
-                pcm = await self._synthesizer.synthesize_pcm(sentence)
+                pcm = await self._synthesizer.synthesize_pcm(sentence, self._lang)
                 self._pieces.append(pcm)
                 if self._live is not None:
                     self._live.put_nowait(SpokenSentence(sentence, pcm))

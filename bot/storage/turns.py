@@ -14,6 +14,7 @@ from typing import Any
 from bot.storage.audit import write_audit
 from bot.storage.base import PENDING, VISIBLE, Status, StoredMessage, Turn
 from bot.storage.database import Database, Tx
+from bot.storage.handled import HandledKey, claim_in
 
 MESSAGE_COLUMNS = (
     "id", "role", "author_id", "author_name", "content", "status", "token_count", "created_at",
@@ -116,10 +117,17 @@ class Turns:
         content: str,
         token_count: int | None,
         bot_id: str = "bot",
+        handled: HandledKey | None = None,
     ) -> Turn:
-        """Store the user's message and reserve its reply's row (status 'queued') in one go."""
+        """Store the user's message and reserve its reply's row (status 'queued') in one go.
+
+        With `handled`, the platform update is claimed in the same transaction: AlreadyHandled
+        (and nothing stored) when a delivery before this one was stored already.
+        """
 
         async def rows(tx: Tx) -> Turn:
+            if handled is not None:
+                await claim_in(tx, handled)
             await self.db.order_rows(tx, channel_id)
             user_row, session_id, now = await insert_user_row(
                 tx, channel_id, "complete", author_id, author_name, content, token_count

@@ -50,15 +50,18 @@ class ToolTurn:
         *,
         msg: IncomingMessage,
         channel_id: int,
+        lang: str,
         live_voice: VoiceReply | None = None,
     ) -> None:
-        """`live_voice`: the reply's speech when someone listens live (a voice channel)."""
+        """`lang`: the turn's language; `live_voice`: the reply's speech when someone listens
+        live (a voice channel)."""
         self._hub = hub
         self._request = request
         self._stream = stream
         self._store = store
         self._msg = msg
         self._channel_id = channel_id
+        self._lang = lang
         self._voice = live_voice
         self._max_rounds = hub.settings.max_rounds
         self._rounds: list[ToolRound] = []
@@ -88,7 +91,7 @@ class ToolTurn:
                 done, _ = await asyncio.wait({work}, timeout=ONE_MOMENT_AFTER_S)
                 if not done:
                     self._said_one_moment = True
-                    self._voice.interject(say(Msg.TOOL_ONE_MOMENT))
+                    self._voice.interject(say(Msg.TOOL_ONE_MOMENT, lang=self._lang))
             results = await work
         finally:
             work.cancel()  # the reply was stopped (time limit, shutdown): so are its calls
@@ -109,7 +112,7 @@ class ToolTurn:
         names = ", ".join(f"`{name}`" for name in dict.fromkeys(call.name for call in calls))
         shown = self._stream.text
         gap = "" if not shown.strip() else "\n" if len(shown) == self._line_end else "\n\n"
-        self._stream.append(gap + say(Msg.TOOL_RUNNING, tools=names))
+        self._stream.append(gap + say(Msg.TOOL_RUNNING, lang=self._lang, tools=names))
         self._line_end = len(self._stream.text)
 
     async def _audit(self, calls: list[ToolCall], results: list[ToolResult]) -> None:
