@@ -1,4 +1,4 @@
-"""Platform adapters: one package per platform (telegram/, discord/), plus the console chat.
+"""Platform adapters: one package per platform (telegram/, discord/, mqtt/), plus the console chat.
 
 A package becomes a platform by exposing `PLATFORM` (a `bot.platform.Platform`) in its
 `__init__`: `platforms()` finds it, so a new platform is one new folder.

@@ -1,21 +1,38 @@
-"""The local console chat: `parley chat`, and `make run` when no platform token is set."""
+"""The local console chat: `parley chat`, and `make run` when no platform token is set.
+
+An adapter like the platforms' (a chat of one person, who owns the bot), though not a
+`Platform`: it needs no token and no connection, and `bot.cli` starts it when no platform is.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from bot.commands import find
+from bot.command_table import START, find
+from bot.languages import ENGLISH
+from bot.messages import Msg, say
 from bot.platform import Services
-from bot.types import IncomingMessage, OutgoingFile, RateBudget, TargetLimits, VoiceClip
+from bot.types import (
+    Attachment,
+    AttachmentKind,
+    IncomingMessage,
+    OutgoingFile,
+    RateBudget,
+    TargetLimits,
+    VoiceClip,
+)
 
 PLATFORM = "console"
+COMMANDS = (START,)  # the commands only the console has, besides the core's
 CONSOLE_CHANNEL = "local"
 QUIT_COMMANDS = ("quit", "exit")
 # The terminal has no rate limit and no length limit worth splitting at.
@@ -26,6 +43,13 @@ _LIMITS = TargetLimits(
     platform_key="console",
 )
 _MARKER = " ▌"
+# Where a terminal says its language, first found wins (POSIX: LC_ALL overrides the others).
+LANGUAGE_VARIABLES = ("LC_ALL", "LC_MESSAGES", "LANG")
+
+
+def console_language(environ: Mapping[str, str]) -> str:
+    """The terminal's language as its locale variables name it ("fr_FR.UTF-8"); "" if unset."""
+    return next((environ[name] for name in LANGUAGE_VARIABLES if environ.get(name)), "")
 
 
 class ConsoleTarget:
@@ -45,6 +69,7 @@ class ConsoleTarget:
         self._shown: dict[str, str] = {}
         self._next_id = 0
         self._parts = 0  # messages of the current reply (a long one continues in a new one)
+        self.lang = ENGLISH  # the chat's language, for the target's own words (a voice note's)
 
     def start_reply(self) -> None:
         self._parts = 0
@@ -88,8 +113,8 @@ class ConsoleTarget:
     async def typing(self) -> None:
         return None
 
-    async def queued(self, position: int) -> None:
-        self._write(f"[waiting: #{position} in line]\n")
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
+        self._write(say(Msg.CONSOLE_WAITING, lang=lang, position=position) + "\n")
 
     async def notice(self, text: str) -> None:
         self._write(f"{text}\n")
@@ -98,12 +123,13 @@ class ConsoleTarget:
         self.voice_dir.mkdir(parents=True, exist_ok=True)
         path = self.voice_dir / f"reply-{time.strftime('%Y%m%d-%H%M%S')}-{self._next_id}.ogg"
         path.write_bytes(clip.ogg_opus)
-        self._write(f"\n[voice reply: {path} ({clip.duration_s:.1f} s)]\n")
+        said = say(Msg.CONSOLE_VOICE, lang=self.lang, path=path, seconds=clip.duration_s)
+        self._write("\n" + said + "\n")
 
     async def send_file(self, file: OutgoingFile) -> None:
         """Write the file into `file_dir` (never over an earlier one) and say where it is."""
         path = await asyncio.to_thread(_write_new_file, self.file_dir, file)
-        self._write(f"[file: {path}]\n")
+        self._write(say(Msg.CONSOLE_FILE, lang=self.lang, path=path) + "\n")
 
 
 def _write_new_file(folder: Path, file: OutgoingFile) -> Path:
@@ -128,8 +154,11 @@ class ConsoleChat:
         stdout: TextIO = sys.stdout,
         voice_dir: Path = Path("voice-replies"),
         file_dir: Path = Path("parley-files"),
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
+        """`environ`: where the terminal's language is read (LC_ALL, LC_MESSAGES, LANG)."""
         self.engine = services.engine
+        self.language = console_language(environ)
         self.commands = services.commands
         self.stdin = stdin
         self.out = stdout
@@ -137,12 +166,11 @@ class ConsoleChat:
             stdout, voice_dir, services.settings.engine.bot_name, file_dir=file_dir
         )
         self.interactive = stdin.isatty()
+        self._table = services.commands.table(PLATFORM)
         self._reply: asyncio.Task[None] | None = None
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
 
-    def _message(
-        self, text: str = "", audio: bytes | None = None, mime: str | None = None
-    ) -> IncomingMessage:
+    def _message(self, text: str = "", recording: Attachment | None = None) -> IncomingMessage:
         return IncomingMessage(
             platform=PLATFORM,
             channel_key=CONSOLE_CHANNEL,
@@ -151,8 +179,8 @@ class ConsoleChat:
             text=text,
             is_admin=True,  # whoever has the terminal owns the bot
             is_private=True,
-            audio=audio,
-            audio_mime=mime,
+            attachments=() if recording is None else (recording,),
+            language=self.language,
         )
 
     def _on_sigint(self) -> None:
@@ -187,14 +215,11 @@ class ConsoleChat:
         threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
         name = self.engine.settings.engine.bot_name
         if self.interactive:
-            self.out.write(
-                f"{name} console — type a message, /help for commands, Ctrl-D to quit.\n"
-            )
+            lang = await self.engine.language(self._message())
+            self.out.write(say(Msg.CONSOLE_WELCOME, lang=lang, name=name) + "\n")
         try:
             if voice_file is not None:
-                await self._answer(
-                    self._message(audio=voice_file.read_bytes(), mime=_mime(voice_file))
-                )
+                await self._answer(self._message(recording=_recording(voice_file)))
             while True:
                 if self.interactive:
                     self.out.write("\nyou> ")
@@ -209,12 +234,14 @@ class ConsoleChat:
                     name_, _, args = line[1:].partition(" ")
                     if name_ in QUIT_COMMANDS:
                         break
-                    command = find(name_)
+                    command = find(self._table, name_)
                     if command is not None and command.turn:
                         line = args  # /ask: the rest is the message
-                    elif command is not None and command.available_on(PLATFORM):
-                        reply = await self.commands.execute(self._message(line), name_, args)
+                    elif command is not None:
+                        msg = self._message(line)
+                        reply = await self.commands.execute(msg, name_, args)
                         self.out.write(reply.text + "\n")
+                        self.target.lang = await self.engine.language(msg)
                         for file in reply.files:
                             await self.target.send_file(file)
                         continue
@@ -226,6 +253,7 @@ class ConsoleChat:
 
     async def _answer(self, msg: IncomingMessage) -> None:
         self.target.start_reply()
+        self.target.lang = await self.engine.language(msg)
         self._reply = asyncio.create_task(self.engine.handle(msg, self.target))
         try:
             await self._reply
@@ -233,11 +261,27 @@ class ConsoleChat:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the chat itself is being stopped
-            self.out.write("\n[reply cancelled]")
+            self.out.write("\n" + say(Msg.CONSOLE_CANCELLED, lang=self.target.lang))
         finally:
             self._reply = None
         self.out.write("\n")
         self.out.flush()
+
+
+def _recording(path: Path) -> Attachment:
+    """A voice file given on the command line, read (up to the limit) when it is transcribed."""
+    mime = _mime(path) or ""
+
+    async def read(limit: int) -> bytes:
+        return await asyncio.to_thread(_read_at_most, path, limit + 1)  # one more: too large
+
+    kind: AttachmentKind = "video" if mime.startswith("video/") else "audio"
+    return Attachment(kind, path.stat().st_size, mime, path.name, reader=read)
+
+
+def _read_at_most(path: Path, size: int) -> bytes:
+    with path.open("rb") as file:
+        return file.read(size)
 
 
 def _mime(path: Path) -> str | None:

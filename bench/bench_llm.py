@@ -32,9 +32,10 @@ from prometheus_client import REGISTRY
 
 from bot.app import ParleyApp
 from bot.channel_config import ChannelSettings
-from bot.config import LLMServerSettings, LLMSettings, Settings
+from bot.config import Settings
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import LLMClient, LLMRequest, StreamEvent
+from bot.llm_settings import LLMServerSettings, LLMSettings
 from bot.prompt import build_request, system_prompt
 from bot.queue import TurnQueue
 from bot.types import IncomingMessage
@@ -232,7 +233,7 @@ async def bench_delivered() -> None:
             # Straight from the server, through the bot's own LLM client (its slot bookkeeping
             # then covers both requests) but not through the engine.
             raw = app.llm
-            channel = ChannelSettings.resolve(settings.engine, {})
+            channel = ChannelSettings.resolve(settings, {})
             request = build_request(
                 api=app.llm.api,
                 prompt_format=settings.llm.prompt_format,

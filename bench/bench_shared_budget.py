@@ -1,4 +1,5 @@
-"""The Discord global budget shared through PostgreSQL (bot/shared_budget.py): what a grant costs.
+"""The Discord global budget shared through PostgreSQL (bot/storage/shared_budget.py): what a
+grant costs.
 
 (a) one grant's round trip (a budget far above the load, so no grant waits), p50 / p99, against
     a local throwaway PostgreSQL 15 with production durability settings (the table is UNLOGGED);
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.shared_budget import SharedBudget
+from bot.storage.shared_budget import SharedBudget
 from tests.fakes.postgres import PostgresServer
 
 GRANTS = 2000

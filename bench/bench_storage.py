@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import StorageSettings
 from bot.storage import Store, migrate, open_store
-from bot.storage import postgres as pg
+from bot.storage.postgres import migrate as migrate_postgres
+from bot.storage.postgres_connect import connect
 from tests.fakes.postgres import PostgresServer
 
 ROWS = int(os.environ.get("BENCH_ROWS", "1000000"))
@@ -43,8 +44,8 @@ def percentile(samples: list[float], q: int) -> float:
 
 
 async def fill_postgres(url: str) -> float:
-    await pg.migrate(url)
-    conn = await pg.connect(url)
+    await migrate_postgres(url)
+    conn = await connect(url)
     start = time.perf_counter()
     try:
         await conn.execute(

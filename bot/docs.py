@@ -19,10 +19,11 @@ import annotated_types
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from bot.app import full_settings_class
-from bot.commands import Access, Command, Param, commands_for
+from bot.app import full_settings_class, platform_commands
+from bot.command_table import Access, Command, Param, table
 from bot.config import PlatformSettings, Settings
 from bot.memory import MAX_MEMORIES_PER_USER, MAX_MEMORY_CHARS
+from bot.messages import say
 from bot.sessions import AUTO_NAME, EXPORT_MAX_BYTES, EXPORT_MAX_MESSAGES
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -138,6 +139,9 @@ def _type_name(annotation: Any) -> str:
         return f"list of {_type_name(item)}s"
     if _dict_entry_model(annotation) is not None:
         return "tables"
+    if origin is dict:
+        key, value = get_args(annotation)
+        return f"table of {_type_name(key)} to {_type_name(value)}"
     raise TypeError(f"no documentation name for the type {annotation!r}")
 
 
@@ -166,9 +170,14 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, dict) and not value:
-        return "{}"
+    if isinstance(value, dict):  # an inline table
+        items = (f"{_toml_key(str(key))} = {_toml(item)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
     raise TypeError(f"no TOML form for the default {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _field_row(section: _Section, name: str, field: FieldInfo) -> str:
@@ -241,7 +250,8 @@ def command_surfaces() -> dict[str, list[Command]]:
 
     The one place this module reads the command table.
     """
-    return {surface: commands_for(surface) for surface in [*platform_names(), CONSOLE]}
+    own = platform_commands()
+    return {surface: list(table(own[surface])) for surface in [*platform_names(), CONSOLE]}
 
 
 # What the table's one-line help cannot say, by command name. A name the table lacks is an error,
@@ -275,6 +285,11 @@ _NOTES = {
         "The models set up as `[llm.models.NAME]` tables; a pick is stored with the chat's "
         "settings and audited (`/model default` goes back). See "
         "[LLM servers](llm-servers.md#models-per-chat)."
+    ),
+    "tools": (
+        "Lists the tools of the servers in `[tools]` that this chat's model is offered, or why "
+        "there are none: no servers configured, tools off in this chat (`/config set tools on`), "
+        "or a base model that cannot call tools. See [Tools](tools.md)."
     ),
     "session": (
         "`/session list` shows each conversation's messages, last day, and which one is current. "
@@ -332,7 +347,7 @@ def _param_lines(param: Param, owner: str) -> list[str]:
         kind = "a true/false option of the slash command"
     else:
         kind = "required" if param.required else "optional"
-    line = f"- {owner}`{param.metavar or param.name}` ({kind}): {param.help}"
+    line = f"- {owner}`{param.metavar or param.name}` ({kind}): {say(param.about)}"
     if param.labels:
         return [line, *(f"  - `{key}`:{about}" for key, _, about in map(_split, param.labels))]
     if param.choices:
@@ -354,7 +369,7 @@ _PRIVATE = "Answered to the caller alone where the platform can (Discord)."
 
 def _command_section(command: Command, surfaces: dict[str, list[Command]]) -> list[str]:
     where = [surface for surface, offered in surfaces.items() if command in offered]
-    lines = [f"### /{command.name}", "", f"{command.help}."]
+    lines = [f"### /{command.name}", "", f"{say(command.about)}."]
     if len(where) < len(surfaces):
         lines[-1] += f" Only on {' and '.join(where)}."
     params: list[str] = []
@@ -367,7 +382,7 @@ def _command_section(command: Command, surfaces: dict[str, list[Command]]) -> li
     else:
         lines += ["", "| usage | who | what |", "|---|---|---|"]
         for entry in command.subcommands:
-            what = entry.help
+            what = say(entry.about)
             if entry.private and not all(sub.private for sub in command.subcommands):
                 what += " (answered to the caller alone where the platform can)"
             lines.append(f"| `{_cell(_usage(command, entry))}` | {_who(entry)} | {_cell(what)} |")

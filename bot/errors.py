@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from bot.messages import Msg, Phrase, phrase, say
+
 
 class ParleyError(Exception):
     """Base of every error Parley raises on purpose."""
@@ -29,27 +31,39 @@ class StorageError(ParleyError):
         self.problem: StorageProblem = problem
 
 
-def storage_trouble(problem: StorageProblem) -> str:
-    """What is wrong with the storage, in words for a user."""
-    if problem == "full":
-        return "the server's storage is full"
-    if problem == "read_only":
-        return "the server's storage is read-only"
-    return "the server's storage is not working right now"
+_TROUBLES: dict[StorageProblem, Msg] = {
+    "full": Msg.STORAGE_FULL,
+    "read_only": Msg.STORAGE_READ_ONLY,
+}
+
+
+def storage_trouble(problem: StorageProblem) -> Msg:
+    """What is wrong with the storage, as a message for a user."""
+    return _TROUBLES.get(problem, Msg.STORAGE_BROKEN)
 
 
 class MessageNotStored(ParleyError):
-    """The user's message could not be stored, so it was not answered; tell them `user_message`.
+    """The user's message could not be stored, so it was not answered; tell them `phrase`.
 
-    An adapter whose platform redelivers (Telegram polling) may instead leave the update
-    unconfirmed and try again; the others tell the user at once.
+    Unless `final`: then a platform that redelivers (Telegram) may leave the update unconfirmed
+    and try again later; a `final` one (the platform would not keep it any longer, or the
+    database refuses it for good) is told at once.
     """
 
-    def __init__(self, cause: StorageError) -> None:
+    def __init__(self, cause: StorageError, *, final: bool = True) -> None:
         super().__init__(str(cause))
         self.problem: StorageProblem = cause.problem
-        trouble = storage_trouble(cause.problem)
-        self.user_message = f"I couldn't save your message: {trouble}; please try again later."
+        self.final = final
+        self.phrase = phrase(Msg.NOT_STORED, trouble=storage_trouble(cause.problem))
+
+    @property
+    def user_message(self) -> str:
+        """What the user is told, in English."""
+        return say(self.phrase)
+
+
+class AlreadyHandled(ParleyError):
+    """A platform delivered a message again that was handled already: it is not answered twice."""
 
 
 class RetryAfter(ParleyError):
@@ -102,11 +116,16 @@ class LLMTimeout(LLMError):
 
 
 class AudioError(ParleyError):
-    """A voice note or audio file cannot be used; `user_message` says why, for the user."""
+    """A voice note or audio file cannot be used; `phrase` says why, for the user."""
 
-    def __init__(self, user_message: str) -> None:
-        super().__init__(user_message)
-        self.user_message = user_message
+    def __init__(self, why: Phrase) -> None:
+        super().__init__(say(why))
+        self.phrase = why
+
+    @property
+    def user_message(self) -> str:
+        """Why, in English."""
+        return say(self.phrase)
 
 
 class AudioTooLarge(AudioError):
@@ -123,6 +142,20 @@ class AudioUndecodable(AudioError):
 
 class NoSpeech(AudioError):
     """The audio decoded but nobody speaks in it."""
+
+
+class AttachmentTooLarge(ParleyError):
+    """An attachment is over the size Parley takes (`limit` bytes); `size` when it is known."""
+
+    def __init__(self, limit: int, *, size: int | None = None) -> None:
+        told = f"{size} bytes, " if size is not None else ""
+        super().__init__(f"{told}over the limit of {limit} bytes")
+        self.limit = limit
+        self.size = size
+
+
+class AttachmentUnavailable(ParleyError):
+    """An attachment could not be downloaded (the platform refused, the network failed)."""
 
 
 class SpeechSynthesisError(ParleyError):

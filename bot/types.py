@@ -6,12 +6,17 @@ The engine never imports a platform library: an adapter turns its platform's upd
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from bot.errors import AttachmentTooLarge, AttachmentUnavailable
+from bot.languages import ENGLISH
+from bot.storage.base import Status
 
 if TYPE_CHECKING:
-    from bot.speech.voice_reply import SpokenSentence
+    import numpy as np
+    import numpy.typing as npt
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,77 @@ class ImageInput:
 
     data: bytes
     mime: str  # image/jpeg, image/png, image/webp or image/gif
+
+
+# What an attachment is, as far as Parley is concerned: a picture (a format a model with eyes
+# takes), audio and video (their sound is transcribed), and what it cannot open yet.
+AttachmentKind = Literal[
+    "picture",  # JPEG, PNG, WebP or GIF: for a model that takes images
+    "audio",  # a voice note or an audio file
+    "video",  # a video or video note
+    "image",  # a picture in another format
+    "document",  # any other file
+    "sticker",
+    "animation",  # a GIF as Telegram sends it
+    "location",
+    "place",
+    "poll",
+    "contact",
+    "dice",
+    "game",
+    "story",
+    "paid_media",
+    "checklist",
+]
+# Picture formats the chat API's image parts take (OpenAI's list; llama.cpp decodes them too).
+PICTURE_MIMES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+# Reads an attachment's content, stopping past `limit` bytes (AttachmentTooLarge) however many
+# the platform claimed; AttachmentUnavailable when the platform does not deliver it.
+Reader = Callable[[int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """Something a message carries besides its text, as the platform describes it."""
+
+    kind: AttachmentKind
+    size: int = 0  # in bytes, as the platform claims it (0: not told)
+    mime: str = ""  # e.g. "image/png", "audio/ogg" ("" when not told)
+    name: str = ""  # its file name, if it has one
+    max_bytes: int | None = None  # the most the platform delivers (Telegram: 20 MB)
+    reader: Reader | None = field(default=None, repr=False, compare=False)  # None: no content
+
+    def check(self, limit: int) -> int:
+        """The limit that applies (the platform's own may be lower); AttachmentTooLarge when
+        the attachment claims more."""
+        if self.max_bytes is not None:
+            limit = min(limit, self.max_bytes)
+        if self.size > limit:
+            raise AttachmentTooLarge(limit, size=self.size)
+        return limit
+
+    async def read(self, limit: int) -> bytes:
+        """Its content, never more than `limit` bytes.
+
+        Raises AttachmentTooLarge when it claims more or turns out to be more (the reader stops
+        at the limit), AttachmentUnavailable when there is nothing to read or it cannot be had.
+        """
+        limit = self.check(limit)
+        if self.reader is None:
+            raise AttachmentUnavailable(f"a {self.kind} has no content to read")
+        data = await self.reader(limit)
+        if len(data) > limit:  # a reader that does not stop: still never passed on
+            raise AttachmentTooLarge(limit)
+        return data
+
+    @classmethod
+    def of_bytes(cls, kind: AttachmentKind, data: bytes, mime: str = "") -> Attachment:
+        """An attachment already in memory (a file given on the command line, a test's)."""
+
+        async def reader(limit: int) -> bytes:
+            return data
+
+        return cls(kind, size=len(data), mime=mime, reader=reader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +108,63 @@ class IncomingMessage:
     user_name: str
     text: str = ""
     is_admin: bool = False  # the adapter decides, from its own config and platform permissions
-    audio: bytes | None = None  # a voice note or audio attachment, raw bytes as downloaded
-    audio_mime: str | None = None
     reply_to: str | None = None  # platform id of the message this one answers, if any
     message_id: str | None = None  # platform id of this message
     is_private: bool = False  # a DM / private chat
     wants_voice: bool = False  # the user asked for a spoken reply (Discord: /ask voice:true)
     private_reply: bool = False  # a command's answer is seen by the caller alone (Discord)
-    images: tuple[ImageInput, ...] = ()  # pictures, when the chat's model takes them
+    attachments: tuple[Attachment, ...] = ()  # pictures, recordings, files, stickers...
+    # The sender's language as the platform tells it (Telegram's language_code, Discord's
+    # locale, the console's LANG; "" when unknown): Parley speaks it unless the chat says
+    # otherwise (bot/languages.py).
+    language: str = ""
+
+    @property
+    def user_ref(self) -> str:
+        """The sender across platforms, e.g. "telegram:42" (as `engine.blocked_users` has it)."""
+        return f"{self.platform}:{self.user_id}"
+
+    @property
+    def chat_ref(self) -> str:
+        """The conversation across platforms, e.g. "discord:1234"."""
+        return f"{self.platform}:{self.channel_key}"
+
+    @property
+    def recording(self) -> Attachment | None:
+        """The voice note, audio or video whose sound is transcribed (the first one)."""
+        return next((a for a in self.attachments if a.kind in ("audio", "video")), None)
+
+    @property
+    def handled_key(self) -> str | None:
+        """What a redelivery of this message has in common with it (its conversation and its
+        platform id), so it is answered once; None when the platform gives no id."""
+        return None if self.message_id is None else f"{self.channel_key}/{self.message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a platform hands over one message, and what it wants to hear back.
+
+    A platform that delivers an update again until it is confirmed (Telegram) confirms it on
+    `stored()`, and keeps it until `keep_until` (epoch seconds; None: the platform does not
+    deliver again, so a message that cannot be stored waits in memory only). `held()` says it
+    waits in memory for the store to come back. A caller that waits for the answer on an open
+    request (the HTTP API) does not `wait`: a store that fails gives it `MessageNotStored` at
+    once, to answer "try again" rather than hold the request open for hours.
+    """
+
+    stored: Callable[[], None] | None = None
+    held: Callable[[], None] | None = None
+    keep_until: float | None = None
+    wait: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SpokenSentence:
+    """One sentence of a reply and its speech: mono float32 PCM at 48 kHz."""
+
+    text: str
+    pcm: npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +245,9 @@ class ReplyTarget(TextTarget, Protocol):
         """Show that the bot is working (typing indicator); safe to call repeatedly."""
         ...
 
-    async def queued(self, position: int) -> None:
-        """Tell the user they wait behind `position - 1` other replies ("you are #3 in line")."""
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
+        """Tell the user, in `lang`, they wait behind `position - 1` other replies ("you are #3
+        in line")."""
         ...
 
     async def notice(self, text: str) -> None:
@@ -151,4 +277,16 @@ class LiveSpeechTarget(Protocol):
         A generator, so that a target that stops listening can close it: that stops the
         synthesis of what is still to come.
         """
+        ...
+
+
+@runtime_checkable
+class ReplyOutcomeTarget(Protocol):
+    """A reply target told how each reply ended, for clients that wait for a final event with
+    the reply's status (the MQTT bridge) rather than reading a chat."""
+
+    def reply_ended(self, answer: str, status: Status, note: str) -> None:
+        """The reply is over: its text as stored, its status ("complete", "partial" or
+        "failed") and the note the user is shown with it ("" when none). Called once, before
+        its final text is shown (which ends with the note)."""
         ...

@@ -15,6 +15,8 @@ import pytest
 from tests.fakes.drivers import PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 REPLY = "Nice to meet you, Ann. How can I help today?"
 
 

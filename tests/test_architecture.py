@@ -19,7 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # The composition root: the only core modules that may import adapters/ (and so, indirectly,
 # the platform libraries).
 COMPOSITION_ROOT = {"bot/app.py", "bot/cli.py"}
-PLATFORM_LIBRARIES = {"telegram", "telegramify_markdown", "discord", "nacl", "davey", "adapters"}
+PLATFORM_LIBRARIES = {
+    "telegram",
+    "telegramify_markdown",
+    "discord",
+    "nacl",
+    "davey",
+    "aiomqtt",
+    "paho",
+    "adapters",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -187,7 +196,7 @@ def test_every_platform_package_is_found_and_complete() -> None:
         p.name for p in (ROOT / "adapters").iterdir() if (p / "__init__.py").is_file()
     )
     found = adapters.platforms()
-    assert [p.name for p in found] == packages == ["discord", "telegram"]
+    assert [p.name for p in found] == packages == ["api", "discord", "mqtt", "telegram"]
     for platform in found:
         assert isinstance(platform, Platform)
         assert issubclass(platform.settings, PlatformSettings)
@@ -217,7 +226,8 @@ def test_a_new_platform_is_one_new_folder(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delitem(sys.modules, "adapters.zz_example", raising=False)
     adapters.platforms.cache_clear()
     try:
-        assert [p.name for p in adapters.platforms()] == ["discord", "telegram", "zz_example"]
+        names = [p.name for p in adapters.platforms()]
+        assert names == ["api", "discord", "mqtt", "telegram", "zz_example"]
         settings = full_settings_class()(zz_example={"token": "t", "greeting": "hello"})
         section = settings.platform_sections()[-1]
         assert (section.NAME, section.enabled) == ("zz_example", True)

@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import telegram_bot, telegram_replies, telegram_settings
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import eventually
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN, BOB = 1001, 1002
 BLOCKED = "Forbidden: bot was blocked by the user"

@@ -8,34 +8,52 @@ from pathlib import Path
 import pytest
 
 from adapters.telegram.commands import menu
-from bot import commands
-from bot.app import ParleyApp
-from bot.commands import COMMANDS, Access, Command, Commands, commands_for, help_text
-from tests.conftest import message
+from bot import command_table
+from bot.app import ParleyApp, platform_commands
+from bot.command_table import COMMANDS, Access, Command, help_text, table
+from bot.commands import Commands
+from bot.messages import Msg, say
+from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.parley_process import parley_env, start_parley
 from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 ANN = 601
 GROUP = -100600
 
 
+TABLES = {name: table(own) for name, own in platform_commands().items()}
+
+
 def test_help_lists_every_command_the_platform_offers() -> None:
-    for platform in ("telegram", "discord", "console"):
-        text = help_text("Parley", platform)
-        for command in commands_for(platform):
+    assert set(TABLES) == {"api", "discord", "mqtt", "telegram", "console"}
+    for platform, commands in TABLES.items():
+        text = help_text("Parley", commands)
+        for command in commands:
             if command.name in ("start", "help"):
                 continue
             assert f"/{command.name}" in text, (platform, command.name)
-    assert "/start" not in help_text("Parley", "discord")  # a Telegram convention only
-    assert "/config set KEY VALUE — change a setting (admins)" in help_text("Parley", "telegram")
+    assert "/start" not in help_text("Parley", TABLES["discord"])  # a Telegram convention only
+    assert "/join" not in help_text("Parley", TABLES["telegram"])  # voice channels: Discord's
+    assert "/config set KEY VALUE — change a setting (admins)" in help_text(
+        "Parley", TABLES["telegram"]
+    )
+
+
+def test_the_core_table_names_no_platform_command() -> None:
+    core = {command.name for command in COMMANDS}
+    assert not core & {"start", "join", "leave"}
+    assert [c.name for c in TABLES["telegram"]][:2] == ["start", "help"]
+    assert [c.name for c in TABLES["discord"]][-2:] == ["join", "leave"]
 
 
 def test_telegram_menu_is_the_table() -> None:
-    entries = {c.command: c.description for c in menu()}
-    assert list(entries) == [c.name for c in commands_for("telegram")]
+    entries = {c.command: c.description for c in menu(TABLES["telegram"])}
+    assert list(entries) == [c.name for c in TABLES["telegram"]]
     assert entries["voice"].endswith("off, reply-to-voice, always")
     assert all(3 <= len(d) <= 256 for d in entries.values())  # Telegram's description limits
 
@@ -44,8 +62,8 @@ async def test_every_entry_has_a_handler_and_a_missing_one_is_caught(
     app: ParleyApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Commands(app.settings, app.store)  # the real table: complete
-    extra = Command("teleport", "Go elsewhere")
-    monkeypatch.setattr(commands, "COMMANDS", (*COMMANDS, extra))
+    extra = Command("teleport", Msg.CMD_HELP)
+    monkeypatch.setattr(command_table, "COMMANDS", (*COMMANDS, extra))
     with pytest.raises(RuntimeError, match="teleport"):
         Commands(app.settings, app.store)
 
@@ -75,6 +93,32 @@ async def test_who_may_change_follows_the_table(app: ParleyApp, tmp_path: Path) 
     ]
 
 
+async def test_tools_says_why_a_chat_has_none(
+    app: ParleyApp, fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    run, admin = app.commands.run, message(is_admin=True)
+    assert await run(message(), "tools") == say(Msg.TOOLS_NONE_SET_UP)
+    # The chat setting: on/off for admins, with the config file's default.
+    assert "tools = False" in await run(message(), "config", "show")
+    assert (await run(admin, "config", "set tools maybe")).startswith("Can't set tools:")
+    assert await run(admin, "config", "set tools on") == say(
+        Msg.SETTING_CHANGED, key="tools", value="True", old="False"
+    )
+    # A server that cannot start: configured, but none ready. A base model: none at all.
+    broken = {"command": [str(tmp_path / "no-such-server")]}
+    for api, expected in (("chat", Msg.TOOLS_NOT_READY), ("completion", Msg.TOOLS_BASE_MODEL)):
+        settings = make_settings(
+            tmp_path / api,
+            llm={"base_url": fake_llm.url, "api": api},
+            tools={"enabled": True, "servers": {"broken": broken}},
+        )
+        async with ParleyApp(settings, speech=False) as parley:
+            assert await parley.commands.run(message(), "tools") == say(expected)
+            if api == "chat":
+                await parley.commands.run(admin, "config", "set tools off")
+                assert await parley.commands.run(message(), "tools") == say(Msg.TOOLS_OFF)
+
+
 def test_access_levels() -> None:
     stranger, owner, admin = message(), message(is_private=True), message(is_admin=True)
     assert [Access.EVERYONE.allows(m) for m in (stranger, owner, admin)] == [True, True, True]
@@ -101,5 +145,5 @@ async def test_console_runs_the_table_and_asks(tmp_path: Path) -> None:
         out, err = await asyncio.wait_for(proc.communicate(b"/help\n/ask two words\n"), 60)
     text = out.decode()
     assert proc.returncode == 0, err.decode()
-    assert help_text("Parley", "console") in text
+    assert help_text("Parley", TABLES["console"]) in text
     assert "Parley: echo two words" in text

@@ -14,10 +14,11 @@ import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord.adapter import DEVELOPER_PORTAL, MSG_NOT_ALLOWED
+from adapters.discord.adapter import DEVELOPER_PORTAL
 from adapters.discord.targets import MESSAGE_FLAG_VOICE
 from bot.delivery.stream import DEFAULT_MARKER
 from bot.errors import ConfigError
+from bot.messages import Msg, say
 from tests.fakes.clock import ManualClock
 from tests.fakes.discord_api import INTERACTION_TOKEN_LIFETIME_S, MAX_MESSAGE_CHARS, FakeDiscord
 from tests.fakes.discord_gateway import (
@@ -35,6 +36,8 @@ from tests.fakes.discord_world import (
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import discord_bot, discord_settings
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 REPLY = "Hello Alice, nice to meet you. What would you like to talk about today?"
 COMMANDS = {
     "ask",
@@ -47,6 +50,7 @@ COMMANDS = {
     "remember",
     "memory",
     "model",
+    "tools",
     "session",
     "join",
     "leave",
@@ -333,7 +337,7 @@ async def test_allowed_channels_limit_where_the_bot_answers(
     )
     async with discord_bot(settings):
         refused = await discord.interact("ask", {"prompt": "hi"})
-        await discord.wait_until(answered(discord, refused, MSG_NOT_ALLOWED))
+        await discord.wait_until(answered(discord, refused, say(Msg.NOT_ALLOWED_HERE)))
         await discord.post_message(discord.ALICE, "in general", mention_bot=True)
         question = await discord.post_message(
             discord.ALICE, "in the thread", channel_id=discord.THREAD_ID, mention_bot=True

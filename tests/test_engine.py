@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import ParleyApp
-from bot.engine import MSG_CUT_OFF, MSG_LLM_DOWN
 from bot.errors import DeliveryError
+from bot.messages import Msg, say
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.targets import RecordingTarget
@@ -114,7 +114,7 @@ async def test_backend_down_gives_a_clear_error_and_keeps_the_message(tmp_path: 
     async with ParleyApp(settings, speech=False) as parley:
         target = RecordingTarget()
         await parley.engine.handle(message("are you there?"), target)
-    assert target.notices == [MSG_LLM_DOWN]
+    assert target.notices == [say(Msg.LLM_DOWN)]
     assert target.calls == []  # no half-made reply message
     assert rows(tmp_path / "parley.db") == [
         ("user", "are you there?", "complete"),
@@ -128,7 +128,7 @@ async def test_stream_killed_mid_reply_keeps_the_partial_reply(
     fake_llm.behaviour = Behaviour(reply="alpha beta gamma delta epsilon", die_after_chunks=3)
     target = RecordingTarget()
     await app.engine.handle(message("go"), target)
-    assert target.text == f"alpha beta gamma \n\n{MSG_CUT_OFF}"
+    assert target.text == f"alpha beta gamma \n\n{say(Msg.CUT_OFF)}"
     assert rows(tmp_path / "parley.db")[-1] == ("assistant", "alpha beta gamma", "partial")
     # The partial reply is part of the conversation the next prompt sees.
     fake_llm.behaviour = Behaviour()

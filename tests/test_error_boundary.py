@@ -13,17 +13,19 @@ from typing import Any
 import pytest
 
 from bot.delivery.stream import DEFAULT_MARKER
-from bot.engine import MSG_INTERNAL
+from bot.messages import Msg
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 ANN, BOB = 501, 502
 # JSON nested deeper than any decoder's recursion limit: json.loads raises RecursionError, which
 # is no ValueError, so it escapes the stream parser as an error of a kind nobody expects.
 UNPARSEABLE_EVENT = b"data: " + b"[" * 200_000 + b"\n\n"
-NOTE = MSG_INTERNAL.split("(ref")[0].strip()
+NOTE = Msg.INTERNAL.value.split("(ref")[0].strip()
 
 
 def statuses(tmp_path: Path) -> list[tuple[str, str]]:

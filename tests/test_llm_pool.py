@@ -18,8 +18,8 @@ import pytest
 
 from bot.app import ParleyApp
 from bot.config import load_settings
-from bot.engine import MSG_CUT_OFF
 from bot.errors import ConfigError
+from bot.messages import Msg, say
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.targets import RecordingTarget
@@ -290,7 +290,7 @@ async def test_a_server_stopped_mid_run_costs_only_its_open_streams(
             for i, target in enumerate(firsts):
                 if f"first {i}" in on_a:  # cut off: what came is kept, with a clear note
                     assert target.text.startswith("partial ")
-                    assert target.text.endswith(MSG_CUT_OFF)
+                    assert target.text.endswith(say(Msg.CUT_OFF))
                 else:
                     assert target.text == "partial words then more"
             assert parley.engine.queue.slots == 2  # only b's slots count now

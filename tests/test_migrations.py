@@ -15,6 +15,10 @@ import pytest
 from bot.errors import StorageError
 from bot.storage import SQLiteStore, load_migrations, migrate
 from bot.storage import postgres as pg
+from bot.storage.postgres_connect import connect
+from bot.storage.shared_budget import SharedBudget
+from bot.storage.sqlite import SQLiteDatabase, sqlite_sql
+from bot.storage.turns import history_sql
 from tests.fakes.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +107,7 @@ def test_an_empty_or_missing_set_is_refused(tmp_path: Path) -> None:
 
 
 async def _tables(url: str) -> set[str]:
-    conn = await pg.connect(url)
+    conn = await connect(url)
     try:
         rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         return {row[0] for row in rows}
@@ -118,6 +122,32 @@ async def test_postgres_fresh_database_gets_every_migration_once(postgres_url: s
         await _tables(postgres_url)
     )
     assert await pg.migrate(postgres_url) == (after, after)
+
+
+async def test_a_shared_budget_table_made_at_run_time_is_kept_by_the_migration(
+    postgres_url: str,
+) -> None:
+    # An older Parley created the Discord budget's table itself, outside the migrations.
+    await pg.migrate(postgres_url, load_migrations(dialect="postgresql")[:2])
+    conn = await connect(postgres_url)
+    try:
+        await conn.execute(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS parley_shared_budgets"
+            " (name text PRIMARY KEY, tat double precision NOT NULL);"
+            "INSERT INTO parley_shared_budgets VALUES ('discord:global', 1234.5)"
+        )
+        assert await pg.migrate(postgres_url) == (2, len(load_migrations(dialect="postgresql")))
+        rows = await conn.fetch("SELECT name, tat FROM parley_shared_budgets")
+        assert [tuple(row) for row in rows] == [("discord:global", 1234.5)]
+    finally:
+        await conn.close()
+    budget = SharedBudget(postgres_url, "discord:global", 1000.0)
+    await budget.open()
+    try:
+        await budget.acquire()
+        assert budget.shared_grants == 1 and budget.local_grants == 0
+    finally:
+        await budget.close()
 
 
 async def test_postgres_processes_migrating_at_once_apply_each_migration_once(
@@ -166,7 +196,7 @@ def test_postgres_newer_database_is_refused_by_the_command(
 
 async def test_postgres_last_n_query_uses_the_index_without_a_sort(postgres_url: str) -> None:
     await pg.migrate(postgres_url)
-    conn = await pg.connect(postgres_url)
+    conn = await connect(postgres_url)
     try:
         # 200 busy channels, and channel 201 which went quiet long ago: neither may mean reading
         # (or sorting) far more rows than the 50 asked for.
@@ -197,12 +227,12 @@ async def test_postgres_last_n_query_uses_the_index_without_a_sort(postgres_url:
 
 
 async def test_a_sessions_history_query_uses_its_index_without_a_sort(tmp_path: Path) -> None:
-    from bot.storage.sqlite import HISTORY_SQL
-
     path = str(tmp_path / "p.db")
-    await migrate(path)
+    db = await SQLiteDatabase.open(path)
+    sql = sqlite_sql(history_sql(db))
+    await db.close()
     conn = sqlite3.connect(path)
-    plan = conn.execute("EXPLAIN QUERY PLAN " + HISTORY_SQL, (1, 100, 1, 100, 20)).fetchall()
+    plan = conn.execute("EXPLAIN QUERY PLAN " + sql, (1, 100, 20)).fetchall()
     text = " ".join(row[-1] for row in plan)
     assert "USING INDEX messages_session_recent (channel_id=? AND session_id=? AND id<?)" in text
     assert "TEMP B-TREE" not in text
@@ -211,8 +241,10 @@ async def test_a_sessions_history_query_uses_its_index_without_a_sort(tmp_path: 
 async def test_postgres_sessions_history_query_uses_its_index_without_a_sort(
     postgres_url: str,
 ) -> None:
-    await pg.migrate(postgres_url)
-    conn = await pg.connect(postgres_url)
+    store = await pg.PostgresStore.open(postgres_url)
+    sql = history_sql(store.db)
+    await store.close()
+    conn = await connect(postgres_url)
     try:
         # 200 busy channels with two sessions each, and channel 201 which went quiet long ago.
         await conn.execute(
@@ -225,9 +257,7 @@ async def test_postgres_sessions_history_query_uses_its_index_without_a_sort(
         )
         plans = []
         for channel in (7, 201):
-            rows = await conn.fetch(
-                "EXPLAIN " + pg.HISTORY_SQL, channel, 10**9, ["complete", "partial"], 50
-            )
+            rows = await conn.fetch("EXPLAIN " + sql, channel, 10**9, 50)
             plans.append("\n".join(row[0] for row in rows))
     finally:
         await conn.close()

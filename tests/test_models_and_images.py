@@ -12,14 +12,16 @@ from typing import Any
 import pytest
 
 from bot.config import load_settings
-from bot.engine import MSG_IMAGE_TOO_LARGE, MSG_LLM_DOWN, MSG_NO_VISION
 from bot.errors import ConfigError
 from bot.llm import LLMClient
+from bot.messages import Msg, say
 from bot.models import ModelCatalog
 from tests.fakes.drivers import PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import echo_reply, echoed
 from tests.fakes.stored import stored_rows
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4  # a "photo": what matters is its bytes
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
@@ -119,7 +121,7 @@ async def test_a_model_with_a_pool_of_its_own_is_answered_by_its_servers_alone(
             await driver.wait_until(lambda: echoed("two") in driver.replies(ann))
             await own_two.stop()
             await driver.say(ann, "three")  # the default servers are up, but not its own
-            await driver.wait_until(lambda: MSG_LLM_DOWN in driver.replies(ann))
+            await driver.wait_until(lambda: say(Msg.LLM_DOWN) in driver.replies(ann))
             # /healthz shows the model's own servers (not a failing check: the others answer).
             health = bot.app.health_checks()
             pool = health.details()["models"]["pool"]
@@ -127,7 +129,7 @@ async def test_a_model_with_a_pool_of_its_own_is_answered_by_its_servers_alone(
             assert pool["routing"] == "least-busy"
             await driver.say(bob, "hello default")
             await driver.wait_until(lambda: echoed("hello default") in driver.replies(bob))
-        assert driver.replies(ann)[1:] == [echoed("one"), echoed("two"), MSG_LLM_DOWN]
+        assert driver.replies(ann)[1:] == [echoed("one"), echoed("two"), say(Msg.LLM_DOWN)]
         own = [last_user_text(b) for b in [*other_llm.requests, *own_two.requests]]
         assert sorted(own) == ["one", "two"]
         assert "two" in [last_user_text(b) for b in own_two.requests]
@@ -173,7 +175,7 @@ async def test_a_picture_for_a_model_that_cannot_see_gets_a_clear_reply(
     async with driver.running(driver.settings(tmp_path, fake_llm.url)):  # /props: no vision
         await driver.send_picture(ann, JPEG)
         await driver.wait_until(lambda: driver.replies(ann))
-    assert driver.replies(ann) == [MSG_NO_VISION]
+    assert driver.replies(ann) == [say(Msg.NO_VISION)]
     assert fake_llm.requests == [] and driver.downloads() == 0  # nothing fetched for nothing
 
 
@@ -190,7 +192,7 @@ async def test_llm_vision_forces_it_and_an_oversized_picture_gets_a_clear_reply(
         await driver.wait_until(lambda: driver.replies(ann))
         await driver.send_picture(ann, PNG, mime="image/png", caption="and this small one?")
         await driver.wait_until(lambda: echoed("and this small one?") in driver.replies(ann))
-    too_large = MSG_IMAGE_TOO_LARGE.format(size_mb=len(JPEG) / 2**20, limit_mb=limit / 2**20)
+    too_large = say(Msg.IMAGE_TOO_LARGE, size_mb=len(JPEG) / 2**20, limit_mb=limit / 2**20)
     assert driver.replies(ann) == [too_large, echoed("and this small one?")]
     (request,) = fake_llm.requests  # the oversized picture was never sent
     assert image_parts(request) == ["data:image/png;base64," + b64(PNG)]

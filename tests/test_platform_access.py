@@ -13,10 +13,7 @@ from typing import Any
 
 import pytest
 
-from adapters.discord.adapter import MSG_NOT_ALLOWED
-from adapters.telegram.adapter import MSG_REFUSED
-from bot.commands import MSG_BLOCKED
-from bot.engine import MSG_SLOW_DOWN
+from bot.messages import Msg, say
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeInteraction, FakeUser
 from tests.fakes.drivers import Person, PlatformDriver
@@ -32,6 +29,8 @@ from tests.fakes.platform_bots import (
 )
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN, BOB, ROOT = 3001, 3002, 3003
 GROUP, OTHER_GROUP = -100301, -100302
@@ -79,13 +78,13 @@ async def test_blocked_users_are_ignored_and_others_are_not(
         for person in (bob, zed):
             await driver.say(person, "hello?")
             await driver.say(person, "hello?", group=True)
-            assert await driver.command(person, "help", group=True) == MSG_BLOCKED
+            assert await driver.command(person, "help", group=True) == say(Msg.BLOCKED)
             setting = await driver.command(person, "config set", "temperature", "0.1", group=True)
-            assert setting == MSG_BLOCKED
+            assert setting == say(Msg.BLOCKED)
         await driver.say(ann, "hi", group=True)
         await driver.wait_until(lambda: "echo hi" in driver.replies(group=True))
     assert driver.replies(bob) == [] and driver.replies(zed) == []  # a message gets no reply
-    assert sorted(driver.replies(group=True)) == sorted([*[MSG_BLOCKED] * 4, "echo hi"])
+    assert sorted(driver.replies(group=True)) == sorted([*[say(Msg.BLOCKED)] * 4, "echo hi"])
     assert asked(fake_llm) == ["hi"]
     assert audit_log(tmp_path / "parley.db") == []
 
@@ -100,7 +99,7 @@ async def test_flooding_user_is_slowed_down_and_others_are_not(
             await driver.say(ann, f"spam {n}")
         await driver.say(bob, "calm")
         await driver.wait_until(lambda: len(driver.replies(ann)) == 3 and driver.replies(bob))
-    slow_down = MSG_SLOW_DOWN.format(limit=2)
+    slow_down = say(Msg.SLOW_DOWN, limit=2)
     assert sorted(driver.replies(ann)) == sorted(["echo spam 0", "echo spam 1", slow_down])
     assert driver.replies(bob) == ["echo calm"]
 
@@ -156,14 +155,14 @@ async def test_telegram_allow_lists_admit_listed_users_in_listed_chats(
             lambda a: (
                 len(telegram_replies(a, GROUP)) == 2
                 and len(telegram_replies(a, OTHER_GROUP)) == 2
-                and telegram_replies(a, BOB) == [MSG_REFUSED]
+                and telegram_replies(a, BOB) == [say(Msg.REFUSED)]
             )
         )
     assert sorted(telegram_replies(telegram, GROUP)) == sorted(
-        ["echo ann in the group", MSG_REFUSED]
+        ["echo ann in the group", say(Msg.REFUSED)]
     )
     assert sorted(telegram_replies(telegram, OTHER_GROUP)) == sorted(
-        [MSG_REFUSED, "echo root elsewhere"]  # admins are never locked out
+        [say(Msg.REFUSED), "echo root elsewhere"]  # admins are never locked out
     )
     assert sorted(asked(fake_llm)) == ["ann in the group", "root elsewhere"]
 
@@ -204,5 +203,5 @@ async def test_discord_allow_list_admits_listed_users_only(
         await discord.wait_until(
             lambda: "echo bob the admin asks" in discord_replies(discord, general)
         )
-    assert refused == MSG_NOT_ALLOWED
+    assert refused == say(Msg.NOT_ALLOWED_HERE)
     assert asked(fake_llm) == ["alice asks", "bob the admin asks"]

@@ -39,6 +39,8 @@ from tests.fakes.platform_bots import (
 )
 from tests.fakes.telegram_api import FakeTelegramAPI, FloodControl
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 CHATS = 50
 EXTERNAL_SLOTS = 64  # what the external server advertises: more than the 50 chats
 DEFAULT_CONCURRENCY = 2  # the old fixed default: 50 chats took 181 s behind it

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bot.engine import MSG_LLM_DOWN
+from bot.messages import Msg, say
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeUser, snowflake
 from tests.fakes.drivers import open_driver
@@ -30,6 +30,8 @@ from tests.fakes.platform_bots import (
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import HANG_GUARD_S, eventually
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 EDIT_429_SHARE = 0.2
 PADDING = " ".join(f"word{i}" for i in range(12))  # streamed a word at a time: several edits
@@ -101,7 +103,7 @@ async def test_telegram_server_errors_on_sends_are_retried(
         fake_llm.behaviour.status = 503
         telegram.fail("sendMessage", status=502, description="Bad Gateway", times=1)
         telegram.send_text(chat, ann, "third")
-        await telegram.wait_for(lambda a: MSG_LLM_DOWN in telegram_replies(a, ann["id"]))
+        await telegram.wait_for(lambda a: say(Msg.LLM_DOWN) in telegram_replies(a, ann["id"]))
         telegram.fail("sendMessage", status=503, description="Service Unavailable", times=1)
         telegram.send_text(chat, ann, "/help")
         await telegram.wait_for(lambda a: "/reset" in telegram_replies(a, ann["id"])[-1])
@@ -110,7 +112,7 @@ async def test_telegram_server_errors_on_sends_are_retried(
     assert telegram_replies(telegram, ann["id"])[:3] == [
         expected("first"),
         expected("second"),
-        MSG_LLM_DOWN,
+        say(Msg.LLM_DOWN),
     ]
 
 

@@ -11,6 +11,8 @@ from adapters.telegram.config import TelegramSettings
 from adapters.telegram.targets import chat_limits as telegram_limits
 from bot.types import RateBudget
 
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
+
 
 def test_telegram_and_discord_defaults() -> None:
     private = telegram_limits(TelegramSettings(), is_private=True)

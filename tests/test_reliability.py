@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from bot.app import ParleyApp
 from bot.app import load as load_settings
-from bot.engine import MSG_CUT_OFF, MSG_SLOW_DOWN, MSG_TIMEOUT
 from bot.errors import ConfigError
+from bot.messages import Msg, say
 from bot.ratelimit import UserRateLimiter
 from bot.sse import SSEDecoder, ThinkSplitter, parse_chunk
 from bot.storage import SQLiteStore
@@ -41,7 +41,7 @@ async def test_user_flood_gets_a_polite_answer_and_others_are_unaffected(
         other = RecordingTarget()
         await parley.engine.handle(message("hello", user="calm"), other)
     assert [bool(t.text) for t in targets] == [True, True, True, False, False]
-    assert targets[4].notices == [MSG_SLOW_DOWN.format(limit=3)]
+    assert targets[4].notices == [say(Msg.SLOW_DOWN, limit=3)]
     assert other.text == "Hello from the fake model."
     assert len(fake_llm.requests) == 4
 
@@ -120,7 +120,7 @@ async def test_backend_silent_mid_stream_keeps_the_partial(tmp_path: Path) -> No
         async with ParleyApp(settings, speech=False) as parley:
             target = RecordingTarget()
             await parley.engine.handle(message("hi"), target)
-    assert target.text == f"one \n\n{MSG_TIMEOUT}"
+    assert target.text == f"one \n\n{say(Msg.LLM_TIMEOUT)}"
 
 
 async def test_managed_server_killed_mid_stream_recovers(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ async def test_managed_server_killed_mid_stream_recovers(tmp_path: Path) -> None
         await target.first_text.wait()
         os.kill(parley.server.pid, signal.SIGKILL)
         await asyncio.wait_for(reply, 60)
-        assert target.text.endswith(MSG_CUT_OFF) and len(target.text) > len(MSG_CUT_OFF)
+        assert target.text.endswith(say(Msg.CUT_OFF)) and len(target.text) > len(say(Msg.CUT_OFF))
         row = (await parley.store.history(1, 10**9, 1))[0]
         assert row.status == "partial" and row.content
         # The server is restarted, and the next message is answered.

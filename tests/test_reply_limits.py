@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.delivery.stream import DEFAULT_MARKER
-from bot.engine import MSG_REPLY_CAPPED, MSG_REPLY_TIMEOUT
+from bot.messages import Msg, say
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import (
     QUEUE_NOTICE_PREFIX,
@@ -24,6 +26,8 @@ from tests.fakes.platform_bots import (
 from tests.fakes.stored import stored_rows
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import eventually
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN, BOB = 701, 702
 ENDLESS = "and so on "
@@ -60,7 +64,7 @@ async def run_endless(
 
 
 async def test_an_endless_stream_stops_at_the_time_limit(tmp_path: Path) -> None:
-    note = MSG_REPLY_TIMEOUT.format(seconds=2)
+    note = say(Msg.REPLY_TIMEOUT, seconds=2)
     first, _, _ = await run_endless(
         tmp_path,
         Behaviour(reply=ENDLESS, endless=True, delay_s=0.05),
@@ -76,10 +80,10 @@ async def test_an_endless_stream_stops_at_the_character_cap(tmp_path: Path) -> N
     first, _, _ = await run_endless(
         tmp_path,
         Behaviour(reply=ENDLESS, endless=True, delay_s=0.005, words_per_chunk=3),
-        MSG_REPLY_CAPPED,
+        say(Msg.REPLY_CAPPED),
         engine={"max_reply_chars": 300},
     )
-    answer = first[-1].removesuffix(MSG_REPLY_CAPPED).rstrip()
+    answer = first[-1].removesuffix(say(Msg.REPLY_CAPPED)).rstrip()
     assert len(answer) <= 300 and answer.startswith("and so on")
     assert no_marker(first)
     sql = "SELECT content FROM messages WHERE role = 'assistant' ORDER BY id"
@@ -91,7 +95,7 @@ async def test_an_endless_stream_opens_no_more_than_the_message_cap(tmp_path: Pa
     first, _, _ = await run_endless(
         tmp_path,
         Behaviour(reply=ENDLESS, endless=True, delay_s=0.005, words_per_chunk=3),
-        MSG_REPLY_CAPPED,
+        say(Msg.REPLY_CAPPED),
         engine={"max_reply_messages": 3},
         telegram={"max_message_chars": 200},
     )
@@ -103,7 +107,7 @@ async def test_an_endless_stream_opens_no_more_than_the_message_cap(tmp_path: Pa
 
 
 async def test_a_reasoning_only_stream_does_not_hold_the_line(tmp_path: Path) -> None:
-    note = MSG_REPLY_TIMEOUT.format(seconds=2)
+    note = say(Msg.REPLY_TIMEOUT, seconds=2)
     async with (
         FakeTelegramAPI() as api,
         FakeLLMServer(

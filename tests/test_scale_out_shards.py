@@ -17,7 +17,7 @@ from adapters.discord import sharding
 from adapters.discord.config import DiscordSettings
 from adapters.telegram.config import TelegramSettings
 from bot.errors import ConfigError
-from bot.shared_budget import LocalBudget, SharedBudget
+from bot.storage.shared_budget import LocalBudget, SharedBudget
 from tests.conftest import free_port, make_settings
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_gateway import CLOSE_INVALID_SHARD
@@ -215,22 +215,25 @@ async def test_unreachable_postgres_falls_back_to_the_local_share() -> None:
 # -- the platform suite on PostgreSQL (`make test`) -------------------------------------------
 
 SOAK = {"tests/test_soak.py"}  # minutes long: its own run, not part of the PostgreSQL pass
+PLATFORM_MARK = "pytestmark = pytest.mark.platform"
 
 
 def test_make_test_runs_every_platform_test_file_on_postgresql_too() -> None:
     root = Path(__file__).resolve().parent.parent
     makefile = (root / "Makefile").read_text(encoding="utf-8")
-    listed = re.search(r"^PLATFORM_TESTS :=((?:.*\\\n)*.*)$", makefile, flags=re.M)
-    assert listed is not None
-    files = set(listed.group(1).replace("\\", " ").split())
-    assert all((root / f).is_file() for f in files), files
+    postgres_pass = re.search(r"^POSTGRES_PASS := (.*)$", makefile, flags=re.M)
+    assert postgres_pass is not None
+    assert "-m platform --storage=postgresql" in postgres_pass.group(1)
+    test_target = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "$(VENV)/bin/pytest $(POSTGRES_PASS)" in test_target
+    texts = {f"tests/{p.name}": p.read_text("utf-8") for p in (root / "tests").glob("test_*.py")}
+    marked = {name for name, text in texts.items() if PLATFORM_MARK in text}
     driven = {
-        f"tests/{p.name}"
-        for p in (root / "tests").glob("test_*.py")
-        if p.name != Path(__file__).name and "driver: PlatformDriver" in p.read_text("utf-8")
+        name
+        for name, text in texts.items()
+        if name != f"tests/{Path(__file__).name}" and "driver: PlatformDriver" in text
     }
-    assert driven - SOAK <= files
-    assert "--storage=postgresql $(PLATFORM_TESTS)" in makefile
+    assert driven - SOAK <= marked
 
 
 # -- the compose profile "scale" --------------------------------------------------------------

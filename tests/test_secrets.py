@@ -19,9 +19,9 @@ from aiohttp import web
 
 from bot.app import load as load_settings
 from bot.config import LoggingSettings, Settings
-from bot.engine import MSG_LLM_DOWN
 from bot.errors import ConfigError
 from bot.logs import setup_logging
+from bot.messages import Msg, say
 from tests.fakes.drivers import open_driver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import telegram_bot, telegram_settings
@@ -93,7 +93,7 @@ async def test_a_conversation_leaks_no_secret(
                 await driver.wait_until(lambda: driver.replies(ann) == [REPLY])
                 fake_llm.behaviour.status = 503  # the LLM is down: an error path
                 await driver.say(ann, "are you there?")
-                await driver.wait_until(lambda: MSG_LLM_DOWN in driver.replies(ann))
+                await driver.wait_until(lambda: say(Msg.LLM_DOWN) in driver.replies(ann))
                 shown = await driver.command(ann, "config show")
     assert "Settings for this chat" in shown
     log_text = logs.getvalue()

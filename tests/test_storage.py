@@ -26,6 +26,8 @@ from bot.config import StorageSettings
 from bot.storage import Store, StoredMessage, open_store
 from bot.storage import postgres as pg_module
 from bot.storage.postgres import PostgresStore
+from bot.storage.postgres_connect import NS_INSTANCE
+from bot.storage.postgres_turns import LIVE_INSTANCES
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.parley_process import ROOT
@@ -241,6 +243,61 @@ async def test_audit_rows_oldest_first_and_per_channel(store: Store) -> None:
     }  # fmt: skip
     assert [row["actor_id"] for row in await store.audit_rows(c2)] == ["v"]
     assert everything[1]["new_value"] == "x" and everything[0]["key"] == "persona"
+
+
+async def test_text_neither_database_takes_is_stored_the_same_way_on_both(store: Store) -> None:
+    # PostgreSQL refuses NUL in text; neither driver can encode a lone surrogate in UTF-8. Both
+    # become U+FFFD before any write; a surrogate pair becomes the character it stands for.
+    channel = await store.channel_id("test\x00", "c\ud800")
+    assert await store.channel_id("test\x00", "c\ud800") == channel
+    turn = await store.start_turn(
+        channel, author_id="u\x00", author_name="Ann\udc80", content="a\x00b\ud800c", token_count=1
+    )
+    await store.update_message(turn.reply_row, content="smile \ud83d\ude00", status="complete")
+    failed = await store.record_failed_input(
+        channel, author_id="u", author_name="U", note="[voice \x00]"
+    )
+    heard = await store.record_background(
+        channel, author_id="b", author_name="B\x00", content="psst\udfff", token_count=1
+    )
+    user, reply = await store.get_message(turn.user_row), await store.get_message(turn.reply_row)
+    assert user is not None and reply is not None
+    assert (user.author_id, user.author_name, user.content) == (
+        "u\ufffd",
+        "Ann\ufffd",
+        "a\ufffdb\ufffdc",
+    )
+    assert reply.content == "smile \U0001f600"
+    assert contents(await store.history(channel, 10**9, 10)) == ["a\ufffdb\ufffdc", reply.content]
+    assert [m.content for m in await store.background(channel, 10**9, 0, 5)] == ["psst\ufffd"]
+    assert (await store.get_message(failed)).content == "[voice \ufffd]"  # type: ignore[union-attr]
+    assert heard > failed
+    # Reads take such text too: searches and lookups by name find what was stored.
+    found = await store.search_history(channel, 10**9, 10**9, ["smile", "\x00", "\ud800"], 5)
+    assert [m.id for m in found] == [reply.id]
+    await store.set_channel_setting(
+        channel, "persona", ["pi\x00rate", {"k\ud800": "\x00"}], actor_id="a", actor_name="A",
+        old="old\x00",
+    )  # fmt: skip
+    assert await store.channel_settings(channel) == {
+        "persona": ["pi\ufffdrate", {"k\ufffd": "\ufffd"}]
+    }
+    await store.audit(channel, actor_id="x\x00", actor_name="X", action="note", key="k\ud800")
+    *_, changed, noted = await store.audit_rows(channel)
+    assert json.loads(changed["old_value"]) == "old\ufffd"
+    assert (noted["actor_id"], noted["key"]) == ("x\ufffd", "k\ufffd")
+    await store.remember("telegram", "ann\x00", "I like \x00 tea", token_count=3, actor_name="A")
+    (fact,) = await store.memories("telegram", "ann\x00")
+    assert fact.content == "I like \ufffd tea"
+    for user_id in ("ann\x00", "ann\ufffd"):
+        found_facts = await store.search_memories(
+            "telegram", user_id, ["tea", "\udc80"], shared_only=False, limit=5
+        )
+        assert [m.id for m in found_facts] == [fact.id]
+    session = await store.new_session(channel, "work\x00", actor_id="a", actor_name="A")
+    assert session is not None and session.name == "work\ufffd"
+    resumed = await store.switch_session(channel, "work\x00", actor_id="a", actor_name="A")
+    assert resumed is not None and resumed.id == session.id
 
 
 async def test_mark_interrupted_takes_what_a_crash_left_pending(backend: Backend) -> None:
@@ -519,7 +576,7 @@ async def test_the_store_reports_a_closed_pool_as_a_storage_error(pg: Backend) -
 async def _instance_alive(store: PostgresStore, url: str) -> bool:
     conn = await asyncpg.connect(url)
     try:
-        live = await conn.fetch(pg_module._LIVE_INSTANCES)
+        live = await conn.fetch(LIVE_INSTANCES)
         return store.instance in {row[0] for row in live}
     finally:
         await conn.close()
@@ -536,7 +593,7 @@ async def test_a_lost_session_is_won_back_with_the_same_instance(
         # Like a restart of PostgreSQL or a dropped network path, for this one session.
         await conn.execute(
             f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-            f" AND classid = {pg_module.NS_INSTANCE} AND objid = $1",
+            f" AND classid = {NS_INSTANCE} AND objid = $1",
             pg_store.instance,
         )
     finally:
@@ -672,10 +729,9 @@ async def test_session_messages_are_the_newest_visible_ones_oldest_first(store: 
 async def test_background_is_kept_apart_from_turns_and_pruned(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.storage import sqlite as sqlite_module
+    from bot.storage import background as background_module
 
-    monkeypatch.setattr(sqlite_module, "BACKGROUND_KEPT", 3)
-    monkeypatch.setattr(pg_module, "BACKGROUND_KEPT", 3)
+    monkeypatch.setattr(background_module, "BACKGROUND_KEPT", 3)
     channel = await store.channel_id("test", "group")
 
     async def chatter(text: str, author: str = "bob") -> int:

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from telegram import Bot
 
 from adapters.telegram.targets import TelegramReplyTarget
-from bot.engine import MSG_NO_VISION
+from bot.messages import Msg, say
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
@@ -27,6 +28,8 @@ from tests.fakes.platform_bots import (
     telegram_settings,
 )
 from tests.fakes.telegram_api import FakeTelegramAPI
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN = 1401
 FORUM = -100140
@@ -62,7 +65,7 @@ async def test_forum_topics_have_separate_histories_and_every_reply_lands_in_its
             # Everything the bot can post in a topic: a reply (typing first), a notice about a
             # photo its model cannot see, a command's answer, an exported file.
             api.push(api.media_update(forum, ann, "photo", PHOTO, topic=7, caption=MENTION))
-            await api.wait_for(lambda a: MSG_NO_VISION in telegram_replies(a, FORUM))
+            await api.wait_for(lambda a: say(Msg.NO_VISION) in telegram_replies(a, FORUM))
             api.send_text(forum, ann, f"/help@{MENTION[1:]}", topic=7)
             api.send_text(forum, ann, f"/session@{MENTION[1:]} export", topic=7)
             await api.wait_for(lambda a: a.calls_to("sendDocument", ok=True))

@@ -17,8 +17,7 @@ import pytest
 
 from adapters.telegram.adapter import TelegramAdapter
 from bot.app import ParleyApp
-from bot.engine import MSG_NO_VISION, MSG_NO_VISION_TEXT, MSG_UNREADABLE
-from bot.speech.audio import NO_AUDIO_TRACK_MESSAGE
+from bot.messages import Msg, say
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.platform_bots import (
@@ -31,6 +30,8 @@ from tests.fakes.platform_bots import (
     telegram_settings,
 )
 from tests.fakes.telegram_api import FakeTelegramAPI
+
+pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 ANN = 901
 GROUP = -100900
@@ -85,9 +86,9 @@ async def test_telegram_says_what_it_cannot_open(
             api.push(api.media_update(api.private_chat(ann), ann, field, payload))
             await api.wait_for(lambda a: telegram_replies(a, ANN))
     if kind == "photos":  # a picture, for a model that does not take images
-        assert telegram_replies(api, ANN) == [MSG_NO_VISION]
+        assert telegram_replies(api, ANN) == [say(Msg.NO_VISION)]
     else:
-        assert telegram_replies(api, ANN) == [MSG_UNREADABLE.format(kind=kind)]
+        assert telegram_replies(api, ANN) == [say(Msg.UNREADABLE, kind=kind)]
         assert f"{kind} in chat {ANN} cannot be read" in caplog.text
     assert llm.requests == []
 
@@ -107,8 +108,8 @@ async def test_telegram_answers_a_caption_and_says_the_photo_was_not_seen(
             api.push(api.media_update(group, ann, "photo", PHOTO, caption="look at my cat"))
             api.push(api.media_update(group, ann, "photo", PHOTO, caption="@ParleyTestBot cute?"))
             await api.wait_for(lambda a: "echo cute?" in telegram_replies(a, GROUP))
-    assert telegram_replies(api, ANN) == [MSG_NO_VISION_TEXT, "echo what is 2+2"]
-    assert telegram_replies(api, GROUP) == [MSG_NO_VISION_TEXT, "echo cute?"]
+    assert telegram_replies(api, ANN) == [say(Msg.NO_VISION_TEXT), "echo what is 2+2"]
+    assert telegram_replies(api, GROUP) == [say(Msg.NO_VISION_TEXT), "echo cute?"]
     assert [last_user_text(body) for body in llm.requests] == ["what is 2+2", "cute?"]
 
 
@@ -140,7 +141,7 @@ async def test_a_video_without_a_sound_track_gets_a_clear_answer(tmp_path: Path)
                 await api.wait_for(lambda a: telegram_replies(a, ANN))
             finally:
                 await adapter.stop()
-    assert telegram_replies(api, ANN) == [NO_AUDIO_TRACK_MESSAGE]
+    assert telegram_replies(api, ANN) == [say(Msg.NO_AUDIO_TRACK)]
     assert llm.requests == []
 
 
@@ -154,7 +155,7 @@ async def test_discord_says_what_it_cannot_open(tmp_path: Path) -> None:
             await fake.post_message(fake.ALICE, "is it cute?", dm=True, attachments=[image])
             await fake.wait_until(lambda: "echo is it cute?" in discord_replies(fake, channel))
     assert discord_replies(fake, channel) == [
-        MSG_NO_VISION,
-        MSG_NO_VISION_TEXT,
+        say(Msg.NO_VISION),
+        say(Msg.NO_VISION_TEXT),
         "echo is it cute?",
     ]

@@ -10,10 +10,16 @@ import av
 import pytest
 
 from bot.app import ParleyApp
+from bot.types import Attachment
 from tests.conftest import make_settings, message
 from tests.fakes.audio_samples import KNOWN_SENTENCE, encode, silence, voice_note, word_error_rate
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.targets import RecordingTarget
+
+
+def recording(data: bytes) -> Attachment:
+    """A voice note as an adapter describes it."""
+    return Attachment.of_bytes("audio", data, "audio/ogg")
 
 
 @pytest.fixture
@@ -43,7 +49,7 @@ async def test_voice_note_is_transcribed_answered_and_spoken(
 ) -> None:
     target = RecordingTarget()
     await voice_app.engine.handle(
-        message(audio=voice_note(), audio_mime="audio/ogg", is_private=True), target
+        message(attachments=(recording(voice_note()),), is_private=True), target
     )
     transcript = target.notices[0].removeprefix("🎤 “").removesuffix("”")
     assert word_error_rate(KNOWN_SENTENCE, transcript) <= 0.2
@@ -65,7 +71,7 @@ async def test_voice_note_is_transcribed_answered_and_spoken(
         (b"", "empty"),
         (b"OggS" + b"\x00" * 200, "couldn't"),
         (b"just some text, not audio", "couldn't"),
-        (b"x" * 2_000_001, "too big"),
+        (b"x" * 2_000_001, "too large"),
         ("overlong", "too long"),
         ("silence", "couldn't hear anything"),
     ],
@@ -78,7 +84,8 @@ async def test_bad_audio_gets_a_clear_message_and_the_turn_is_recorded(
     elif audio == "silence":
         audio = encode(silence(2.0), 48_000, "ogg")
     target = RecordingTarget()
-    await voice_app.engine.handle(message(audio=audio, audio_mime="audio/ogg"), target)
+    assert isinstance(audio, bytes)
+    await voice_app.engine.handle(message(attachments=(recording(audio),)), target)
     assert len(target.notices) == 1 and expected in target.notices[0].lower()
     assert target.calls == [] and fake_llm.requests == []
     rows = (

@@ -8,12 +8,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.discord.config import DiscordSettings
+from bot.command_table import Command, Param
+from bot.messages import Msg
 from bot.platform import Platform, Services
 
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.doctor import Finding
     from bot.platform import PlatformAdapter
+
+# Voice channels: the adapter carries these out (adapters/discord/voice/).
+JOIN = Command(
+    "join",
+    Msg.CMD_JOIN,
+    params=(Param("channel", Msg.PARAM_VOICE_CHANNEL, kind="voice_channel"),),
+    by_platform=True,
+)
+LEAVE = Command("leave", Msg.CMD_LEAVE, by_platform=True)
 
 
 def _create(services: Services) -> PlatformAdapter:
@@ -28,4 +39,4 @@ async def _check(settings: Settings) -> list[Finding]:
     return await check(settings)
 
 
-PLATFORM = Platform(settings=DiscordSettings, create=_create, check=_check)
+PLATFORM = Platform(settings=DiscordSettings, create=_create, check=_check, commands=(JOIN, LEAVE))

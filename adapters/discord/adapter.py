@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -21,18 +22,17 @@ import discord
 from discord import app_commands
 
 import adapters.discord.sharding as sharding
-from adapters.discord.commands import build_command_tree
+from adapters.discord.commands import CatalogTranslator, build_command_tree
 from adapters.discord.compat import redirect_endpoints, require_libraries, skip_unreadable_events
 from adapters.discord.config import DiscordSettings
 from adapters.discord.rest import DiscordRest
 from adapters.discord.rules import (
     AccessRules,
-    audio_attachment,
-    image_attachments,
+    content_type,
     is_background,
     is_turn,
+    kind_of,
     readable_text,
-    unreadable_kind,
 )
 from adapters.discord.targets import (
     NOTICE_MENTIONS,
@@ -40,26 +40,24 @@ from adapters.discord.targets import (
     Clock,
     InteractionTarget,
     channel_limits,
+    rewrite_message,
 )
 from adapters.discord.voice.channels import VoiceChannels
-from bot.commands import CommandReply
-from bot.engine import (
-    MAX_IMAGES_PER_MESSAGE,
-    MSG_CAPTION_ONLY,
-    MSG_IMAGE_TOO_LARGE,
-    MSG_NO_VISION,
-    MSG_NO_VISION_TEXT,
-    MSG_UNREADABLE,
-)
+from bot.command_table import CommandReply
 from bot.errors import ConfigError, DeliveryError, RetryAfter
+from bot.languages import speech_language, turn_language
+from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
-from bot.types import ImageInput, IncomingMessage, TargetLimits
+from bot.repair import InterruptedReplies
+from bot.storage.reply_parts import OpenPart
+from bot.types import Attachment, IncomingMessage, TargetLimits
 
 if TYPE_CHECKING:
     from bot.platform import Services
 
 log = logging.getLogger(__name__)
 
+PLATFORM = "discord"
 GUILD_READY_TIMEOUT_S = 2.0  # discord.py's default quiet time after the last GUILD_CREATE
 DEVELOPER_PORTAL = "https://discord.com/developers/applications"
 MSG_INTENT_REFUSED = (
@@ -72,15 +70,6 @@ MSG_TOKEN_REFUSED = (
     "discord.token: Discord rejected the bot token (401 Unauthorized). Copy it again from "
     f"Bot > Token in the Discord Developer Portal ({DEVELOPER_PORTAL})."
 )
-MSG_NOT_ALLOWED = "Sorry, I'm not available here."
-MSG_FAILED_MESSAGE = "⚠️ Something went wrong on my side with that message. Please try again."
-MSG_FAILED = "⚠️ Something went wrong on my side with that command. Please try again."
-MSG_FILE_FAILED = "Sorry, Discord did not take the file (it may be too large)."
-MSG_NO_REPLY = "Done."  # an empty command reply: Discord refuses empty messages
-MSG_AUDIO_TOO_LARGE = "That audio file is too large ({size:.1f} MB; the limit is {limit:.1f} MB)."
-MSG_AUDIO_UNREADABLE = "I couldn't download that audio file. Please send it again."
-MSG_PICTURE_UNREADABLE = "I couldn't download that picture. Please send it again."
-_MEGABYTE = 1024 * 1024
 
 
 class _Client(discord.Client):
@@ -140,6 +129,13 @@ class DiscordAdapter:
         self._restore_endpoints: Callable[[], None] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
         self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
+        self._repairs = InterruptedReplies(
+            services.engine.store,
+            PLATFORM,
+            self._rewrite,
+            max_chars=self._cfg.max_message_chars,
+            settings=services.settings,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -175,7 +171,9 @@ class DiscordAdapter:
             **sharding.client_options(self._cfg),
         )
         self._client = client
-        self._tree = build_command_tree(client, self)
+        language = self._settings.engine.language
+        self._tree = build_command_tree(client, self, self._commands.table(PLATFORM), language)
+        await self._tree.set_translator(CatalogTranslator(language))
         self._voice = VoiceChannels(
             client=client,
             cfg=self._cfg,
@@ -214,10 +212,12 @@ class DiscordAdapter:
             len(client.guilds),
             sharding.describe(self._cfg),
         )
+        self._repairs.start()
 
     async def stop(self) -> None:
         """Stop taking turns, let replies in progress finish (up to a grace period), disconnect."""
         self._stopping = True
+        await self._repairs.stop()
         # Voice channels are left at once (the turn in progress keeps its grace for its text).
         leaving = asyncio.create_task(self._leave_voice())
         if self._tasks:
@@ -306,10 +306,15 @@ class DiscordAdapter:
             self._voice.on_voice_state(member, before, after)
 
     async def _stt_language(self, channel_key: str) -> str:
-        """The `stt_language` setting of a text channel (voice turns are its conversation)."""
+        """Whisper's language for the voice turns of a text channel (they are its conversation):
+        its `stt_language`, by default its language (else the server's preferred locale)."""
         store = self._commands.store
-        channel_id = await store.channel_id("discord", channel_key)
-        return (await self._commands.channel_settings(channel_id)).stt_language
+        channel_id = await store.channel_id(PLATFORM, channel_key)
+        settings = await self._commands.channel_settings(channel_id)
+        channel = self._client.get_channel(int(channel_key)) if self._client else None
+        guild = getattr(channel, "guild", None)
+        lang = turn_language(settings.language, _locale(guild.preferred_locale) if guild else "")
+        return speech_language(settings.stt_language, lang)
 
     def _voice_reply_target(self, message: discord.Message) -> ChannelTarget:
         """The reply target of a voice turn's written transcript, as for a chat message."""
@@ -347,12 +352,13 @@ class DiscordAdapter:
             return
         await self._engine.observe(
             IncomingMessage(
-                platform="discord",
+                platform=PLATFORM,
                 channel_key=str(message.channel.id),  # a thread is a conversation of its own
                 user_id=str(message.author.id),
                 user_name=message.author.display_name,
                 text=text,
                 message_id=str(message.id),
+                language=_message_language(message),
             )
         )
 
@@ -371,8 +377,9 @@ class DiscordAdapter:
         # One message's error boundary: log it, tell the user, keep the gateway going.
         except Exception:
             log.exception("Discord: handling a message in channel %s failed", message.channel.id)
+            lang = turn_language(self._settings.engine.language, _message_language(message))
             try:
-                await target.notice(MSG_FAILED_MESSAGE)
+                await target.notice(say(Msg.MESSAGE_FAILED, lang=lang))
             except (DeliveryError, RetryAfter, OSError) as exc:
                 log.warning("Discord: could not tell the user: %s", exc)
         finally:
@@ -380,99 +387,40 @@ class DiscordAdapter:
 
     async def _answer_message(self, message: discord.Message, target: ChannelTarget) -> None:
         assert self._client is not None and self._client.user is not None
-        text = readable_text(message, self._client.user)
-        attachment = audio_attachment(message)
-        images: tuple[ImageInput, ...] = ()
-        pictures = image_attachments(message)
-        if pictures:
-            seen = await self._pictures(message, pictures, bool(text), target)
-            if seen is None and attachment is None:
-                return  # told why they cannot be seen, and there is nothing else to answer
-            images = seen or ()
-        kind = unreadable_kind(message)
-        if kind is not None and attachment is None:
-            log.info("Discord: %s in channel %s cannot be read", kind, message.channel.id)
-            await target.notice(
-                MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
-            )
-        if not text and attachment is None and not images:
-            return
-        audio = None
-        if attachment is not None:
-            audio = await self._download(attachment, target)
-            if audio is None:
-                return
         author = message.author
         manage_guild = isinstance(author, discord.Member) and author.guild_permissions.manage_guild
         reference = message.reference
         msg = IncomingMessage(
-            platform="discord",
+            platform=PLATFORM,
             channel_key=str(message.channel.id),
             user_id=str(author.id),
             user_name=author.display_name,
-            text=text,
+            text=readable_text(message, self._client.user),
             is_admin=self._access.is_admin(author, manage_guild=manage_guild),
-            audio=audio,
-            audio_mime=attachment.content_type if attachment is not None else None,
             reply_to=str(reference.message_id) if reference and reference.message_id else None,
             message_id=str(message.id),
             is_private=message.guild is None,
-            images=images,
+            attachments=self._attachments(message),
+            language=_message_language(message),
         )
         await self._engine.handle(msg, target)
 
-    async def _pictures(
-        self,
-        message: discord.Message,
-        pictures: list[discord.Attachment],
-        has_text: bool,
-        target: ChannelTarget,
-    ) -> tuple[ImageInput, ...] | None:
-        """The pictures for the model, or () after telling the user why they are left out
-        (None: nothing else to answer). Nothing is downloaded for a model that cannot see."""
-        if not await self._engine.takes_images("discord", str(message.channel.id)):
-            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
-            return () if has_text else None
-        limit = self._settings.llm.max_image_bytes
-        fitting = [p for p in pictures if p.size <= limit][:MAX_IMAGES_PER_MESSAGE]
-        if len(fitting) < len(pictures[:MAX_IMAGES_PER_MESSAGE]):
-            largest = max(p.size for p in pictures)
-            await target.notice(
-                MSG_IMAGE_TOO_LARGE.format(size_mb=largest / _MEGABYTE, limit_mb=limit / _MEGABYTE)
+    def _attachments(self, message: discord.Message) -> tuple[Attachment, ...]:
+        """What the message carries besides text: its stickers, then its files, each readable
+        from its URL (with a cap: the size a message claims is not trusted)."""
+        assert self._rest is not None
+        stickers = [Attachment("sticker", name=sticker.name) for sticker in message.stickers]
+        files = [
+            Attachment(
+                kind_of(attachment),
+                size=attachment.size,
+                mime=content_type(attachment),
+                name=attachment.filename,
+                reader=functools.partial(self._rest.download, attachment.url),
             )
-        images = []
-        for picture in fitting:
-            try:
-                data = await picture.read()
-            except discord.HTTPException as exc:
-                log.warning("Discord: picture download failed: %s", exc)
-                await target.notice(MSG_PICTURE_UNREADABLE)
-                continue
-            images.append(
-                ImageInput(data, (picture.content_type or "").split(";")[0].strip().lower())
-            )
-        if not images and not has_text:
-            return None
-        return tuple(images)
-
-    async def _download(
-        self, attachment: discord.Attachment, target: ChannelTarget
-    ) -> bytes | None:
-        """The attachment's bytes, or None after telling the user why not."""
-        limit = self._settings.stt.max_bytes
-        if attachment.size > limit:
-            await target.notice(
-                MSG_AUDIO_TOO_LARGE.format(
-                    size=attachment.size / _MEGABYTE, limit=limit / _MEGABYTE
-                )
-            )
-            return None
-        try:
-            return await attachment.read()
-        except discord.HTTPException as exc:
-            log.warning("Discord: audio attachment download failed: %s", exc)
-            await target.notice(MSG_AUDIO_UNREADABLE)
-            return None
+            for attachment in message.attachments
+        ]
+        return (*stickers, *files)
 
     # -- slash commands (CommandHandler) ---------------------------------------------------
 
@@ -516,7 +464,8 @@ class DiscordAdapter:
         # One interaction's error boundary: log it, tell the user.
         except Exception:
             log.exception("Discord: /%s failed", name)
-            reply = CommandReply(MSG_FAILED)
+            lang = turn_language(self._settings.engine.language, msg.language)
+            reply = CommandReply(say(Msg.COMMAND_FAILED, lang=lang))
         assert self._rest is not None and self._client is not None
         assert interaction.channel_id is not None
         # The answer goes under the bot's budgets like every other call (a 429 pauses them).
@@ -529,14 +478,16 @@ class DiscordAdapter:
             clock=self._clock,
             ephemeral=ephemeral,
         )
+        lang = await self._commands.language(msg)
         try:
-            await target.answer(reply.text, empty=MSG_NO_REPLY)
+            # Discord refuses an empty message: an answer without text says it is done.
+            await target.answer(reply.text, empty=say(Msg.DONE, lang=lang))
             for file in reply.files:
                 try:
                     await target.send_file(file)
                 except DeliveryError as exc:
                     log.warning("Discord: a file was not delivered: %s", exc)
-                    await target.notice(MSG_FILE_FAILED)
+                    await target.notice(say(Msg.FILE_REFUSED_DISCORD, lang=lang))
         except (DeliveryError, OSError) as exc:  # refused, or past the deadline: nobody to tell
             log.warning("Discord: the answer to /%s was not delivered: %s", name, exc)
 
@@ -550,14 +501,17 @@ class DiscordAdapter:
             interaction.user.id, channel_id, parent_id
         ):
             return True
-        await interaction.response.send_message(MSG_NOT_ALLOWED, ephemeral=True)
+        lang = turn_language(self._settings.engine.language, _interaction_language(interaction))
+        await interaction.response.send_message(
+            say(Msg.NOT_ALLOWED_HERE, lang=lang), ephemeral=True
+        )
         return False
 
     def _interaction_message(self, interaction: discord.Interaction, text: str) -> IncomingMessage:
         user = interaction.user
         manage_guild = interaction.guild_id is not None and interaction.permissions.manage_guild
         return IncomingMessage(
-            platform="discord",
+            platform=PLATFORM,
             channel_key=str(interaction.channel_id),
             user_id=str(user.id),
             user_name=user.display_name,
@@ -565,6 +519,19 @@ class DiscordAdapter:
             is_admin=self._access.is_admin(user, manage_guild=manage_guild),
             message_id=str(interaction.id),
             is_private=interaction.guild_id is None,
+            language=_interaction_language(interaction),
+        )
+
+    async def _rewrite(self, part: OpenPart, text: str) -> None:
+        """Finish a message of an interrupted reply (adapters/discord/targets.rewrite_message)."""
+        assert self._rest is not None
+        await rewrite_message(
+            self._rest,
+            self._engine.scheduler,
+            self._limits,
+            int(part.channel_key),
+            int(part.message_id),
+            text,
         )
 
     # -- tasks -----------------------------------------------------------------------------
@@ -579,6 +546,20 @@ class DiscordAdapter:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("Discord: a reply failed", exc_info=task.exception())
+
+
+def _locale(locale: discord.Locale | None) -> str:
+    return locale.value if locale is not None else ""
+
+
+def _interaction_language(interaction: discord.Interaction) -> str:
+    """The user's language: their Discord client's locale, else the server's preferred one."""
+    return _locale(interaction.locale) or _locale(interaction.guild_locale)
+
+
+def _message_language(message: discord.Message) -> str:
+    """A gateway message carries no user locale: the server's preferred one ("" in a DM)."""
+    return _locale(message.guild.preferred_locale) if message.guild is not None else ""
 
 
 async def _defer(interaction: discord.Interaction, *, ephemeral: bool) -> bool:

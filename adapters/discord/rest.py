@@ -24,13 +24,16 @@ from urllib.parse import quote
 import aiohttp
 
 from adapters.discord.errors import reason_of
-from bot.errors import DeliveryError, RetryAfter
+from bot.errors import AttachmentTooLarge, AttachmentUnavailable, DeliveryError, RetryAfter
 
 REQUEST_TIMEOUT_S = 20.0  # a timeout raises TimeoutError, an OSError the streamer retries
+DOWNLOAD_TIMEOUT_S = 60.0  # one attachment, up to the largest size Parley takes
+CHUNK_BYTES = 64 * 1024
 # Replies never ping @everyone, roles or users, whatever the model writes; a reply to a
 # message still notifies its author, as Discord's own replies do.
 ALLOWED_MENTIONS: dict[str, Any] = {"parse": [], "replied_user": True}
 FLAG_EPHEMERAL = 1 << 6  # a message only the interaction's user sees
+HTTP_OK = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,27 @@ class DiscordRest:
         await self._call("DELETE", path, (application_id, token, message_id), webhook=True)
 
     # -- plumbing --------------------------------------------------------------------------
+
+    # -- attachments -----------------------------------------------------------------------
+
+    async def download(self, url: str, limit: int) -> bytes:
+        """An attachment's bytes, read in chunks that stop past `limit` whatever size the
+        message claimed (AttachmentTooLarge); AttachmentUnavailable when it cannot be had."""
+        if self._session is None:
+            raise RuntimeError("DiscordRest.open() was not awaited")
+        data = bytearray()
+        timeout = aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_S)
+        try:
+            async with self._session.get(url, timeout=timeout) as response:
+                if response.status != HTTP_OK:
+                    raise AttachmentUnavailable(f"the attachment's host answered {response.status}")
+                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                    data += chunk
+                    if len(data) > limit:
+                        raise AttachmentTooLarge(limit)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AttachmentUnavailable(f"the download failed: {exc!r}") from exc
+        return bytes(data)
 
     async def _call(
         self,

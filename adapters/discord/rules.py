@@ -7,6 +7,7 @@ import re
 import discord
 
 from adapters.discord.config import DiscordSettings
+from bot.types import PICTURE_MIMES, AttachmentKind
 
 # Messages people write; joins, pins, boosts and the like are system messages.
 CHAT_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
@@ -83,41 +84,19 @@ def readable_text(message: discord.Message, me: discord.ClientUser) -> str:
     return text.strip()
 
 
-def audio_attachment(message: discord.Message) -> discord.Attachment | None:
-    """The voice message's audio, or the first audio (or video: its sound) file attached."""
-    for attachment in message.attachments:
-        content_type = attachment.content_type or ""
-        if attachment.is_voice_message() or content_type.startswith(("audio/", "video/")):
-            return attachment
-    return None
-
-
-# Picture formats the chat API's image parts take (OpenAI's list; llama.cpp decodes them too).
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
-
-
-def _content_type(attachment: discord.Attachment) -> str:
+def content_type(attachment: discord.Attachment) -> str:
+    """The attachment's MIME type without parameters, lowercase ("" when Discord did not say)."""
     return (attachment.content_type or "").split(";")[0].strip().lower()
 
 
-def image_attachments(message: discord.Message) -> list[discord.Attachment]:
-    """The pictures attached, in a format a model that takes images can read."""
-    return [a for a in message.attachments if _content_type(a) in IMAGE_TYPES]
-
-
-def unreadable_kind(message: discord.Message) -> str | None:
-    """What the message carries that Parley cannot read ("stickers", "files"), or None.
-
-    Audio and video attachments are read (their sound is transcribed), pictures are for the
-    model (`image_attachments`); anything else attached is named by its content type.
-    """
-    if message.stickers:
-        return "stickers"
-    for attachment in message.attachments:
-        content_type = _content_type(attachment)
-        if attachment.is_voice_message() or content_type.startswith(("audio/", "video/")):
-            continue
-        if content_type in IMAGE_TYPES:
-            continue
-        return "images" if content_type.startswith("image/") else "files"
-    return None
+def kind_of(attachment: discord.Attachment) -> AttachmentKind:
+    """What an attachment is: a voice message, audio or video (its sound is transcribed), a
+    picture a model takes, another image, or any other file."""
+    mime = content_type(attachment)
+    if attachment.is_voice_message() or mime.startswith("audio/"):
+        return "audio"
+    if mime.startswith("video/"):
+        return "video"
+    if mime in PICTURE_MIMES:
+        return "picture"
+    return "image" if mime.startswith("image/") else "document"

@@ -5,7 +5,7 @@ and DMs to shard 0; a bot must shard past 2,500 guilds per session. discord.py's
 `AutoShardedClient` runs several shards in one process and identifies each with
 [shard_id, shard_count]; given `shard_ids` it runs only those, so N processes with disjoint
 `discord.shard_ids` split the gateway between them. REST calls are not per shard: the global
-limit (50 requests/s) is per bot token, which is why `bot.shared_budget` shares it through
+limit (50 requests/s) is per bot token, which is why `bot.storage.shared_budget` shares it through
 PostgreSQL between the processes.
 
 With a `shard_count`, discord.py connects to `discord.gateway_url` directly and never asks
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.discord.compat import gate_requests
 from adapters.discord.limits import GLOBAL_HEADROOM
 from bot.delivery.budgets import GLOBAL_WINDOW_S
-from bot.shared_budget import LocalBudget, SharedBudget
+from bot.storage.shared_budget import LocalBudget, SharedBudget
 
 if TYPE_CHECKING:
     import discord

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.telegram.config import TelegramSettings
+from bot.command_table import START
 from bot.platform import Platform, Services
 
 if TYPE_CHECKING:
@@ -28,4 +29,5 @@ async def _check(settings: Settings) -> list[Finding]:
     return await check(settings)
 
 
-PLATFORM = Platform(settings=TelegramSettings, create=_create, check=_check)
+# /start: what Telegram's "Start" button sends when someone opens a chat with the bot.
+PLATFORM = Platform(settings=TelegramSettings, create=_create, check=_check, commands=(START,))

@@ -9,6 +9,7 @@ engine keeps each chat's order itself).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Coroutine
@@ -16,41 +17,36 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import telegram.error
-from telegram import Audio, Message, Update, Video, VideoNote, Voice
+from telegram import Message, Update
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from adapters.telegram.commands import find as find_command
-from adapters.telegram.commands import menu
+from adapters.telegram.commands import menus
 from adapters.telegram.config import TelegramSettings
-from adapters.telegram.errors import reason_of
+from adapters.telegram.files import FileDownloads
 from adapters.telegram.limits import MAX_DOWNLOAD_BYTES
 from adapters.telegram.polling import Ticket, UpdatePoller
 from adapters.telegram.rules import (
-    Picture,
     conversation_key,
     is_addressed,
     is_private,
     may_use,
+    media_of,
     parse_command,
-    picture_of,
     strip_mention,
     topic_id,
-    unreadable_kind,
 )
-from adapters.telegram.targets import TelegramReplyTarget, chat_limits
+from adapters.telegram.targets import DRAFT_PREFIX, TelegramReplyTarget, chat_limits
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
-from bot.commands import CommandReply
-from bot.engine import (
-    MSG_CAPTION_ONLY,
-    MSG_IMAGE_TOO_LARGE,
-    MSG_NO_VISION,
-    MSG_NO_VISION_TEXT,
-    MSG_UNREADABLE,
-)
-from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
+from bot.command_table import CommandReply, find
+from bot.delivery.budgets import Priority
+from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter, StorageError
+from bot.languages import turn_language
+from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
-from bot.types import ImageInput, IncomingMessage
+from bot.repair import InterruptedReplies
+from bot.storage.reply_parts import OpenPart
+from bot.types import Attachment, Delivery, IncomingMessage
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -61,16 +57,6 @@ PLATFORM = "telegram"
 POLL_TIMEOUT_S = 30  # long-poll length of getUpdates (Telegram allows up to 50)
 UPDATES = [Update.MESSAGE]  # the only update type the bot acts on
 
-MSG_REFUSED = "Sorry, I'm not available to you here. Please ask the bot's owner for access."
-MSG_AUDIO_TOO_LARGE = (
-    "That recording is too large: I can take voice notes of up to {limit_mb:.0f} MB. "
-    "Please send a shorter one."
-)
-MSG_FAILED = "⚠️ Something went wrong on my side with that message. Please try again."
-MSG_DOWNLOAD_FAILED = "Sorry, I couldn't download that recording. Please try again."
-MSG_PICTURE_FAILED = "Sorry, I couldn't download that picture. Please try again."
-MSG_FILE_FAILED = "Sorry, Telegram did not take the file. Please try again later."
-_MB = 1024 * 1024
 # What a target raises when Telegram cannot be written to: logged, as the user cannot be told.
 _UNDELIVERED = (DeliveryError, RetryAfter, ConnectionError)
 
@@ -98,7 +84,16 @@ class TelegramAdapter:
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook: WebhookServer | None = None
         self._poller: UpdatePoller | None = None
+        self._files: FileDownloads | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._table = services.commands.table(PLATFORM)
+        self._repairs = InterruptedReplies(
+            services.engine.store,
+            PLATFORM,
+            self._rewrite,
+            max_chars=self._tg.max_message_chars,
+            settings=services.settings,
+        )
 
     @property
     def connected(self) -> bool:
@@ -135,6 +130,7 @@ class TelegramAdapter:
         application.add_handler(MessageHandler(_MESSAGES & ~filters.COMMAND, self._on_message))
         application.add_error_handler(self._on_error)
         self._application = application
+        self._files = FileDownloads(application.bot)
         try:
             await self._run(application)
         except telegram.error.InvalidToken:
@@ -144,10 +140,16 @@ class TelegramAdapter:
             await self.stop()
             raise
         log.info("Telegram: running as @%s", application.bot.username)
+        self._repairs.start()
 
     async def _run(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await application.initialize()
-        await application.bot.set_my_commands(menu())
+        # One menu per language: Telegram shows each user the menu of their language_code.
+        for language_code, commands in menus(self._table, self._settings.engine.language):
+            if commands:
+                await application.bot.set_my_commands(commands, language_code=language_code)
+            else:  # a menu of an earlier run, for a language this one does not speak
+                await application.bot.delete_my_commands(language_code=language_code)
         await application.start()
         if self._tg.webhook_url:
             await self._start_webhook(application)
@@ -159,6 +161,7 @@ class TelegramAdapter:
 
     async def stop(self) -> None:
         """Stop receiving, let replies in progress finish (up to a grace period), log out."""
+        await self._repairs.stop()
         application, self._application = self._application, None
         if application is None:
             return
@@ -171,6 +174,9 @@ class TelegramAdapter:
         if application.running:
             await application.stop()
         await self._drain()
+        if self._files is not None:
+            await self._files.close()
+            self._files = None
         await application.shutdown()
 
     # -- receiving -------------------------------------------------------------------------
@@ -202,7 +208,7 @@ class TelegramAdapter:
                 self._spawn(self._observe(message))
             return
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, MSG_REFUSED))
+            self._spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
         self._spawn(self._answer(message, bot.username, ticket=self._claim()))
 
@@ -210,14 +216,16 @@ class TelegramAdapter:
         message = update.message
         if message is None or message.from_user is None or message.text is None:
             return
+        if message.from_user.is_bot:
+            return  # like their messages: two bots must not answer each other without end
         command = parse_command(message.text, context.bot.username)
         if command is None:
             return
-        known = find_command(command.name)
+        known = find(self._table, command.name)
         if known is None and not (is_private(message) or command.addressed):
             return  # in a group, an unknown bare /command is probably for another bot
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, MSG_REFUSED))
+            self._spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
         if known is not None and known.turn:  # /ask: its text is a message to answer
             self._spawn(
@@ -250,39 +258,16 @@ class TelegramAdapter:
         try:
             if text is None:
                 text = strip_mention(message.text or message.caption or "", bot_username)
-            images: tuple[ImageInput, ...] = ()
-            limit = min(MAX_DOWNLOAD_BYTES, self._settings.llm.max_image_bytes)
-            picture = picture_of(message, limit)
-            if picture is not None:
-                seen = await self._picture(message, picture, limit, bool(text), target)
-                if seen is None:
-                    return  # told why it cannot be seen, and there is no text to answer
-                images = seen
-            kind = unreadable_kind(message)
-            if kind is not None:
-                log.info("Telegram: %s in chat %s cannot be read", kind, message.chat_id)
-                await target.notice(
-                    MSG_CAPTION_ONLY.format(kind=kind) if text else MSG_UNREADABLE.format(kind=kind)
-                )
-                if not text:
-                    return
-            audio: bytes | None = None
-            mime: str | None = None
-            media = message.voice or message.audio or message.video_note or message.video
-            if media is not None:
-                audio = await self._download(media, target)
-                if audio is None:
-                    return
-                mime = getattr(media, "mime_type", None) or _default_mime(media)
-            await self._engine.handle(
-                self._incoming(message, text, audio, mime, images),
-                target,
-                on_stored=ticket.stored if ticket is not None else None,
-                # Not stored: Telegram keeps an unconfirmed update; on the last try, say so.
-                redeliverable=ticket is not None and not ticket.last_attempt,
+            # Not stored yet: Telegram keeps the unconfirmed update (until `keep_until`).
+            delivery = (
+                Delivery()
+                if ticket is None
+                else Delivery(stored=ticket.stored, held=ticket.hold, keep_until=ticket.keep_until)
             )
+            incoming = self._incoming(message, text, self._attachments(message))
+            await self._engine.handle(incoming, target, delivery)
         except MessageNotStored as exc:
-            assert ticket is not None  # only a redeliverable turn raises it
+            assert ticket is not None  # only a turn whose update Telegram keeps raises it
             log.info("Telegram: update %d not stored (%s): trying again", ticket.update_id, exc)
             ticket.not_stored()
             ticket = None
@@ -291,7 +276,7 @@ class TelegramAdapter:
         # One update's error boundary: log it, tell the user, keep polling.
         except Exception:
             log.exception("Telegram: handling a message in chat %s failed", message.chat_id)
-            await self._tell(message, MSG_FAILED)
+            await self._tell(message, say(Msg.MESSAGE_FAILED, lang=self._language(message)))
         finally:
             if ticket is not None:
                 ticket.stored()  # answered, refused or failed otherwise: nothing to redeliver
@@ -305,19 +290,33 @@ class TelegramAdapter:
 
     async def _run_command(self, message: Message, name: str, args: str) -> None:
         msg = self._incoming(message, message.text or "")
+        if not await self._first_delivery(msg):
+            log.info("Telegram: /%s in chat %s came again; run already", name, message.chat_id)
+            return
         try:
             reply = await self._commands.execute(msg, name, args)
         # One command's error boundary: log it, tell the user.
         except Exception:
             log.exception("Telegram: /%s in chat %s failed", name, message.chat_id)
-            reply = CommandReply(MSG_FAILED)
+            reply = CommandReply(say(Msg.MESSAGE_FAILED, lang=self._language(message)))
         await self._tell(message, reply.text)
         for file in reply.files:
             try:
                 await self._target(message).send_file(file)
             except _UNDELIVERED as exc:
                 log.warning("file to chat %s not delivered: %s", message.chat_id, exc)
-                await self._tell(message, MSG_FILE_FAILED)
+                refused = say(Msg.FILE_REFUSED_TELEGRAM, lang=await self._commands.language(msg))
+                await self._tell(message, refused)
+
+    async def _first_delivery(self, msg: IncomingMessage) -> bool:
+        """Claim a command's update before it runs, so a redelivery does not run it twice (a
+        process killed before it confirmed the update); a store that cannot say runs it."""
+        if msg.handled_key is None:
+            return True
+        try:
+            return await self._engine.store.claim(PLATFORM, msg.handled_key)
+        except StorageError:
+            return True
 
     async def _tell(self, message: Message, text: str) -> None:
         """A plain answer outside the engine's replies (command results, refusals)."""
@@ -326,69 +325,25 @@ class TelegramAdapter:
         except _UNDELIVERED as exc:
             log.warning("message to chat %s not delivered: %s", message.chat_id, exc)
 
-    async def _picture(
-        self,
-        message: Message,
-        picture: Picture,
-        limit: int,
-        has_text: bool,
-        target: TelegramReplyTarget,
-    ) -> tuple[ImageInput, ...] | None:
-        """The picture for the model, or () after telling the user why it is left out (None:
-        nothing else to answer). Nothing is downloaded for a model that cannot see it."""
-        if not await self._engine.takes_images(PLATFORM, conversation_key(message)):
-            await target.notice(MSG_NO_VISION_TEXT if has_text else MSG_NO_VISION)
-            return () if has_text else None
-        too_large = MSG_IMAGE_TOO_LARGE.format(size_mb=picture.size / _MB, limit_mb=limit / _MB)
-        data: bytes | None = None
-        if picture.size <= limit:
-            try:
-                file = await picture.media.get_file()
-                data = bytes(await file.download_as_bytearray())
-            except telegram.error.BadRequest as exc:
-                log.info("picture download refused: %s", exc)
-                if reason_of(exc) != "too_large":
-                    too_large = MSG_PICTURE_FAILED
-            except telegram.error.TelegramError as exc:
-                log.warning("picture download failed: %s", exc)
-                too_large = MSG_PICTURE_FAILED
-        if data is None or len(data) > limit:
-            log.info("picture of %d bytes in chat %s left out", picture.size, message.chat_id)
-            await target.notice(too_large)
-            return () if has_text else None
-        return (ImageInput(data, picture.mime),)
-
-    async def _download(
-        self, media: Voice | Audio | VideoNote | Video, target: TelegramReplyTarget
-    ) -> bytes | None:
-        """The recording's bytes, or None after telling the user why not."""
-        limit = min(MAX_DOWNLOAD_BYTES, self._settings.stt.max_bytes)
-        size = media.file_size or 0
-        too_large = MSG_AUDIO_TOO_LARGE.format(limit_mb=limit / _MB)
-        if size > limit:
-            log.info("voice note of %d bytes refused (limit %d)", size, limit)
-            await target.notice(too_large)
-            return None
-        try:
-            file = await media.get_file()
-            return bytes(await file.download_as_bytearray())
-        except telegram.error.BadRequest as exc:
-            # Telegram refuses files over 20 MB even when the update did not tell the size.
-            log.info("voice note download refused: %s", exc)
-            too_big = reason_of(exc) == "too_large"
-            await target.notice(too_large if too_big else MSG_DOWNLOAD_FAILED)
-        except telegram.error.TelegramError as exc:
-            log.warning("voice note download failed: %s", exc)
-            await target.notice(MSG_DOWNLOAD_FAILED)
-        return None
+    def _attachments(self, message: Message) -> tuple[Attachment, ...]:
+        """What the message carries besides text, each readable through `getFile`."""
+        assert self._files is not None
+        # Of a photo's sizes, the largest the picture limit takes.
+        largest = min(MAX_DOWNLOAD_BYTES, self._settings.llm.max_image_bytes)
+        return tuple(
+            Attachment(
+                media.kind,
+                size=media.size,
+                mime=media.mime,
+                name=media.name,
+                max_bytes=MAX_DOWNLOAD_BYTES,
+                reader=self._files.reader(media.file_id, media.size) if media.file_id else None,
+            )
+            for media in media_of(message, largest)
+        )
 
     def _incoming(
-        self,
-        message: Message,
-        text: str,
-        audio: bytes | None = None,
-        mime: str | None = None,
-        images: tuple[ImageInput, ...] = (),
+        self, message: Message, text: str, attachments: tuple[Attachment, ...] = ()
     ) -> IncomingMessage:
         user = message.from_user
         assert user is not None  # the handlers skip messages without a sender
@@ -401,13 +356,20 @@ class TelegramAdapter:
             user_name=user.full_name,
             text=text,
             is_admin=user.id in self._tg.admin_ids,
-            audio=audio,
-            audio_mime=mime,
             reply_to=str(replied.message_id) if replied is not None else None,
             message_id=str(message.message_id),
             is_private=is_private(message),
-            images=images,
+            attachments=attachments,
+            language=user.language_code or "",
         )
+
+    def _language(self, message: Message) -> str:
+        """The language of a notice outside a turn (a refusal, an error): the bot's setting, else
+        the sender's; the chat's own setting is not read for these (the store may be what
+        failed, and a refused user's chat is not stored)."""
+        user = message.from_user
+        code = user.language_code if user is not None else None
+        return turn_language(self._settings.engine.language, code or "")
 
     def _target(self, message: Message) -> TelegramReplyTarget:
         private = is_private(message)
@@ -421,6 +383,28 @@ class TelegramAdapter:
             reply_to_message_id=None if private else message.message_id,
             thread_id=topic_id(message),  # every reply, notice and voice note lands in the topic
         )
+
+    async def _rewrite(self, part: OpenPart, text: str) -> None:
+        """Finish a message of an interrupted reply: an edit, or a new message where the part
+        was a draft preview (Telegram drops those by itself)."""
+        assert self._application is not None
+        chat, _, topic = part.channel_key.partition(":")
+        chat_id = int(chat)
+        target = TelegramReplyTarget(
+            self._application.bot,
+            chat_id=chat_id,
+            # Private chats have the user's (positive) id, groups and channels negative ones.
+            limits=chat_limits(self._tg, is_private=chat_id > 0),
+            scheduler=self._engine.scheduler,
+            thread_id=int(topic) if topic else None,
+        )
+        scheduler = self._engine.scheduler
+        if part.message_id.startswith(DRAFT_PREFIX):
+            post = functools.partial(target.send, text)
+            await scheduler.call(target, post, priority=Priority.COMPLETE, what="repair")
+        else:
+            edit = functools.partial(target.edit, part.message_id, text)
+            await scheduler.call(target, edit, priority=Priority.COMPLETE, what="repair")
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -441,7 +425,3 @@ class TelegramAdapter:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _default_mime(media: Voice | Audio | VideoNote | Video) -> str:
-    return "video/mp4" if isinstance(media, VideoNote | Video) else "audio/ogg"

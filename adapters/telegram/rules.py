@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from telegram import Document, Message, MessageEntity, PhotoSize
+from telegram import Document, Message, MessageEntity, Video, VideoNote
 from telegram.constants import ChatType
 
 from adapters.telegram.config import TelegramSettings
+from bot.types import PICTURE_MIMES, AttachmentKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,62 +84,82 @@ def may_use(settings: TelegramSettings, user_id: int, chat_id: int) -> bool:
     return user_ok and chat_ok
 
 
-# Kinds of message Parley cannot read yet, by the Message attribute that carries them, named as
-# the user is told ("I can't open photos yet"). Text, voice, audio, video notes and videos (their
-# sound is transcribed) are read; service messages (joins, pins, ...) are silently ignored.
-UNREADABLE_KINDS = (
-    ("photo", "photos"),
-    ("document", "files"),
-    ("sticker", "stickers"),
-    ("animation", "GIFs"),
-    ("location", "locations"),
-    ("venue", "places"),
-    ("poll", "polls"),
-    ("contact", "contacts"),
+# What a message carries besides text, by the Message attribute that carries it, in the order
+# they are looked at. Pictures (photos, image files) are found first, for the model; service
+# messages (joins, pins, ...) are silently ignored.
+OTHER_KINDS: tuple[tuple[str, AttachmentKind], ...] = (
+    ("document", "document"),
+    ("sticker", "sticker"),
+    ("animation", "animation"),
+    ("location", "location"),
+    ("venue", "place"),
+    ("poll", "poll"),
+    ("contact", "contact"),
     ("dice", "dice"),
-    ("game", "games"),
-    ("story", "stories"),
-    ("paid_media", "paid media"),
-    ("checklist", "checklists"),
+    ("game", "game"),
+    ("story", "story"),
+    ("paid_media", "paid_media"),
+    ("checklist", "checklist"),
 )
-
-
-def unreadable_kind(message: Message) -> str | None:
-    """What the message carries that Parley cannot read ("photos"), or None.
-
-    Pictures (photos, image files) are not counted: `picture_of` finds them for the model.
-    """
-    for attribute, name in UNREADABLE_KINDS:
-        if attribute in ("photo", "document") and picture_of(message, 0) is not None:
-            continue
-        if getattr(message, attribute, None):
-            return name
-    return None
-
-
-# Picture formats the chat API's image parts take (OpenAI's list; llama.cpp decodes them too).
-IMAGE_MIMES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 PHOTO_MIME = "image/jpeg"  # Telegram re-encodes every photo it delivers as JPEG
+VOICE_MIME = "audio/ogg"  # voice notes are OGG/Opus
+VIDEO_MIME = "video/mp4"  # video notes say no type: they are MP4
 
 
 @dataclass(frozen=True, slots=True)
-class Picture:
-    """A picture a message carries: what to download, its size (0: not told), its type."""
+class Media:
+    """Something a message carries besides text: what it is and, for a file, how to fetch it."""
 
-    media: PhotoSize | Document
-    size: int
-    mime: str
+    kind: AttachmentKind
+    file_id: str = ""  # "" for what has no file (a poll, a location)
+    size: int = 0  # as the update claims it (0: not told)
+    mime: str = ""
+    name: str = ""
 
 
-def picture_of(message: Message, max_bytes: int) -> Picture | None:
-    """The message's picture: of a photo, its largest size within `max_bytes` (else its
-    smallest, for the caller to refuse as too large); or an image sent as a file."""
+def media_of(message: Message, max_picture_bytes: int) -> list[Media]:
+    """What `message` carries besides text, in the order Parley looks at it: its picture (of
+    a photo, the largest size within `max_picture_bytes`, else the smallest, to be refused as
+    too large), what Parley cannot open, then its recording."""
+    found: list[Media] = []
+    picture = _picture(message, max_picture_bytes)
+    if picture is not None:
+        found.append(picture)
+    for attribute, kind in OTHER_KINDS:
+        value = getattr(message, attribute, None)
+        if not value or (attribute == "document" and picture is not None):
+            continue
+        file_id = value.file_id if isinstance(value, Document) else ""
+        found.append(Media(kind, file_id, getattr(value, "file_size", None) or 0))
+    recording = message.voice or message.audio or message.video_note or message.video
+    if recording is not None:
+        is_video = isinstance(recording, VideoNote | Video)
+        mime = getattr(recording, "mime_type", None) or (VIDEO_MIME if is_video else VOICE_MIME)
+        found.append(
+            Media(
+                "video" if is_video else "audio",
+                recording.file_id,
+                recording.file_size or 0,
+                mime,
+                getattr(recording, "file_name", None) or "",
+            )
+        )
+    return found
+
+
+def _picture(message: Message, max_bytes: int) -> Media | None:
     if message.photo:
         sizes = sorted(message.photo, key=lambda p: (p.file_size or 0, p.width * p.height))
         fitting = [p for p in sizes if (p.file_size or 0) <= max_bytes]
         chosen = fitting[-1] if fitting else sizes[0]
-        return Picture(chosen, chosen.file_size or 0, PHOTO_MIME)
+        return Media("picture", chosen.file_id, chosen.file_size or 0, PHOTO_MIME)
     document = message.document
-    if document is not None and document.mime_type in IMAGE_MIMES:
-        return Picture(document, document.file_size or 0, document.mime_type)
+    if document is not None and document.mime_type in PICTURE_MIMES:
+        return Media(
+            "picture",
+            document.file_id,
+            document.file_size or 0,
+            document.mime_type,
+            document.file_name or "",
+        )
     return None

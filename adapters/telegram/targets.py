@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -39,6 +40,8 @@ from bot.delivery.budgets import (
 )
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
+from bot.languages import ENGLISH
+from bot.messages import queue_text
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,6 @@ log = logging.getLogger(__name__)
 # Telegram shows "typing..." for 5 s or until the bot sends a message. The engine asks again
 # every few seconds; calls closer together than this are dropped.
 TYPING_REFRESH_S = 3.0
-QUEUE_TEXT = "⏳ You're #{position} in line. I'll answer as soon as I can."
-QUEUE_TEXT_MANY = (
-    "⏳ You're #{position} in line ({waiting} messages waiting). I'll answer in order."
-)
 DRAFT_PREFIX = "draft:"  # ids of draft previews, which are no real messages
 VOICE_FILE_NAME = "reply.ogg"
 VOICE_FORBIDDEN = "voice_messages_forbidden"  # a user's privacy setting, as a 400 description
@@ -168,13 +167,14 @@ class TelegramReplyTarget:
         if shown:  # skipped for text: the next call may try again
             self._last_typing = now
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         """Show the chat's one "#n in line" message at this position; it never blocks.
 
         However many of the chat's messages wait, it has one such message, posted once and
         edited as positions change; it goes when none of them waits any more.
         """
-        self._scheduler.queue_notices.wait(self, _QueueNotice(self), self, position, queue_text)
+        text = functools.partial(queue_text, lang=lang)
+        self._scheduler.queue_notices.wait(self, _QueueNotice(self), self, position, text)
 
     async def notice(self, text: str) -> None:
         """Post a short plain message (transcript, error, refusal); long ones are split."""
@@ -351,13 +351,6 @@ class _QueueNotice:
             except telegram.error.BadRequest as exc:
                 if not is_gone(exc):
                     raise
-
-
-def queue_text(position: int, waiting: int) -> str:
-    """A chat's queue notice: its best place in line, and how many of its messages wait."""
-    if waiting > 1:
-        return QUEUE_TEXT_MANY.format(position=position, waiting=waiting)
-    return QUEUE_TEXT.format(position=position)
 
 
 @contextlib.contextmanager

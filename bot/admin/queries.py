@@ -1,8 +1,8 @@
 """Read-only queries the admin console needs, as small functions taking the store.
 
-The bot itself never lists or searches chats, so these are the console's own SQL, written once in
-SQLite's dialect and run through the store's read-only `fetch` (which adapts it for PostgreSQL:
-`$n` parameters, ILIKE for LIKE).
+The bot itself never lists or searches chats, so these are the console's own SQL, written once
+for both dialects (`$n` parameters, as the store's own SQL) and run through the store's read-only
+`fetch`. Where the dialects differ the store says how: `store.like` is LIKE without case.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.storage import Store
+from bot.storage.base import MAX_ROW_ID
 
 PREVIEW_CHARS = 120
 _LIKE_ESCAPE = "\\"  # as written in the ESCAPE clause of search_messages
-_NO_ROW_ABOVE = 2**63 - 1  # "before" when a page starts at the newest row (fits a bigint)
+_NO_ROW_ABOVE = MAX_ROW_ID  # "before" when a page starts at the newest row
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class MessageRow:
     token_count: int | None
     created_at: float
     updated_at: float
+    session_id: int  # the chat's conversation it belongs to (0: "main")
 
     @property
     def latency_s(self) -> float | None:
@@ -99,18 +101,14 @@ def _json_text(raw: str | None) -> str:
     return "" if value is None else str(value)
 
 
-async def _fetch(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    return await store.fetch(sql, params)
-
-
 _MESSAGE_COLUMNS = (
     "m.id, m.channel_id, m.role, m.author_id, m.author_name, m.content, m.status,"
-    " m.token_count, m.created_at, m.updated_at"
+    " m.token_count, m.created_at, m.updated_at, m.session_id"
 )
 
 
 def _message(row: Any) -> MessageRow:
-    return MessageRow(*tuple(row)[:10])
+    return MessageRow(*tuple(row)[:11])
 
 
 async def list_chats(store: Store, *, limit: int, offset: int = 0) -> list[ChatSummary]:
@@ -119,14 +117,13 @@ async def list_chats(store: Store, *, limit: int, offset: int = 0) -> list[ChatS
     The newest message of each channel comes from the (channel_id, id DESC) index, one probe per
     channel, and counts are taken only for the page shown.
     """
-    rows = await _fetch(
-        store,
+    rows = await store.fetch(
         "SELECT c.id, c.platform, c.channel_key, c.created_at,"
         " COALESCE((SELECT m.created_at FROM messages m WHERE m.channel_id = c.id"
         "           ORDER BY m.id DESC LIMIT 1), c.created_at) AS last_at,"
         " (SELECT m.content FROM messages m WHERE m.channel_id = c.id"
         "  ORDER BY m.id DESC LIMIT 1) AS preview"
-        " FROM channels c ORDER BY last_at DESC, c.id DESC LIMIT ? OFFSET ?",
+        " FROM channels c ORDER BY last_at DESC, c.id DESC LIMIT $1 OFFSET $2",
         (limit, offset),
     )
     counts = await _message_counts(store, [int(row[0]) for row in rows])
@@ -147,9 +144,8 @@ async def list_chats(store: Store, *, limit: int, offset: int = 0) -> list[ChatS
 async def _message_counts(store: Store, channel_ids: list[int]) -> dict[int, int]:
     if not channel_ids:
         return {}
-    marks = ", ".join("?" * len(channel_ids))
-    rows = await _fetch(
-        store,
+    marks = ", ".join(f"${n}" for n in range(1, len(channel_ids) + 1))
+    rows = await store.fetch(
         f"SELECT channel_id, COUNT(*) FROM messages WHERE channel_id IN ({marks})"
         " GROUP BY channel_id",
         tuple(channel_ids),
@@ -158,18 +154,17 @@ async def _message_counts(store: Store, channel_ids: list[int]) -> dict[int, int
 
 
 async def count_chats(store: Store) -> int:
-    rows = await _fetch(store, "SELECT COUNT(*) FROM channels")
+    rows = await store.fetch("SELECT COUNT(*) FROM channels")
     return int(rows[0][0]) if rows else 0
 
 
 async def get_chat(store: Store, channel_id: int) -> ChatSummary | None:
     """One chat, or None when there is no such id."""
-    rows = await _fetch(
-        store,
+    rows = await store.fetch(
         "SELECT c.id, c.platform, c.channel_key, c.created_at,"
         " COALESCE(MAX(m.created_at), c.created_at), COUNT(m.id)"
         " FROM channels c LEFT JOIN messages m ON m.channel_id = c.id"
-        " WHERE c.id = ? GROUP BY c.id",
+        " WHERE c.id = $1 GROUP BY c.id",
         (channel_id,),
     )
     if not rows:
@@ -181,14 +176,23 @@ async def get_chat(store: Store, channel_id: int) -> ChatSummary | None:
 
 
 async def chat_messages(
-    store: Store, channel_id: int, *, limit: int, before: int | None = None
+    store: Store,
+    channel_id: int,
+    *,
+    limit: int,
+    before: int | None = None,
+    session_id: int | None = None,
 ) -> list[MessageRow]:
-    """Up to `limit` messages of a chat older than row `before` (all when None), oldest first."""
-    rows = await _fetch(
-        store,
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
-        " WHERE m.channel_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
-        (channel_id, before if before is not None else _NO_ROW_ABOVE, limit),
+    """Up to `limit` messages of a chat older than row `before` (all when None), of one of its
+    conversations (all when None), oldest first."""
+    params: tuple[Any, ...] = (channel_id, before if before is not None else _NO_ROW_ABOVE, limit)
+    where = "m.channel_id = $1 AND m.id < $2"
+    if session_id is not None:
+        where += " AND m.session_id = $4"
+        params += (session_id,)
+    rows = await store.fetch(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE {where} ORDER BY m.id DESC LIMIT $3",
+        params,
     )
     return [_message(row) for row in reversed(rows)]
 
@@ -204,18 +208,17 @@ def like_pattern(text: str) -> str:
 
 
 async def search_messages(store: Store, text: str, *, limit: int) -> list[SearchHit]:
-    """Messages containing `text` (case-insensitive for ASCII, as SQLite's LIKE), newest first.
+    """Messages containing `text` (without case, for ASCII at least), newest first.
 
-    A scan from the newest message backwards that stops at `limit` hits. PostgreSQL: ILIKE.
+    A scan from the newest message backwards that stops at `limit` hits.
     """
-    rows = await _fetch(
-        store,
+    rows = await store.fetch(
         f"SELECT {_MESSAGE_COLUMNS}, c.platform, c.channel_key"
         " FROM messages m JOIN channels c ON c.id = m.channel_id"
-        " WHERE m.content LIKE ? ESCAPE '\\' ORDER BY m.id DESC LIMIT ?",
+        f" WHERE m.content {store.like} $1 ESCAPE '\\' ORDER BY m.id DESC LIMIT $2",
         (like_pattern(text), limit),
     )
-    return [SearchHit(_message(row), row[10], row[11]) for row in rows]
+    return [SearchHit(_message(row), row[11], row[12]) for row in rows]
 
 
 async def audit_page(
@@ -229,11 +232,12 @@ async def audit_page(
     sql = (
         "SELECT a.id, a.channel_id, c.platform, c.channel_key, a.actor_id, a.actor_name,"
         " a.action, a.key, a.old_value, a.new_value, a.created_at"
-        " FROM audit_log a LEFT JOIN channels c ON c.id = a.channel_id WHERE a.id < ?"
+        " FROM audit_log a LEFT JOIN channels c ON c.id = a.channel_id WHERE a.id < $1"
     )
     params: list[Any] = [before if before is not None else _NO_ROW_ABOVE]
     if channel_id is not None:
-        sql += " AND a.channel_id = ?"
         params.append(channel_id)
-    rows = await _fetch(store, sql + " ORDER BY a.id DESC LIMIT ?", (*params, limit))
+        sql += f" AND a.channel_id = ${len(params)}"
+    params.append(limit)
+    rows = await store.fetch(sql + f" ORDER BY a.id DESC LIMIT ${len(params)}", tuple(params))
     return [AuditRow(*tuple(row)) for row in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,23 @@ _MAX_UNREADABLE = 2  # retries of a call whose answer the platform library could
 
 
 @dataclass(frozen=True, slots=True)
+class PartShown:
+    """A reply part's platform message, reported as soon as the platform returns its id.
+
+    `part` counts the reply's messages from 0; `done` is False while the message may still end
+    in the streaming marker, True once its final text is shown or it is deleted.
+    """
+
+    part: int
+    message_id: str
+    done: bool
+
+
+# Told of every PartShown, awaited before the stream's next call (e.g. to record the ids).
+PartSink = Callable[[PartShown], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Step:
     """The next call of a stream."""
 
@@ -49,10 +67,16 @@ class ReplyStream:
     """One reply being shown: append deltas as they arrive, then finish."""
 
     def __init__(
-        self, scheduler: BudgetScheduler, target: TextTarget, lane: Lane, marker: str
+        self,
+        scheduler: BudgetScheduler,
+        target: TextTarget,
+        lane: Lane,
+        marker: str,
+        on_part: PartSink | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._target = target
+        self._on_part = on_part
         self._limits = target.limits
         self._lane = lane
         self._marker = marker
@@ -238,8 +262,9 @@ class ReplyStream:
         target = self._target
         self._written_at = self._scheduler.clock.now()
         metrics.PLATFORM_CALLS.labels(target.limits.platform_key, step.kind).inc()
+        shown: PartShown | None = None
         try:
-            await self._scheduler.counted(self._lane.platform, self._make(step))
+            shown = await self._scheduler.counted(self._lane.platform, self._make(step))
         except RetryAfter as exc:
             metrics.RATE_LIMITED.labels(target.limits.platform_key).inc()
             log.debug(
@@ -255,26 +280,34 @@ class ReplyStream:
         else:
             self._backoff.reset()
             self._unreadable = 0
+            if shown is not None and self._on_part is not None:
+                await self._on_part(shown)
 
-    async def _make(self, step: _Step) -> None:
-        """The platform call of `step`, and what it changes in the stream."""
+    async def _make(self, step: _Step) -> PartShown | None:
+        """The platform call of `step`, and what it changes in the stream; the message it
+        shows or finishes, for the record of the reply's messages."""
         target = self._target
+        part = len(self._ids)
         if step.kind == "send":
             self._message = await target.send(step.text)
             self._shown = step.text
-        elif step.kind == "edit":
+            return PartShown(part, self._message, done=False)
+        if step.kind == "edit":
             await target.edit(self._require_message(), step.text)
             self._shown = step.text
-        elif step.kind == "finalize":
+            return None
+        if step.kind == "finalize":
             self._ids.append(await target.finalize(self._require_message(), step.text))
             self._message, self._shown = None, ""
             if step.cut is not None:
                 self._next_part(step.cut)
             else:
                 self._done = True
-        else:
-            await target.delete(self._require_message())
-            self._message, self._done = None, True
+            return PartShown(part, self._ids[-1], done=True)
+        message_id = self._require_message()
+        await target.delete(message_id)
+        self._message, self._done = None, True
+        return PartShown(part, message_id, done=True)
 
     def _require_message(self) -> str:
         if self._message is None:

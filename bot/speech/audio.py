@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bot.errors import AudioTooLong, AudioUndecodable
+from bot.messages import Msg, Phrase, phrase
 from bot.types import VoiceClip
 
 log = logging.getLogger(__name__)
@@ -27,32 +28,26 @@ WAVEFORM_POINTS = 256  # Discord voice messages carry at most 256 amplitude samp
 WAVEFORM_MAX = 255  # each sample is one byte
 DURATION_SLACK_S = 0.5  # container durations are estimates (e.g. MP3 without a header)
 
-EMPTY_MESSAGE = "That voice message is empty."
-UNREADABLE_MESSAGE = (
-    "I couldn't read that audio: the file is damaged or not in an audio format I know."
-)
-NO_AUDIO_TRACK_MESSAGE = "That file has no sound in it for me to transcribe."
 
-
-def _describe_seconds(seconds: float) -> str:
+def _describe_seconds(seconds: float) -> Phrase:
     if seconds < 120:
-        return f"{seconds:.0f} seconds"
-    return f"{seconds / 60:.0f} minutes"
+        return phrase(Msg.SECONDS, count=round(seconds))
+    return phrase(Msg.MINUTES, count=round(seconds / 60))
 
 
 def too_long(limit_s: float, actual_s: float | None = None) -> AudioTooLong:
     """The error for audio over `limit_s` seconds, with a sentence for the user."""
-    length = f" ({_describe_seconds(actual_s)})" if actual_s is not None else ""
-    return AudioTooLong(
-        f"That recording is too long{length}: I transcribe up to {_describe_seconds(limit_s)}."
-    )
+    limit = _describe_seconds(limit_s)
+    if actual_s is None:
+        return AudioTooLong(phrase(Msg.AUDIO_TOO_LONG_UNMEASURED, limit=limit))
+    return AudioTooLong(phrase(Msg.AUDIO_TOO_LONG, length=_describe_seconds(actual_s), limit=limit))
 
 
 def _open(data: bytes) -> av.container.InputContainer:
     try:
         return av.open(io.BytesIO(data), mode="r")
     except av.FFmpegError as exc:
-        raise AudioUndecodable(UNREADABLE_MESSAGE) from exc
+        raise AudioUndecodable(phrase(Msg.AUDIO_UNREADABLE)) from exc
 
 
 def decode_pcm(
@@ -66,14 +61,14 @@ def decode_pcm(
     """
     log.debug("decoding %d bytes of %s", len(data), mime or "audio")
     if not data:
-        raise AudioUndecodable(EMPTY_MESSAGE)
+        raise AudioUndecodable(phrase(Msg.AUDIO_EMPTY))
     limit_s = math.inf if max_seconds is None else max_seconds
     max_samples = (limit_s + DURATION_SLACK_S) * rate
     chunks: list[Pcm] = []
     total = 0
     with _open(data) as container:
         if not container.streams.audio:
-            raise AudioUndecodable(NO_AUDIO_TRACK_MESSAGE)
+            raise AudioUndecodable(phrase(Msg.NO_AUDIO_TRACK))
         stream = container.streams.audio[0]
         # Refuse early when the container says so; the decoded length below is the real check.
         if container.duration is not None:
@@ -90,12 +85,12 @@ def decode_pcm(
                     raise too_long(limit_s)
         except av.FFmpegError as exc:
             if total == 0:
-                raise AudioUndecodable(UNREADABLE_MESSAGE) from exc
+                raise AudioUndecodable(phrase(Msg.AUDIO_UNREADABLE)) from exc
             # A damaged tail (e.g. a cut-off download): keep the part that decoded.
             log.info("audio decoding stopped after %.1f s: %s", total / rate, exc)
         chunks.extend(out.to_ndarray()[0] for out in resampler.resample(None))
     if not chunks:
-        raise AudioUndecodable(EMPTY_MESSAGE)
+        raise AudioUndecodable(phrase(Msg.AUDIO_EMPTY))
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 

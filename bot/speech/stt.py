@@ -16,6 +16,7 @@ import numpy as np
 
 from bot.config import STTSettings
 from bot.errors import AudioTooLarge, NoSpeech
+from bot.messages import Msg, phrase
 from bot.speech.audio import Pcm, decode_pcm, resample, too_long
 from bot.speech.models import resolve_model_dir
 
@@ -55,13 +56,12 @@ LOOPING_COMPRESSION = 2.4
 FRAMES_PER_S = 100  # Whisper's log-mel frames: a 10 ms hop
 TIMESTAMP_S = 0.02  # one timestamp token step
 
-NO_SPEECH_MESSAGE = "I couldn't hear anything in that recording."
-
 # Loaded models, shared by every Transcriber of the process with the same model and threads
 # (a Discord voice channel and voice notes, or the tests' many short-lived apps): a Whisper model
 # is read-only once loaded and CTranslate2 runs concurrent calls on it safely.
 _models: dict[tuple[str, int, int], WhisperModel] = {}
 _models_lock = threading.Lock()
+_warned: set[str] = set()  # languages an English-only model was asked for (warned once each)
 
 
 def _import_whisper() -> None:
@@ -118,8 +118,11 @@ class Transcriber:
         """
         if len(audio) > self._settings.max_bytes:
             raise AudioTooLarge(
-                f"That file is too big ({_describe_bytes(len(audio))}): "
-                f"I take audio files up to {_describe_bytes(self._settings.max_bytes)}."
+                phrase(
+                    Msg.AUDIO_TOO_BIG,
+                    size=_describe_bytes(len(audio)),
+                    limit=_describe_bytes(self._settings.max_bytes),
+                )
             )
         speech = await self._run(
             partial(_speech_only, audio, mime, max_seconds=self._settings.max_seconds)
@@ -204,7 +207,7 @@ def _cut_to_speech(pcm: Pcm) -> Pcm:
 
     chunks = get_speech_timestamps(pcm, VadOptions(min_speech_duration_ms=MIN_SPEECH_MS))
     if not chunks:
-        raise NoSpeech(NO_SPEECH_MESSAGE)
+        raise NoSpeech(phrase(Msg.NO_SPEECH))
     pieces, _ = collect_chunks(pcm, chunks)
     return np.concatenate(pieces).astype(np.float32, copy=False)
 
@@ -215,15 +218,23 @@ def _pcm_speech(pcm: Pcm, rate: int, *, speech_only: bool) -> Pcm:
     if not speech_only:
         return _cut_to_speech(audio)
     if audio.size == 0:
-        raise NoSpeech(NO_SPEECH_MESSAGE)
+        raise NoSpeech(phrase(Msg.NO_SPEECH))
     return audio
 
 
 def _pick_language(model: WhisperModel, speech: Pcm, language: str | None) -> str:
     supported = model.supported_languages
-    if len(supported) == 1:  # an English-only model
-        return supported[0]
     code = (language or "").strip().lower()
+    if len(supported) == 1:  # an English-only model (tiny.en)
+        if code not in (*DETECT, supported[0]) and code not in _warned:
+            _warned.add(code)
+            log.warning(
+                "voice in %r, but stt.model is English only: transcribing it as English "
+                '(stt.model = "base" understands %r)',
+                code,
+                code,
+            )
+        return supported[0]
     if code in supported:
         return code
     if code not in DETECT:
@@ -254,7 +265,7 @@ def _transcribe(model: WhisperModel, speech: Pcm, language: str | None) -> str:
     # The generator decodes lazily: consuming it here keeps the work in this worker thread.
     text = " ".join(piece for segment in segments if (piece := segment.text.strip()))
     if not text:
-        raise NoSpeech(NO_SPEECH_MESSAGE)
+        raise NoSpeech(phrase(Msg.NO_SPEECH))
     return text
 
 
@@ -295,7 +306,7 @@ def _transcribe_short(model: WhisperModel, speech: Pcm, language: str) -> str | 
     count = len(result.sequences_ids[0])
     average = result.scores[0] * count / (count + 1)
     if result.no_speech_prob > NO_SPEECH_PROB and average < LOW_LOGPROB:
-        raise NoSpeech(NO_SPEECH_MESSAGE)
+        raise NoSpeech(phrase(Msg.NO_SPEECH))
     ids = result.sequences_ids[0]
     if not ids or ids[-1] < tokenizer.timestamp_begin:
         # A finished transcript ends with its last segment's closing timestamp: this one was
@@ -308,7 +319,7 @@ def _transcribe_short(model: WhisperModel, speech: Pcm, language: str) -> str | 
         log.debug("short-window decoding looped (%r): decoding the 30 s way", text[:80])
         return None
     if not text:
-        raise NoSpeech(NO_SPEECH_MESSAGE)
+        raise NoSpeech(phrase(Msg.NO_SPEECH))
     return text
 
 

@@ -16,27 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 
 import numpy as np
 
 from bot.errors import SpeechSynthesisError
+from bot.languages import ENGLISH
 from bot.speech.audio import Pcm, make_clip, silence
 from bot.speech.text import SentenceSplitter
 from bot.speech.tts import SpeechSynthesizer
-from bot.types import VoiceClip
+from bot.types import SpokenSentence, VoiceClip
 
 log = logging.getLogger(__name__)
 
 SENTENCE_GAP_S = 0.15  # pause between two separately synthesised sentences
-
-
-@dataclass(frozen=True, slots=True)
-class SpokenSentence:
-    """One sentence of a reply and its speech: mono float32 PCM at 48 kHz."""
-
-    text: str
-    pcm: Pcm
 
 
 class _Failed:
@@ -60,9 +52,13 @@ class VoiceReply:
     the time the text ends most of the speech is ready.
     """
 
-    def __init__(self, synthesizer: SpeechSynthesizer, *, max_chars: int) -> None:
+    def __init__(
+        self, synthesizer: SpeechSynthesizer, *, max_chars: int, lang: str = ENGLISH
+    ) -> None:
+        """`lang`: the reply's language, whose voice speaks it."""
         self._synthesizer = synthesizer
         self._max_chars = max_chars
+        self._lang = lang
         self._splitter = SentenceSplitter()
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -83,6 +79,15 @@ class VoiceReply:
             raise RuntimeError("VoiceReply.feed() after finish(), end() or cancel()")
         for sentence in self._splitter.feed(delta):
             self._accept(sentence)
+
+    def interject(self, sentence: str) -> None:
+        """Say `sentence` next, on its own (e.g. "One moment." while a tool runs): the text fed
+        so far ends its sentence first."""
+        if self._abandoned or self._closed:
+            return
+        for pending in self._splitter.feed("\n"):
+            self._accept(pending)
+        self._accept(sentence)
 
     async def finish(self) -> VoiceClip | None:
         """The whole reply's voice clip (sentences concatenated); None if nothing speakable.
@@ -185,7 +190,7 @@ class VoiceReply:
     async def _synthesize_in_order(self) -> None:
         try:
             while (sentence := await self._queue.get()) is not None:
-                pcm = await self._synthesizer.synthesize_pcm(sentence)
+                pcm = await self._synthesizer.synthesize_pcm(sentence, self._lang)
                 self._pieces.append(pcm)
                 if self._live is not None:
                     self._live.put_nowait(SpokenSentence(sentence, pcm))

@@ -2,7 +2,9 @@
 
 `open_store(settings.storage)` picks the backend: `storage.url` (a postgresql:// URL, a secret)
 selects PostgreSQL, shared by several bot processes; else `storage.path` is a SQLite file.
-Both implement the `Store` contract (bot/storage/base.py).
+One `Store` (bot/storage/store.py) serves both: its SQL is written once, by concern (turns,
+audit, memory, sessions, background), against the `Database` seam (bot/storage/database.py),
+whose two drivers (sqlite.py, postgres.py) hold what really differs between the dialects.
 
 A channel's turns go one at a time, in row order, across processes: the engine records a turn at
 arrival (`start_turn`), then answers it inside `store.channel_turn(channel_id, turn.reply_row)`,
@@ -27,17 +29,17 @@ from bot.storage.base import (
     Role,
     Session,
     Status,
-    Store,
     StoredMessage,
     Turn,
     load_migrations,
 )
 from bot.storage.sqlite import SQLiteStore, migrate
+from bot.storage.store import Store
 
 if TYPE_CHECKING:
     from bot.config import StorageSettings
 
-# The name the engine, the app and the health checks know the contract by.
+# The name the engine, the app and the health checks know the store by.
 HistoryStore = Store
 
 __all__ = [
@@ -90,7 +92,7 @@ def describe_storage(settings: StorageSettings) -> str:
     """Where the data lives, for messages: the SQLite path, or host:port/db (no password)."""
     url = settings.url.get_secret_value()
     if url:
-        from bot.storage.postgres import location
+        from bot.storage.postgres_connect import location
 
         return f"PostgreSQL {location(url)}"
     return settings.path

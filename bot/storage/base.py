@@ -1,4 +1,4 @@
-"""What every store shares: the row types, the store contract, migrations on disk, local locks."""
+"""What both dialects share: the row types, migrations on disk, write health, local locks."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 from bot.errors import StorageError, StorageProblem
 
@@ -31,6 +30,9 @@ BACKGROUND: Status = "background"
 # Background messages kept per chat: older ones are deleted as new ones arrive.
 BACKGROUND_KEPT = 200
 MAIN_SESSION = "main"  # the name of a chat's first conversation (session id 0, no row)
+# The largest row id either database holds (PostgreSQL's bigint, SQLite's INTEGER): an id typed
+# by a user is checked against it before a query sees it (larger ones overflow the drivers).
+MAX_ROW_ID = 2**63 - 1
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -56,6 +58,8 @@ class StoredMessage:
     status: Status
     token_count: int | None
     created_at: float
+    # A reply's tool calls and results (JSON, bot/tools/history.py); None: it called no tool.
+    tool_exchange: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,212 +94,6 @@ class Turn:
     reply_row: int
 
 
-class Store(Protocol):
-    """The store contract: conversation history, channel settings and the audit log.
-
-    Two implementations: `SQLiteStore` (one process, one file) and `PostgresStore` (several
-    processes sharing one database). Channel settings are never cached by a store, so a change
-    made by one process is what every process reads at its next message.
-    """
-
-    health: WriteHealth  # whether writes work, for /healthz
-
-    async def close(self) -> None:
-        """Release the connections (a PostgreSQL store also ends its turns' locks)."""
-
-    async def probe_write(self) -> None:
-        """Try a write that leaves nothing behind; raise StorageError if writes fail."""
-
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one read-only query in SQLite's dialect (`?` parameters), for reports."""
-
-    async def channel_id(self, platform: str, channel_key: str) -> int:
-        """The id of a channel, created on first use."""
-
-    def channel_turn(
-        self, channel_id: int, reply_row: int | None = None
-    ) -> AbstractAsyncContextManager[None]:
-        """Hold the channel's turn lock: one answer at a time per channel, across processes.
-
-        With `reply_row`, also wait (a bounded time) until every earlier reply of the channel
-        that another live process still owns has finished, so answers follow row order.
-        """
-
-    async def start_turn(
-        self,
-        channel_id: int,
-        *,
-        author_id: str,
-        author_name: str,
-        content: str,
-        token_count: int | None,
-        bot_id: str = "bot",
-    ) -> Turn:
-        """Store the user's message and reserve its reply's row (status 'queued') in one go."""
-
-    async def record_failed_input(
-        self, channel_id: int, *, author_id: str, author_name: str, note: str
-    ) -> int:
-        """Record a turn that cannot be answered (e.g. an unreadable voice note) as 'failed'."""
-
-    async def update_message(
-        self,
-        row_id: int,
-        *,
-        content: str | None = None,
-        status: Status | None = None,
-        token_count: int | None = None,
-    ) -> None:
-        """Update a message's content, status and token count (None leaves a field as it is)."""
-
-    async def history(self, channel_id: int, before_row: int, limit: int) -> list[StoredMessage]:
-        """Up to `limit` visible messages of a channel older than `before_row`, newest first.
-
-        Only `before_row`'s session (when there is no such row: the chat's current session).
-        """
-
-    async def get_message(self, row_id: int) -> StoredMessage | None:
-        """One message by id, whatever its status."""
-
-    async def clear_channel(self, channel_id: int, *, actor_id: str, actor_name: str) -> int:
-        """Delete the chat's current conversation (its settings and other sessions stay);
-        audited. Returns the rows deleted."""
-
-    async def forget_author(self, platform: str, author_id: str, *, actor_name: str) -> int:
-        """Delete every message a user wrote on a platform; audited. Returns rows deleted."""
-
-    async def channel_settings(self, channel_id: int) -> dict[str, Any]:
-        """A channel's overrides, read from the database every time (no cache)."""
-
-    async def set_channel_setting(
-        self, channel_id: int, key: str, value: Any, *, actor_id: str, actor_name: str, old: Any
-    ) -> None:
-        """Change one channel setting and write its audit row in the same transaction."""
-
-    async def audit(
-        self,
-        channel_id: int | None,
-        *,
-        actor_id: str,
-        actor_name: str,
-        action: str,
-        key: str | None = None,
-        old_value: str | None = None,
-        new_value: str | None = None,
-    ) -> None:
-        """Write one audit row (refusals, resets, forgets)."""
-
-    async def audit_rows(self, channel_id: int | None = None) -> list[dict[str, Any]]:
-        """The audit log, oldest first (all channels when channel_id is None)."""
-
-    # -- memory (issue 14) ------------------------------------------------------------------
-
-    async def remember(
-        self, platform: str, user_id: str, content: str, *, token_count: int, actor_name: str
-    ) -> int:
-        """Store a fact for a user, private (`shared` false) to begin with. Returns its id."""
-
-    async def memories(self, platform: str, user_id: str) -> list[Memory]:
-        """A user's facts, oldest first."""
-
-    async def forget_memories(
-        self, platform: str, user_id: str, memory_id: int | None, *, actor_name: str
-    ) -> int:
-        """Delete one of a user's facts (None: all of them); audited. Returns how many went."""
-
-    async def share_memories(
-        self, platform: str, user_id: str, memory_id: int | None, *, shared: bool
-    ) -> int:
-        """Let one fact (None: all) be used in groups too, or not; returns how many changed."""
-
-    async def search_memories(
-        self,
-        platform: str,
-        user_id: str,
-        terms: Sequence[str],
-        *,
-        shared_only: bool,
-        limit: int,
-    ) -> list[Memory]:
-        """A user's facts matching any of `terms` (full-text search), most relevant first."""
-
-    async def search_history(
-        self, channel_id: int, turn_row: int, before_row: int, terms: Sequence[str], limit: int
-    ) -> list[StoredMessage]:
-        """Visible messages of `turn_row`'s session older than `before_row` that match any of
-        `terms` (full-text search), most relevant first."""
-
-    # -- group background (issue 14) ---------------------------------------------------------
-
-    async def record_background(
-        self,
-        channel_id: int,
-        *,
-        author_id: str,
-        author_name: str,
-        content: str,
-        token_count: int,
-    ) -> int:
-        """Store a group message the bot was not addressed to (status 'background'); only the
-        newest BACKGROUND_KEPT of a chat are kept. Returns its row id."""
-
-    async def background(
-        self, channel_id: int, turn_row: int, after_row: int, limit: int
-    ) -> list[StoredMessage]:
-        """Background messages of `turn_row`'s session between `after_row` and `turn_row`
-        (both excluded), newest first."""
-
-    # -- sessions (issue 14) -------------------------------------------------------------------
-
-    async def sessions(self, channel_id: int) -> list[Session]:
-        """A chat's conversations: "main" first, then by creation."""
-
-    async def new_session(
-        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
-    ) -> Session | None:
-        """Start a conversation called `name` and make it current; audited. None if the name is
-        taken. The conversation before it is kept."""
-
-    async def switch_session(
-        self, channel_id: int, name: str, *, actor_id: str, actor_name: str
-    ) -> Session | None:
-        """Make the conversation called `name` current again; audited. None if there is none."""
-
-    async def session_messages(
-        self, channel_id: int, session_id: int, limit: int
-    ) -> list[StoredMessage]:
-        """The last `limit` visible messages of one of a chat's conversations, oldest first."""
-
-    async def mark_interrupted(self) -> int:
-        """Replies left 'queued' or 'streaming' by a process that is gone become 'interrupted'."""
-
-    async def purge_older_than(self, days: int) -> int:
-        """Delete messages older than `days` days (storage.retention_days)."""
-
-
-def session_list(
-    current: int,
-    main_created: float,
-    named: list[tuple[Any, ...]],
-    counts: dict[int, tuple[int, Any]],
-) -> list[Session]:
-    """`sessions()` of both stores: "main" (id 0), then the named ones, with their counts."""
-    out = []
-    for session_id, name, created in [(0, MAIN_SESSION, main_created), *named]:
-        count, last = counts.get(int(session_id), (0, None))
-        out.append(
-            Session(
-                int(session_id),
-                name,
-                float(created),
-                messages=count,
-                last_at=float(last) if last is not None else None,
-                current=int(session_id) == current,
-            )
-        )
-    return out
-
-
 def load_migrations(
     directory: Traversable | None = None, *, dialect: Dialect = "sqlite"
 ) -> list[Migration]:
@@ -327,6 +125,30 @@ def load_migrations(
         if migration.version != expected:
             raise StorageError(f"migration {migration.name} should be version {expected:04d}")
     return migrations
+
+
+def migration_set(dialect: Dialect, migrations: list[Migration] | None) -> list[Migration]:
+    """`migrations`, else the dialect's own; an empty set is refused."""
+    migrations = load_migrations(dialect=dialect) if migrations is None else migrations
+    if not migrations:
+        raise StorageError("no migrations to apply: the installation is incomplete")
+    return migrations
+
+
+def pending_migrations(
+    migrations: list[Migration], before: int, where: str, instead: str
+) -> Iterator[Migration]:
+    """The migrations a database at schema version `before` lacks, each logged as it is
+    applied. A database newer than this code is refused: upgrade Parley, or `instead`."""
+    latest = migrations[-1].version
+    if before > latest:
+        raise StorageError(
+            f"the database {where} has schema version {before}, newer than this Parley knows "
+            f"({latest}): upgrade Parley, or {instead}"
+        )
+    for migration in migrations[before:]:
+        log.info("applying migration %s", migration.name)
+        yield migration
 
 
 class WriteHealth:

@@ -40,6 +40,7 @@ from tests.fakes.discord_world import (
     FilePart,
     snowflake,
 )
+from tests.fakes.streams import endless_stream
 
 API_PREFIX = "/api/v10"
 MAX_MESSAGE_CHARS = 2000
@@ -163,6 +164,9 @@ class FakeDiscord(DiscordWorld):
         self.rate_limited: list[Call] = []
         self._injected: list[_Injected] = []
         self.downloads: list[int] = []
+        # Attachments whose URL streams without end, whatever size they claim; what was sent.
+        self.endless: set[int] = set()
+        self.streamed: dict[int, int] = {}
         self._writes: dict[int, deque[float]] = defaultdict(deque)
         self._changed = asyncio.Condition()
         self.gateway = Gateway(
@@ -339,6 +343,17 @@ class FakeDiscord(DiscordWorld):
         await self.gateway.dispatch("MESSAGE_CREATE", self.message_payload(message, event=True))
         return message
 
+    async def redeliver(self, message: FakeMessage) -> None:
+        """Dispatch `message`'s MESSAGE_CREATE again, as Discord may replay events after a
+        reconnect (gateway delivery is at least once)."""
+        await self.gateway.dispatch("MESSAGE_CREATE", self.message_payload(message, event=True))
+
+    async def drop_sessions(self, code: int = 4000) -> None:
+        """Close every live gateway session as Discord does on an error of its own (4000: an
+        unknown error, after which a client resumes or identifies again)."""
+        for session in self.gateway.live:
+            await session.close(code, "Unknown error.")
+
     async def interact(
         self,
         command: str,
@@ -347,8 +362,11 @@ class FakeDiscord(DiscordWorld):
         user: FakeUser | None = None,
         channel_id: int | None = None,
         dm: bool = False,
+        locale: str = "en-US",
     ) -> FakeInteraction:
         """A user runs a synced slash command ("ask", "config set"): dispatch INTERACTION_CREATE.
+
+        `locale`: the language of the user's Discord client.
 
         Options are checked against the schema the bot registered, so an unsynced command or a
         misnamed option fails here as it would in the Discord client.
@@ -376,6 +394,7 @@ class FakeDiscord(DiscordWorld):
             guild_id=guild_id,
             user=user,
             created_at=self.clock(),
+            locale=locale,
         )
         self.interactions[interaction.id] = interaction
         await self.gateway.dispatch(
@@ -763,6 +782,8 @@ class FakeDiscord(DiscordWorld):
         if found is None:
             return web.Response(status=404, text="Not Found")
         data, content_type = found
+        if attachment_id in self.endless:
+            return await endless_stream(request, content_type, self.streamed, attachment_id)
         return web.Response(body=data, content_type=content_type)
 
     # -- message storage -------------------------------------------------------------------

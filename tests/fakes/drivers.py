@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from adapters.discord import PLATFORM as DISCORD
 from adapters.discord.targets import MESSAGE_FLAG_VOICE
-from bot.commands import find as find_command
+from bot.command_table import find, table
 from bot.config import Settings
 from tests.fakes.chat_load import ChatLoad, DiscordLoad, TelegramLoad
 from tests.fakes.discord_api import FakeDiscord
@@ -418,7 +419,7 @@ def _options(name: str, args: tuple[str, ...]) -> dict[str, str]:
     The last parameter takes the rest of the words, as a typed command's last argument does.
     """
     words = name.split()
-    command = find_command(words[0])
+    command = find(table(DISCORD.commands), words[0])
     assert command is not None, f"no command /{words[0]}"
     for sub in words[1:]:
         command = next(c for c in command.subcommands if c.name == sub)

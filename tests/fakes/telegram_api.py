@@ -13,12 +13,15 @@ import asyncio
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiohttp import web
+
+from tests.fakes.streams import endless_stream
 
 DEFAULT_TOKEN = "123456:TEST-fake-token"
 MAX_MESSAGE_CHARS = 4096  # Telegram counts characters (code points) after entity parsing
@@ -196,10 +199,15 @@ class FakeTelegramAPI:
         self.flood = flood
         self.calls: list[ApiCall] = []  # every call but getUpdates, which only counts in polls
         self.polls = 0
-        self.commands: list[dict[str, str]] = []
+        self.commands: list[dict[str, str]] = []  # the default menu
+        # Menus for one language_code each (setMyCommands with a language_code).
+        self.menus: dict[str, list[dict[str, str]]] = {}
         self.webhook: dict[str, Any] = {}
         self.files: dict[str, bytes] = {}
         self.file_sizes: dict[str, int] = {}
+        # Files whose download streams without end, whatever size they claim; what was sent.
+        self.endless: set[str] = set()
+        self.streamed: dict[str, int] = {}
         self.chats: dict[int, dict[str, Any]] = {}
         self.messages: dict[tuple[int, int], StoredMessage] = {}
         self._updates: list[dict[str, Any]] = []
@@ -243,11 +251,15 @@ class FakeTelegramAPI:
 
     # -- what tests do ---------------------------------------------------------------------
 
-    def user(self, user_id: int, name: str, username: str | None = None) -> dict[str, Any]:
-        """A Bot API User object for a human."""
+    def user(
+        self, user_id: int, name: str, username: str | None = None, language_code: str = ""
+    ) -> dict[str, Any]:
+        """A Bot API User object for a human; `language_code` is their app's language."""
         user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": name}
         if username:
             user["username"] = username
+        if language_code:
+            user["language_code"] = language_code
         return user
 
     def private_chat(self, user: dict[str, Any]) -> dict[str, Any]:
@@ -484,12 +496,14 @@ class FakeTelegramAPI:
             return _json(error.body(), error.status)
         return _json({"ok": True, "result": result})
 
-    async def _on_file(self, request: web.Request) -> web.Response:
+    async def _on_file(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:
             return web.Response(status=401)
         file_id = request.match_info["path"].rsplit("/", 1)[-1]
         if file_id not in self.files:
             return web.Response(status=404)
+        if file_id in self.endless:
+            return await endless_stream(request, "application/octet-stream", self.streamed, file_id)
         return web.Response(body=self.files[file_id], content_type="application/octet-stream")
 
     def _inject(self, method: str, params: dict[str, Any]) -> None:
@@ -552,11 +566,27 @@ class FakeTelegramAPI:
         return True
 
     async def _m_setmycommands(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
-        self.commands = list(params.get("commands", []))
+        commands = list(params.get("commands", []))
+        language = params.get("language_code")
+        if not language:
+            self.commands = commands
+        elif not re.fullmatch(r"[a-z]{2}", str(language)):
+            raise ApiError(400, "Bad Request: invalid language code specified")
+        else:
+            self.menus[str(language)] = commands
+        return True
+
+    async def _m_deletemycommands(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
+        language = params.get("language_code")
+        if language:
+            self.menus.pop(str(language), None)
+        else:
+            self.commands = []
         return True
 
     async def _m_getmycommands(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
-        return self.commands
+        language = params.get("language_code")
+        return self.menus.get(str(language), self.commands) if language else self.commands
 
     async def _m_sendchataction(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
         self._chat(params)

@@ -23,6 +23,8 @@ from adapters.discord.voice.conversation import VoiceConversation, VoiceTurnDeps
 from adapters.discord.voice.opus import OpusUnavailable
 from adapters.discord.voice.session import VoiceOptions, VoiceSession
 from adapters.discord.voice.vad import SegmenterOptions
+from bot.channel_config import chat_language
+from bot.messages import Msg, say
 from bot.types import IncomingMessage
 
 if TYPE_CHECKING:
@@ -37,27 +39,6 @@ log = logging.getLogger(__name__)
 LEAVE_TIMEOUT_S = 1.0  # one leave at shutdown (parley's whole shutdown has 5 s, bot.cli)
 IDLE_CHECK_MAX_S = 30.0  # how often, at most, a conversation's idleness is looked at
 _CHANNEL_MENTION = re.compile(r"^<#(\d+)>$")
-
-MSG_NO_SPEECH = (
-    "I can't talk in voice channels here: speech (Whisper and a voice) is not available on this "
-    "bot."
-)
-MSG_NOT_IN_SERVER = "Voice channels are in servers: use /join in a server's text channel."
-MSG_WHICH_CHANNEL = "Join a voice channel first, or name one: /join channel:…"
-MSG_NO_SUCH_CHANNEL = "I can't find a voice channel called {name!r} in this server."
-MSG_NOT_ALLOWED = "I'm not allowed to join {channel} (see discord.voice_channels)."
-MSG_NO_PERMISSION = "I need the Connect and Speak permissions in {channel}."
-MSG_JOIN_FAILED = "I couldn't join {channel}. Please try again in a moment."
-MSG_STOPPING = "I'm shutting down; try again once I'm back."
-MSG_JOINED = "🔊 Joined {channel}. Talk to me there{wake}; I'll write what we say here."
-MSG_JOINED_SILENT = "🔊 Joined {channel}. Talk to me there{wake}."
-MSG_WAKE = ", starting with my name ({name})"
-MSG_ALREADY = "I'm in {channel} already; our talk there now belongs to this channel."
-MSG_LEFT = "👋 Left {channel}."
-MSG_NOT_IN_VOICE = "I'm not in a voice channel here."
-MSG_LEFT_EMPTY = "👋 Left {channel}: nobody else was there."
-MSG_LEFT_IDLE = "👋 Left {channel}: nobody spoke to me for a while."
-MSG_DISCONNECTED = "I was disconnected from {channel}."
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -99,45 +80,47 @@ class VoiceChannels:
     async def join(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
         """/join [channel]: the caller's voice channel, or the one named."""
         if self._stopping:
-            return MSG_STOPPING
+            return say(Msg.VOICE_STOPPING, lang=msg.language)
         engine = self._engine
         if engine.transcriber is None or engine.synthesizer is None:
-            return MSG_NO_SPEECH
+            return say(Msg.VOICE_NO_SPEECH, lang=msg.language)
         text_channel = self._client.get_channel(int(msg.channel_key))
         guild = getattr(text_channel, "guild", None)
         if text_channel is None or not isinstance(guild, discord.Guild):
-            return MSG_NOT_IN_SERVER
+            return say(Msg.VOICE_NOT_IN_SERVER, lang=msg.language)
         if args:
             voice = _named_channel(guild, args)
             if voice is None:
-                return MSG_NO_SUCH_CHANNEL.format(name=args)
+                return say(Msg.VOICE_NO_SUCH_CHANNEL, lang=msg.language, name=args)
         else:
             voice = _callers_channel(guild, int(msg.user_id))
             if voice is None:
-                return MSG_WHICH_CHANNEL
+                return say(Msg.VOICE_WHICH_CHANNEL, lang=msg.language)
         if self._cfg.voice_channels and voice.id not in self._cfg.voice_channels:
-            return MSG_NOT_ALLOWED.format(channel=voice.mention)
+            return say(Msg.VOICE_NOT_ALLOWED, lang=msg.language, channel=voice.mention)
         permissions = voice.permissions_for(guild.me)
         if not (permissions.connect and permissions.speak):
-            return MSG_NO_PERMISSION.format(channel=voice.mention)
+            return say(Msg.VOICE_NO_PERMISSION, lang=msg.language, channel=voice.mention)
         assert isinstance(text_channel, discord.abc.Messageable)
         async with self._locks.setdefault(guild.id, asyncio.Lock()):
             current = self._calls.get(guild.id)
             if current is not None and current.voice_channel.id == voice.id:
                 current.relink(text_channel, text_channel.id)
-                return MSG_ALREADY.format(channel=voice.mention)
+                return say(Msg.VOICE_ALREADY, lang=msg.language, channel=voice.mention)
             if current is not None:
                 await self._leave(guild.id, "moved")
             try:
                 await self._start(guild, voice, text_channel)
             except (TimeoutError, discord.ClientException, OpusUnavailable) as exc:
                 log.warning("voice: could not join %s: %s", voice, exc)
-                return MSG_JOIN_FAILED.format(channel=voice.mention)
+                return say(Msg.VOICE_JOIN_FAILED, lang=msg.language, channel=voice.mention)
         wake = ""
         if self._cfg.voice_listen == "wake_word":
-            wake = MSG_WAKE.format(name=self._engine.settings.engine.bot_name)
-        joined = MSG_JOINED if self._cfg.voice_mirror_text else MSG_JOINED_SILENT
-        return joined.format(channel=voice.mention, wake=wake)
+            wake = say(
+                Msg.VOICE_WAKE, lang=msg.language, name=self._engine.settings.engine.bot_name
+            )
+        joined = Msg.VOICE_JOINED if self._cfg.voice_mirror_text else Msg.VOICE_JOINED_SILENT
+        return say(joined, lang=msg.language, channel=voice.mention, wake=wake)
 
     async def leave(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
         """/leave: out of this server's voice channel."""
@@ -145,10 +128,14 @@ class VoiceChannels:
         guild = getattr(text_channel, "guild", None)
         call = self._calls.get(guild.id) if isinstance(guild, discord.Guild) else None
         if call is None or guild is None:
-            return MSG_NOT_IN_VOICE
+            return say(Msg.VOICE_NOT_IN_VOICE, lang=msg.language)
         channel = call.voice_channel
         await self._leave(guild.id, "asked")
-        return MSG_LEFT.format(channel=getattr(channel, "mention", "the voice channel"))
+        return say(
+            Msg.VOICE_LEFT,
+            lang=msg.language,
+            channel=getattr(channel, "mention", say(Msg.VOICE_CHANNEL, lang=msg.language)),
+        )
 
     # -- voice states (the gateway's VOICE_STATE_UPDATE, through discord.py) --------------
 
@@ -245,15 +232,22 @@ class VoiceChannels:
                 timer.cancel()
         reason = call.left_because or "disconnected"
         goodbye = {
-            "empty": MSG_LEFT_EMPTY,
-            "idle": MSG_LEFT_IDLE,
-            "disconnected": MSG_DISCONNECTED,
+            "empty": Msg.VOICE_LEFT_EMPTY,
+            "idle": Msg.VOICE_LEFT_IDLE,
+            "disconnected": Msg.VOICE_DISCONNECTED,
         }.get(reason)
         if goodbye is not None and not self._stopping:
-            channel = getattr(call.voice_channel, "mention", "the voice channel")
+            lang = await chat_language(
+                self._engine.store,
+                self._engine.settings,
+                self._cfg.NAME,
+                str(call.text_channel_id),
+                call.guild.preferred_locale.value,
+            )
+            channel = getattr(call.voice_channel, "mention", say(Msg.VOICE_CHANNEL, lang=lang))
             with contextlib.suppress(discord.HTTPException):
                 await call.text_channel.send(
-                    goodbye.format(channel=channel), allowed_mentions=NOTICE_MENTIONS
+                    say(goodbye, lang=lang, channel=channel), allowed_mentions=NOTICE_MENTIONS
                 )
 
     async def _leave_when_idle(self, call: VoiceConversation) -> None:

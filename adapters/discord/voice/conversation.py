@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import io
 import itertools
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
@@ -43,48 +41,25 @@ from adapters.discord.voice.opus import OPUS_RATE
 from adapters.discord.voice.receiver import Utterance
 from adapters.discord.voice.speaker import VoiceNotReady
 from adapters.discord.voice.vad import Pcm
+from adapters.discord.voice.wake import wake_word_rest
 from bot import metrics
 from bot.errors import AudioError, SpeechSynthesisError
-from bot.types import IncomingMessage, OutgoingFile, TargetLimits, VoiceClip
+from bot.languages import ENGLISH
+from bot.messages import Msg, say
+from bot.types import IncomingMessage, OutgoingFile, SpokenSentence, TargetLimits, VoiceClip
 
 if TYPE_CHECKING:
     from adapters.discord.voice.session import VoiceSession
     from bot.speech.stt import Transcriber
-    from bot.speech.voice_reply import SpokenSentence
 
 log = logging.getLogger(__name__)
 
-# Words before the name that still count as "starting with it": "Hey Parley, ...".
-WAKE_GREETINGS = frozenset({"hey", "hi", "hello", "ok", "okay", "oh", "so"})
-# Whisper spells a name as it hears it ("Parley" came back as "Parlay", "Parlee", "Parly"):
-# a word this similar to the name (difflib's ratio, 0..1) is the name.
-WAKE_SIMILARITY = 0.7
 # Saying only the name ("Parley?") opens this window for that speaker's next utterance.
 WAKE_FOLLOW_UP_S = 8.0
 MIN_TRANSCRIPT_LETTERS = 2  # "Uh." or a lone "I": Whisper's reading of a cough or a breath
 MIRROR_PREFIX = "🎙️"
-_WORD = re.compile(r"[\w']+")
 
 Reply = Callable[[discord.Message], ChannelTarget]
-
-
-def wake_word_rest(text: str, name: str) -> str | None:
-    """What follows the bot's `name` at the start of `text`, or None if it does not start so.
-
-    "Hey Parley, what time is it?" -> "what time is it?"; "Parley." -> "".
-    """
-    wanted = [w.lower() for w in _WORD.findall(name)]
-    if not wanted:
-        return None
-    words = list(_WORD.finditer(text))
-    start = 1 if words and words[0][0].lower() in WAKE_GREETINGS else 0
-    candidate = words[start : start + len(wanted)]
-    if len(candidate) < len(wanted):
-        return None
-    heard = " ".join(w[0].lower() for w in candidate)
-    if difflib.SequenceMatcher(None, heard, " ".join(wanted)).ratio() < WAKE_SIMILARITY:
-        return None
-    return text[candidate[-1].end() :].lstrip(" ,.!?;:-—…").strip()
 
 
 class VoiceTurnTarget:
@@ -149,9 +124,9 @@ class VoiceTurnTarget:
         if self._text is not None:
             await self._text.typing()
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         if self._text is not None:
-            await self._text.queued(position)
+            await self._text.queued(position, lang)
 
     async def notice(self, text: str) -> None:
         if self._text is not None:
@@ -249,7 +224,7 @@ class VoiceTurnDeps:
 
     handle: Callable[[IncomingMessage, VoiceTurnTarget], Coroutine[Any, Any, None]]
     transcriber: Transcriber
-    language: Callable[[str], Coroutine[Any, Any, str]]  # a channel key's stt_language
+    language: Callable[[str], Coroutine[Any, Any, str]]  # Whisper's language for a channel key
     reply_target: Reply  # the normal Discord reply target for a mirrored transcript
     access: AccessRules  # who may talk to the bot where (the text channel's rules apply)
     bot_name: str
@@ -300,6 +275,9 @@ class VoiceConversation:
         self._heard: asyncio.Queue[_Heard | None] = asyncio.Queue()
         self._current: VoiceTurnTarget | None = None
         self._wake_open: dict[int, float] = {}  # user -> until when a follow-up is addressed
+        # The language Whisper transcribes this channel in (its setting, read at each utterance):
+        # the wake word is matched in its spellings.
+        self.language = "en"
         self._closing = False
         self.left_because: str | None = None  # set by whoever makes the bot leave
         self.last_activity = clock()
@@ -413,7 +391,7 @@ class VoiceConversation:
             return None  # the speaker left mid-sentence: nobody to answer
         started = time.perf_counter()
         try:
-            language = await self._deps.language(str(self.text_channel_id))
+            language = self.language = await self._deps.language(str(self.text_channel_id))
             text = await self._deps.transcriber.transcribe_pcm(
                 utterance.pcm, OPUS_RATE, language=language, speech_only=True
             )
@@ -429,7 +407,7 @@ class VoiceConversation:
         """The text to answer, or None when wake-word mode says it was not said to us."""
         if not self._deps.wake_word:
             return text
-        rest = wake_word_rest(text, self._deps.bot_name)
+        rest = wake_word_rest(text, self._deps.bot_name, self.language)
         now = self._clock()
         if rest is None:
             if self._wake_open.pop(user_id, 0.0) > now:
@@ -464,7 +442,11 @@ class VoiceConversation:
         utterance = heard.utterance
         user_id = utterance.user_id
         member = self.guild.get_member(user_id)
-        name = member.display_name if member is not None else f"user {user_id}"
+        name = (
+            member.display_name
+            if member is not None
+            else say(Msg.VOICE_SOMEONE, lang=self.guild.preferred_locale.value, user_id=user_id)
+        )
         mirrored = await self._mirror(name, text) if self._deps.mirror_text else None
         interrupted = asyncio.Event()
         target = VoiceTurnTarget(
@@ -486,6 +468,7 @@ class VoiceConversation:
                 member, manage_guild=member.guild_permissions.manage_guild
             ),
             message_id=str(mirrored.id) if mirrored is not None else None,
+            language=self.guild.preferred_locale.value,  # a call has no per-user locale
         )
         self._current = target
         try:

@@ -24,6 +24,7 @@ Limits, by design:
   within the limit, and it tries PostgreSQL again after `retry_s`. A process killed mid-request
   leaves nothing held: a grant is only a time in the row.
 - The table is UNLOGGED: a PostgreSQL crash empties it, which only means a full budget again.
+  It is created by the PostgreSQL migrations (0003), which `open()` applies if the store has not.
 """
 
 from __future__ import annotations
@@ -35,19 +36,15 @@ from collections.abc import Callable
 
 import asyncpg
 
+from bot.errors import StorageError
+from bot.storage.postgres import migrate
+
 log = logging.getLogger(__name__)
 
 TABLE = "parley_shared_budgets"
 TIMEOUT_S = 1.0  # one grant; slower than this counts as PostgreSQL being unreachable
 RETRY_S = 5.0  # after a failure, the local budget is used this long before PostgreSQL again
-_CREATE_LOCK = 0x50524C59 + 16  # advisory lock key: one process creates the table at a time
-
-_CREATE = f"""
-CREATE UNLOGGED TABLE IF NOT EXISTS {TABLE} (
-    name text PRIMARY KEY,
-    tat double precision NOT NULL  -- epoch seconds (database clock) the next grant is due
-)
-"""
+_ADD = f"INSERT INTO {TABLE} (name, tat) VALUES ($1, 0) ON CONFLICT DO NOTHING"  # a full budget
 # $1 name, $2 interval (1/rate), $3 tolerance ((burst - 1) * interval). Returns whether the
 # request is granted and, when not, how long until it would be. The UPDATE in the CTE takes the
 # row lock; a concurrent grant re-evaluates its WHERE against the committed row.
@@ -101,7 +98,8 @@ class LocalBudget:
 class SharedBudget:
     """A budget of `rate` requests a second shared by every process using `name` in one database.
 
-    `await open()` first (creates the table and the row if missing), `await close()` at the end.
+    `await open()` first (migrates the database and adds the row if missing), `await close()` at
+    the end.
     `share` is this process's part of `rate` when PostgreSQL is unreachable.
     """
 
@@ -131,18 +129,18 @@ class SharedBudget:
     async def open(self) -> None:
         """Connect (a small pool of its own: grants never queue behind history queries)."""
         try:
+            await migrate(self._url)  # the table is in the migrations; a no-op once applied
             self._pool = await asyncpg.create_pool(
                 self._url, min_size=1, max_size=2, timeout=10.0, command_timeout=self._timeout_s
             )
-            async with self._pool.acquire() as conn, conn.transaction():
-                # Two processes starting at once would race on CREATE TABLE IF NOT EXISTS.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK)
-                await conn.execute(_CREATE)
-                await conn.execute(
-                    f"INSERT INTO {TABLE} (name, tat) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-                    self.name,
-                )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            await self._pool.execute(_ADD, self.name)
+        except (
+            StorageError,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            TimeoutError,
+        ) as exc:
             # Started while PostgreSQL is away: run on the local share until it is back.
             self._went_down(exc)
 
@@ -198,10 +196,7 @@ class SharedBudget:
             self._timeout_s,
         )
         if row is None or row["wait"] is None:  # the row is gone (a PostgreSQL crash emptied
-            await self._pool.execute(  # the UNLOGGED table): put it back, full
-                f"INSERT INTO {TABLE} (name, tat) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-                self.name,
-            )
+            await self._pool.execute(_ADD, self.name)  # the UNLOGGED table): put it back, full
             return 0.0
         return None if row["granted"] else float(row["wait"])
 
