@@ -189,7 +189,8 @@ class OutgoingFile:
 
 @dataclass(frozen=True, slots=True)
 class RateBudget:
-    """A token bucket: `rate` calls per second sustained, bursts of up to `burst` calls."""
+    """A budget of calls: a chat's is a token bucket (`rate` a second, bursts of up to `burst`);
+    a platform's is a sliding window of `burst` calls per `burst / rate` seconds."""
 
     rate: float
     burst: float
