@@ -8,17 +8,13 @@ reply ("the reply was cut off...") is not part of its text here: the request's o
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 from aiohttp import web
 
 from adapters.api.limits import LIMITS
 from adapters.api.wire import DONE, Answer, FinishReason, event
-from bot.delivery.stream import DEFAULT_MARKER
+from bot.delivery.deltas import DeltaText
 from bot.errors import DeliveryError
 from bot.languages import ENGLISH
-from bot.storage import Status
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 _SSE_HEADERS = {
@@ -77,26 +73,15 @@ class EventStream:
             raise DeliveryError("the client closed the connection", reason="not_found") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How the engine says a reply ended."""
-
-    answer: str
-    status: Status
-    note: str
-
-
-class ApiReplyTarget:
+class ApiReplyTarget(DeltaText):
     """Implements `bot.types.ReplyTarget` and `ReplyOutcomeTarget` for one request."""
 
     def __init__(self, chat_key: str, events: EventStream | None = None) -> None:
+        super().__init__(events.delta if events is not None else _ignored)
         self._chat_key = chat_key
         self._events = events  # None: the answer is given whole at the end
-        self._ids = itertools.count(1)
-        self._shown: dict[str, str] = {}  # the text each reply part has sent as deltas
         self.notices: list[str] = []  # what the engine said besides the reply
         self.files: list[OutgoingFile] = []  # a command's files, a voice reply
-        self.outcome: Outcome | None = None  # set when a reply ended
 
     @property
     def events(self) -> EventStream | None:
@@ -111,37 +96,6 @@ class ApiReplyTarget:
     @property
     def limits(self) -> TargetLimits:
         return LIMITS
-
-    # -- TextTarget: the reply's text as deltas --------------------------------------------
-
-    async def send(self, text: str) -> str:
-        message_id = str(next(self._ids))
-        self._shown[message_id] = ""
-        await self._delta(message_id, text)
-        return message_id
-
-    async def edit(self, message_id: str, text: str) -> None:
-        await self._delta(message_id, text)
-
-    async def finalize(self, message_id: str, text: str) -> str:
-        if self.outcome is not None and self.outcome.note:
-            text = text.removesuffix(f"\n\n{self.outcome.note}")
-        await self._delta(message_id, text)
-        return message_id
-
-    async def delete(self, message_id: str) -> None:
-        self._shown.pop(message_id, None)
-
-    async def _delta(self, message_id: str, text: str) -> None:
-        if self._events is None:
-            return
-        text = text.removesuffix(DEFAULT_MARKER)
-        shown = self._shown.get(message_id, "")
-        # The streamer only appends; a rewrite cannot be a delta (the outcome has the reply).
-        if len(text) <= len(shown) or not text.startswith(shown):
-            return
-        await self._events.delta(text[len(shown) :])
-        self._shown[message_id] = text
 
     # -- ReplyTarget: everything else a turn says ------------------------------------------
 
@@ -161,5 +115,6 @@ class ApiReplyTarget:
     async def send_file(self, file: OutgoingFile) -> None:
         self.files.append(file)
 
-    def reply_ended(self, answer: str, status: Status, note: str) -> None:
-        self.outcome = Outcome(answer, status, note)
+
+async def _ignored(text: str) -> None:
+    """An answer given whole at the end: its deltas go nowhere."""

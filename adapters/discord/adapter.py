@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -51,6 +51,7 @@ from bot.platform import STOP_GRACE_S
 from bot.repair import InterruptedReplies
 from bot.storage.reply_parts import OpenPart
 from bot.types import Attachment, IncomingMessage, TargetLimits
+from bot.update_tasks import UpdateTasks
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -117,7 +118,6 @@ class DiscordAdapter:
         self._engine = services.engine
         self._commands = services.commands
         self._guild_ready_timeout = guild_ready_timeout
-        self._stop_grace_s = stop_grace_s
         self._stopping = False
         self._clock = clock
         self._limits: TargetLimits = channel_limits(self._cfg)
@@ -125,7 +125,7 @@ class DiscordAdapter:
         self._tree: app_commands.CommandTree[discord.Client] | None = None
         self._rest: DiscordRest | None = None
         self._gateway: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = UpdateTasks("Discord", stop_grace_s)
         self._restore_endpoints: Callable[[], None] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
         self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
@@ -182,7 +182,7 @@ class DiscordAdapter:
             language=self._stt_language,
             reply_target=self._voice_reply_target,
             limits=self._limits,
-            spawn=self._spawn,
+            spawn=self._tasks.spawn,
         )
         self._commands.provide("join", self._voice.join)
         self._commands.provide("leave", self._voice.leave)
@@ -220,11 +220,7 @@ class DiscordAdapter:
         await self._repairs.stop()
         # Voice channels are left at once (the turn in progress keeps its grace for its text).
         leaving = asyncio.create_task(self._leave_voice())
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
-            for task in pending:
-                task.cancel()  # the engine keeps what was streamed and marks it cut off
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._tasks.drain()
         await leaving
         if self._client is not None:
             await self._client.close()
@@ -342,7 +338,7 @@ class DiscordAdapter:
             return
         channel = message.channel
         if self._access.allowed(message.author.id, channel.id, getattr(channel, "parent_id", None)):
-            self._spawn(self._answer(message) if turn else self._observe(message))
+            self._tasks.spawn(self._answer(message) if turn else self._observe(message))
 
     async def _observe(self, message: discord.Message) -> None:
         """Hand server chatter to the engine as background: no reply, no typing, no LLM call."""
@@ -441,7 +437,7 @@ class DiscordAdapter:
         )
         # "/ask voice:true" asks for a spoken reply whatever the channel's voice mode.
         msg = dataclasses.replace(self._interaction_message(interaction, prompt), wants_voice=voice)
-        self._spawn(self._handle(msg, target))
+        self._tasks.spawn(self._handle(msg, target))
 
     async def _handle(self, msg: IncomingMessage, target: InteractionTarget) -> None:
         try:
@@ -533,19 +529,6 @@ class DiscordAdapter:
             int(part.message_id),
             text,
         )
-
-    # -- tasks -----------------------------------------------------------------------------
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run one reply as its own task, so a slow reply never holds up the others."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._reply_done)
-
-    def _reply_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Discord: a reply failed", exc_info=task.exception())
 
 
 def _locale(locale: discord.Locale | None) -> str:

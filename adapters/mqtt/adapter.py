@@ -41,6 +41,7 @@ from bot.platform import STOP_GRACE_S
 from bot.repair import InterruptedReplies
 from bot.storage.reply_parts import OpenPart
 from bot.types import IncomingMessage
+from bot.update_tasks import UpdateTasks
 
 if TYPE_CHECKING:
     from bot.backoff import Backoff
@@ -75,8 +76,7 @@ class MqttAdapter:
         self._commands = services.commands
         self._topics = Topics(self._mq.topic_prefix)
         self._link = BrokerLink(self._mq, self._on_request, backoff=backoff)
-        self._stop_grace_s = stop_grace_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = UpdateTasks("MQTT", stop_grace_s)
         self._repairs = InterruptedReplies(
             services.engine.store,
             PLATFORM,
@@ -102,15 +102,13 @@ class MqttAdapter:
         """Take no more requests, let replies in progress finish (bounded), say `offline`."""
         await self._repairs.stop()
         await self._link.stop_requests()
-        await self._drain()
+        await self._tasks.drain()
         await self._link.close()
 
     # -- answering -------------------------------------------------------------------------
 
     def _on_request(self, message: aiomqtt.Message) -> None:
-        task = asyncio.create_task(self._answer(message))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        self._tasks.spawn(self._answer(message))
 
     async def _answer(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -213,16 +211,3 @@ class MqttAdapter:
             log.warning("MQTT: error event to session %s not delivered: %s", session, exc)
 
     # -- tasks -----------------------------------------------------------------------------
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("MQTT: answering failed", exc_info=task.exception())
-
-    async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)

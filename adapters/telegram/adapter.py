@@ -8,11 +8,9 @@ engine keeps each chat's order itself).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -47,6 +45,7 @@ from bot.platform import STOP_GRACE_S
 from bot.repair import InterruptedReplies
 from bot.storage.reply_parts import OpenPart
 from bot.types import Attachment, Delivery, IncomingMessage
+from bot.update_tasks import UpdateTasks
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -80,12 +79,11 @@ class TelegramAdapter:
         self._engine = services.engine
         self._commands = services.commands
         self._poll_timeout_s = poll_timeout_s
-        self._stop_grace_s = stop_grace_s
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook: WebhookServer | None = None
         self._poller: UpdatePoller | None = None
         self._files: FileDownloads | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = UpdateTasks("Telegram", stop_grace_s)
         self._table = services.commands.table(PLATFORM)
         self._repairs = InterruptedReplies(
             services.engine.store,
@@ -173,7 +171,7 @@ class TelegramAdapter:
             self._webhook = None
         if application.running:
             await application.stop()
-        await self._drain()
+        await self._tasks.drain()
         if self._files is not None:
             await self._files.close()
             self._files = None
@@ -205,12 +203,12 @@ class TelegramAdapter:
             # Group chatter: never answered, but what was said around the bot is context for
             # the next message addressed to it (the engine keeps it if group_context is on).
             if may_use(self._tg, message.from_user.id, message.chat_id):
-                self._spawn(self._observe(message))
+                self._tasks.spawn(self._observe(message))
             return
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
+            self._tasks.spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
-        self._spawn(self._answer(message, bot.username, ticket=self._claim()))
+        self._tasks.spawn(self._answer(message, bot.username, ticket=self._claim()))
 
     async def _on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
@@ -225,14 +223,14 @@ class TelegramAdapter:
         if known is None and not (is_private(message) or command.addressed):
             return  # in a group, an unknown bare /command is probably for another bot
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
+            self._tasks.spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
         if known is not None and known.turn:  # /ask: its text is a message to answer
-            self._spawn(
+            self._tasks.spawn(
                 self._answer(message, context.bot.username, text=command.args, ticket=self._claim())
             )
             return
-        self._spawn(self._run_command(message, command.name, command.args))
+        self._tasks.spawn(self._run_command(message, command.name, command.args))
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("Telegram update handling failed", exc_info=context.error)
@@ -407,21 +405,3 @@ class TelegramAdapter:
             await scheduler.call(target, edit, priority=Priority.COMPLETE, what="repair")
 
     # -- tasks -----------------------------------------------------------------------------
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Telegram: answering failed", exc_info=task.exception())
-
-    async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
