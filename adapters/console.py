@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
 from bot.command_table import START, find
+from bot.languages import ENGLISH
 from bot.messages import Msg, say
 from bot.platform import Services
 from bot.types import (
@@ -40,6 +43,13 @@ _LIMITS = TargetLimits(
     platform_key="console",
 )
 _MARKER = " ▌"
+# Where a terminal says its language, first found wins (POSIX: LC_ALL overrides the others).
+LANGUAGE_VARIABLES = ("LC_ALL", "LC_MESSAGES", "LANG")
+
+
+def console_language(environ: Mapping[str, str]) -> str:
+    """The terminal's language as its locale variables name it ("fr_FR.UTF-8"); "" if unset."""
+    return next((environ[name] for name in LANGUAGE_VARIABLES if environ.get(name)), "")
 
 
 class ConsoleTarget:
@@ -59,6 +69,7 @@ class ConsoleTarget:
         self._shown: dict[str, str] = {}
         self._next_id = 0
         self._parts = 0  # messages of the current reply (a long one continues in a new one)
+        self.lang = ENGLISH  # the chat's language, for the target's own words (a voice note's)
 
     def start_reply(self) -> None:
         self._parts = 0
@@ -102,8 +113,8 @@ class ConsoleTarget:
     async def typing(self) -> None:
         return None
 
-    async def queued(self, position: int) -> None:
-        self._write(say(Msg.CONSOLE_WAITING, position=position) + "\n")
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
+        self._write(say(Msg.CONSOLE_WAITING, lang=lang, position=position) + "\n")
 
     async def notice(self, text: str) -> None:
         self._write(f"{text}\n")
@@ -112,12 +123,13 @@ class ConsoleTarget:
         self.voice_dir.mkdir(parents=True, exist_ok=True)
         path = self.voice_dir / f"reply-{time.strftime('%Y%m%d-%H%M%S')}-{self._next_id}.ogg"
         path.write_bytes(clip.ogg_opus)
-        self._write("\n" + say(Msg.CONSOLE_VOICE, path=path, seconds=clip.duration_s) + "\n")
+        said = say(Msg.CONSOLE_VOICE, lang=self.lang, path=path, seconds=clip.duration_s)
+        self._write("\n" + said + "\n")
 
     async def send_file(self, file: OutgoingFile) -> None:
         """Write the file into `file_dir` (never over an earlier one) and say where it is."""
         path = await asyncio.to_thread(_write_new_file, self.file_dir, file)
-        self._write(say(Msg.CONSOLE_FILE, path=path) + "\n")
+        self._write(say(Msg.CONSOLE_FILE, lang=self.lang, path=path) + "\n")
 
 
 def _write_new_file(folder: Path, file: OutgoingFile) -> Path:
@@ -142,8 +154,11 @@ class ConsoleChat:
         stdout: TextIO = sys.stdout,
         voice_dir: Path = Path("voice-replies"),
         file_dir: Path = Path("parley-files"),
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
+        """`environ`: where the terminal's language is read (LC_ALL, LC_MESSAGES, LANG)."""
         self.engine = services.engine
+        self.language = console_language(environ)
         self.commands = services.commands
         self.stdin = stdin
         self.out = stdout
@@ -165,6 +180,7 @@ class ConsoleChat:
             is_admin=True,  # whoever has the terminal owns the bot
             is_private=True,
             attachments=() if recording is None else (recording,),
+            language=self.language,
         )
 
     def _on_sigint(self) -> None:
@@ -199,7 +215,8 @@ class ConsoleChat:
         threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
         name = self.engine.settings.engine.bot_name
         if self.interactive:
-            self.out.write(say(Msg.CONSOLE_WELCOME, name=name) + "\n")
+            lang = await self.engine.language(self._message())
+            self.out.write(say(Msg.CONSOLE_WELCOME, lang=lang, name=name) + "\n")
         try:
             if voice_file is not None:
                 await self._answer(self._message(recording=_recording(voice_file)))
@@ -221,8 +238,10 @@ class ConsoleChat:
                     if command is not None and command.turn:
                         line = args  # /ask: the rest is the message
                     elif command is not None:
-                        reply = await self.commands.execute(self._message(line), name_, args)
+                        msg = self._message(line)
+                        reply = await self.commands.execute(msg, name_, args)
                         self.out.write(reply.text + "\n")
+                        self.target.lang = await self.engine.language(msg)
                         for file in reply.files:
                             await self.target.send_file(file)
                         continue
@@ -234,6 +253,7 @@ class ConsoleChat:
 
     async def _answer(self, msg: IncomingMessage) -> None:
         self.target.start_reply()
+        self.target.lang = await self.engine.language(msg)
         self._reply = asyncio.create_task(self.engine.handle(msg, self.target))
         try:
             await self._reply
@@ -241,7 +261,7 @@ class ConsoleChat:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the chat itself is being stopped
-            self.out.write("\n" + say(Msg.CONSOLE_CANCELLED))
+            self.out.write("\n" + say(Msg.CONSOLE_CANCELLED, lang=self.target.lang))
         finally:
             self._reply = None
         self.out.write("\n")

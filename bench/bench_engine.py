@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.app import ParleyApp
 from bot.channel_config import ChannelSettings
-from bot.config import EngineSettings, Settings
+from bot.config import Settings
 from bot.llm import LLMClient
 from bot.llm_settings import LLMSettings
 from bot.prompt import build_request, system_prompt
@@ -60,7 +60,7 @@ async def engine_overhead(tmp: Path) -> tuple[list[float], list[float]]:
                 system="s",
                 history=[],
                 user_text="hi",
-                settings=ChannelSettings.resolve(EngineSettings(), {}),
+                settings=ChannelSettings.resolve(Settings(), {}),
                 bot_name="P",
             )
             for i in range(MESSAGES):
@@ -124,7 +124,7 @@ async def engine_vs_raw(tmp: Path) -> tuple[float, float, int]:
     question = "Write a long story about a dragon who learns to cook."
     async with ParleyApp(settings, speech=False) as app:
         raw_client = LLMClient(LLMSettings(), [app.llm.urls[0]], app.llm.api)
-        channel = ChannelSettings.resolve(settings.engine, {})
+        channel = ChannelSettings.resolve(settings, {})
         request = build_request(
             api=app.llm.api,
             prompt_format=settings.llm.prompt_format,

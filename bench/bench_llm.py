@@ -233,7 +233,7 @@ async def bench_delivered() -> None:
             # Straight from the server, through the bot's own LLM client (its slot bookkeeping
             # then covers both requests) but not through the engine.
             raw = app.llm
-            channel = ChannelSettings.resolve(settings.engine, {})
+            channel = ChannelSettings.resolve(settings, {})
             request = build_request(
                 api=app.llm.api,
                 prompt_format=settings.llm.prompt_format,

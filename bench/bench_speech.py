@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import STTSettings, TTSSettings
+from bot.languages import ENGLISH
 from bot.speech.audio import Pcm
 from bot.speech.stt import Transcriber
 from bot.speech.tts import SpeechSynthesizer
@@ -60,8 +61,8 @@ class TimedSynthesizer(SpeechSynthesizer):
         self.ready_at: list[float] = []
         self.first_ready = asyncio.Event()
 
-    async def synthesize_pcm(self, text: str) -> Pcm:
-        pcm = await super().synthesize_pcm(text)
+    async def synthesize_pcm(self, text: str, lang: str = ENGLISH) -> Pcm:
+        pcm = await super().synthesize_pcm(text, lang)
         self.ready_at.append(time.perf_counter())
         self.first_ready.set()
         return pcm

@@ -214,7 +214,7 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|")
     for platform in PLATFORMS:
         for chats in CHAT_COUNTS:
-            for approach, label in (("parley", "Parley buckets"), ("baseline", "global 1 edit/s")):
+            for approach, label in (("parley", "Parley"), ("baseline", "global 1 edit/s")):
                 fake, lines = run_virtual(run(platform, chats, approach))
                 result = measure(fake, lines)
                 rates = result.updates

@@ -1,5 +1,6 @@
-"""The composition root (with bot/cli.py): the database, the LLM backends, speech, the edit
-scheduler, the engine, the commands, and the platform adapters found under adapters/.
+"""The composition root (with bot/cli.py): the database, the LLM backends, speech, the tool
+servers, the edit scheduler, the engine, the commands, and the platform adapters found under
+adapters/.
 
 This module and bot/cli.py are the only core modules that import adapters/.
 """
@@ -17,13 +18,15 @@ from typing import TYPE_CHECKING
 from adapters import platforms, settings_sections
 from adapters.console import COMMANDS as CONSOLE_COMMANDS
 from adapters.console import PLATFORM as CONSOLE
+from bot.catalog import load_translations
 from bot.command_table import Command
 from bot.commands import Commands
 from bot.config import Settings, load_settings, settings_class
 from bot.delivery.scheduler import EditScheduler
 from bot.engine import ConversationEngine
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StorageError
 from bot.health import HealthChecks, database_check, llm_check, llm_status
+from bot.http_server import HttpRoutes
 from bot.llama_server import ManagedLlamaServer
 from bot.llm import Api, LLMClient, configured_urls
 from bot.models import ModelCatalog
@@ -33,11 +36,14 @@ from bot.storage import HistoryStore, open_store
 if TYPE_CHECKING:
     from bot.speech.stt import Transcriber
     from bot.speech.tts import SpeechSynthesizer
+    from bot.tools.hub import ToolHub
 
 log = logging.getLogger(__name__)
 
 _RETENTION_SWEEP_S = 3600.0
-BUNDLED_MODEL_TEMPERATURE = 0.3  # unless engine.temperature is set
+# Unless engine.temperature is set: greedy decoding, so the same questions get the same answers
+# at every run (the README's transcript is one), and no less often right than sampling at 0.3.
+BUNDLED_MODEL_TEMPERATURE = 0.0
 
 
 def load(path: str | Path | None = None) -> Settings:
@@ -72,6 +78,8 @@ class ParleyApp:
         self.engine: ConversationEngine
         self.commands: Commands
         self.models: ModelCatalog
+        self.tools: ToolHub | None = None  # the tool servers, when any are configured
+        self.routes = HttpRoutes(settings.http)  # platforms served on the [http] endpoint
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> ParleyApp:
@@ -94,6 +102,7 @@ class ParleyApp:
             # line: it is as long as all the servers run at once.
             slots += await self.models.discover()
             transcriber, synthesizer = self._speech()
+            self.tools = await self._start_tools()
             self.engine = ConversationEngine(
                 s,
                 self.store,
@@ -103,15 +112,22 @@ class ParleyApp:
                 transcriber=transcriber,
                 synthesizer=synthesizer,
                 models=self.models,
+                tools=self.tools,
             )
             # A server down, back or resized: the line follows (llm.concurrency fixes the
             # default servers' part).
             if not s.llm.concurrency:
                 self.llm.pool.on_capacity(self._resize_queue)
             self.models.on_capacity(self._resize_queue)
-            self.commands = Commands(s, self.store, platform_commands())
+            self.commands = Commands(
+                s, self.store, platform_commands(), tools=self.tools, models=self.models
+            )
+            # Every translation is read (and compiled) now, off the event loop: not at the
+            # first message in each language.
+            await asyncio.to_thread(load_translations)
             if s.storage.retention_days:
                 self._tasks.append(asyncio.create_task(self._retention()))
+            self._tasks.append(asyncio.create_task(self._forget_handled()))
         except BaseException:
             await self.aclose()
             raise
@@ -123,12 +139,12 @@ class ParleyApp:
 
     @property
     def services(self) -> Services:
-        """What a platform adapter gets: the settings, the engine and the commands."""
-        return Services(self.settings, self.engine, self.commands)
+        """What a platform adapter gets: the settings, the engine, the commands, the routes."""
+        return Services(self.settings, self.engine, self.commands, self.routes)
 
-    def enabled_platforms(self) -> list[Platform]:
-        """The platforms whose token is set."""
-        return [platform for platform in platforms() if platform.enabled(self.settings)]
+    async def enabled_platforms(self) -> list[Platform]:
+        """The platforms that run: their token is set (or, say, the HTTP API has a key)."""
+        return [p for p in platforms() if await p.running(self.settings, self.store)]
 
     def create_adapter(self, platform: Platform) -> PlatformAdapter:
         """A platform's adapter, connected to this app's engine and commands."""
@@ -143,7 +159,7 @@ class ParleyApp:
         self.server = ManagedLlamaServer(s.server, log_path=log_path)
         url = await self.server.start()
         # The bundled model is a base model without a chat template: drive it by raw completion,
-        # and cooler than an instruct model (it strays from the facts at 0.7).
+        # and greedily (it strays from the facts at 0.7, and varies at any temperature).
         engine = self.settings.engine
         if self.server.uses_bundled_model and "temperature" not in engine.model_fields_set:
             engine.temperature = BUNDLED_MODEL_TEMPERATURE
@@ -152,6 +168,20 @@ class ParleyApp:
         else:
             api = s.api
         return [url, *s.fallback_urls], api
+
+    async def _start_tools(self) -> ToolHub | None:
+        """The configured tool servers, coming up in the background (a chat turns tools on or
+        off, so they run whenever any is configured); None when there are none."""
+        settings = self.settings.tools
+        if not settings.servers:
+            if settings.enabled:
+                log.warning("tools.enabled is on, but no [tools.servers] are configured")
+            return None
+        from bot.tools.hub import ToolHub  # the MCP SDK, loaded only when tools are configured
+
+        hub = ToolHub(settings)
+        await hub.start()
+        return hub
 
     def _speech(self) -> tuple[Transcriber | None, SpeechSynthesizer | None]:
         if not self.speech:
@@ -180,14 +210,32 @@ class ParleyApp:
                 log.info("retention: deleted %d messages", deleted)
             await asyncio.sleep(_RETENTION_SWEEP_S)
 
+    async def _forget_handled(self) -> None:
+        """Platform updates handled long ago cannot come again: their claims go."""
+        while True:
+            try:
+                forgotten = await self.store.purge_handled()
+            except StorageError as exc:  # the next sweep tries again
+                log.info("handled updates not purged: %s", exc)
+            else:
+                if forgotten:
+                    log.info("forgot %d handled platform updates", forgotten)
+            await asyncio.sleep(_RETENTION_SWEEP_S)
+
     def health_checks(self) -> HealthChecks:
         """The database and LLM checks for /healthz; the CLI adds one per connected platform."""
         checks = HealthChecks()
         checks.add("database", database_check(self.store))
         checks.add("llm", llm_check(self.llm))
         checks.add_detail("llm", llm_status(self.llm, self.engine.queue))
+        checks.add_detail("held", self.engine.hold.status)  # messages waiting for the store
         if self.models.status():  # a model's servers down leave its chats only unanswered
             checks.add_detail("models", self.models.status)
+        tools = self.tools
+        if tools is not None:  # shown, not checked: a tool server down costs no answer
+            from bot.tools.status import health_detail
+
+            checks.add_detail("tools", lambda: health_detail(tools.status()))
         return checks
 
     async def aclose(self) -> None:
@@ -200,6 +248,8 @@ class ParleyApp:
             for part in (engine.transcriber, engine.synthesizer):
                 if part is not None:
                     await part.close()
+        if self.tools is not None:
+            await self.tools.aclose()
         if hasattr(self, "models"):
             await self.models.close()
         if hasattr(self, "llm"):

@@ -59,21 +59,24 @@ class AttachmentPolicy:
         self._settings = settings
         self._sees_images = sees_images  # whether the chat's model takes images
 
-    async def unpack(self, msg: IncomingMessage, text: str, target: ReplyTarget) -> Unpacked | None:
+    async def unpack(
+        self, msg: IncomingMessage, text: str, target: ReplyTarget, lang: str
+    ) -> Unpacked | None:
         """The pictures (downloaded) and the recording; None when nothing is left to answer,
-        after telling the user why."""
+        after telling the user why (in `lang`)."""
         recording = msg.recording
         images: tuple[ImageInput, ...] = ()
         pictures = [a for a in msg.attachments if a.kind == "picture"]
         if pictures:
-            images = await self._pictures(msg, pictures, bool(text), target)
+            images = await self._pictures(msg, pictures, bool(text), target, lang)
             if not images and not text and recording is None:
                 return None  # told why they cannot be seen, and there is nothing else to answer
         other = next((a for a in msg.attachments if a.kind in UNREADABLE), None)
         if other is not None and recording is None:
             kind = UNREADABLE[other.kind]
             log.info("%s in chat %s cannot be read", say(kind), msg.channel_key)
-            await target.notice(say(Msg.CAPTION_ONLY if text else Msg.UNREADABLE, kind=kind))
+            said = say(Msg.CAPTION_ONLY if text else Msg.UNREADABLE, lang=lang, kind=kind)
+            await target.notice(said)
             if not text and not images:
                 return None
         return Unpacked(images, recording)
@@ -84,11 +87,12 @@ class AttachmentPolicy:
         pictures: list[Attachment],
         has_text: bool,
         target: ReplyTarget,
+        lang: str,
     ) -> tuple[ImageInput, ...]:
         """The pictures for the model, after telling the user about each left out. Nothing is
         downloaded for a model that cannot see it, nor past the size limit."""
         if not await self._sees_images(msg):
-            await target.notice(say(Msg.NO_VISION_TEXT if has_text else Msg.NO_VISION))
+            await target.notice(say(Msg.NO_VISION_TEXT if has_text else Msg.NO_VISION, lang=lang))
             return ()
         limit = self._settings.llm.max_image_bytes
         images: list[ImageInput] = []
@@ -107,9 +111,9 @@ class AttachmentPolicy:
                 continue
             images.append(ImageInput(data, picture.mime))
         if too_large:
-            await target.notice(say(_too_large(too_large, Msg.IMAGE_TOO_LARGE)))
+            await target.notice(say(_too_large(too_large, Msg.IMAGE_TOO_LARGE), lang=lang))
         if failed:
-            await target.notice(say(Msg.PICTURE_FAILED))
+            await target.notice(say(Msg.PICTURE_FAILED, lang=lang))
         return tuple(images)
 
     def check_recording(self, recording: Attachment) -> None:

@@ -1,18 +1,25 @@
-"""Per-channel settings: engine defaults overridden by what admins set with `config set`."""
+"""Per-channel settings: the configured defaults overridden by what admins set with `config set`.
+
+Every key's default is the `[engine]` field of the same name, except `tools`, whose default is
+`tools.enabled`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from bot.config import EngineSettings, VoiceMode
+from bot.config import EngineSettings, Settings, VoiceMode
+from bot.errors import StorageError
+from bot.languages import turn_language
 
 if TYPE_CHECKING:
     from bot.storage import HistoryStore
 
 MODEL_KEY = "model"  # the chat setting /model stores (and audits)
+TOOLS_KEY = "tools"  # the chat setting that offers the configured tools to the model
 
 # Keys `config set` accepts, with the one-line help `config show` prints.
 CHANNEL_KEYS: dict[str, str] = {
@@ -25,8 +32,19 @@ CHANNEL_KEYS: dict[str, str] = {
     "group_context": "groups: show the model recent messages not addressed to it (true/false)",
     "group_context_tokens": "how much of that group background the model sees, in tokens",
     "voice_mode": "off | reply-to-voice | always",
-    "stt_language": "voice note language (e.g. en, de), or auto",
+    "language": "the language I speak here: auto (each user's own), or a code like en, fr",
+    "stt_language": "voice note language: follow (the one above), a code (e.g. en, de), or auto",
+    TOOLS_KEY: "let the model call the configured tools: on | off",
 }
+_ENGINE_KEYS = tuple(key for key in CHANNEL_KEYS if key != TOOLS_KEY)
+_ON_OFF: TypeAdapter[bool] = TypeAdapter(bool)  # on/off, true/false, yes/no, 1/0
+
+
+def channel_defaults(settings: Settings) -> dict[str, Any]:
+    """Each `config set` key's value in a chat that never set it."""
+    defaults = {key: getattr(settings.engine, key) for key in _ENGINE_KEYS}
+    defaults[TOOLS_KEY] = settings.tools.enabled
+    return defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,32 +60,52 @@ class ChannelSettings:
     group_context: bool
     group_context_tokens: int
     voice_mode: VoiceMode
+    language: str
     stt_language: str
+    tools: bool  # the model is offered the configured tools
     # The model the chat picked with /model (llm.models); "": the default. Not a `config set`
     # key: /model checks the name against the configuration.
     model: str = ""
 
     @classmethod
-    def resolve(cls, defaults: EngineSettings, overrides: dict[str, Any]) -> ChannelSettings:
-        values = {key: getattr(defaults, key) for key in CHANNEL_KEYS}
+    def resolve(cls, settings: Settings, overrides: dict[str, Any]) -> ChannelSettings:
+        """The configured defaults (`settings`) with a chat's `overrides`."""
+        values = channel_defaults(settings)
         values.update({k: v for k, v in overrides.items() if k in CHANNEL_KEYS})
         model = overrides.get(MODEL_KEY)
         return cls(**values, model=model if isinstance(model, str) else "")
 
     @classmethod
     async def load(
-        cls, store: HistoryStore, defaults: EngineSettings, channel_id: int
+        cls, store: HistoryStore, settings: Settings, channel_id: int
     ) -> ChannelSettings:
         """A chat's settings as they are now (read fresh: another process may have changed them)."""
-        return cls.resolve(defaults, await store.channel_settings(channel_id))
+        return cls.resolve(settings, await store.channel_settings(channel_id))
 
 
-def parse_channel_value(defaults: EngineSettings, key: str, raw: str) -> Any:
+async def chat_language(
+    store: HistoryStore, settings: Settings, platform: str, channel_key: str, user: str
+) -> str:
+    """The language to speak in a chat to a user whose platform language is `user`: the chat's
+    `language` setting (else `engine.language`) unless "auto", else `user`; English when none
+    names one. With the store failing, the chat's setting is unknown: `engine.language` then."""
+    try:
+        channel_id = await store.channel_id(platform, channel_key)
+        setting = (await ChannelSettings.load(store, settings, channel_id)).language
+    except StorageError:  # the store logged it; the turn reports it where it matters
+        setting = settings.engine.language
+    return turn_language(setting, user)
+
+
+def parse_channel_value(settings: Settings, key: str, raw: str) -> Any:
     """Validate a `config set` value with the same rules as the config file; ValueError says why."""
     if key not in CHANNEL_KEYS:
         raise ValueError(f"unknown key {key!r}; keys: {', '.join(CHANNEL_KEYS)}")
     try:
-        checked = EngineSettings.model_validate({**defaults.model_dump(), key: raw.strip()})
+        if key == TOOLS_KEY:
+            return _ON_OFF.validate_python(raw.strip())
+        engine = settings.engine.model_dump()
+        checked = EngineSettings.model_validate({**engine, key: raw.strip()})
     except ValidationError as exc:
         raise ValueError(exc.errors(include_url=False)[0]["msg"]) from None
     return getattr(checked, key)

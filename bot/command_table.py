@@ -14,6 +14,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
 from bot.channel_config import CHANNEL_KEYS, MODEL_KEY
+from bot.languages import ENGLISH
 from bot.messages import Msg, Phrase, phrase, say
 from bot.personas import PERSONAS
 from bot.types import IncomingMessage, OutgoingFile
@@ -169,6 +170,7 @@ COMMANDS: tuple[Command, ...] = (
         change_access=Access.OWNER,
         setting=MODEL_KEY,
     ),
+    Command("tools", Msg.CMD_TOOLS),
     Command(
         "session",
         Msg.CMD_SESSION,
@@ -209,6 +211,25 @@ def find(commands: Iterable[Command], name: str) -> Command | None:
     return next((command for command in commands if command.name == wanted), None)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandCall:
+    """A message that runs a command: the command and the text after its name."""
+
+    command: Command
+    args: str
+
+
+def parse_call(text: str, commands: Iterable[Command]) -> CommandCall | None:
+    """The command `text` runs, if it starts with the name of one of `commands`, for platforms
+    where a command is plain text (MQTT, the HTTP API). Other text starting with "/" is a message
+    like any other (as on the console)."""
+    if not text.startswith("/"):
+        return None
+    name, *rest = text[1:].split(None, 1) or [""]
+    command = find(commands, name)
+    return CommandCall(command, rest[0].strip() if rest else "") if command is not None else None
+
+
 _ACCESS_NOTES = {
     Access.EVERYONE: None,
     Access.OWNER: Msg.ACCESS_OWNER_NOTE,
@@ -216,22 +237,23 @@ _ACCESS_NOTES = {
 }
 
 
-def help_text(bot_name: str, commands: Iterable[Command]) -> str:
-    """The /help answer, from a platform's table."""
-    lines = [say(Msg.HELP_INTRO, bot_name=bot_name)]
+def help_text(bot_name: str, commands: Iterable[Command], lang: str = ENGLISH) -> str:
+    """The /help answer, from a platform's table, in `lang`."""
+    lines = [say(Msg.HELP_INTRO, lang=lang, bot_name=bot_name)]
     for command in commands:
         if command.name == "help" or command.runs == "help":
             continue
         for entry in command.subcommands or (command,):
             usage = f"/{command.name} {entry.usage[1:]}" if entry is not command else entry.usage
             note = _ACCESS_NOTES[entry.change_access or entry.access]
-            about = say(entry.about)
+            about = say(entry.about, lang=lang)
             lines.append(
                 say(
                     Msg.HELP_LINE,
+                    lang=lang,
                     usage=usage,
                     about=about[:1].lower() + about[1:],
-                    note=say(note) if note is not None else "",
+                    note=say(note, lang=lang) if note is not None else "",
                 )
             )
     return "\n".join(lines)

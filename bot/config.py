@@ -13,7 +13,6 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
-from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -26,10 +25,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.cache_settings import CacheSettings
 from bot.errors import ConfigError
+from bot.languages import AUTO, FOLLOW, candidates, is_setting, normalize, primary
 from bot.llm_settings import LLMSettings
+from bot.paths import default_database_path
 from bot.section import Section
 from bot.tools.settings import ToolsSettings
+from bot.urls import url_passwords
 
 VoiceMode = Literal["off", "reply-to-voice", "always"]
 
@@ -62,8 +65,15 @@ class EngineSettings(Section):
     voice_mode: VoiceMode = "reply-to-voice"
     """When the bot answers with a voice note: off, reply-to-voice (answer voice with voice),
     always."""
-    stt_language: str = "en"
-    """The voice notes' language (an ISO code); "auto" detects it (trusted only when confident)."""
+    language: str = AUTO
+    """The language Parley speaks (its own messages, command menus, persona presets, voice):
+    "auto" is each user's platform language (Telegram's language_code, Discord's locale, the
+    console's LANG), or a code such as en or fr for everyone. Untranslated languages get
+    English (docs/languages.md)."""
+    stt_language: str = FOLLOW
+    """The voice notes' language: "follow" is the language Parley speaks in the chat (above), an
+    ISO code (e.g. en, de) fixes it, "auto" lets Whisper detect it (trusted only when
+    confident)."""
     max_input_chars: int = Field(4000, ge=1)
     """Longer messages are refused with a clear message."""
     max_reply_chars: int = Field(20_000, ge=1)
@@ -76,12 +86,21 @@ class EngineSettings(Section):
     blocked_users: list[str] = []
     """"platform:user_id" entries, e.g. "telegram:12345", "discord:4242": ignored everywhere."""
 
+    @field_validator("language")
+    @classmethod
+    def _language_code(cls, value: str) -> str:
+        if not is_setting(value):
+            raise ValueError("must be auto or a language code such as en, fr or pt-BR")
+        return value if value == AUTO else normalize(value)
+
 
 class StorageSettings(Section):
     """Where history lives: a SQLite file (`path`), or PostgreSQL when `url` is set."""
 
-    path: str = "data/parley.db"
-    """The SQLite database (WAL mode); the llama-server log goes next to it."""
+    path: str = Field(default_factory=default_database_path)
+    """The SQLite database (WAL mode); the logs of llama-server and of the console chat go next
+    to it. Default: data/parley.db in a source checkout; installed as a package, parley.db in
+    the user's data directory ($XDG_DATA_HOME/parley, else ~/.local/share/parley)."""
     url: SecretStr = SecretStr("")
     """PostgreSQL instead of SQLite, e.g. postgresql://user:password@host:5432/db, shared by several
     bot processes. A secret (it holds the password): prefer the environment variable. Empty:
@@ -98,20 +117,6 @@ class StorageSettings(Section):
         if url and not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (or leave it empty for SQLite)")
         return value
-
-    def secrets(self) -> list[str]:
-        """The URL and its password, as written and URL-decoded, for redaction."""
-        url = self.url.get_secret_value()
-        if not url:
-            return []
-        found = [url]
-        try:
-            password = urlsplit(url).password
-        except ValueError:  # e.g. a port that is not a number: the URL itself is still hidden
-            password = None
-        if password:
-            found += [password, unquote(password)]
-        return found
 
 
 class STTSettings(Section):
@@ -134,21 +139,70 @@ class STTSettings(Section):
 class TTSSettings(Section):
     """Synthesised voice replies."""
 
-    backends: list[Literal["edge", "piper", "espeak"]] = ["edge", "piper", "espeak"]
-    """The voices, tried in order: edge-tts (Microsoft's, online), piper (bundled, offline),
-    espeak-ng."""
+    backends: list[Literal["edge", "piper", "espeak"]] = ["piper", "espeak"]
+    """The voices, tried in order: piper (bundled, offline), espeak-ng (offline), edge-tts
+    ("edge": Microsoft's, online; only when listed, e.g. ["piper", "edge", "espeak"] as a
+    fallback, or first to prefer it)."""
     edge_voice: str = "en-US-AriaNeural"
     """edge-tts's voice."""
     edge_rate: str = "+0%"
     """edge-tts's speaking rate, e.g. "+10%"."""
     edge_timeout_s: float = Field(5.0, gt=0)
-    """edge-tts gives up this quickly when offline, then the next voice speaks."""
+    """edge-tts gives up this quickly when unreachable, then the next voice speaks."""
     piper_model: str = ""
     """A piper .onnx voice. Empty: the bundled joe-us voice."""
     espeak_voice: str = "en"
     """espeak-ng's voice (a language code)."""
+    voices: dict[str, list[str]] = {"fr": ["fr-FR-DeniseNeural", "fr"]}
+    """The voices of a language, e.g. fr = ["fr-FR-DeniseNeural", "fr", "/voices/fr.onnx"]: each
+    backend takes its own kind (edge-tts: a name ending in Neural; piper: a .onnx path;
+    espeak-ng: anything else, else the language code itself). A backend without a voice for the
+    reply's language is skipped; a language not listed uses the three voices above."""
     max_chars: int = Field(1500, ge=1)
     """Longer replies are spoken up to here (the text is always sent complete)."""
+
+    @field_validator("voices", mode="before")
+    @classmethod
+    def _voice_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # one voice may be given as a plain string
+            return {key: [v] if isinstance(v, str) else v for key, v in value.items()}
+        return value
+
+    @field_validator("voices")
+    @classmethod
+    def _voices_by_language(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        checked: dict[str, list[str]] = {}
+        for language, names in value.items():
+            tag = normalize(language)
+            if not tag:
+                raise ValueError(f"{language!r} is not a language code (e.g. fr, pt-BR)")
+            kinds = [voice_backend(name) for name in names]
+            if not all(name.strip() for name in names) or len(set(kinds)) != len(kinds):
+                raise ValueError(f"{language}: at most one voice per backend, none empty")
+            checked[tag] = [name.strip() for name in names]
+        return checked
+
+    def voice(self, backend: str, lang: str) -> str | None:
+        """The voice `backend` speaks `lang` with: "" is piper's bundled voice; None: it has
+        none for that language (the next backend speaks)."""
+        for tag in candidates(lang):
+            if tag in self.voices:
+                named = [v for v in self.voices[tag] if voice_backend(v) == backend]
+                if named:
+                    return named[0]
+                return primary(tag) if backend == "espeak" else None
+        return {"edge": self.edge_voice, "piper": self.piper_model, "espeak": self.espeak_voice}[
+            backend
+        ]
+
+
+def voice_backend(name: str) -> Literal["edge", "piper", "espeak"]:
+    """Which backend a voice of `tts.voices` is for, by its shape."""
+    if name.strip().lower().endswith(".onnx"):
+        return "piper"
+    if name.strip().endswith("Neural"):
+        return "edge"
+    return "espeak"
 
 
 MIN_ADMIN_PASSWORD_CHARS = 8
@@ -206,8 +260,6 @@ class LoggingSettings(Section):
     """"text": readable lines; "json": one object per line, for a log collector."""
 
 
-# A server's name prefixes its tools' names when two servers offer the same tool, and function
-# names on the chat API are limited to these characters (64 at most).
 class PlatformSettings(Section):
     """Base of a platform's section ([telegram], [discord]), defined by its adapter package.
 
@@ -223,10 +275,6 @@ class PlatformSettings(Section):
     def enabled(self) -> bool:
         """A platform runs when its token is set."""
         return bool(self.token.get_secret_value())
-
-    def secrets(self) -> list[str]:
-        """Secrets held inside its values besides the `SecretStr` fields (a URL's password)."""
-        return []
 
     @classmethod
     def of(cls, settings: Settings) -> Self:
@@ -255,6 +303,7 @@ class Settings(BaseSettings):
     http: HTTPSettings = HTTPSettings()
     logging: LoggingSettings = LoggingSettings()
     tools: ToolsSettings = ToolsSettings()
+    cache: CacheSettings = CacheSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -274,27 +323,30 @@ class Settings(BaseSettings):
         return [value for value in values if isinstance(value, PlatformSettings)]
 
     def secrets(self) -> list[str]:
-        """Every configured secret value (any `SecretStr`, in any section), for redaction."""
+        """Every configured secret value (any `SecretStr`, in any section) and the password in
+        any URL setting (http://user:password@host), for redaction."""
         found: list[str] = []
         sections = (getattr(self, name) for name in type(self).model_fields)
         for section in sections:
             found += _secret_values(section)
-        # The storage URL's password (and a platform's, e.g. mqtt.url), also as written inside
-        # the URL (percent-encoded).
-        inside = self.storage.secrets()
-        for platform in self.platform_sections():
-            inside += platform.secrets()
-        return found + [s for s in inside if s not in found]
+        return list(dict.fromkeys(found))
 
 
 def _secret_values(model: BaseModel) -> list[str]:
     values: list[str] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
-        # Sections nest (llm.server) and some are keyed (llm.models.NAME.api_key).
-        for item in value.values() if isinstance(value, dict) else [value]:
+        # Sections nest (llm.server), some are keyed (llm.models.NAME.api_key), URLs come in
+        # lists (llm.fallback_urls).
+        if isinstance(value, dict):
+            value = list(value.values())
+        for item in value if isinstance(value, list) else [value]:
             if isinstance(item, SecretStr) and item.get_secret_value():
-                values.append(item.get_secret_value())
+                # A secret URL (storage.url, mqtt.url) is hidden whole, and its password wherever
+                # it is shown on its own, as written (percent-encoded) and decoded.
+                values += [item.get_secret_value(), *url_passwords(item.get_secret_value())]
+            elif isinstance(item, str):
+                values += url_passwords(item)
             elif isinstance(item, BaseModel):
                 values += _secret_values(item)
     return values

@@ -170,9 +170,14 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, dict) and not value:
-        return "{}"
+    if isinstance(value, dict):  # an inline table
+        items = (f"{_toml_key(str(key))} = {_toml(item)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
     raise TypeError(f"no TOML form for the default {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _field_row(section: _Section, name: str, field: FieldInfo) -> str:
@@ -280,6 +285,11 @@ _NOTES = {
         "The models set up as `[llm.models.NAME]` tables; a pick is stored with the chat's "
         "settings and audited (`/model default` goes back). See "
         "[LLM servers](llm-servers.md#models-per-chat)."
+    ),
+    "tools": (
+        "Lists the tools of the servers in `[tools]` that this chat's model is offered, or why "
+        "there are none: no servers configured, tools off in this chat (`/config set tools on`), "
+        "or a base model that cannot call tools. See [Tools](tools.md)."
     ),
     "session": (
         "`/session list` shows each conversation's messages, last day, and which one is current. "

@@ -1,5 +1,5 @@
-"""`parley doctor`: checks the config, the database, the LLM backends, the speech models and the
-platform tokens, prints a table, and exits non-zero when something fails.
+"""`parley doctor`: checks the config, the database, the LLM backends, the speech models, the tool
+servers and the platform tokens, prints a table, and exits non-zero when something fails.
 
 Nothing here prints a secret: every detail goes through the same redaction as the logs.
 """
@@ -12,7 +12,6 @@ import functools
 import ipaddress
 import os
 import shutil
-import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,9 +26,10 @@ import aiohttp
 from bot.config import Settings
 from bot.errors import ConfigError, LLMUnavailable, StorageError
 from bot.llm import configured_urls
-from bot.llm_pool import redact_url
+from bot.llm_server_api import NoAnswer, ServerAPI, describe_network_error
 from bot.llm_settings import LLMServerSettings, LLMSettings
 from bot.logs import RedactSecrets
+from bot.urls import has_credentials, redact_url, url_host
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -89,6 +89,7 @@ async def diagnose(settings: Settings, platforms: Sequence[CheckedPlatform] = ()
         ("llm", lambda: check_llm(settings.llm)),
         ("stt", lambda: _sync(check_stt, settings)),
         ("tts", lambda: check_tts(settings)),
+        ("tools", lambda: check_tools(settings)),
     ]
     checks += [(p.name, functools.partial(_platform_check, p, settings)) for p in platforms]
     results = await asyncio.gather(*(_bounded(name, check) for name, check in checks))
@@ -222,12 +223,17 @@ async def check_llm(settings: LLMSettings) -> list[Finding]:
         findings += await check_managed_server(settings.server)
         urls = settings.fallback_urls
     if urls:
-        headers = {}
-        if key := settings.api_key.get_secret_value():
-            headers["Authorization"] = f"Bearer {key}"
-        async with aiohttp.ClientSession(headers=headers) as session:
-            findings += await asyncio.gather(*(probe_backend(session, url) for url in urls))
+        findings += await _probe_servers(settings.api_key.get_secret_value(), urls)
     return findings + await _check_model_servers(settings, urls)
+
+
+async def _probe_servers(api_key: str, urls: list[str]) -> list[Finding]:
+    """One list of servers, over one session with its key."""
+    api = ServerAPI(api_key, timeout_s=NETWORK_TIMEOUT_S)
+    try:
+        return list(await asyncio.gather(*(probe_backend(api, url) for url in urls)))
+    finally:
+        await api.close()
 
 
 async def _check_model_servers(settings: LLMSettings, checked: list[str]) -> list[Finding]:
@@ -240,9 +246,7 @@ async def _check_model_servers(settings: LLMSettings, checked: list[str]) -> lis
         if not fresh:
             continue
         key = entry.api_key.get_secret_value() or settings.api_key.get_secret_value()
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            found = await asyncio.gather(*(probe_backend(session, url) for url in fresh))
+        found = await _probe_servers(key, fresh)
         # Named after the model, so a dead server says whose chats it would leave unanswered.
         findings += [Finding(f"{f.check} (/model {name})", f.status, f.detail) for f in found]
     return findings
@@ -307,28 +311,25 @@ async def _binary_version(binary: Path) -> Finding:
     return Finding("llm server", "ok", f"{binary} ({version})" if version else str(binary))
 
 
-async def probe_backend(session: aiohttp.ClientSession, url: str) -> Finding:
+async def probe_backend(api: ServerAPI, url: str) -> Finding:
     """An OpenAI-compatible server answers /v1/models (or, for llama.cpp, /health)."""
-    name = f"llm {url}"
-    base = url.rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=NETWORK_TIMEOUT_S)
+    name = f"llm {redact_url(url)}"
     try:
-        async with session.get(base + "/v1/models", timeout=timeout) as resp:
-            if resp.status == 200:
-                models = _model_ids(await _json(resp))
-                return Finding(name, "ok", f"serves {models}" if models else "answers /v1/models")
-            if resp.status in AUTH_REFUSED:
-                return Finding(name, "fail", f"HTTP {resp.status}: llm.api_key is refused")
-            models_status = resp.status
-        async with session.get(base + "/health", timeout=timeout) as resp:
-            if resp.status == 200:
-                return Finding(name, "ok", "answers /health")
-            detail = f"HTTP {models_status} from /v1/models, {resp.status} from /health"
-            if resp.status == 503:  # llama-server while it loads the model
-                return Finding(name, "warn", detail + " (still loading?)")
-            return Finding(name, "fail", detail)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return Finding(name, "fail", describe_network_error(exc, NETWORK_TIMEOUT_S))
+        models = await api.get(url, "/v1/models")
+        if models.ok:
+            ids = _model_ids(models.data)
+            return Finding(name, "ok", f"serves {ids}" if ids else "answers /v1/models")
+        if models.status in AUTH_REFUSED:
+            return Finding(name, "fail", f"HTTP {models.status}: llm.api_key is refused")
+        health = await api.get(url, "/health")
+    except NoAnswer as exc:
+        return Finding(name, "fail", str(exc))
+    if health.ok:
+        return Finding(name, "ok", "answers /health")
+    detail = f"HTTP {models.status} from /v1/models, {health.status} from /health"
+    if health.status == 503:  # llama-server while it loads the model
+        return Finding(name, "warn", detail + " (still loading?)")
+    return Finding(name, "fail", detail)
 
 
 def _model_ids(data: Any) -> str:
@@ -344,25 +345,6 @@ async def _json(resp: aiohttp.ClientResponse) -> Any:
         return await resp.json(content_type=None)
     except ValueError:
         return None
-
-
-def describe_network_error(exc: BaseException, timeout_s: float) -> str:
-    """A short reason without URLs (Telegram's carry the token)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({_os_reason(exc.os_error)})"
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout_s:g} s"
-    if isinstance(exc, OSError):
-        return f"cannot connect ({_os_reason(exc)})"
-    return type(exc).__name__
-
-
-def _os_reason(err: OSError) -> str:
-    if isinstance(err, socket.gaierror):  # DNS: errno is a resolver code, not an OS one
-        return err.strerror or "name resolution failed"
-    if err.errno:
-        return os.strerror(err.errno)  # asyncio's strerror repeats the address
-    return err.strerror or type(err).__name__
 
 
 # -- speech ----------------------------------------------------------------------------------
@@ -381,6 +363,31 @@ def check_stt(settings: Settings) -> list[Finding]:
     except ConfigError as exc:
         return [Finding("stt", "fail", "; ".join(exc.problems))]
     return [Finding("stt", "ok", f"{model}: {folder}")]
+
+
+async def check_tools(settings: Settings) -> list[Finding]:
+    """Each tool server started (or reached) once: its state and tool count."""
+    tools = settings.tools
+    if not tools.servers:
+        return [Finding("tools", "skip", "no [tools.servers] configured")]
+    from bot.tools.status import probe, summary  # the MCP SDK, loaded only when it is needed
+
+    levels: dict[str, Status] = {"ready": "ok", "starting": "warn", "failed": "fail"}
+    findings = []
+    for status in await probe(tools):
+        level = levels[status.state]
+        findings.append(Finding(f"tools.{status.name}", level, summary(status)))
+    llm = settings.llm
+    if not configured_urls(llm) and not llm.server.model_path and llm.api != "chat":
+        findings.append(
+            Finding(
+                "tools",
+                "warn",
+                "the bundled base model cannot call tools: run an instruct model "
+                '(llm.server.model_path, extra_args = ["--jinja"]; see docs/tools.md)',
+            )
+        )
+    return findings
 
 
 async def check_tts(settings: Settings) -> list[Finding]:
@@ -460,7 +467,11 @@ async def token_check(
 
     A network failure becomes a "cannot reach" finding naming only the host: URLs can hold tokens.
     """
-    host = urlsplit(url).netloc
+    host = url_host(url)
+    if headers and "Authorization" in headers and has_credentials(url):
+        # The request could not be sent (aiohttp refuses both), nor could the platform's own.
+        detail = f"the URL of {host} has a user:password@, which the token's header replaces"
+        return [Finding(name, "fail", detail)]
     async with aiohttp.ClientSession(trust_env=trust_env) as session:
         try:
             async with session.get(

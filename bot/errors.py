@@ -45,19 +45,25 @@ def storage_trouble(problem: StorageProblem) -> Msg:
 class MessageNotStored(ParleyError):
     """The user's message could not be stored, so it was not answered; tell them `phrase`.
 
-    An adapter whose platform redelivers (Telegram polling) may instead leave the update
-    unconfirmed and try again; the others tell the user at once.
+    Unless `final`: then a platform that redelivers (Telegram) may leave the update unconfirmed
+    and try again later; a `final` one (the platform would not keep it any longer, or the
+    database refuses it for good) is told at once.
     """
 
-    def __init__(self, cause: StorageError) -> None:
+    def __init__(self, cause: StorageError, *, final: bool = True) -> None:
         super().__init__(str(cause))
         self.problem: StorageProblem = cause.problem
+        self.final = final
         self.phrase = phrase(Msg.NOT_STORED, trouble=storage_trouble(cause.problem))
 
     @property
     def user_message(self) -> str:
         """What the user is told, in English."""
         return say(self.phrase)
+
+
+class AlreadyHandled(ParleyError):
+    """A platform delivered a message again that was handled already: it is not answered twice."""
 
 
 class RetryAfter(ParleyError):

@@ -119,10 +119,12 @@ def llm_check(llm: LLMClient) -> HealthCheck:
     """Healthy while at least one LLM backend answers (fallbacks included)."""
 
     async def check() -> str | None:
-        answers = await asyncio.gather(*(llm.healthy(url) for url in llm.urls))
+        backends = llm.pool.backends
+        answers = await asyncio.gather(*(llm.http.healthy(b.url) for b in backends))
         if any(answers):
             return None
-        return "no backend answers: " + ", ".join(llm.urls)
+        # Named without credentials: /healthz answers anyone who asks.
+        return "no backend answers: " + ", ".join(b.name for b in backends)
 
     return check
 

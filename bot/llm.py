@@ -15,6 +15,7 @@ from bot import metrics
 from bot.backoff import Backoff
 from bot.errors import LLMRequestRejected, LLMStreamBroken, LLMTimeout, LLMUnavailable
 from bot.llm_pool import DEFAULT_SLOTS, SHARED_HOLD_S, Backend, BackendPool, Lease, Routing
+from bot.llm_server_api import NoAnswer, ServerAPI, describe_network_error
 from bot.llm_settings import LLMSettings
 from bot.sse import DONE, SSEDecoder, ThinkSplitter, parse_chunk
 
@@ -40,14 +41,18 @@ class LLMRequest:
     temperature: float = 0.7
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
+    # Functions the model may call (the chat API's `tools`, OpenAI's format); chat only.
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class StreamEvent:
-    """A piece of the reply: answer text and/or reasoning; the last one carries usage."""
+    """A piece of the reply: answer text, reasoning and/or pieces of tool calls (`delta.
+    tool_calls` as streamed, put together by bot/tools/calls.py); the last one carries usage."""
 
     text: str = ""
     reasoning: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
 
@@ -100,7 +105,10 @@ class LLMClient:
         )
         self._known_slots = {url.rstrip("/"): n for url, n in (known_slots or {}).items()}
         self._tokenize_ok: dict[str, bool] = {}
-        self._session: aiohttp.ClientSession | None = None
+        # The servers' API (health, /props, /slots, /tokenize); its session carries the streams.
+        self.http = ServerAPI(
+            settings.api_key.get_secret_value(), timeout_s=settings.connect_timeout_s
+        )
         self._probers: dict[int, asyncio.Task[None]] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._discovered = False  # capacity changes are logged once the start-up line is out
@@ -120,21 +128,8 @@ class LLMClient:
         """Replies the healthy backends run at once (see `BackendPool.capacity`)."""
         return self.pool.capacity
 
-    def _headers(self) -> dict[str, str]:
-        key = self.settings.api_key.get_secret_value()
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # llama-server closes streamed connections although it announces keep-alive:
-            # reusing one fails with "Can not write request body", so never reuse.
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                headers=self._headers(),
-            )
-        return self._session
-
     async def close(self) -> None:
+        """Stop probing and watching the backends; close the session."""
         tasks = [*self._probers.values(), *self._watchers.values()]
         for task in tasks:
             task.cancel()
@@ -143,8 +138,7 @@ class LLMClient:
                 await task
         self._probers.clear()
         self._watchers.clear()
-        if self._session is not None:
-            await self._session.close()
+        await self.http.close()
 
     # ------------------------------------------------------------------ slots
 
@@ -168,22 +162,10 @@ class LLMClient:
             return True
         default = self.settings.concurrency or DEFAULT_SLOTS
         try:
-            async with self._client().get(
-                backend.url + "/props",
-                timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
-            ) as resp:
-                data = await resp.json(content_type=None) if resp.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            problem = (
-                _describe_client_error(exc)
-                if isinstance(exc, aiohttp.ClientError)
-                else f"no answer in {self.settings.connect_timeout_s:g}s"
-            )
-            self._mark_failed(backend, problem)
+            props = await self.http.props(backend.url)
+        except NoAnswer as exc:
+            self._mark_failed(backend, str(exc))
             return False
-        except ValueError:  # not JSON: some other server's /props page
-            data = None
-        props: dict[str, Any] = data if isinstance(data, dict) else {}
         reported = props.get("total_slots")
         if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 1:
             self.pool.set_slots(backend, reported, "llama.cpp /props", llama=True)
@@ -245,22 +227,14 @@ class LLMClient:
         """Read /slots: slots processing that we do not hold belong to another client."""
         asked_at = self.pool.now()
         try:
-            async with self._client().get(
-                backend.url + "/slots",
-                timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
-            ) as resp:
-                data = await resp.json(content_type=None) if resp.status == 200 else None
-                if resp.status != 200:
-                    backend.watch_slots = False  # --no-slots: our own count is all there is
-                    return
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            slots = await self.http.slots(backend.url)
+        except NoAnswer:
             return  # a failing server is the stream's and the prober's business
-        if not isinstance(data, list):
+        if slots is None:
+            backend.watch_slots = False  # --no-slots: our own count is all there is
             return
         processing = {
-            s["id"]
-            for s in data
-            if isinstance(s, dict) and isinstance(s.get("id"), int) and s.get("is_processing")
+            s["id"] for s in slots if isinstance(s.get("id"), int) and s.get("is_processing")
         }
         if self.pool.slots_seen(backend, processing, asked_at):
             log.info(
@@ -290,7 +264,7 @@ class LLMClient:
         backoff = Backoff(max(self.settings.backoff_s, _PROBE_MIN_S), _PROBE_MAX_S)
         while not backend.healthy:
             await asyncio.sleep(backoff.next())
-            if backend.healthy or not await self.healthy(backend.url):
+            if backend.healthy or not await self.http.healthy(backend.url):
                 continue
             # A restarted server may have other slots.
             if await self._read_slots(backend) and self.pool.recovered(backend):
@@ -298,7 +272,8 @@ class LLMClient:
 
     # ------------------------------------------------------------------ streaming
 
-    def _payload(self, request: LLMRequest) -> tuple[str, dict[str, Any]]:
+    def payload(self, request: LLMRequest) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body `stream()` posts for `request` (before a server's slot hint)."""
         body: dict[str, Any] = {
             "stream": True,
             "temperature": request.temperature,
@@ -312,6 +287,8 @@ class LLMClient:
             body["stop"] = request.stop[:4]  # OpenAI accepts at most four stop strings
         if self.api == "chat":
             body["messages"] = request.messages
+            if request.tools:
+                body["tools"] = request.tools
             return "/v1/chat/completions", body
         body["prompt"] = request.prompt
         return "/v1/completions", body
@@ -326,7 +303,7 @@ class LLMClient:
         LLMRequestRejected (4xx), LLMTimeout (no answer in llm.timeout_s) or LLMStreamBroken
         (the stream stopped after the first token).
         """
-        path, body = self._payload(request)
+        path, body = self.payload(request)
         plan = self.pool.plan(affinity)
         problems: list[str] = []
         for position, backend in enumerate(plan):
@@ -388,7 +365,7 @@ class LLMClient:
         decoder = SSEDecoder()
         finished = False
         try:
-            async with self._client().post(url, json=body, timeout=timeout) as resp:
+            async with self.http.session().post(url, json=body, timeout=timeout) as resp:
                 if resp.status >= 400:
                     # Some servers quote the key they refused; the reason reaches the user.
                     reason = await _error_text(resp)
@@ -414,10 +391,17 @@ class LLMClient:
                     event = StreamEvent(
                         text=text,
                         reasoning=chunk.reasoning + inline_reasoning,
+                        tool_calls=chunk.tool_calls,
                         finish_reason=chunk.finish_reason,
                         usage={**chunk.timings, **chunk.usage},
                     )
-                    if event.text or event.reasoning or event.finish_reason or event.usage:
+                    if (
+                        event.text
+                        or event.reasoning
+                        or event.tool_calls
+                        or event.finish_reason
+                        or event.usage
+                    ):
                         yield event
                 if not finished:
                     # No [DONE] and no finish_reason: the server died or the connection dropped.
@@ -430,7 +414,8 @@ class LLMClient:
                 f"no data from {lease.backend.name} in {self.settings.timeout_s:g}s"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise _RetryableError(_describe_client_error(exc)) from None
+            reason = describe_network_error(exc, self.settings.connect_timeout_s)
+            raise _RetryableError(reason) from None
 
     async def warm(self, request: LLMRequest, *, affinity: str | None = None) -> bool:
         """Have llama-server process `request`'s prompt into the cache of the slot `affinity`'s
@@ -440,7 +425,7 @@ class LLMClient:
         backend = self.pool.plan(affinity)[0]
         if not (backend.llama and backend.healthy and backend.in_flight == 0):
             return False
-        path, body = self._payload(request)
+        path, body = self.payload(request)
         # llama.cpp samples one token even when asked for none; that is the whole cost.
         body = {**body, "stream": False, "max_tokens": 0, "n_predict": 0, "cache_prompt": True}
         body.pop("stream_options", None)
@@ -448,16 +433,11 @@ class LLMClient:
         if lease.slot is not None:
             body["id_slot"] = lease.slot
         try:
-            async with self._client().post(
-                backend.url + path,
-                json=body,
-                timeout=aiohttp.ClientTimeout(
-                    total=self.settings.timeout_s, connect=self.settings.connect_timeout_s
-                ),
-            ) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
+            answer = await self.http.post(
+                backend.url, path, body, timeout_s=self.settings.timeout_s
+            )
+            return answer.ok
+        except NoAnswer:
             return False  # the next reply finds out what is wrong, and says so
         finally:
             self.pool.release(lease)
@@ -468,37 +448,11 @@ class LLMClient:
         if self._tokenize_ok.get(url) is False:
             return None
         try:
-            async with self._client().post(
-                url + "/tokenize",
-                json={"content": text},
-                timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
-            ) as resp:
-                if resp.status != 200:
-                    self._tokenize_ok[url] = False
-                    return None
-                data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            tokens = await self.http.tokenize(url, text)
+        except NoAnswer:
             return None
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list):
-            self._tokenize_ok[url] = False
-            return None
-        self._tokenize_ok[url] = True
-        return len(tokens)
-
-    async def healthy(self, url: str) -> bool:
-        """True when `url` answers /health (llama.cpp) or /v1/models (others) with 200."""
-        for probe in ("/health", "/v1/models"):
-            try:
-                async with self._client().get(
-                    url.rstrip("/") + probe,
-                    timeout=aiohttp.ClientTimeout(total=self.settings.connect_timeout_s),
-                ) as resp:
-                    if resp.status == 200:
-                        return True
-            except (aiohttp.ClientError, TimeoutError):
-                return False
-        return False
+        self._tokenize_ok[url] = tokens is not None
+        return None if tokens is None else len(tokens)
 
 
 def _watch_backend(backend: Backend) -> None:
@@ -525,14 +479,6 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return str(data["error"].get("message", ""))[:300]
     return str(data)[:300]
-
-
-def _describe_client_error(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return "connection closed mid-stream"
-    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
 
 
 def estimate_tokens(text: str) -> int:

@@ -16,7 +16,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+
+from bot.urls import redact_url
 
 Routing = Literal["least-busy", "failover"]
 
@@ -36,21 +37,6 @@ AffinityResult = Literal["hit", "moved", "new", "shared", "off"]
 SHARED_HOLD_S = 60.0
 # A slot released this recently may still show as processing in /slots (the server finishing).
 _JUST_RELEASED_S = 1.0
-
-
-def redact_url(url: str) -> str:
-    """`url` without user:password@ (a URL may carry credentials; logs and pages must not)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(eq=False)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from bot.section import Section
+from bot.urls import has_credentials
 
 PromptFormat = Literal["plain", "chatml", "llama2", "gemma"]
 
@@ -182,6 +183,22 @@ class LLMSettings(Section):
                     )
             else:
                 pools.append((f"llm.models.{name}", servers, how))
+        return self
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> LLMSettings:
+        """A request carries one Authorization header: a URL's user:password@ or the API key
+        (aiohttp refuses every request that has both)."""
+        lists = [("llm", [self.base_url, *self.fallback_urls, *self.backends], self.api_key)]
+        for name, entry in self.models.items():
+            key = entry.api_key if entry.api_key.get_secret_value() else self.api_key
+            lists.append((f"llm.models.{name}", entry.servers, key))
+        for owner, urls, key in lists:
+            if key.get_secret_value() and any(map(has_credentials, urls)):
+                raise ValueError(
+                    f"{owner}: a server URL with user:password@ and an api_key would both be "
+                    "the requests' Authorization: set one of them"
+                )
         return self
 
     @field_validator("base_url", "fallback_urls", "backends")

@@ -1,9 +1,11 @@
 """Everything Parley itself says to users, keyed by a message id, ready for translation.
 
-Each `Msg` member is one message: its name is the id a translation is keyed by, its value the
-English text, with `{fields}` filled in by `say`. A value of two texts is a message that counts
-something: the first is said when `count` is 1, the second otherwise. A message that is built
-before the language of its reader is known (an error raised deep down) travels as a `Phrase`.
+Each `Msg` member is one message: its name is the id a translation is keyed by (the msgctxt of
+the gettext catalogs in bot/locale/, see bot/catalog.py), its value the English text, with
+`{fields}` filled in by `say`. A value of two texts is a message that counts something: English
+says the first when `count` is 1 and the second otherwise; another language picks its form by
+its own plural rule. A message that is built before the language of its reader is known (an
+error raised deep down) travels as a `Phrase`.
 
 Words the model writes are not here, nor what only operators read (logs, `parley doctor`, the
 admin console, configuration errors).
@@ -11,10 +13,15 @@ admin console, configuration errors).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum, unique
 
-ENGLISH = "en"  # the language of the texts below, and the fallback of every other language
+from bot.catalog import counted, text
+from bot.languages import ENGLISH
+
+log = logging.getLogger(__name__)
+
 COUNT = "count"  # the field that chooses between a counting message's two texts
 
 
@@ -51,10 +58,19 @@ class Msg(Enum):
     STORAGE_FULL = "the server's storage is full"
     STORAGE_READ_ONLY = "the server's storage is read-only"
     STORAGE_BROKEN = "the server's storage is not working right now"
+    ANSWER_DELAYED = (
+        "⚠️ I can't save messages right now ({trouble}), so my answer will take a while. "
+        "I'll reply as soon as it works again."
+    )
+    REPLY_INTERRUPTED = "⚠️ This reply was interrupted: I was restarted before I could finish it."
     QUEUE_POSITION = "⏳ You're #{position} in line; I'll answer as soon as it's your turn."
     QUEUE_POSITION_MANY = (
         "⏳ You're #{position} in line ({waiting} messages waiting); I'll answer them in order."
     )
+
+    # -- tools the model calls during a reply ---------------------------------------------
+    TOOL_RUNNING = "🔧 {tools}…"  # shown above the answer while (and after) the tools run
+    TOOL_ONE_MOMENT = "One moment."  # said in a voice channel when a tool takes a while
 
     # -- voice notes and spoken replies ---------------------------------------------------
     TRANSCRIPT = "🎤 “{transcript}”"
@@ -174,6 +190,34 @@ class Msg(Enum):
     MQTT_STOPPING = "Parley is stopping: this reply was cut off. Please ask again in a moment."
     MQTT_NO_REPLY = "No reply could be made to this message."
 
+    # -- the HTTP API: requests it refuses ------------------------------------------------
+    API_NO_KEY = "Send your API key in the header `Authorization: Bearer KEY`."
+    API_BAD_KEY = "That API key is not valid."
+    API_KEY_THROTTLED = "Too many wrong API keys came from your address: try again in {wait}."
+    API_SLOW_DOWN = "This key sent more than {limit} requests in a minute: try again in {wait}."
+    API_BLOCKED = "This key is blocked."
+    API_TOO_LARGE = "The request body is too large (the limit is {limit} bytes)."
+    API_BAD_JSON = "The request body is not valid JSON (UTF-8)."
+    API_NOT_OBJECT = "The request body must be a JSON object."
+    API_BAD_FIELD = "`{field}` must be {expected}."
+    API_BAD_MESSAGE = (
+        "messages[{index}] must be an object with a `role` (system, user or assistant) and a "
+        "text `content` (a string, or a list of text parts)."
+    )
+    API_LAST_NOT_USER = "The last message must be the user's."
+    API_TOO_MANY_MESSAGES = "A request holds at most {limit} messages."
+    API_ONE_CHOICE = "`n` must be 1: Parley gives one answer per request."
+    API_UNKNOWN_MODEL = "The model `{model}` does not exist: GET /v1/models lists them."
+    API_BAD_SESSION = (
+        "A session is 1 to {limit} letters, digits, '.', '_' or '-', starting with a letter or "
+        "digit."
+    )
+    API_BAD_LIMIT = "`limit` must be a whole number from 1 to {limit}."
+    API_NOT_FOUND = "There is no {method} {path}: see docs/api.md for the endpoints."
+    API_STOPPING = "Parley is starting or stopping: please try again in a moment."
+    API_NO_REPLY = "No reply could be made to this request."
+    API_INTERNAL = "Something went wrong on Parley's side (ref {ref}). Please try again."
+
     # -- commands: the table's descriptions (/help, menus) --------------------------------
     HELP_INTRO = "Hi, I'm {bot_name}. Talk to me by text or voice note."
     HELP_LINE = "{usage} — {about}{note}"
@@ -212,6 +256,7 @@ class Msg(Enum):
     CMD_SESSION_RESUME = "Go back to a conversation"
     PARAM_SESSION_RESUME = "its name, from /session list"
     CMD_SESSION_EXPORT = "This conversation as a Markdown file"
+    CMD_TOOLS = "The tools I can use in this chat"
     CMD_JOIN = "Join your voice channel (or the one named) and talk there"
     PARAM_VOICE_CHANNEL = "the voice channel (default: the one you are in)"
     CMD_LEAVE = "Leave the voice channel"
@@ -229,9 +274,15 @@ class Msg(Enum):
     CANT_SET = "Can't set {key}: {reason}."
     UNKNOWN_LANGUAGE = (
         "Can't set stt_language: {value!r} is not a language Whisper knows "
-        "(use a code like en, de, fr, or auto)."
+        "(use a code like en, de or fr, auto to detect it, or follow)."
+    )
+    NOT_A_LANGUAGE = (
+        "Can't set language: {value!r} is not a language code (use auto, or a code like en or fr)."
     )
     SETTING_CHANGED = "{key} is now {value} (was {old}). It applies from the next message."
+    LANGUAGE_UNTRANSLATED = (
+        "My own messages are not translated into {language} yet: they stay in English."
+    )
     RESET_DONE = "Conversation cleared ({deleted} messages). Let's start over."
     FORGET_DONE = "Deleted {deleted} of your messages."
     FORGET_DONE_FACTS = (
@@ -254,6 +305,24 @@ class Msg(Enum):
     MODEL_ONLY_DEFAULT = "Only the default is set up here ([llm.models] in the config adds more)."
     MODEL_UNKNOWN = "There is no model called “{name}”. /model lists them."
     MODEL_CHANGED = "This chat now uses {name} (was {old}). It applies from the next message."
+
+    # -- /tools ---------------------------------------------------------------------------
+    TOOLS_SHOWN = "Tools I can use in this chat (I pick one when a question needs it):"
+    TOOL_LINE = "• {name} ({server})"
+    TOOL_LINE_ABOUT = "• {name} ({server}): {about}"
+    TOOLS_NONE_SET_UP = (
+        "No tools are set up on this bot. Its operator can add tool servers (MCP) in the "
+        "[tools] section of the configuration: see docs/tools.md."
+    )
+    TOOLS_OFF = "Tools are off in this chat. An admin can turn them on: /config set tools on"
+    TOOLS_BASE_MODEL = (
+        "The model this chat uses is a base model, which cannot call tools. The bot's operator "
+        "can run an instruct model with tool support instead (docs/tools.md shows how)."
+    )
+    TOOLS_NOT_READY = (
+        "Tools are on in this chat, but no tool server is ready right now. "
+        "Please try again in a moment."
+    )
 
     # -- /remember, /memory ---------------------------------------------------------------
     REMEMBER_USAGE = "Usage: /remember TEXT, e.g. /remember I'm vegetarian"
@@ -326,27 +395,35 @@ def phrase(msg: Msg, /, **fields: object) -> Phrase:
 
 
 def say(message: Msg | Phrase, /, *, lang: str = ENGLISH, **fields: object) -> str:
-    """The text of `message` with its `{fields}` filled in, in `lang`; a field that is itself
-    a message (a `Msg` or a `Phrase`) is said in the same language.
-
-    Only English is written yet: every language gets it, as an unknown one will.
-    """
+    """The text of `message` in `lang` (a language tag; English when it has no translation)
+    with its `{fields}` filled in; a field that is itself a message (a `Msg` or a `Phrase`) is
+    said in the same language."""
     if isinstance(message, Phrase):
         fields = {**dict(message.fields), **fields}
         message = message.msg
-    text: str | tuple[str, str] = message.value
-    if isinstance(text, tuple):
-        one, other = text
-        text = one if fields[COUNT] == 1 else other
+    value: str | tuple[str, str] = message.value
+    if isinstance(value, tuple):
+        count = fields[COUNT]
+        assert isinstance(count, int)
+        translated = counted(message.name, *value, count, lang)
+    else:
+        translated = text(message.name, value, lang)
     said = {
-        name: say(value, lang=lang) if isinstance(value, Msg | Phrase) else value
-        for name, value in fields.items()
+        name: say(field, lang=lang) if isinstance(field, Msg | Phrase) else field
+        for name, field in fields.items()
     }
-    return text.format(**said)
+    try:
+        return translated.format(**said)
+    except (KeyError, IndexError, ValueError):
+        # A translation whose placeholders do not fit (tests/test_messages.py keeps this out of
+        # the shipped catalogs): the user still gets the message, in English.
+        log.exception("the %s translation of %s is broken", lang, message.name)
+        english = value if isinstance(value, str) else value[fields[COUNT] != 1]
+        return english.format(**said)
 
 
-def queue_text(position: int, waiting: int) -> str:
+def queue_text(position: int, waiting: int, lang: str = ENGLISH) -> str:
     """A chat's "#n in line" notice: its best place in line, and how many of its messages wait."""
     if waiting > 1:
-        return say(Msg.QUEUE_POSITION_MANY, position=position, waiting=waiting)
-    return say(Msg.QUEUE_POSITION, position=position)
+        return say(Msg.QUEUE_POSITION_MANY, lang=lang, position=position, waiting=waiting)
+    return say(Msg.QUEUE_POSITION, lang=lang, position=position)

@@ -34,6 +34,9 @@ LLM_SLOT_AFFINITY = Counter(
     "Replies by where they landed: hit (the slot caching the chat's prompt), moved, new",
     ["result"],
 )
+ANSWER_CACHE = Counter(
+    "parley_answer_cache_total", "Answer cache look-ups, by result: hit or miss", ["result"]
+)
 LLM_PROMPT_TOKENS = Counter(
     "parley_llm_prompt_tokens_total",
     "Prompt tokens by llama.cpp's timings: cached (reused from the slot) or processed",

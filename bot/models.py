@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-
 from bot.llm import Api, LLMClient
+from bot.llm_server_api import NoAnswer
 from bot.llm_settings import LLMSettings, ModelSettings
 
 log = logging.getLogger(__name__)
@@ -55,12 +54,6 @@ class ModelCatalog:
             name: self._entry(name, entry, default) for name, entry in settings.models.items()
         }
         self._vision: dict[str, tuple[bool, float]] = {}  # server URL -> (reports it, when)
-        # The API key each server is asked with (its model's, else llm.api_key).
-        self._keys = {url: settings.api_key.get_secret_value() for url in default.urls}
-        for chosen in self._models.values():
-            for url in chosen.client.urls:
-                self._keys.setdefault(url, chosen.client.settings.api_key.get_secret_value())
-        self._session: aiohttp.ClientSession | None = None
 
     def _entry(self, name: str, entry: ModelSettings, default: LLMClient) -> ChatModel:
         model = entry.model or self._settings.model
@@ -144,42 +137,27 @@ class ModelCatalog:
         if chosen.vision:
             return True
         for url in chosen.client.urls:
-            if not await self._reports_vision(url):
+            if not await self._reports_vision(chosen.client, url):
                 return False
         return True
 
-    async def _reports_vision(self, url: str) -> bool:
+    async def _reports_vision(self, client: LLMClient, url: str) -> bool:
         known = self._vision.get(url)
         if known is not None and time.monotonic() - known[1] < VISION_RECHECK_S:
             return known[0]
-        reports = False
-        key = self._keys.get(url, "")
-        headers = {"Authorization": f"Bearer {key}"} if key else None
         try:
-            async with self._http().get(
-                url + "/props",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=_PROPS_TIMEOUT_S),
-            ) as resp:
-                data = await resp.json(content_type=None) if resp.status == 200 else None
-            modalities = data.get("modalities") if isinstance(data, dict) else None
-            reports = isinstance(modalities, dict) and modalities.get("vision") is True
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            # Unreachable now: say no, and ask again at the next picture. (No URL in the log:
-            # one may carry credentials.)
-            log.info("could not ask a model server whether it takes images: %s", type(exc).__name__)
+            # Asked with the servers' own session: their API key (the model's, else llm.api_key).
+            props = await client.http.props(url, timeout_s=_PROPS_TIMEOUT_S)
+        except NoAnswer as exc:
+            # Unreachable now: say no, and ask again at the next picture.
+            log.info("could not ask a model server whether it takes images: %s", exc)
             return False
+        modalities = props.get("modalities")
+        reports = isinstance(modalities, dict) and modalities.get("vision") is True
         self._vision[url] = (reports, time.monotonic())
         return reports
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
     async def close(self) -> None:
-        """Close the clients the catalog made and its own HTTP session."""
+        """Close the clients the catalog made."""
         for client in self._own:
             await client.close()
-        if self._session is not None:
-            await self._session.close()

@@ -1,6 +1,13 @@
-"""Persona presets: the start of every system prompt."""
+"""Persona presets: the start of every system prompt, in the language of the turn.
+
+The English texts are here; their translations are entries of the message catalog (bot/catalog.py,
+keyed by `persona_id`), and each translation tells the model to answer in its language.
+"""
 
 from __future__ import annotations
+
+from bot.catalog import text
+from bot.languages import ENGLISH
 
 PERSONAS: dict[str, str] = {
     "default": (
@@ -25,7 +32,14 @@ PERSONAS: dict[str, str] = {
 }
 
 
-def persona_text(persona: str, bot_name: str) -> str:
-    """The system text for a preset name, or the persona itself when it is custom text."""
-    template = PERSONAS.get(persona.strip().lower(), persona)
+def persona_id(name: str) -> str:
+    """A preset's id in the message catalog, e.g. PERSONA_PIRATE."""
+    return f"PERSONA_{name.upper()}"
+
+
+def persona_text(persona: str, bot_name: str, lang: str = ENGLISH) -> str:
+    """The system text for a preset name in `lang`, or the persona itself when it is custom
+    text."""
+    preset = persona.strip().lower()
+    template = text(persona_id(preset), PERSONAS[preset], lang) if preset in PERSONAS else persona
     return template.replace("{name}", bot_name)

@@ -4,7 +4,7 @@ Each package under adapters/ (telegram/, discord/) exposes `PLATFORM`, a `Platfo
 composition root (bot/app.py, bot/cli.py) loops over them to compose the settings and the
 command tables (the core's commands and each platform's own), start the connected platforms, add
 their health checks and run their `parley doctor` checks; no other core module knows a platform
-by name.
+by name. A platform served over HTTP mounts its routes on the [http] endpoint (`Services.http`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,19 @@ if TYPE_CHECKING:
     from bot.commands import Commands
     from bot.doctor import Finding
     from bot.engine import ConversationEngine
+    from bot.http_server import HttpRoutes
+    from bot.storage import HistoryStore
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    """What the core gives a platform: the settings, the turn pipeline and the commands."""
+    """What the core gives a platform: the settings, the turn pipeline, the commands, and the
+    [http] endpoint's routes."""
 
     settings: Settings
     engine: ConversationEngine
     commands: Commands
+    http: HttpRoutes
 
 
 class PlatformAdapter(Protocol):
@@ -60,6 +64,9 @@ class Platform:
     create: Callable[[Services], PlatformAdapter]
     check: Callable[[Settings], Awaitable[list[Finding]]]  # `parley doctor`: token, reachability
     commands: tuple[Command, ...] = ()  # the commands only this platform has (e.g. /start)
+    # Whether it runs, when that takes more than its section: the HTTP API runs while [http] is
+    # on and a key is configured or stored. None: `enabled` decides.
+    runs: Callable[[Settings, HistoryStore], Awaitable[bool]] | None = None
 
     @property
     def name(self) -> str:
@@ -69,3 +76,9 @@ class Platform:
     def enabled(self, settings: Settings) -> bool:
         """Whether `settings` turn this platform on (its token is set)."""
         return self.settings.of(settings).enabled
+
+    async def running(self, settings: Settings, store: HistoryStore) -> bool:
+        """Whether this platform runs, with what the store holds (`runs`)."""
+        if self.runs is None:
+            return self.enabled(settings)
+        return await self.runs(settings, store)

@@ -4,40 +4,53 @@ for base models.
 What memory recalls (remembered facts, relevant older turns) and a group's background messages go
 into the system text, under headings that say what they are, so every format carries them: the
 chat API's system message, and the raw prompts of base models.
+
+A reply that called tools is replayed on the chat API as it happened (the assistant's calls, the
+results marked as data, the answer), as long as the chat still offers tools; its results are cut
+first when the history budget is short.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot import catalog
 from bot.channel_config import ChannelSettings
+from bot.languages import ENGLISH
 from bot.llm import LLMRequest, estimate_tokens
 from bot.llm_settings import PromptFormat
 from bot.memory import Recalled
 from bot.personas import persona_text
 from bot.storage import StoredMessage
+from bot.tools.history import ToolExchange
+from bot.tools.messages import TOOL_DATA_RULE
 from bot.types import ImageInput
 
 # Base models continue text rather than follow instructions: a couple of example turns show them
-# the shape of a conversation, and stop strings end the answer where the next turn would begin.
-_PLAIN_EXAMPLES: tuple[tuple[str, str], ...] = (
-    ("What is the capital of Italy?", "The capital of Italy is Rome."),
-    ("How many legs does a spider have?", "A spider has eight legs."),
+# the shape of a conversation (and its language), and stop strings end the answer where the next
+# turn would begin. Each is (id, question, answer); the catalog has them in other languages, as
+# `{id}_QUESTION` and `{id}_ANSWER`, with the speaker's label `PROMPT_USER`.
+PLAIN_EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    ("EXAMPLE_CAPITAL", "What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("EXAMPLE_SPIDER", "How many legs does a spider have?", "A spider has eight legs."),
 )
+USER_LABEL = ("PROMPT_USER", "User")  # who speaks the user's lines of a plain transcript
 
 
 @dataclass(frozen=True, slots=True)
 class PromptTurn:
     role: str  # "user" | "assistant"
     content: str
+    tools: ToolExchange | None = None  # the tool calls and results of a reply (chat API only)
 
 
-def system_prompt(settings: ChannelSettings, bot_name: str) -> str:
-    """Persona first, then the channel's extra instructions."""
-    parts = [persona_text(settings.persona, bot_name)]
+def system_prompt(settings: ChannelSettings, bot_name: str, lang: str = ENGLISH) -> str:
+    """Persona first (a preset in `lang`), then the channel's extra instructions."""
+    parts = [persona_text(settings.persona, bot_name, lang)]
     if settings.system_prompt.strip():
         parts.append(settings.system_prompt.strip())
     return "\n\n".join(parts)
@@ -94,8 +107,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def fit_rows(newest_first: Sequence[StoredMessage], budget_tokens: int) -> list[StoredMessage]:
-    """The newest rows that fit the budget, oldest first."""
+def fit_rows(
+    newest_first: Sequence[StoredMessage], budget_tokens: int, *, exchanges: bool = False
+) -> list[StoredMessage]:
+    """The newest rows that fit the budget, oldest first.
+
+    With `exchanges` (the request offers tools), the replies' tool exchanges take what room the
+    rows' text leaves, the newest first: whole if it fits, else with their results cut, else
+    not at all. A tool exchange never costs a turn its place. Without, every exchange is left out.
+    """
     kept: list[StoredMessage] = []
     used = 0
     for row in newest_first:
@@ -104,8 +124,32 @@ def fit_rows(newest_first: Sequence[StoredMessage], budget_tokens: int) -> list[
             break
         used += cost
         kept.append(row)
+    room = budget_tokens - used if exchanges else 0
+    for index, row in enumerate(kept):
+        if row.tool_exchange is not None:
+            kept[index], spent = _fit_exchange(row, room)
+            room -= spent
     kept.reverse()
     return kept
+
+
+def _fit_exchange(row: StoredMessage, room: int) -> tuple[StoredMessage, int]:
+    """`row` with as much of its tool exchange as `room` tokens take, and their count."""
+    exchange = ToolExchange.decode(row.tool_exchange) if room > 0 else None
+    if exchange is not None:
+        if (tokens := exchange.tokens()) <= room:
+            return row, tokens
+        shortened = exchange.shortened()
+        if (tokens := shortened.tokens()) <= room:
+            return dataclasses.replace(row, tool_exchange=shortened.encode()), tokens
+    return dataclasses.replace(row, tool_exchange=None), 0
+
+
+def prompt_turns(rows: Sequence[StoredMessage]) -> list[PromptTurn]:
+    """History rows as prompt turns (a reply's kept tool exchange with it)."""
+    return [
+        PromptTurn(row.role, row.content, ToolExchange.decode(row.tool_exchange)) for row in rows
+    ]
 
 
 def fit_history(newest_first: Sequence[StoredMessage], budget_tokens: int) -> list[PromptTurn]:
@@ -124,23 +168,34 @@ def build_request(
     bot_name: str,
     images: Sequence[dict[str, Any]] = (),
     model: str = "",
+    tools: Sequence[dict[str, Any]] = (),
+    lang: str = ENGLISH,
 ) -> LLMRequest:
     """The LLM request for one reply: chat messages, or a raw prompt in `prompt_format`.
 
-    `images` (from `image_parts`) go with the message being answered, after its text: chat only.
+    `images` (from `image_parts`) go with the message being answered, after its text; `tools`
+    (the chat API's format) are offered to the model, and the system text says their results are
+    data: chat only. `lang`: the language of a base model's example turns.
     """
     turns = [*history, PromptTurn("user", user_text)]
     request = LLMRequest(
         temperature=settings.temperature, max_tokens=settings.max_tokens, model=model
     )
     if api == "chat":
+        if tools:
+            request.tools = list(tools)
+            system = f"{system}\n\n{TOOL_DATA_RULE}"
         request.messages = [{"role": "system", "content": system}]
-        request.messages += [{"role": t.role, "content": t.content} for t in turns]
+        for turn in turns:
+            if turn.tools is not None and tools:
+                request.messages += turn.tools.messages(turn.content)
+            else:
+                request.messages.append({"role": turn.role, "content": turn.content})
         if images:
             text = [{"type": "text", "text": user_text}] if user_text else []
             request.messages[-1]["content"] = [*text, *images]
         return request
-    request.prompt, request.stop = render_raw(prompt_format, system, turns, bot_name)
+    request.prompt, request.stop = render_raw(prompt_format, system, turns, bot_name, lang)
     return request
 
 
@@ -161,9 +216,16 @@ def image_parts(images: Sequence[ImageInput]) -> list[dict[str, Any]]:
 
 
 def render_raw(
-    prompt_format: PromptFormat, system: str, turns: list[PromptTurn], bot_name: str
+    prompt_format: PromptFormat,
+    system: str,
+    turns: list[PromptTurn],
+    bot_name: str,
+    lang: str = ENGLISH,
 ) -> tuple[str, list[str]]:
-    """Render a conversation for a raw-completion backend; returns (prompt, stop strings)."""
+    """Render a conversation for a raw-completion backend; returns (prompt, stop strings).
+
+    The plain transcript's example turns and user label are in `lang`.
+    """
     if prompt_format == "chatml":
         out = [f"<|im_start|>system\n{system}<|im_end|>\n"]
         out += [f"<|im_start|>{t.role}\n{t.content}<|im_end|>\n" for t in turns]
@@ -189,14 +251,18 @@ def render_raw(
         out.append("<start_of_turn>model\n")
         return "".join(out), ["<end_of_turn>", "<start_of_turn>"]
     # plain: a transcript the base model continues.
+    user = catalog.text(*USER_LABEL, lang)
     lines = [system, ""]
-    for question, answer in _PLAIN_EXAMPLES:
-        lines += [f"User: {question}", f"{bot_name}: {answer}"]
+    for example, question, answer in PLAIN_EXAMPLES:
+        lines += [
+            f"{user}: {catalog.text(f'{example}_QUESTION', question, lang)}",
+            f"{bot_name}: {catalog.text(f'{example}_ANSWER', answer, lang)}",
+        ]
     for turn in turns:
-        speaker = "User" if turn.role == "user" else bot_name
+        speaker = user if turn.role == "user" else bot_name
         lines.append(f"{speaker}: {_one_paragraph(turn.content)}")
     lines.append(f"{bot_name}:")
-    return "\n".join(lines), ["\nUser:", f"\n{bot_name}:", "\n\n"]
+    return "\n".join(lines), [f"\n{user}:", f"\n{bot_name}:", "\n\n"]
 
 
 def _one_paragraph(text: str) -> str:

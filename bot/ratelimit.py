@@ -14,6 +14,15 @@ class UserRateLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
+    def retry_after(self, key: str) -> float:
+        """Seconds until `key` may send again (0: now); takes nothing."""
+        if self.per_minute <= 0:
+            return 0.0
+        now = self._clock()
+        tokens, at = self._buckets.get(key, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - at) * self.per_minute / 60.0)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) * 60.0 / self.per_minute
+
     def allow(self, key: str) -> bool:
         """Take one token for `key`; False when the user is over the rate."""
         if self.per_minute <= 0:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from bot.languages import ENGLISH
 from bot.messages import Msg, say
 from bot.types import OutgoingFile
 
@@ -22,6 +23,17 @@ AUTO_NAME = "session-{n}"  # /session new without a name
 EXPORT_MAX_MESSAGES = 5000
 EXPORT_MAX_BYTES = 8 * 1024 * 1024
 EXPORT_MIME = "text/markdown"
+
+
+# Characters that can start or end Markdown formatting inside a line (CommonMark lets any ASCII
+# punctuation be escaped with a backslash; these are the ones that change what follows them).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>~|#&!])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as literal Markdown on one line: line breaks become spaces, formatting characters
+    are escaped, so a name cannot end the bold around it or start a heading."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
 def normalise_name(raw: str) -> str | None:
@@ -41,8 +53,10 @@ def export_markdown(
     chat: str,
     bot_name: str,
     now: float | None = None,
+    lang: str = ENGLISH,
 ) -> OutgoingFile:
-    """A conversation as a Markdown document, its newest messages kept under EXPORT_MAX_BYTES.
+    """A conversation as a Markdown document (its headings in `lang`), its newest messages kept
+    under EXPORT_MAX_BYTES.
 
     CPU work for a long conversation: call it in a worker thread.
     """
@@ -50,7 +64,8 @@ def export_markdown(
     blocks: list[str] = []
     size = 0
     for row in reversed(rows):  # newest first, so a cut drops the oldest
-        author = bot_name if row.role == "assistant" else (row.author_name or say(Msg.EXPORT_USER))
+        name = bot_name if row.role == "assistant" else row.author_name
+        author = markdown_text(name) or say(Msg.EXPORT_USER, lang=lang)
         status = "" if row.status == "complete" else f" · {row.status}"
         block = f"**{author}** · {_when(row.created_at)}{status}\n\n{row.content}\n"
         size += len(block.encode()) + 1
@@ -60,13 +75,24 @@ def export_markdown(
     blocks.reverse()
     left_out = len(rows) - len(blocks)
     head = [
-        say(Msg.EXPORT_TITLE, bot_name=bot_name, session=session),
+        say(
+            Msg.EXPORT_TITLE,
+            lang=lang,
+            bot_name=markdown_text(bot_name),
+            session=markdown_text(session),
+        ),
         "",
-        say(Msg.EXPORT_ABOUT, chat=chat, when=_when(now), messages=len(blocks)),
+        say(
+            Msg.EXPORT_ABOUT,
+            lang=lang,
+            chat=markdown_text(chat),
+            when=_when(now),
+            messages=len(blocks),
+        ),
         "",
     ]
     if left_out:
-        head += [say(Msg.EXPORT_LEFT_OUT, messages=left_out), ""]
+        head += [say(Msg.EXPORT_LEFT_OUT, lang=lang, messages=left_out), ""]
     text = "\n".join(head) + "\n" + "\n".join(blocks)
     day = time.strftime("%Y%m%d", time.gmtime(now))
     prefix = re.sub(r"[^\w.-]+", "-", bot_name.lower()).strip("-.") or "chat"
@@ -74,5 +100,5 @@ def export_markdown(
         name=f"{prefix}-{session}-{day}.md",
         data=text.encode(),
         mime=EXPORT_MIME,
-        caption=say(Msg.EXPORT_CAPTION, session=session, messages=len(blocks)),
+        caption=say(Msg.EXPORT_CAPTION, lang=lang, session=session, messages=len(blocks)),
     )

@@ -41,10 +41,13 @@ class SSEDecoder:
 
 @dataclass(slots=True)
 class ChunkDelta:
-    """What one streamed chunk adds: answer text, reasoning text, and the end-of-stream facts."""
+    """What one streamed chunk adds: answer text, reasoning text, pieces of tool calls, and the
+    end-of-stream facts."""
 
     text: str = ""
     reasoning: str = ""
+    # `delta.tool_calls` as sent: pieces of the calls the model makes (bot/tools/calls.py).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +86,9 @@ def parse_chunk(data: str) -> ChunkDelta:
         for key in ("reasoning_content", "reasoning"):
             if isinstance(message.get(key), str):
                 delta.reasoning += message[key]
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            delta.tool_calls = [piece for piece in calls if isinstance(piece, dict)]
     return delta
 
 

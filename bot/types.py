@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
+from bot.languages import ENGLISH
 from bot.storage.base import Status, Turn
 
 if TYPE_CHECKING:
@@ -113,6 +114,10 @@ class IncomingMessage:
     wants_voice: bool = False  # the user asked for a spoken reply (Discord: /ask voice:true)
     private_reply: bool = False  # a command's answer is seen by the caller alone (Discord)
     attachments: tuple[Attachment, ...] = ()  # pictures, recordings, files, stickers...
+    # The sender's language as the platform tells it (Telegram's language_code, Discord's
+    # locale, the console's LANG; "" when unknown): Parley speaks it unless the chat says
+    # otherwise (bot/languages.py).
+    language: str = ""
 
     @property
     def user_ref(self) -> str:
@@ -128,6 +133,30 @@ class IncomingMessage:
     def recording(self) -> Attachment | None:
         """The voice note, audio or video whose sound is transcribed (the first one)."""
         return next((a for a in self.attachments if a.kind in ("audio", "video")), None)
+
+    @property
+    def handled_key(self) -> str | None:
+        """What a redelivery of this message has in common with it (its conversation and its
+        platform id), so it is answered once; None when the platform gives no id."""
+        return None if self.message_id is None else f"{self.channel_key}/{self.message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a platform hands over one message, and what it wants to hear back.
+
+    A platform that delivers an update again until it is confirmed (Telegram) confirms it on
+    `stored()`, and keeps it until `keep_until` (epoch seconds; None: the platform does not
+    deliver again, so a message that cannot be stored waits in memory only). `held()` says it
+    waits in memory for the store to come back. A caller that waits for the answer on an open
+    request (the HTTP API) does not `wait`: a store that fails gives it `MessageNotStored` at
+    once, to answer "try again" rather than hold the request open for hours.
+    """
+
+    stored: Callable[[], None] | None = None
+    held: Callable[[], None] | None = None
+    keep_until: float | None = None
+    wait: bool = True
 
 
 @dataclass(eq=False)
@@ -181,7 +210,8 @@ class OutgoingFile:
 
 @dataclass(frozen=True, slots=True)
 class RateBudget:
-    """A token bucket: `rate` calls per second sustained, bursts of up to `burst` calls."""
+    """A budget of calls: a chat's is a token bucket (`rate` a second, bursts of up to `burst`);
+    a platform's is a sliding window of `burst` calls per `burst / rate` seconds."""
 
     rate: float
     burst: float
@@ -237,8 +267,9 @@ class ReplyTarget(TextTarget, Protocol):
         """Show that the bot is working (typing indicator); safe to call repeatedly."""
         ...
 
-    async def queued(self, position: int) -> None:
-        """Tell the user they wait behind `position - 1` other replies ("you are #3 in line")."""
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
+        """Tell the user, in `lang`, they wait behind `position - 1` other replies ("you are #3
+        in line")."""
         ...
 
     async def notice(self, text: str) -> None:

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The console speaks its terminal's language: the tests, which read Parley's English, run in a
+# neutral one whatever the developer's (tests/test_languages.py sets French where it wants it).
+os.environ["LANG"] = "C.UTF-8"
+for _variable in ("LC_ALL", "LC_MESSAGES"):
+    os.environ.pop(_variable, None)
 
 # Property tests explore the same examples on every run: CI must not turn red on a new random
 # draw. Run `pytest --hypothesis-profile=explore` to search afresh.

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from bot.admin.passwords import hash_password, password_file, write_hash_file
-from bot.admin.sessions import FREE_FAILURES, LOGIN_COOKIE, SESSION_COOKIE
+from bot.admin.sessions import FREE_ATTEMPTS, LOGIN_COOKIE, SESSION_COOKIE
 from bot.config import load_settings
 from bot.errors import ConfigError
 from tests.conftest import make_settings, message
@@ -62,6 +62,7 @@ async def test_without_a_password_admin_only_says_how_to_set_one(
         status, html, _ = await client.get("/admin")
         assert status == 200
         assert "parley admin set-password" in html and "PARLEY_HTTP__ADMIN_PASSWORD" in html
+        assert "make admin-password" in html  # the tests run from a checkout
         assert 'name="password"' not in html and "Sign out" not in html
         assert "hello there" not in html
         for method, path in admin_routes(running):
@@ -149,7 +150,7 @@ async def test_a_wrong_password_is_refused_and_repeated_failures_are_slowed(
 ) -> None:
     settings = make_settings(tmp_path, **admin_sections(fake_llm.url))
     async with running_console(settings) as running, AdminClient(running.url) as client:
-        for _ in range(FREE_FAILURES):
+        for _ in range(FREE_ATTEMPTS):
             status, html, resp = await client.login("wrong password")
             assert status == 401 and "Wrong password" in html
             assert "Retry-After" not in resp.headers
@@ -165,6 +166,78 @@ async def test_a_wrong_password_is_refused_and_repeated_failures_are_slowed(
         async with AdminClient(running.url, local_addr="127.0.0.2") as other:
             status, _, _ = await other.login(PASSWORD)
             assert status == 303 and other.cookie(SESSION_COOKIE)
+
+
+async def wrong_passwords_at_once(clients: list[AdminClient], count: int) -> list[tuple[int, str]]:
+    """`count` wrong passwords posted at once, spread over `clients` (each with its own valid
+    sign-in form): their statuses and Retry-After headers."""
+    tokens = [await client.login_token() for client in clients]
+
+    async def one(n: int) -> tuple[int, str]:
+        client = clients[n % len(clients)]
+        form = {"csrf_token": tokens[n % len(clients)], "password": f"wrong guess {n}"}
+        status, _, resp = await client.post("/admin/login", form)
+        return status, resp.headers.get("Retry-After", "")
+
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def test_thirty_wrong_passwords_at_once_get_at_most_five_checks(
+    fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, **admin_sections(fake_llm.url))
+    async with running_console(settings) as running, AdminClient(running.url) as client:
+        results = await wrong_passwords_at_once([client], 30)
+        checked = running.console.passwords.checks
+        assert checked <= FREE_ATTEMPTS
+        statuses = sorted(status for status, _ in results)
+        assert statuses == [401] * checked + [429] * (30 - checked), results
+        assert all(int(wait) > 0 for status, wait in results if status == 429)
+        # The right password is not even tried now; the count of checks stays where it was.
+        assert (await client.login(PASSWORD))[0] == 429
+        assert running.console.passwords.checks == checked
+
+
+async def test_processes_on_one_postgresql_share_the_sign_in_throttle_and_sessions(
+    fake_llm: FakeLLMServer, tmp_path: Path, postgres_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path, storage={"url": postgres_url}, **admin_sections(fake_llm.url)
+    )
+    async with (
+        running_console(settings) as first,
+        running_console(settings) as second,
+        AdminClient(first.url) as to_first,
+        AdminClient(second.url) as to_second,
+    ):
+        assert first.url != second.url
+        # Thirty wrong passwords at once, half to each process: five checks between them.
+        results = await wrong_passwords_at_once([to_first, to_second], 30)
+        checked = first.console.passwords.checks + second.console.passwords.checks
+        assert checked <= FREE_ATTEMPTS
+        assert sorted(status for status, _ in results) == [401] * checked + [429] * (30 - checked)
+        # Both see the lock: neither checks the right password from that address now.
+        assert (await to_first.login(PASSWORD))[0] == 429
+        assert (await to_second.login(PASSWORD))[0] == 429
+        # A session signed in on one process works on the other, and ends on both.
+        async with (
+            AdminClient(first.url, local_addr="127.0.0.2") as browser,
+            AdminClient(second.url, local_addr="127.0.0.2") as same_browser,
+        ):
+            assert (await browser.login(PASSWORD))[0] == 303
+            cookie = browser.cookie(SESSION_COOKIE)
+            assert cookie
+            same_browser.http.cookie_jar.update_cookies({SESSION_COOKIE: cookie})
+            status, html, _ = await same_browser.get("/admin/chats")
+            assert status == 200 and "Sign out" in html
+            # The CSRF token is the session's too: a form on the second process is accepted.
+            assert same_browser.csrf == browser.csrf
+            status, _, resp = await same_browser.post("/admin/logout", {"csrf_token": browser.csrf})
+            assert (status, resp.headers["Location"]) == (303, "/admin/login")
+            assert (await browser.get("/admin/chats"))[0] == 303
+        # The database holds no cookie token, only hashes.
+        rows = await first.app.store.fetch("SELECT token_hash FROM console_sessions")
+        assert all(cookie not in row[0] for row in rows)
 
 
 async def test_sign_in_sets_a_strict_session_cookie_and_sign_out_ends_it(

@@ -6,7 +6,9 @@ import asyncio
 import html
 import json
 import logging
+import os
 import re
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -92,6 +94,47 @@ async def test_conversations_are_listed_by_last_activity_and_searchable(
             assert "Nothing found" in page_text(body)
             status, _, _ = await client.get("/admin/chats/999")
             assert status == 404
+
+
+async def test_a_chats_page_shows_the_session_of_each_message_and_filters_by_session(
+    fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, **admin_sections(fake_llm.url))
+    async with running_console(settings) as running:
+        engine, store = running.app.engine, running.app.store
+        await engine.handle(message("before the trip"), RecordingTarget())
+        chat = await store.channel_id("test", "c1")
+        trip = await store.new_session(chat, "trip", actor_id="u1", actor_name="U1")
+        assert trip is not None
+        await engine.handle(message("packing list please"), RecordingTarget())
+        client = await signed_in(running)
+        async with client:
+            _, body, _ = await client.get(f"/admin/chats/{chat}")
+            rows = [page_text(row) for row in re.findall(r"<tr id=\"m\d+\".*?</tr>", body, re.S)]
+            assert len(rows) == 4
+            assert [row.split()[2] for row in rows] == ["main", "main", "trip", "trip"]
+            assert "before the trip" in rows[0] and "packing list please" in rows[2]
+            assert "trip (2 shown, current)" in page_text(body)
+            # One session only.
+            _, body, _ = await client.get(f"/admin/chats/{chat}?session={trip.id}")
+            rows = [page_text(row) for row in re.findall(r"<tr id=\"m\d+\".*?</tr>", body, re.S)]
+            assert len(rows) == 2 and all(row.split()[2] == "trip" for row in rows)
+            assert "packing list please" in rows[0]
+            _, body, _ = await client.get(f"/admin/chats/{chat}?session=0")
+            assert "before the trip" in body and "packing list please" not in body
+            # Numbers past what the database holds are no row: never an error.
+            huge = "99999999999999999999999"
+            for path in (
+                f"/admin/chats/{huge}",
+                f"/admin/chats/{huge}/settings",
+                f"/admin/chats/{chat}?before={huge}&session={huge}",
+                f"/admin/chats?page={huge}",
+                f"/admin/audit?chat={huge}&before={huge}",
+                f"/admin/chats/{chat}?before=-{huge}",
+            ):
+                status, body, _ = await client.get(path)
+                assert status == (404 if path.startswith(f"/admin/chats/{huge}") else 200), path
+                assert "Internal Server Error" not in body
 
 
 async def test_a_chat_setting_is_changed_with_the_config_set_rules_and_audited(
@@ -241,7 +284,7 @@ async def test_no_page_response_or_log_line_holds_a_secret(tmp_path: Path) -> No
         assert session_token not in body
     logged = logs.getvalue()
     assert "a careless line" in logged and "failed sign-in from 127.0.0.1" in logged
-    assert not leaks(logged, TELEGRAM_TOKEN, DISCORD_TOKEN, API_KEY, PASSWORD)
+    assert not leaks(logged, TELEGRAM_TOKEN, DISCORD_TOKEN, API_KEY, PASSWORD, LLM_URL_PASSWORD)
     assert not [part for part in hash_parts if part in logged] and session_token not in logged
     stored = database_bytes(tmp_path)
     assert not [part for part in hash_parts if part.encode() in stored]
@@ -309,6 +352,8 @@ async def test_the_log_tail_streams_new_records_redacted(
             _, body, _ = await client.get("/admin/logs")
             after = re.search(r'data-after="(\d+)"', body)
             assert after
+            this_process = f"{socket.gethostname()}:{os.getpid()}"
+            assert f"records of this process, {this_process}" in page_text(body)
             url = f"{running.url}/admin/logs/stream?after={after.group(1)}"
             async with client.http.get(url) as resp:
                 assert resp.headers["Content-Type"] == "text/event-stream"
@@ -316,6 +361,31 @@ async def test_the_log_tail_streams_new_records_redacted(
                 seen = await read_until(resp, "news with")
     assert "[REDACTED]" in seen and not leaks(seen, TELEGRAM_TOKEN)
     assert "signed in from" not in seen  # only records after the page's last one
+
+
+async def test_the_overview_counts_answers_from_the_cache(
+    fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        tmp_path, **admin_sections(fake_llm.url), cache={"enabled": True, "ttl_s": 600}
+    )
+    async with running_console(settings) as running:
+        client = await signed_in(running)
+        async with client:
+            _, before, _ = await client.get("/admin/api/overview")
+            for chat in ("c1", "c2"):  # the same question, each the first of its chat
+                msg = message("what is a cache?", channel=chat)
+                await running.app.engine.handle(msg, RecordingTarget())
+            running.console.overview._cache = None  # type: ignore[union-attr]
+            _, raw, _ = await client.get("/admin/api/overview")
+            _, page, _ = await client.get("/admin")
+    data, old = json.loads(raw)["totals"], json.loads(before)["totals"]
+    assert (data["cache_hits"] - old["cache_hits"], data["cache_misses"] - old["cache_misses"]) == (
+        1,
+        1,
+    )
+    assert len(fake_llm.requests) == 1
+    assert f"Answers from the cache {data['cache_hits']}" in page_text(page)
 
 
 async def test_the_overview_reads_health_backends_slots_and_metrics(
@@ -327,7 +397,8 @@ async def test_the_overview_reads_health_backends_slots_and_metrics(
         async with client:
             _, before, _ = await client.get("/admin/api/overview")
             await running.app.engine.handle(message("hello"), RecordingTarget())
-            running.console._overview = None  # skip the short cache: the numbers just moved
+            # Skip the short cache: the numbers just moved.
+            running.console.overview._cache = None  # type: ignore[union-attr]
             running.console.history.sample()  # type: ignore[union-attr]
             status, raw, _ = await client.get("/admin/api/overview")
             _, page, _ = await client.get("/admin")
@@ -347,6 +418,10 @@ async def test_the_overview_reads_health_backends_slots_and_metrics(
     assert any(v is not None for _, v in charts["ttft"]["points"])
     text = page_text(page)
     assert "database ok" in text and "llm ok" in text and fake_llm.url in text
+    # Processes sharing a database each count their own: the page and its data say whose.
+    this_process = f"{socket.gethostname()}:{os.getpid()}"
+    assert data["process"] == this_process
+    assert f"This process, {this_process}" in text
 
 
 async def test_the_server_stops_with_event_streams_open(

@@ -196,7 +196,7 @@ def test_every_platform_package_is_found_and_complete() -> None:
         p.name for p in (ROOT / "adapters").iterdir() if (p / "__init__.py").is_file()
     )
     found = adapters.platforms()
-    assert [p.name for p in found] == packages == ["discord", "mqtt", "telegram"]
+    assert [p.name for p in found] == packages == ["api", "discord", "mqtt", "telegram"]
     for platform in found:
         assert isinstance(platform, Platform)
         assert issubclass(platform.settings, PlatformSettings)
@@ -227,7 +227,7 @@ def test_a_new_platform_is_one_new_folder(tmp_path: Path, monkeypatch: pytest.Mo
     adapters.platforms.cache_clear()
     try:
         names = [p.name for p in adapters.platforms()]
-        assert names == ["discord", "mqtt", "telegram", "zz_example"]
+        assert names == ["api", "discord", "mqtt", "telegram", "zz_example"]
         settings = full_settings_class()(zz_example={"token": "t", "greeting": "hello"})
         section = settings.platform_sections()[-1]
         assert (section.NAME, section.enabled) == ("zz_example", True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8  # a "photo": what matters is
 PDF = b"%PDF-1.4\n" + bytes(600)
 MB = 2**20
 BOUNDED = 16 * MB  # what a capped download may have pulled through the sockets' buffers
+RSS_GROWTH_LIMIT = 50 * MB  # an endless download may raise the bot's memory by this much at most
 
 
 @dataclass(frozen=True)
@@ -197,17 +199,60 @@ async def test_telegram_and_discord_say_the_same_words(tmp_path: Path, case: str
         assert telegram.images == [data_url(sent.data, sent.mime)]
 
 
+def rss_bytes() -> int:
+    """This process's resident set size, read from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class PeakRss:
+    """The highest RSS of this process while the block runs, sampled by a thread (it keeps
+    sampling while the event loop is busy)."""
+
+    EVERY_S = 0.005
+
+    def __init__(self) -> None:
+        self.before = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self.before = self.peak = rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.EVERY_S):
+            self.peak = max(self.peak, rss_bytes())
+
+
+@pytest.mark.platform  # `make test` runs it again on PostgreSQL
 async def test_an_endless_download_is_cut_at_the_limit_on_both_platforms(
     tmp_path: Path,
 ) -> None:
-    # It claims a few hundred bytes and never ends: the bot stops reading at the limit.
+    # It claims a few hundred bytes and never ends (up to 512 MiB): the bot stops reading at
+    # the limit, answers "too large", and its memory barely moves. The bot runs in this process.
     limit = 200_000
     sent = Sent(JPEG, "image/jpeg", "cat.jpg", claimed=300, endless=True)
     settings = {"llm": {"vision": True, "max_image_bytes": limit}}
-    telegram, discord = await asyncio.wait_for(on_both(sent, tmp_path, 1, **settings), 120)
+    seen: list[Seen] = []
+    grew: list[int] = []
+    for through in (through_telegram, through_discord):
+        with PeakRss() as rss:
+            seen.append(await asyncio.wait_for(through(sent, tmp_path, 1, **settings), 120))
+        grew.append(rss.peak - rss.before)
+    telegram, discord = seen
     assert telegram.replies == discord.replies == [say(Msg.IMAGE_OVER_LIMIT, limit_mb=limit / MB)]
     assert telegram.downloads == discord.downloads == 1
     assert 0 < telegram.streamed < BOUNDED and 0 < discord.streamed < BOUNDED
+    assert max(grew) < RSS_GROWTH_LIMIT, [f"{g / MB:.1f} MiB" for g in grew]
 
 
 async def test_a_reader_that_does_not_stop_is_still_cut() -> None:

@@ -12,8 +12,8 @@ from bot import command_table
 from bot.app import ParleyApp, platform_commands
 from bot.command_table import COMMANDS, Access, Command, help_text, table
 from bot.commands import Commands
-from bot.messages import Msg
-from tests.conftest import message
+from bot.messages import Msg, say
+from tests.conftest import make_settings, message
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.parley_process import parley_env, start_parley
 from tests.fakes.platform_bots import echo_reply, telegram_bot, telegram_replies, telegram_settings
@@ -30,7 +30,7 @@ TABLES = {name: table(own) for name, own in platform_commands().items()}
 
 
 def test_help_lists_every_command_the_platform_offers() -> None:
-    assert set(TABLES) == {"telegram", "discord", "console"}
+    assert set(TABLES) == {"api", "discord", "mqtt", "telegram", "console"}
     for platform, commands in TABLES.items():
         text = help_text("Parley", commands)
         for command in commands:
@@ -91,6 +91,32 @@ async def test_who_may_change_follows_the_table(app: ParleyApp, tmp_path: Path) 
         ("u1", "config.set", "persona", '"concise"'),
         ("u1", "config.refused", "temperature", "0.1"),
     ]
+
+
+async def test_tools_says_why_a_chat_has_none(
+    app: ParleyApp, fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    run, admin = app.commands.run, message(is_admin=True)
+    assert await run(message(), "tools") == say(Msg.TOOLS_NONE_SET_UP)
+    # The chat setting: on/off for admins, with the config file's default.
+    assert "tools = False" in await run(message(), "config", "show")
+    assert (await run(admin, "config", "set tools maybe")).startswith("Can't set tools:")
+    assert await run(admin, "config", "set tools on") == say(
+        Msg.SETTING_CHANGED, key="tools", value="True", old="False"
+    )
+    # A server that cannot start: configured, but none ready. A base model: none at all.
+    broken = {"command": [str(tmp_path / "no-such-server")]}
+    for api, expected in (("chat", Msg.TOOLS_NOT_READY), ("completion", Msg.TOOLS_BASE_MODEL)):
+        settings = make_settings(
+            tmp_path / api,
+            llm={"base_url": fake_llm.url, "api": api},
+            tools={"enabled": True, "servers": {"broken": broken}},
+        )
+        async with ParleyApp(settings, speech=False) as parley:
+            assert await parley.commands.run(message(), "tools") == say(expected)
+            if api == "chat":
+                await parley.commands.run(admin, "config", "set tools off")
+                assert await parley.commands.run(message(), "tools") == say(Msg.TOOLS_OFF)
 
 
 def test_access_levels() -> None:

@@ -5,14 +5,18 @@ LLM records every request, so a test reads exactly what the model was shown.
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import Any
 
+import pyromark
 import pytest
 
 from bot.app import ParleyApp
 from bot.prompt import BACKGROUND_HEADING, MEMORY_HEADING
+from bot.sessions import export_markdown
+from bot.storage import StoredMessage
 from bot.types import IncomingMessage
 from tests.conftest import message
 from tests.fakes.discord_api import FakeDiscord
@@ -221,6 +225,41 @@ async def test_sessions_keep_the_earlier_conversation_and_export_it_as_a_file(
     assert text.startswith("# Parley conversation “main”")
     assert text.index("Let's plan the trip to Oslo") < text.index("And which day do we leave?")
     assert "What were we planning?" not in text
+
+
+HOSTILE_NAMES = [
+    "Ann **not bold** me",
+    "_under_score_",
+    "back`tick` and ```fence",
+    "two\nlines\n# and a heading",
+    "[a link](http://evil.test) <b>tag</b> &amp;",
+    "a \\ backslash and a trailing star*",
+    "~~struck~~ | pipe | !",
+]
+
+
+def test_the_export_escapes_names_so_they_cannot_break_the_format() -> None:
+    rows = [
+        StoredMessage(n, "user", f"u{n}", name, f"message {n}", "complete", 1, 1e9 + n)
+        for n, name in enumerate(HOSTILE_NAMES)
+    ]
+    rows.append(StoredMessage(99, "assistant", "bot", "", "the answer", "complete", 1, 2e9))
+    export = export_markdown(
+        rows, session="my_trip", chat="telegram *chat* `1`", bot_name="Bot **Star**_", now=2e9
+    )
+    page = pyromark.html(export.data.decode())
+    names = re.findall(r"<strong>(.*?)</strong>", page, flags=re.S)
+    shown = [" ".join(name.split()) for name in [*HOSTILE_NAMES, "Bot **Star**_"]]
+    assert [html.unescape(name) for name in names] == shown
+    # Each message is its own paragraph after its author line; nothing else became markup.
+    for n in range(len(HOSTILE_NAMES)):
+        assert f"<p>message {n}</p>" in page
+    assert page.count("<h1>") == 1 and "<h1>Bot **Star**_ conversation “my_trip”</h1>" in (
+        html.unescape(page)
+    )
+    for markup in ("<em>", "<code>", "<a ", "<b>", "<del>", "<h2", "<table", "<pre>"):
+        assert markup not in page, markup
+    assert "telegram *chat* `1`" in html.unescape(page)
 
 
 async def test_discord_renders_the_new_commands_with_their_options(

@@ -194,25 +194,45 @@ def test_a_notice_is_retried_through_network_failures_a_few_times() -> None:
     ]
 
 
-def test_typing_is_skipped_while_text_waits_and_leaves_a_token_for_text() -> None:
+# Two places for text and two for typing indicators in every 1/15 s.
+TYPING_ROOM = TargetLimits(
+    max_chars=80,
+    chat=RateBudget(rate=1.0, burst=2.0),
+    platform=RateBudget(rate=60.0, burst=4.0),
+    platform_key="fake",
+)
+
+
+def test_typing_takes_none_of_texts_places_and_is_skipped_while_text_waits() -> None:
     platform = FakePlatform()
-    typist = platform.target("t", LIMITS)
+    typist = platform.target("t", TYPING_ROOM)
 
     async def scenario() -> None:
         scheduler = EditScheduler()
         typing = asyncio.ensure_future(scheduler.offer(typist, typist.typing))
-        # The indicator took a token but left one: a first text right after it goes at once.
-        first = scheduler.open(platform.target("a", LIMITS))
-        first.append("Hi")
+        # The indicator has a place of its own: both of text's places are left for text.
+        first = [scheduler.open(platform.target(key, TYPING_ROOM)) for key in "ab"]
+        for stream in first:
+            stream.append("Hi")
         assert await typing  # nothing else was going on: it went
-        assert [(c.at, c.op) for c in platform.calls] == [(0.0, "typing"), (0.0, "send")]
-        # The platform bucket is empty now and a reply's first text waits for it.
-        second = scheduler.open(platform.target("b", LIMITS))
-        second.append("Hello")
+        assert [(c.at, c.op) for c in platform.calls] == [
+            (0.0, "typing"),
+            (0.0, "send"),
+            (0.0, "send"),
+        ]
+        await asyncio.sleep(1.0)  # every place is free again
+        # Three first texts for text's two places: one waits, and while it does no indicator
+        # goes, though the indicators' place is free.
+        later = [scheduler.open(platform.target(key, TYPING_ROOM)) for key in "cde"]
+        for stream in later:
+            stream.append("Hello")
+        await asyncio.sleep(0.06)  # two of them answered, the third waits for a place
+        assert [c.op for c in platform.calls].count("send") == 4
         assert not await scheduler.offer(typist, typist.typing)  # skipped, not queued
-        await asyncio.gather(first.finish(), second.finish())
+        await asyncio.gather(*(stream.finish() for stream in first + later))
 
     simulate(scenario)
+    assert platform.violations == []
     assert [c.op for c in platform.calls].count("typing") == 1
 
 

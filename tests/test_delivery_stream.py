@@ -20,7 +20,7 @@ from adapters.discord.targets import channel_limits as discord_limits
 from adapters.telegram.config import TelegramSettings
 from adapters.telegram.targets import chat_limits as telegram_limits
 from bot.delivery.scheduler import EditScheduler
-from bot.delivery.stream import DEFAULT_MARKER
+from bot.delivery.stream import DEFAULT_MARKER, PartShown
 from bot.errors import DeliveryError, RetryAfter
 from bot.types import RateBudget, TargetLimits
 from tests.fakes.markdown import markdown, rejoins, unclosed_fence
@@ -392,6 +392,32 @@ def test_draft_targets_return_the_real_message_ids() -> None:
         ids = await stream.finish()
         assert all(not platform.messages[i].draft for i in ids)
         assert rejoins(final_parts(platform, ids), reply)
+
+    simulate(scenario)
+
+
+def test_every_part_is_reported_as_soon_as_the_platform_returns_its_id() -> None:
+    platform = FakePlatform(drafts=True)
+    reply = "A reply long enough to need two parts on this small limit, so it is split. " * 2
+    reported: list[tuple[PartShown, int]] = []  # with the calls made by then
+
+    async def record(shown: PartShown) -> None:
+        reported.append((shown, len(platform.calls)))
+
+    async def scenario() -> None:
+        stream = EditScheduler().open(platform.target("c", LIMITS), on_part=record)
+        await feed(stream, chunks(reply, 6), 0.1)
+        ids = await stream.finish()
+        parts = [shown.part for shown, _ in reported]
+        assert parts == sorted(parts) and len(ids) >= 2
+        assert [shown.done for shown, _ in reported] == [False, True] * len(ids)
+        # Each part is open from its first message until its final text is shown (here a
+        # draft, then the real message that replaces it).
+        assert [shown.message_id for shown, _ in reported if shown.done] == ids
+        for shown, calls in reported:
+            call = platform.calls[calls - 1]  # the call just answered, nothing after it
+            assert call.op == ("finalize" if shown.done else "send")
+            assert shown.done or platform.messages[shown.message_id].draft
 
     simulate(scenario)
 

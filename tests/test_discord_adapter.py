@@ -50,6 +50,7 @@ COMMANDS = {
     "remember",
     "memory",
     "model",
+    "tools",
     "session",
     "join",
     "leave",

@@ -118,15 +118,15 @@ def test_the_documented_variables_set_their_keys(monkeypatch: pytest.MonkeyPatch
 def test_the_commands_page_lists_every_command_and_where_it_is_offered() -> None:
     page = docs.commands_page()
     surfaces = docs.command_surfaces()
-    assert list(surfaces) == ["discord", "mqtt", "telegram", "console"]
+    assert list(surfaces) == ["api", "discord", "mqtt", "telegram", "console"]
     for offered in surfaces.values():
         for command in offered:
             assert f"\n### /{command.name}\n" in page
             for entry in command.subcommands:
                 assert f"`/{command.name} {entry.usage[1:]}`".replace("|", "\\|") in page
-    assert "| [`/join`](#join) | yes |  |  |  |" in page
-    assert "| [`/start`](#start) |  |  | yes | yes |" in page
-    assert "| [`/help`](#help) | yes | yes | yes | yes |" in page
+    assert "| [`/join`](#join) |  | yes |  |  |  |" in page
+    assert "| [`/start`](#start) |  |  |  | yes | yes |" in page
+    assert "| [`/help`](#help) | yes | yes | yes | yes | yes |" in page
 
 
 def test_the_console_is_named_as_its_module_names_itself() -> None:
@@ -163,9 +163,9 @@ def test_every_link_between_pages_resolves(page: Path) -> None:
 
 
 # Dotted keys a page names (`llm.server.model_path`, telegram.admin_ids): not a module
-# (discord.py) nor a call (engine.handle()).
+# (discord.py), a call (engine.handle()) nor a page (api.md, tools.md).
 _SECTIONS = "|".join(docs.settings_model().model_fields)
-_KEY = re.compile(rf"(?<![\w./-])((?:{_SECTIONS})\.[a-z_]+(?:\.[A-Za-z_]+)*)(?![\w(])")
+_KEY = re.compile(rf"(?<![\w./-])((?:{_SECTIONS})\.(?!md\b)[a-z_]+(?:\.[A-Za-z_]+)*)(?![\w(])")
 _VARIABLE = re.compile(r"\bPARLEY_[A-Z_]+\b")
 # Not settings: the config file's path, setup's extras, and a mistyped key a page shows.
 _NOT_SETTINGS = {"PARLEY_CONFIG", "PARLEY_EXTRAS", "PARLEY_TELEGRAM__TOKN"}
@@ -175,9 +175,12 @@ _NOT_SETTINGS = {"PARLEY_CONFIG", "PARLEY_EXTRAS", "PARLEY_TELEGRAM__TOKN"}
 def test_every_setting_a_page_names_exists(page: Path) -> None:
     known = {key for key, _ in _every_setting()}
     text = page.read_text(encoding="utf-8")
-    named = {key.rstrip(".") for key in _KEY.findall(text) if not key.endswith(".py")}
+    named = {key.rstrip(".") for key in _KEY.findall(text) if not key.endswith((".py", ".md"))}
     # A keyed table's entries: llm.models.qwen.url is llm.models.NAME.url.
-    named = {re.sub(r"^llm\.models\.(?!NAME)[a-z0-9_-]+", "llm.models.NAME", key) for key in named}
+    named = {
+        re.sub(r"^(llm\.models|tools\.servers)\.(?!NAME)[a-z0-9_-]+", r"\1.NAME", key)
+        for key in named
+    }
     variables = set(_VARIABLE.findall(text)) - _NOT_SETTINGS
     named |= {
         variable.removeprefix("PARLEY_").lower().replace("__", ".").rstrip(".")

@@ -13,7 +13,7 @@ import pytest
 from edge_tts import communicate
 
 from adapters import platforms as all_platforms
-from bot.doctor import run_doctor
+from bot.doctor import Finding, check_tools, run_doctor
 from tests.conftest import free_port, make_settings
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.llm_server import FakeLLMServer
@@ -114,6 +114,34 @@ async def test_everything_reachable_passes(
     assert "All checks passed" in out
     for secret in (telegram.token, discord.token, "sk-local-key"):
         assert secret not in out
+
+
+async def test_each_tool_server_is_started_once_and_reported(
+    tmp_path: Path, fake_llm: FakeLLMServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "tok-0d1c3e5f7a9b"
+    servers = {
+        "clock": {"command": ["mcp-server-time"], "env": {"CLOCK_TOKEN": secret}},
+        "missing": {"command": [str(tmp_path / "no-such-server")]},
+    }
+    settings = make_settings(
+        tmp_path, llm={"base_url": fake_llm.url}, tools={"servers": servers}, **SPEECH
+    )
+    assert await run_doctor(settings, all_platforms()) == 1
+    out = capsys.readouterr().out
+    found = rows(out)
+    assert found["tools.clock"] == ("OK", "ready, 2 tools (stdio)")
+    assert found["tools.missing"][0] == "FAIL"
+    assert "tools" not in found  # an instruct model's server: no warning about the model
+    assert secret not in out
+    # The bundled base model (no server, no model file) is told it cannot call tools.
+    bundled = make_settings(tmp_path, tools={"servers": {"missing": servers["missing"]}})
+    warning = (await check_tools(bundled))[-1]
+    assert (warning.check, warning.status) == ("tools", "warn")
+    assert "bundled base model cannot call tools" in warning.detail
+    assert await check_tools(make_settings(tmp_path)) == [
+        Finding("tools", "skip", "no [tools.servers] configured")
+    ]
 
 
 async def test_a_fallback_backend_is_checked_too(

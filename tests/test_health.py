@@ -26,6 +26,8 @@ from bot.health import (
 from bot.http_server import OpsServer, serve_http
 from bot.storage import SQLiteStore
 from tests.conftest import free_port, make_settings
+from tests.fakes.mcp_servers import command
+from tests.fakes.waits import HANG_GUARD_S
 
 
 class RestartableBackend:
@@ -111,6 +113,33 @@ async def test_healthz_names_the_llm_while_its_backend_is_down_and_recovers(
         assert (status, body["status"], body.get("failing")) == (200, "ok", None)
     finally:
         await server.stop()
+
+
+async def test_healthz_shows_each_tool_server_without_failing_for_it(
+    tmp_path: Path, backend: RestartableBackend
+) -> None:
+    servers = {
+        "fake": {"command": command("stdio"), "tools": ["echo"]},
+        "missing": {"command": [str(tmp_path / "no-such-server")]},
+    }
+    settings = make_settings(tmp_path, llm={"base_url": backend.url}, tools={"servers": servers})
+    async with ParleyApp(settings, speech=False) as app:
+        assert app.tools is not None
+        await app.tools.wait_settled(HANG_GUARD_S)
+        server = await ops_server(app.health_checks())
+        try:
+            status, body = await get_health(server.url)
+        finally:
+            await server.stop()
+    assert (status, body["checks"]) == (200, {"database": "ok", "llm": "ok"})
+    assert body["tools"]["fake"] == {
+        "state": "ready",
+        "transport": "stdio",
+        "tools": 1,
+        "restarts": 0,
+        "error": None,
+    }
+    assert body["tools"]["missing"]["state"] == "failed"
 
 
 async def test_healthz_names_a_disconnected_platform(parley: ParleyApp) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import signal
 from pathlib import Path
 
-from bot.app import ParleyApp
+from bot.app import BUNDLED_MODEL_TEMPERATURE, ParleyApp
 from tests.conftest import make_settings, message
 from tests.fakes.parley_process import parley_env, start_parley
 from tests.fakes.targets import RecordingTarget
@@ -61,9 +61,9 @@ async def test_parley_run_without_a_token_opens_the_console(tmp_path: Path) -> N
     assert "Parley: The capital of France is Paris" in out.decode()
 
 
-async def test_the_bundled_base_model_runs_cooler_unless_told(tmp_path: Path) -> None:
+async def test_the_bundled_base_model_answers_greedily_unless_told(tmp_path: Path) -> None:
     async with ParleyApp(make_settings(tmp_path), speech=False) as parley:
-        assert parley.settings.engine.temperature == 0.3
+        assert parley.settings.engine.temperature == BUNDLED_MODEL_TEMPERATURE == 0.0
     told = make_settings(tmp_path, engine={"temperature": 0.9})
     async with ParleyApp(told, speech=False) as parley:
         assert parley.settings.engine.temperature == 0.9
@@ -71,7 +71,7 @@ async def test_the_bundled_base_model_runs_cooler_unless_told(tmp_path: Path) ->
 
 async def test_sigterm_stops_the_console_and_its_llama_server(tmp_path: Path) -> None:
     env = parley_env(PARLEY_STORAGE__PATH=str(tmp_path / "p.db"))
-    proc = await start_parley("chat", env=env)
+    proc = await start_parley("chat", "--verbose", env=env)  # the log on stderr
     assert proc.stdin is not None and proc.stderr is not None
     log = b""
     async with asyncio.timeout(120):

@@ -15,7 +15,8 @@ from bot.llm import Api, LLMClient, LLMRequest, StreamEvent
 from bot.llm_pool import Routing
 from bot.llm_settings import LLMSettings
 from bot.sse import SSEDecoder, ThinkSplitter, parse_chunk
-from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from bot.tools.calls import ToolCall, assemble
+from tests.fakes.llm_server import Behaviour, FakeLLMServer, FakeToolCall
 
 FAST: dict[str, Any] = {"retries": 1, "backoff_s": 0.01, "timeout_s": 5.0, "connect_timeout_s": 1.0}
 DEAD_URL = "http://127.0.0.1:9"  # discard port: nothing listens
@@ -49,6 +50,35 @@ async def test_streams_text_with_pings_usage_and_done(fake_llm: FakeLLMServer, a
     assert ("messages" in fake_llm.requests[0]) == (api == "chat")
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "weather", "description": "The weather", "parameters": {"type": "object"}},
+}
+
+
+@pytest.mark.parametrize("api", ["chat", "completion"])
+async def test_tool_calls_stream_through_and_only_the_chat_api_offers_tools(
+    fake_llm: FakeLLMServer, api: Api
+) -> None:
+    fake_llm.behaviour = Behaviour(
+        tool_calls=lambda body: [FakeToolCall("weather", '{"city": "Paris"}')]
+    )
+    request = LLMRequest(messages=[{"role": "user", "content": "hi"}], prompt="hi")
+    request.tools = [WEATHER_TOOL]
+    events = await collect(client([fake_llm.url], api), request)
+    (body,) = fake_llm.requests
+    if api == "completion":  # a base model never gets tools, and never streams calls
+        assert "tools" not in body and text_of(events) == "Hello from the fake model."
+        return
+    assert body["tools"] == [WEATHER_TOOL]
+    pieces = [piece for event in events for piece in event.tool_calls]
+    assert assemble([[piece] for piece in pieces]) == [
+        ToolCall(fake_llm.call_ids[0], "weather", '{"city": "Paris"}')
+    ]
+    assert len(pieces) > 2  # the arguments came in pieces
+    assert text_of(events) == "" and events[-2].finish_reason == "tool_calls"
+
+
 def test_sse_decoder_and_chunk_parser_tolerate_junk() -> None:
     decoder = SSEDecoder()
     assert decoder.feed_line(b": keep-alive\n") is None
@@ -58,6 +88,9 @@ def test_sse_decoder_and_chunk_parser_tolerate_junk() -> None:
         assert parse_chunk(junk).text == ""
     chunk = parse_chunk('{"choices":[{"delta":{"reasoning_content":"hmm","content":null}}]}')
     assert (chunk.text, chunk.reasoning) == ("", "hmm")
+    calls = parse_chunk('{"choices":[{"delta":{"tool_calls":[{"index":0},7,null]}}]}')
+    assert calls.tool_calls == [{"index": 0}]  # pieces that are no object are left out
+    assert parse_chunk('{"choices":[{"delta":{"tool_calls":"x"}}]}').tool_calls == []
 
 
 def test_think_tags_are_split_out_across_chunk_boundaries() -> None:

@@ -57,3 +57,15 @@ def test_the_level_is_configurable(capsys: pytest.CaptureFixture[str]) -> None:
     setup_logging(LoggingSettings(level="DEBUG"), [])
     log.debug("details")
     assert capsys.readouterr().err.rstrip().endswith("parley.test: details")
+
+
+def test_a_password_inside_any_url_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    """Also a URL no setting names (a redirect, a library's message)."""
+    setup_logging(LoggingSettings(), [])
+    logging.getLogger("parley.test").warning(
+        "retrying http://bob:s3cr3t-pw@10.0.0.5:8080/v1 and redis://:other-pw@cache:6379"
+    )
+    line = capsys.readouterr().err
+    assert "http://bob:[REDACTED]@10.0.0.5:8080/v1" in line
+    assert "redis://:[REDACTED]@cache:6379" in line
+    assert "s3cr3t-pw" not in line and "other-pw" not in line

@@ -55,8 +55,16 @@ def test_a_phrase_is_said_later_with_its_nested_messages() -> None:
     assert say(Msg.UNREADABLE, kind=Msg.KIND_STICKERS).endswith("can't open stickers yet.")
 
 
-def test_every_language_gets_english_until_it_has_its_own() -> None:
-    assert say(Msg.DONE, lang="fr") == say(Msg.DONE) == "Done."
+def test_a_language_is_said_from_its_catalog_and_any_other_gets_english() -> None:
+    assert say(Msg.DONE) == say(Msg.DONE, lang="de") == say(Msg.DONE, lang="") == "Done."
+    assert say(Msg.DONE, lang="fr") == say(Msg.DONE, lang="fr-CA") == "C'est fait."
+    # French counts 0 and 1 alike (gettext's plural rule for fr: n > 1).
+    assert say(Msg.FACTS, lang="fr", count=0) == "0 fait"
+    assert say(Msg.FACTS, lang="fr", count=2) == "2 faits"
+    assert say(Msg.MESSAGES, lang="en", count=0) == "0 messages"
+    nested = phrase(Msg.FORGET_DONE_FACTS, deleted=3, facts=phrase(Msg.FACTS, count=2))
+    assert say(nested, lang="fr").endswith("les 2 faits que vous m'aviez demandé de retenir.")
+    assert queue_text(2, 3, "fr").startswith("⏳ Vous êtes n° 2 dans la file (3 messages")
 
 
 def test_queue_notices() -> None:

@@ -42,6 +42,7 @@ from bot.config import Settings
 from bot.doctor import run_doctor
 from bot.errors import ConfigError
 from bot.messages import Msg, say
+from bot.storage import open_store
 from tests.conftest import make_settings
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.mosquitto import Device, Mosquitto, available, device, free_port
@@ -150,6 +151,32 @@ async def test_the_second_turn_carries_the_first(
         ("user", "What is my name?"),
         ("assistant", echoed("What is my name?")),
     ]
+
+
+async def test_a_reply_a_killed_process_left_open_gets_its_final_event_at_the_next_start(
+    tmp_path: Path, broker: Mosquitto, fake_llm: FakeLLMServer
+) -> None:
+    settings = mqtt_settings(tmp_path, fake_llm.url, broker.url())
+    # What a process killed mid-reply leaves behind: a reply streaming, its first delta sent.
+    store = await open_store(settings.storage)
+    try:
+        channel = await store.channel_id("mqtt", "porch")
+        turn = await store.start_turn(
+            channel, author_id="porch", author_name="porch", content="hi", token_count=1
+        )
+        await store.update_message(turn.reply_row, status="streaming", content="half a reply ")
+        await store.part_shown(turn.reply_row, 0, "1")
+    finally:
+        await store.close()
+    async with device(broker, "parley/+/out") as dev, mqtt_bot(settings) as (app, adapter):
+        await online(dev, adapter)
+        await dev.wait_until(lambda: dev.finals("parley/porch/out"))
+        assert await app.store.reply_parts(turn.reply_row) == [(0, "1", True)]
+    assert [m.event for m in dev.on("parley/porch/out")] == [
+        {"type": "notice", "text": say(Msg.REPLY_INTERRUPTED)},
+        {"type": "done", "text": "half a reply", "status": "partial"},
+    ]
+    assert fake_llm.requests == []
 
 
 async def test_a_sessions_turns_sent_at_once_are_answered_in_order(

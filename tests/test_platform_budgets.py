@@ -43,7 +43,7 @@ pytestmark = pytest.mark.platform  # `make test` runs these again on PostgreSQL
 
 CHATS = 50
 EXTERNAL_SLOTS = 64  # what the external server advertises: more than the 50 chats
-DEFAULT_CONCURRENCY = 2  # the old fixed default, the ceiling issue 13 measured (181 s for 50)
+DEFAULT_CONCURRENCY = 2  # the old fixed default: 50 chats took 181 s behind it
 AN_HOUR = 3600  # a typing refusal's retry_after: no reply could wait that out within a test
 WORDS = 30  # a reply streams for ~1 s: a few edits each
 ROUND_DEADLINE_S = 120.0  # a hang guard; the round takes seconds

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import pytest
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeUser, shard_of
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
-from tests.fakes.parley_process import ROOT, parley_env
+from tests.fakes.parley_process import BotProcess, parley_env, until
 from tests.fakes.platform_bots import QUEUE_NOTICE_PREFIX
 
 SHARDS = 2
@@ -37,68 +35,22 @@ RATE = 5.0  # discord.global_rate: both processes together (the budget keeps 1/s
 ARRIVAL_SLACK = 2
 WORDS = [f"w{i}" for i in range(12)]  # a reply streams in these words, after its echo
 HOLD = "hold"  # a question with this word is held mid-stream by the fake LLM
-LIMIT_S = 120.0  # hang guard for a step done by two processes on a loaded 2-core machine
 
 
 def reply_to(body: dict[str, Any]) -> str:
     return " ".join([f"echo {last_user_text(body)}", *WORDS])
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll `check` until it holds (a hang guard only, no timing expectation)."""
-    async with asyncio.timeout(LIMIT_S):
-        while not await check():
-            await asyncio.sleep(0.1)
-
-
-class Bot:
-    """One `python -m bot run` process running one shard; its log goes to a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        self.starts += 1
-        log = await asyncio.to_thread(open, self.log_path, "ab")
-        with log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run",
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                cwd=ROOT, env={**self.env, "PYTHONPATH": str(ROOT)},
-            )  # fmt: skip
-
-    async def running(self) -> bool:
-        assert self.proc is not None
-        if self.proc.returncode is not None:
-            raise AssertionError(f"the bot exited:\n{self.log()[-3000:]}")
-        return self.log().count("Parley is running on discord") >= self.starts
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-
-    async def stop(self) -> int | None:
-        if self.proc is None or self.proc.returncode is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), 60)
-        except TimeoutError:
-            self.proc.kill()
-            return await self.proc.wait()
+def shard_bot(env: dict[str, str], log_path: Path) -> BotProcess:
+    """One `python -m bot run` process running one shard."""
+    return BotProcess(env, log_path, ready="Parley is running on discord")
 
 
 @contextlib.asynccontextmanager
 async def shard_bots(
     tmp_path: Path, discord: FakeDiscord, llm: FakeLLMServer, postgres_url: str
-) -> AsyncIterator[list[Bot]]:
-    bots = []
+) -> AsyncIterator[list[BotProcess]]:
+    bots: list[BotProcess] = []
     for shard_id in range(SHARDS):
         env = parley_env(
             PARLEY_STORAGE__URL=postgres_url,
@@ -118,7 +70,7 @@ async def shard_bots(
             PARLEY_TTS__BACKENDS='["espeak"]',
             NO_PROXY="127.0.0.1,localhost",
         )
-        bots.append(Bot(env, tmp_path / f"shard{shard_id}.log"))
+        bots.append(shard_bot(env, tmp_path / f"shard{shard_id}.log"))
     try:
         for bot in bots:
             await bot.start()

@@ -218,14 +218,32 @@ SOAK = {"tests/test_soak.py"}  # minutes long: its own run, not part of the Post
 PLATFORM_MARK = "pytestmark = pytest.mark.platform"
 
 
+def _make_target(makefile: str, name: str) -> list[str]:
+    """The recipe lines of a Makefile target."""
+    body = makefile.split(f"\n{name}:", 1)[1].split("\n\n", 1)[0]
+    return [line.strip() for line in body.splitlines()[1:]]
+
+
 def test_make_test_runs_every_platform_test_file_on_postgresql_too() -> None:
     root = Path(__file__).resolve().parent.parent
     makefile = (root / "Makefile").read_text(encoding="utf-8")
-    postgres_pass = re.search(r"^POSTGRES_PASS := (.*)$", makefile, flags=re.M)
-    assert postgres_pass is not None
-    assert "-m platform --storage=postgresql" in postgres_pass.group(1)
-    test_target = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
-    assert "$(VENV)/bin/pytest $(POSTGRES_PASS)" in test_target
+    assert re.search(r"^POSTGRES := --storage=postgresql$", makefile, flags=re.M)
+    real_time = re.search(r"^REAL_TIME := (.*)$", makefile, flags=re.M)
+    assert real_time is not None
+    # The whole suite on SQLite, then the platform tests on PostgreSQL, each split in two runs
+    # that together select everything: the rest in parallel, the real-time tests one at a time.
+    test = _make_target(makefile, "test")
+    assert test[-3:] == [
+        '$(PYTEST) -q -n $(WORKERS) -m "not ($(REAL_TIME))"',
+        '$(PYTEST) -q -m "$(REAL_TIME)"',
+        "$(postgres_pass)",
+    ]
+    assert _make_target(makefile, "test-postgres") == ["$(postgres_pass)"]
+    postgres_pass = makefile.split("define postgres_pass\n", 1)[1].split("\nendef", 1)[0]
+    assert [line.strip() for line in postgres_pass.splitlines()] == [
+        '$(PYTEST) -q -n $(WORKERS) -m "platform and not ($(REAL_TIME))" $(POSTGRES)',
+        '$(PYTEST) -q -m "platform and ($(REAL_TIME))" $(POSTGRES)',
+    ]
     texts = {f"tests/{p.name}": p.read_text("utf-8") for p in (root / "tests").glob("test_*.py")}
     marked = {name for name, text in texts.items() if PLATFORM_MARK in text}
     driven = {

@@ -1,9 +1,12 @@
-"""Speech synthesis: edge-tts against a loopback stand-in, piper offline, espeak, fall-through."""
+"""Speech synthesis: edge-tts against a loopback stand-in, piper offline, espeak, fall-through,
+and the default order (the offline voice first; the online one only when configured)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -14,12 +17,17 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from bot.config import TTSSettings
+from bot.app import ParleyApp
+from bot.config import Settings, TTSSettings
+from bot.doctor import check_tts
 from bot.errors import SpeechSynthesisError
 from bot.speech.audio import SPEECH_RATE, Pcm, decode_pcm
 from bot.speech.tts import BACKEND_RETRY_S, SpeechSynthesizer
+from tests.conftest import make_settings, message
 from tests.fakes.clock import ManualClock
 from tests.fakes.edge_tts_service import TONE_HZ, TONE_SECONDS, EdgeTTSStandIn, Mode
+from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.targets import RecordingTarget
 
 ESPEAK_TONE_HZ = 660.0
 
@@ -179,3 +187,45 @@ async def test_empty_text_is_a_programming_error() -> None:
     synthesizer = SpeechSynthesizer(TTSSettings(backends=["espeak"]))
     with pytest.raises(ValueError, match="nothing to speak"):
         await synthesizer.synthesize("   ")
+
+
+@pytest.mark.speech
+async def test_by_default_the_offline_voice_replies_without_a_warning(
+    edge_service: EdgeTTSStandIn,
+    fake_llm: FakeLLMServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No [tts] configured and no network: piper speaks, the online voice is never asked."""
+    edge_service.mode = "reject"  # the online voice's service, unreachable as when offline
+    settings = make_settings(
+        tmp_path, llm={"base_url": fake_llm.url}, engine={"voice_mode": "always"}
+    )
+    assert "tts" not in settings.model_fields_set
+    caplog.set_level(logging.DEBUG)
+    async with ParleyApp(settings) as parley:
+        target = RecordingTarget()
+        await parley.engine.handle(message("Say something."), target)
+    [clip] = target.voices
+    assert clip.duration_s > 1.0  # piper speaking the fake model's sentence, not a tone
+    # Not the stand-in's tone (over 0.9 of the energy at TONE_HZ): speech spreads its energy, though
+    # a male voice's harmonics put a fifth to a third of it near 440 Hz.
+    assert tone_share(decode_pcm(clip.ogg_opus, SPEECH_RATE), TONE_HZ) < 0.5
+    assert edge_service.connections == 0
+    assert re.search(r"speech: piper \(.*\) spoke", caplog.text), caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_doctor_checks_the_online_voice_only_when_it_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No network: nothing answers where the online voice would be.
+    monkeypatch.setattr(edge_tts.communicate, "WSS_URL", "wss://127.0.0.1:9/synthesize")
+    default = await check_tts(Settings())
+    assert [finding.check for finding in default] == ["tts piper", "tts espeak"]
+    assert default[0].status == "ok"
+    configured = await check_tts(Settings(tts=TTSSettings(backends=["piper", "edge"])))
+    assert [(finding.check, finding.status) for finding in configured] == [
+        ("tts piper", "ok"),
+        ("tts edge", "warn"),
+    ]

@@ -64,6 +64,22 @@ async def test_synthesis_starts_at_the_first_sentence_while_text_streams(
     assert decoded.size / SPEECH_RATE == pytest.approx(clip.duration_s, abs=0.03)
 
 
+async def test_an_interjection_is_said_next_after_what_was_fed_so_far(
+    edge_service: EdgeTTSStandIn, synthesizer: SpeechSynthesizer
+) -> None:
+    # A tool runs: the text fed so far ends its sentence, "One moment." follows, then the rest.
+    reply = VoiceReply(synthesizer, max_chars=1000)
+    stream(reply, "Let me look that up")
+    reply.interject("One moment.")
+    stream(reply, "It is sunny.")
+    await reply.finish()
+    assert [r.text for r in edge_service.requests] == [
+        "Let me look that up",
+        "One moment.",
+        "It is sunny.",
+    ]
+
+
 async def test_code_blocks_are_not_read_aloud(
     edge_service: EdgeTTSStandIn, synthesizer: SpeechSynthesizer
 ) -> None:

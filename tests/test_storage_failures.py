@@ -1,9 +1,12 @@
-"""A database that refuses writes (a full disk): the user hears why, nothing acknowledged is lost.
+"""A database that refuses writes (a full disk): the message waits, nothing acknowledged is lost.
 
 Reproduced before the fix on a full disk: five Telegram messages were dropped with an ERROR
 line each and no word to the user, and since python-telegram-bot had already confirmed their
-updates, they were gone for good. The disk here is a real small filesystem (tmpfs) when the
-machine lets the tests mount one, else SQLite's own size cap (max_page_count) stands in.
+updates, they were gone for good. Then the update was tried four times in a few seconds and
+given up with an apology. Now the message waits (bot/hold.py), its update unconfirmed, the chat
+hears once that the answer is delayed, and it is answered once the disk has room. The disk here
+is a real small filesystem (tmpfs) when the machine lets the tests mount one, else SQLite's own
+size cap (max_page_count) stands in.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pytest
 
 from adapters.telegram.webhook import SECRET_HEADER
 from bot.app import ParleyApp
-from bot.errors import MessageNotStored, StorageError
+from bot.messages import Msg, say
 from tests.conftest import free_port
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import (
@@ -37,7 +40,7 @@ from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.fakes.waits import eventually
 
 ANN = 801
-NOT_STORED = MessageNotStored(StorageError("", problem="full")).user_message
+DELAYED = say(Msg.ANSWER_DELAYED, trouble=Msg.STORAGE_FULL)
 DISK_BYTES = 4 * 1024 * 1024
 
 
@@ -65,10 +68,10 @@ class SmallDisk:
         await writer.execute(f"PRAGMA max_page_count = {row[0]}")
 
     def _fill_up(self) -> None:
-        with open(self._filler, "wb") as out, contextlib.suppress(OSError):
+        # Unbuffered: a buffer left with what did not fit would fail again when closed.
+        with open(self._filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
 
     async def free(self) -> None:
         if self.mounted:
@@ -123,21 +126,24 @@ async def test_a_message_sent_while_the_disk_is_full_is_answered_once_it_has_roo
             await api.wait_for(lambda a: "echo before" in telegram_replies(a, ANN))
             await small_disk.fill()
             api.send_text(api.private_chat(ann), ann, "while full")
-            # The update is tried again (Telegram keeps it unconfirmed), /healthz is red.
-            await eventually(lambda: "again (try 2 of" in caplog.text)
+            # The message waits (Telegram keeps its update unconfirmed), /healthz is red.
+            await api.wait_for(lambda a: DELAYED in telegram_replies(a, ANN))
+            assert "holding a message of telegram:801" in caplog.text
+            assert running.app.engine.hold.status()["messages"] == 1
             problem = await database_problem(running)
             assert problem is not None and "writes fail (full)" in problem
             await small_disk.free()
             await api.wait_for(lambda a: "echo while full" in telegram_replies(a, ANN))
             assert await database_problem(running) is None
-    assert telegram_replies(api, ANN) == ["echo before", "echo while full"]
+            assert running.app.engine.hold.status() == {"messages": 0, "bytes": 0}
+    assert telegram_replies(api, ANN) == ["echo before", DELAYED, "echo while full"]
     assert stored_texts(small_disk) == ["before", "while full"]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "writes fail (full)" in errors[0].getMessage()  # once per kind
     assert any("writes work again" in r.getMessage() for r in caplog.records)
 
 
-async def test_after_its_last_try_the_user_is_told_and_the_bot_recovers_by_itself(
+async def test_a_chat_is_told_once_and_every_waiting_message_is_answered_in_order(
     tmp_path: Path, small_disk: SmallDisk
 ) -> None:
     async with FakeTelegramAPI() as api, FakeLLMServer(Behaviour(reply=echo_reply)) as llm:
@@ -146,17 +152,28 @@ async def test_after_its_last_try_the_user_is_told_and_the_bot_recovers_by_itsel
             api.send_text(api.private_chat(ann), ann, "before")
             await api.wait_for(lambda a: "echo before" in telegram_replies(a, ANN))
             await small_disk.fill()
-            api.send_text(api.private_chat(ann), ann, "lost cause")
-            await api.wait_for(lambda a: NOT_STORED in telegram_replies(a, ANN))
-            assert all("lost cause" not in json.dumps(body) for body in llm.requests)
+            for text in ("first while full", "second while full"):
+                api.send_text(api.private_chat(ann), ann, text)
+            await api.wait_for(lambda a: DELAYED in telegram_replies(a, ANN))
+            await eventually(lambda: running.app.engine.hold.status()["messages"] == 2)
+            assert all("while full" not in json.dumps(body) for body in llm.requests)
             assert "writes fail (full)" in (await database_problem(running) or "")
             await small_disk.free()
-            # Nobody writes: the health check's own probe sees the room and turns green.
+            await api.wait_for(lambda a: "echo second while full" in telegram_replies(a, ANN))
             assert await database_problem(running) is None
             api.send_text(api.private_chat(ann), ann, "after")
             await api.wait_for(lambda a: "echo after" in telegram_replies(a, ANN))
-    assert telegram_replies(api, ANN) == ["echo before", NOT_STORED, "echo after"]
-    assert len(llm.requests) == 2
+    assert telegram_replies(api, ANN) == [
+        "echo before",
+        DELAYED,  # once, for both messages
+        "echo first while full",
+        "echo second while full",
+        "echo after",
+    ]
+    assert len(llm.requests) == 4
+    assert stored_texts(small_disk) == [
+        "before", "first while full", "second while full", "after"
+    ]  # fmt: skip
 
 
 async def test_a_webhook_update_is_refused_until_it_is_stored(
@@ -176,14 +193,12 @@ async def test_a_webhook_update_is_refused_until_it_is_stored(
         async with telegram_bot(settings) as running, aiohttp.ClientSession() as http:
             small_disk.attach(running.app)
             await small_disk.fill()
-            for _ in range(2):
+            for _ in range(2):  # the message waits in memory: Telegram must keep the update
                 async with http.post(url, json=update, headers=headers) as refused:
                     assert refused.status == 500
             await small_disk.free()
-            async with http.post(url, json=update, headers=headers) as accepted:
-                assert accepted.status == 200
             await api.wait_for(lambda a: "echo by webhook" in telegram_replies(a, ANN))
             async with http.post(url, json=update, headers=headers) as duplicate:
                 assert duplicate.status == 200  # handled already: not answered twice
-    assert telegram_replies(api, ANN) == ["echo by webhook"]
+    assert telegram_replies(api, ANN) == [DELAYED, "echo by webhook"]
     assert stored_texts(small_disk) == ["by webhook"]

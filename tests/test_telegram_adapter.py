@@ -159,7 +159,7 @@ async def test_commands_are_registered_and_config_set_is_for_admins(
     async with telegram_bot(telegram_settings(tmp_path, telegram, fake_llm.url, admin_ids=[ADMIN])):
         assert [c["command"] for c in telegram.commands] == [
             "start", "help", "ask", "reset", "persona", "voice", "config", "forget", "remember",
-            "memory", "model", "session",
+            "memory", "model", "tools", "session",
         ]  # fmt: skip
         telegram.send_text(group, ann, "/config set temperature 0.2")
         await telegram.wait_for(telegram_shows(GROUP, "only admins"))
@@ -246,3 +246,57 @@ async def test_webhook_mode_accepts_only_telegrams_posts(
         await telegram.wait_for(telegram_shows(ANN, REPLY))
     assert telegram.polls == 0  # no getUpdates in webhook mode
     assert [last_user_text(body) for body in fake_llm.requests] == ["hello by webhook"]
+
+
+async def test_webhook_answers_400_to_a_body_it_cannot_decode(
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
+) -> None:
+    """Telegram resends what gets a 5xx: a body that can never be read gets a 400 instead."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/telegram-hook"
+    settings = telegram_settings(
+        tmp_path, telegram, fake_llm.url, webhook_url=url, webhook_port=port, webhook_secret="s3"
+    )
+    ann = telegram.user(ANN, "Ann")
+    update = telegram.text_update(telegram.private_chat(ann), ann, "hello after the junk")
+    headers = {"X-Telegram-Bot-Api-Secret-Token": "s3", "Content-Type": "application/json"}
+    bodies = [
+        b'{"update_id": 7, "message": {"text": "\xff\xfe not UTF-8"}}',
+        b"\xc3\x28",  # an invalid two-byte sequence
+        b"this is not JSON",
+        b'{"update_id": 8, "message": ',  # cut short
+        b"",
+    ]
+    async with telegram_bot(settings), aiohttp.ClientSession() as http:
+        for body in bodies:
+            async with http.post(url, data=body, headers=headers) as resp:
+                assert resp.status == 400, body
+        async with http.post(url, json=update, headers=headers) as resp:
+            assert resp.status == 200
+        await telegram.wait_for(telegram_shows(ANN, REPLY))
+    assert [last_user_text(body) for body in fake_llm.requests] == ["hello after the junk"]
+
+
+async def test_commands_from_other_bots_are_ignored_like_their_messages(
+    tmp_path: Path, telegram: FakeTelegramAPI, fake_llm: FakeLLMServer
+) -> None:
+    """Two bots answering each other would never stop: another bot gets no answer at all."""
+    group, ann = telegram.group_chat(GROUP), telegram.user(ANN, "Ann")
+    helper = {**telegram.user(2001, "Helper", "helper_bot"), "is_bot": True}
+    async with telegram_bot(telegram_settings(tmp_path, telegram, fake_llm.url)):
+        for text in (
+            "/help",
+            "/help@ParleyTestBot",
+            "/ask@ParleyTestBot what now?",
+            "/memory@ParleyTestBot forget all",
+            "/persona@ParleyTestBot pirate",
+            "/nonsense@ParleyTestBot",
+            "@ParleyTestBot hello",
+        ):
+            telegram.send_text(group, helper, text)
+        telegram.send_text(group, ann, "/ask@ParleyTestBot and Ann asks")
+        await telegram.wait_for(telegram_shows(GROUP, REPLY))
+        telegram.send_text(group, ann, "/persona@ParleyTestBot")
+        await telegram.wait_for(telegram_shows(GROUP, "Persona: default"))
+    assert [last_user_text(body) for body in fake_llm.requests] == ["and Ann asks"]
+    assert len(texts(telegram, GROUP)) == 2  # Ann's two answers, nothing for the other bot

@@ -21,7 +21,7 @@ from bot.tools.hub import ToolCallRecord, ToolHub
 from bot.tools.server import ServerStatus
 from bot.tools.settings import ToolsSettings
 from bot.tools.status import health_detail, probe, summary
-from tests.fakes.mcp_servers import command
+from tests.fakes.mcp_servers import HttpFake, command
 from tests.fakes.waits import HANG_GUARD_S, eventually
 
 SECRET = "tok-5f1e0c2a9b7d"
@@ -112,30 +112,6 @@ async def test_the_real_time_server_over_stdio(make_hub: MakeHub) -> None:
     assert records[-1].outcome == "tool_error"
 
 
-class HttpFake:
-    """The fake streamable-HTTP server as a process on loopback: started, killed, started again."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> int:
-        """Serve on the same port as before (a free one the first time); returns the port."""
-        proc = await asyncio.create_subprocess_exec(
-            *command("http", str(self.port)), stdout=asyncio.subprocess.PIPE
-        )
-        self._proc = proc
-        assert proc.stdout is not None
-        async with asyncio.timeout(HANG_GUARD_S):
-            self.port = int(await proc.stdout.readline())
-        return self.port
-
-    async def kill(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.kill()
-            await self._proc.wait()
-
-
 @pytest.fixture
 async def http_fake() -> AsyncIterator[HttpFake]:
     fake = HttpFake()
@@ -148,7 +124,7 @@ async def test_a_streamable_http_server_works_like_stdio(
 ) -> None:
     port = await http_fake.start()
     hub = await make_hub({"remote": {"url": f"http://127.0.0.1:{port}/mcp"}})
-    assert status_of(hub, "remote") == ServerStatus("remote", "http", "ready", 6, None, 0)
+    assert status_of(hub, "remote") == ServerStatus("remote", "http", "ready", 7, None, 0)
 
     echoed = await hub.call("echo", '{"text": "over http"}')
     assert (echoed.ok, echoed.text) == (True, "over http")
@@ -163,6 +139,19 @@ async def test_a_streamable_http_server_works_like_stdio(
     await eventually(lambda: status_of(hub, "remote").state == "ready")
     assert (await hub.call("echo", '{"text": "back"}')).text == "back"
     assert status_of(hub, "remote").restarts >= 1
+
+
+async def test_a_url_with_credentials_works_and_is_never_logged_with_them(
+    make_hub: MakeHub, http_fake: HttpFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the SDK logs the endpoint it connects to at DEBUG
+    port = await http_fake.start()
+    hub = await make_hub({"remote": {"url": f"http://tooluser:tool-pw-0123@127.0.0.1:{port}/mcp"}})
+    assert status_of(hub, "remote").state == "ready"
+    assert (await hub.call("echo", '{"text": "behind a login"}')).text == "behind a login"
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(f"127.0.0.1:{port}/mcp" in line for line in logged)  # the endpoint is named
+    assert not [line for line in logged if "tool-pw-0123" in line or "tooluser" in line]
 
 
 async def test_a_server_that_answers_nothing_never_hangs_a_call(make_hub: MakeHub) -> None:

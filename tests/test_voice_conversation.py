@@ -10,18 +10,28 @@ model: one per process). No assertion is about time; waits are hang guards.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.discord.voice.conversation import wake_word_rest
+from adapters.discord.voice.wake import wake_word_rest
 from bot.messages import Msg, say
 from tests.fakes.discord_voice.harness import transcribe, voice_bot, words
 from tests.fakes.discord_voice.media import OpusEncoder, stereo_frames
 from tests.fakes.discord_voice.server import FakeHuman, speech
 from tests.fakes.discord_world import DiscordWorld
-from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
+from tests.fakes.llm_server import (
+    Behaviour,
+    FakeLLMServer,
+    FakeToolCall,
+    last_user_text,
+    tool_messages,
+    tool_results,
+)
+from tests.fakes.mcp_servers import command
+from tests.fakes.waits import HANG_GUARD_S
 
 pytestmark = pytest.mark.speech
 
@@ -121,6 +131,40 @@ async def test_join_from_a_text_channel_then_talk(tmp_path: Path, fake_llm: Fake
         assert said.startswith("🎙️ **Alice**:") and words(asked) <= words(said), (said, asked)
         assert answer == ANSWER
         assert bot.conversation.session.stats.dave_failed == 0
+
+
+async def test_a_turn_that_calls_a_tool_is_answered_aloud(
+    tmp_path: Path, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tool that takes a second and a half: the listener hears "One moment." meanwhile.
+    servers = {"fake": {"command": command("stdio"), "tools": ["wait"]}}
+    monkeypatch.setenv("PARLEY_TOOLS__ENABLED", "true")
+    monkeypatch.setenv("PARLEY_TOOLS__SERVERS", json.dumps(servers))
+    weather = json.dumps({"seconds": 1.5, "text": "sunny and warm"})
+
+    def answer(body: dict[str, Any]) -> str:
+        (result,) = tool_results(body)
+        return f"The weather today is {result['content'].splitlines()[1]}."
+
+    fake_llm.behaviour = Behaviour(
+        reply=answer,
+        tool_calls=lambda body: [] if tool_results(body) else [FakeToolCall("wait", weather)],
+    )
+    async with voice_bot(tmp_path, fake_llm, ALICE, join=ALICE) as bot:
+        tools = bot.running.app.tools
+        assert tools is not None
+        await tools.wait_settled(HANG_GUARD_S)
+        (alice,) = bot.humans
+        await alice.say_text(QUESTION, pace=FAST)
+        heard = await bot.heard_answer(alice)
+        assert heard.plain_speech == 0 and heard.dave_failed == 0
+        transcript = words(await transcribe(bot.transcriber, heard.speech_pcm()))
+        assert {"one", "moment", "weather", "sunny", "warm"} <= transcript, transcript
+        first, second = fake_llm.requests
+        assert {"what", "capital"} <= words(last_user_text(first))
+        assert [m["tool_call_id"] for m in tool_messages(second)] == fake_llm.call_ids
+        # The linked text channel shows the tool, then the answer (never "One moment.").
+        assert bot.channel_text()[-1] == f"🔧 `wait`…\n\n{SHORT_ANSWER}"
 
 
 async def test_barge_in_stops_the_answer_and_the_interruption_is_answered(

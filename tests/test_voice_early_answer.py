@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.discord.voice.conversation import sounds_finished
+from adapters.discord.voice.endings import sounds_finished
 from tests.fakes.discord_voice.harness import UTTERANCE_TIMEOUT_S, transcribe, voice_bot, words
 from tests.fakes.discord_voice.server import speech
 from tests.fakes.discord_world import DiscordWorld
@@ -57,21 +57,26 @@ def stored_turns(tmp_path: Path) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("heard", "finished"),
+    ("heard", "language", "finished"),
     [
-        ("What is the capital of France?", True),
-        ("Tell me a story.", True),
-        ("I would like to know about.", False),  # Whisper's full stop after a cut thought
-        ("What is the weather in?", False),
-        ("Tell me a long story and...", False),
-        ("Please tell me a story about", False),
-        ("Hmm", False),
+        ("What is the capital of France?", "en", True),
+        ("Tell me a story.", "en", True),
+        ("I would like to know about.", "en", False),  # Whisper's full stop after a cut thought
+        ("What is the weather in?", "en", False),
+        ("Tell me a long story and...", "en", False),
+        ("Please tell me a story about", "en", False),
+        ("Hmm", "en", False),
+        ("Quelle est la capitale de la France ?", "fr", True),
+        ("Je voudrais savoir pour.", "fr", False),
+        ("Raconte-moi une histoire avec.", "fr", False),
+        ("Raconte-moi une histoire avec.", "auto", False),  # any language's open words
+        ("Tell me a story about", "fr", False),  # no full stop: never whole
     ],
 )
 def test_a_whole_sentence_or_question_is_told_from_a_cut_thought(
-    heard: str, finished: bool
+    heard: str, language: str, finished: bool
 ) -> None:
-    assert sounds_finished(heard) is finished
+    assert sounds_finished(heard, language) is finished
 
 
 async def test_a_pause_mid_thought_gets_one_answer_to_the_whole_utterance(

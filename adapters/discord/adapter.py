@@ -15,14 +15,14 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 
 import adapters.discord.sharding as sharding
-from adapters.discord.commands import build_command_tree
+from adapters.discord.commands import CatalogTranslator, build_command_tree
 from adapters.discord.compat import redirect_endpoints, require_libraries, skip_unreadable_events
 from adapters.discord.config import DiscordSettings
 from adapters.discord.rest import DiscordRest
@@ -40,13 +40,18 @@ from adapters.discord.targets import (
     Clock,
     InteractionTarget,
     channel_limits,
+    rewrite_message,
 )
 from adapters.discord.voice.channels import VoiceChannels
 from bot.command_table import CommandReply
 from bot.errors import ConfigError, DeliveryError, RetryAfter
+from bot.languages import speech_language, turn_language
 from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
+from bot.repair import InterruptedReplies
+from bot.storage.reply_parts import OpenPart
 from bot.types import Attachment, IncomingMessage, TargetLimits
+from bot.update_tasks import UpdateTasks
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -113,7 +118,6 @@ class DiscordAdapter:
         self._engine = services.engine
         self._commands = services.commands
         self._guild_ready_timeout = guild_ready_timeout
-        self._stop_grace_s = stop_grace_s
         self._stopping = False
         self._clock = clock
         self._limits: TargetLimits = channel_limits(self._cfg)
@@ -121,10 +125,17 @@ class DiscordAdapter:
         self._tree: app_commands.CommandTree[discord.Client] | None = None
         self._rest: DiscordRest | None = None
         self._gateway: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = UpdateTasks("Discord", stop_grace_s)
         self._restore_endpoints: Callable[[], None] | None = None
         self._voice: VoiceChannels | None = None  # /join, /leave: adapters/discord/voice/
         self.shared_gateway: sharding.SharedGateway | None = None  # budgets of a sharded bot
+        self._repairs = InterruptedReplies(
+            services.engine.store,
+            PLATFORM,
+            self._rewrite,
+            max_chars=self._cfg.max_message_chars,
+            settings=services.settings,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,7 +171,9 @@ class DiscordAdapter:
             **sharding.client_options(self._cfg),
         )
         self._client = client
-        self._tree = build_command_tree(client, self, self._commands.table(PLATFORM))
+        language = self._settings.engine.language
+        self._tree = build_command_tree(client, self, self._commands.table(PLATFORM), language)
+        await self._tree.set_translator(CatalogTranslator(language))
         self._voice = VoiceChannels(
             client=client,
             cfg=self._cfg,
@@ -169,7 +182,7 @@ class DiscordAdapter:
             language=self._stt_language,
             reply_target=self._voice_reply_target,
             limits=self._limits,
-            spawn=self._spawn,
+            spawn=self._tasks.spawn,
         )
         self._commands.provide("join", self._voice.join)
         self._commands.provide("leave", self._voice.leave)
@@ -199,17 +212,15 @@ class DiscordAdapter:
             len(client.guilds),
             sharding.describe(self._cfg),
         )
+        self._repairs.start()
 
     async def stop(self) -> None:
         """Stop taking turns, let replies in progress finish (up to a grace period), disconnect."""
         self._stopping = True
+        await self._repairs.stop()
         # Voice channels are left at once (the turn in progress keeps its grace for its text).
         leaving = asyncio.create_task(self._leave_voice())
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
-            for task in pending:
-                task.cancel()  # the engine keeps what was streamed and marks it cut off
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._tasks.drain()
         await leaving
         if self._client is not None:
             await self._client.close()
@@ -291,10 +302,15 @@ class DiscordAdapter:
             self._voice.on_voice_state(member, before, after)
 
     async def _stt_language(self, channel_key: str) -> str:
-        """The `stt_language` setting of a text channel (voice turns are its conversation)."""
+        """Whisper's language for the voice turns of a text channel (they are its conversation):
+        its `stt_language`, by default its language (else the server's preferred locale)."""
         store = self._commands.store
         channel_id = await store.channel_id(PLATFORM, channel_key)
-        return (await self._commands.channel_settings(channel_id)).stt_language
+        settings = await self._commands.channel_settings(channel_id)
+        channel = self._client.get_channel(int(channel_key)) if self._client else None
+        guild = getattr(channel, "guild", None)
+        lang = turn_language(settings.language, _locale(guild.preferred_locale) if guild else "")
+        return speech_language(settings.stt_language, lang)
 
     def _voice_reply_target(self, message: discord.Message) -> ChannelTarget:
         """The reply target of a voice turn's written transcript, as for a chat message."""
@@ -322,7 +338,7 @@ class DiscordAdapter:
             return
         channel = message.channel
         if self._access.allowed(message.author.id, channel.id, getattr(channel, "parent_id", None)):
-            self._spawn(self._answer(message) if turn else self._observe(message))
+            self._tasks.spawn(self._answer(message) if turn else self._observe(message))
 
     async def _observe(self, message: discord.Message) -> None:
         """Hand server chatter to the engine as background: no reply, no typing, no LLM call."""
@@ -338,6 +354,7 @@ class DiscordAdapter:
                 user_name=message.author.display_name,
                 text=text,
                 message_id=str(message.id),
+                language=_message_language(message),
             )
         )
 
@@ -356,8 +373,9 @@ class DiscordAdapter:
         # One message's error boundary: log it, tell the user, keep the gateway going.
         except Exception:
             log.exception("Discord: handling a message in channel %s failed", message.channel.id)
+            lang = turn_language(self._settings.engine.language, _message_language(message))
             try:
-                await target.notice(say(Msg.MESSAGE_FAILED))
+                await target.notice(say(Msg.MESSAGE_FAILED, lang=lang))
             except (DeliveryError, RetryAfter, OSError) as exc:
                 log.warning("Discord: could not tell the user: %s", exc)
         finally:
@@ -379,6 +397,7 @@ class DiscordAdapter:
             message_id=str(message.id),
             is_private=message.guild is None,
             attachments=self._attachments(message),
+            language=_message_language(message),
         )
         await self._engine.handle(msg, target)
 
@@ -418,7 +437,7 @@ class DiscordAdapter:
         )
         # "/ask voice:true" asks for a spoken reply whatever the channel's voice mode.
         msg = dataclasses.replace(self._interaction_message(interaction, prompt), wants_voice=voice)
-        self._spawn(self._handle(msg, target))
+        self._tasks.spawn(self._handle(msg, target))
 
     async def _handle(self, msg: IncomingMessage, target: InteractionTarget) -> None:
         try:
@@ -441,7 +460,8 @@ class DiscordAdapter:
         # One interaction's error boundary: log it, tell the user.
         except Exception:
             log.exception("Discord: /%s failed", name)
-            reply = CommandReply(say(Msg.COMMAND_FAILED))
+            lang = turn_language(self._settings.engine.language, msg.language)
+            reply = CommandReply(say(Msg.COMMAND_FAILED, lang=lang))
         assert self._rest is not None and self._client is not None
         assert interaction.channel_id is not None
         # The answer goes under the bot's budgets like every other call (a 429 pauses them).
@@ -454,15 +474,16 @@ class DiscordAdapter:
             clock=self._clock,
             ephemeral=ephemeral,
         )
+        lang = await self._commands.language(msg)
         try:
             # Discord refuses an empty message: an answer without text says it is done.
-            await target.answer(reply.text, empty=say(Msg.DONE))
+            await target.answer(reply.text, empty=say(Msg.DONE, lang=lang))
             for file in reply.files:
                 try:
                     await target.send_file(file)
                 except DeliveryError as exc:
                     log.warning("Discord: a file was not delivered: %s", exc)
-                    await target.notice(say(Msg.FILE_REFUSED_DISCORD))
+                    await target.notice(say(Msg.FILE_REFUSED_DISCORD, lang=lang))
         except (DeliveryError, OSError) as exc:  # refused, or past the deadline: nobody to tell
             log.warning("Discord: the answer to /%s was not delivered: %s", name, exc)
 
@@ -476,7 +497,10 @@ class DiscordAdapter:
             interaction.user.id, channel_id, parent_id
         ):
             return True
-        await interaction.response.send_message(say(Msg.NOT_ALLOWED_HERE), ephemeral=True)
+        lang = turn_language(self._settings.engine.language, _interaction_language(interaction))
+        await interaction.response.send_message(
+            say(Msg.NOT_ALLOWED_HERE, lang=lang), ephemeral=True
+        )
         return False
 
     def _interaction_message(self, interaction: discord.Interaction, text: str) -> IncomingMessage:
@@ -491,20 +515,34 @@ class DiscordAdapter:
             is_admin=self._access.is_admin(user, manage_guild=manage_guild),
             message_id=str(interaction.id),
             is_private=interaction.guild_id is None,
+            language=_interaction_language(interaction),
         )
 
-    # -- tasks -----------------------------------------------------------------------------
+    async def _rewrite(self, part: OpenPart, text: str) -> None:
+        """Finish a message of an interrupted reply (adapters/discord/targets.rewrite_message)."""
+        assert self._rest is not None
+        await rewrite_message(
+            self._rest,
+            self._engine.scheduler,
+            self._limits,
+            int(part.channel_key),
+            int(part.message_id),
+            text,
+        )
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run one reply as its own task, so a slow reply never holds up the others."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._reply_done)
 
-    def _reply_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Discord: a reply failed", exc_info=task.exception())
+def _locale(locale: discord.Locale | None) -> str:
+    return locale.value if locale is not None else ""
+
+
+def _interaction_language(interaction: discord.Interaction) -> str:
+    """The user's language: their Discord client's locale, else the server's preferred one."""
+    return _locale(interaction.locale) or _locale(interaction.guild_locale)
+
+
+def _message_language(message: discord.Message) -> str:
+    """A gateway message carries no user locale: the server's preferred one ("" in a DM)."""
+    return _locale(message.guild.preferred_locale) if message.guild is not None else ""
 
 
 async def _defer(interaction: discord.Interaction, *, ephemeral: bool) -> bool:

@@ -3,6 +3,11 @@
 discord.py reads a command's options from its callback's signature, so each table entry gets a
 callback whose `__signature__` lists the entry's parameters; the callback only collects the
 options and hands over to a `CommandHandler` (the Discord adapter).
+
+Descriptions are in `engine.language`; with "auto" (the default) they are English, with a
+`description_localizations` entry for each Discord locale that Parley has a translation for: each
+is a `locale_str` carrying its message, which `CatalogTranslator` says in the locale's language
+when the tree is synced. Names stay English.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from typing import Any, Protocol
 import discord
 from discord import app_commands
 
+from bot.catalog import catalog_language
 from bot.command_table import Access, Command, Param
-from bot.messages import Msg, say
+from bot.languages import AUTO, ENGLISH
+from bot.messages import Msg, Phrase, say
 
 MAX_DESCRIPTION = 100  # Discord's limit for command, option and choice descriptions/names
 
@@ -34,24 +41,60 @@ class CommandHandler(Protocol):
         ...
 
 
+class CatalogTranslator(app_commands.Translator):
+    """Says each description in the language of a Discord locale, from the message catalog
+    (when `engine.language` is "auto": a fixed language is everyone's, in the descriptions)."""
+
+    def __init__(self, language: str) -> None:
+        self._auto = language == AUTO
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        """The description in `locale`'s language; None (English only) for names, for English
+        and for a language without a translation."""
+        about = string.extras.get("about")
+        if about is None or not self._auto or catalog_language(locale.value) == ENGLISH:
+            return None
+        return _described(about, string.extras.get("admin", False), locale.value)
+
+
+def _described(about: Msg | Phrase, admin: bool, lang: str) -> str:
+    note = say(Msg.DISCORD_ADMIN_NOTE, lang=lang) if admin else ""
+    return _short(say(about, lang=lang) + note)
+
+
+def _localized(about: Msg | Phrase, lang: str, *, admin: bool = False) -> app_commands.locale_str:
+    """A description in `lang`, with the message for `CatalogTranslator` to say in others."""
+    return app_commands.locale_str(_described(about, admin, lang), about=about, admin=admin)
+
+
 def build_command_tree(
-    client: discord.Client, handler: CommandHandler, commands: Iterable[Command]
+    client: discord.Client,
+    handler: CommandHandler,
+    commands: Iterable[Command],
+    language: str = AUTO,
 ) -> app_commands.CommandTree[discord.Client]:
-    """A CommandTree with every command of Discord's table."""
+    """A CommandTree with every command of Discord's table, described in `language`
+    (`engine.language`; "auto": English, localized by `CatalogTranslator`)."""
+    lang = ENGLISH if language == AUTO else language
     tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
     for command in commands:
         if not command.subcommands:
-            tree.add_command(_slash(command, handler))
+            tree.add_command(_slash(command, handler, lang))
             continue
-        group = app_commands.Group(name=command.name, description=_short(say(command.about)))
+        group = app_commands.Group(name=command.name, description=_localized(command.about, lang))
         for sub in command.subcommands:
-            group.add_command(_slash(sub, handler, parent=command.name))
+            group.add_command(_slash(sub, handler, lang, parent=command.name))
         tree.add_command(group)
     return tree
 
 
 def _slash(
-    command: Command, handler: CommandHandler, *, parent: str | None = None
+    command: Command, handler: CommandHandler, lang: str, *, parent: str | None = None
 ) -> app_commands.Command[Any, ..., None]:
     async def callback(interaction: discord.Interaction, **options: Any) -> None:
         if command.turn:
@@ -72,7 +115,7 @@ def _slash(
         [interaction, *(_option(param) for param in command.params)]
     )
     described = app_commands.describe(
-        **{param.name: _short(say(param.about)) for param in command.params}
+        **{param.name: _localized(param.about, lang) for param in command.params}
     )(callback)
     choices = {
         param.name: [
@@ -85,9 +128,11 @@ def _slash(
     if choices:
         described = app_commands.choices(**choices)(described)
     # Discord's own admins (Manage Server) are the bot's admins there too.
-    note = say(Msg.DISCORD_ADMIN_NOTE) if command.access is Access.ADMIN else ""
+    admin = command.access is Access.ADMIN
     return app_commands.Command(
-        name=command.name, description=_short(say(command.about) + note), callback=described
+        name=command.name,
+        description=_localized(command.about, lang, admin=admin),
+        callback=described,
     )
 
 

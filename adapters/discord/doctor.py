@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from adapters.discord.config import DiscordSettings
 from bot.config import Settings
 from bot.doctor import AUTH_REFUSED, Finding, token_check
+from bot.urls import url_host
 
 
 async def check(settings: Settings) -> list[Finding]:
     """The token is valid and Discord (or `discord.api_base_url`) is reachable."""
     dc = DiscordSettings.of(settings)
-    host = urlsplit(dc.api_base_url).netloc
+    host = url_host(dc.api_base_url)  # no credentials
 
     def judge(status: int, data: Any) -> Finding:
         if status == 200 and isinstance(data, dict):

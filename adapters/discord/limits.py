@@ -12,11 +12,15 @@ PLATFORM_KEY = "discord"
 MAX_MESSAGE_CHARS = 2000
 # https://discord.com/developers/docs/topics/rate-limits#global-rate-limit: 50 requests a second.
 GLOBAL_RATE = 50.0
-# Requests of each global window left unused. The bot's bucket spaces its requests, but they
-# reach Discord after varying delays (the network, the event loop under load), so a few arrive
-# closer together than they left; at exactly 50 a second, a 200-channel burst through the fake
-# drew a global 429 in about one run in three. Measured: none with this headroom.
+# Requests of each second the budget shared by several processes leaves unused
+# (`sharding.shared_rate`): it spaces its grants, and requests reach Discord after varying delays
+# (the network, the event loop under load), so a few arrive closer together than they left.
 GLOBAL_HEADROOM = 1.0
+# Requests of each second one process's budgets leave to the calls discord.py makes on its own
+# as the bot starts (login, application info, command sync), which can share a second with the
+# first replies. The budgets count every other request until its answer came, so however late
+# those reach Discord they stay within the count.
+LIBRARY_CALLS = 3.0
 # Edits of one channel's messages: not documented, but Discord's bucket headers commonly allow
 # five per five seconds.
 CHANNEL_EDITS = 5.0

@@ -10,6 +10,7 @@ would sleep through it unseen and send more meanwhile.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,8 +23,8 @@ from discord.http import HTTPClient
 
 from adapters.discord.config import DiscordSettings
 from adapters.discord.limits import (
-    GLOBAL_HEADROOM,
     INTERACTION_TOKEN_LIFETIME_S,
+    LIBRARY_CALLS,
     PLATFORM_KEY,
 )
 from adapters.discord.rest import (
@@ -33,10 +34,11 @@ from adapters.discord.rest import (
     InteractionTokenExpired,
     Upload,
 )
-from bot.delivery.budgets import GLOBAL_WINDOW_S, windowed_budget
+from bot.delivery.budgets import GLOBAL_WINDOW_S, Priority, platform_budget, windowed_budget
 from bot.delivery.notices import LatestMessage
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
+from bot.languages import ENGLISH
 from bot.messages import queue_text
 from bot.splitter import split_markdown
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
@@ -57,13 +59,16 @@ ORIGINAL = "@original"  # the id a queue position shown in an interaction's resp
 
 
 def channel_limits(settings: DiscordSettings) -> TargetLimits:
-    """Budgets of one Discord channel and of the whole bot, from `[discord]` settings."""
+    """Budgets of one Discord channel and of the whole bot, from `[discord]` settings.
+
+    The bot may send its whole global window at once, less the `LIBRARY_CALLS` discord.py makes
+    on its own (and never less than half of it).
+    """
+    per_window = settings.global_rate * GLOBAL_WINDOW_S
     return TargetLimits(
         max_chars=settings.max_message_chars,
         chat=windowed_budget(settings.channel_edits, settings.channel_window_s),
-        platform=windowed_budget(
-            settings.global_rate * GLOBAL_WINDOW_S - GLOBAL_HEADROOM, GLOBAL_WINDOW_S
-        ),
+        platform=platform_budget(max(per_window - LIBRARY_CALLS, per_window / 2), GLOBAL_WINDOW_S),
         platform_key=PLATFORM_KEY,
     )
 
@@ -187,6 +192,22 @@ class _DiscordTarget:
         return True
 
 
+async def rewrite_message(
+    rest: DiscordRest,
+    scheduler: EditScheduler,
+    limits: TargetLimits,
+    channel_id: int,
+    message_id: int,
+    text: str,
+) -> None:
+    """Replace the text of one of the bot's messages under the channel's budgets (a message of
+    a reply interrupted by a killed process, finished after the restart). An interaction's
+    response is a message of the bot's too, edited the same way once its token is gone."""
+    where = _DiscordTarget(rest=rest, channel_id=channel_id, limits=limits, scheduler=scheduler)
+    edit = partial(rest.edit_message, channel_id, message_id, text)
+    await scheduler.call(where, edit, priority=Priority.COMPLETE, what="repair")
+
+
 class _ChannelQueueNotice:
     """The `MessageOps` of a channel's "in line" message: a reply to the message that waits."""
 
@@ -252,12 +273,13 @@ class ChannelTarget(_DiscordTarget):
     async def delete(self, message_id: str) -> None:
         await self._rest.delete_message(self._channel_id, int(message_id))
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         """Show the channel's one "#n in line" message at this position; it never blocks."""
         if self._replied:
             return
         ops = _ChannelQueueNotice(self._rest, self._channel_id, self._message.id)
-        self._scheduler.queue_notices.wait(self, ops, self, position, queue_text)
+        text = functools.partial(queue_text, lang=lang)
+        self._scheduler.queue_notices.wait(self, ops, self, position, text)
 
     async def notice(self, text: str) -> None:
         pieces = split_markdown(text, self._limits.max_chars)
@@ -427,13 +449,13 @@ class InteractionTarget(_DiscordTarget):
     async def typing(self) -> None:
         """Nothing to do: Discord shows "<bot> is thinking…" for a deferred response."""
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         """Show the queue position in the original response while it is still free."""
         if not self._original_free or not self._token_alive():
             return
         if self._queue is None:
             self._queue = LatestMessage(self._scheduler, self, _OriginalQueueNotice(self))
-        self._queue.show(queue_text(position, 1))
+        self._queue.show(queue_text(position, 1, lang))
 
     async def notice(self, text: str) -> None:
         """A message of its own: the original response while it is free, else a follow-up."""

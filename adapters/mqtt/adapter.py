@@ -23,7 +23,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from adapters.mqtt.commands import PLATFORM, CommandCall, parse
+from adapters.mqtt.commands import PLATFORM
 from adapters.mqtt.config import MqttSettings
 from adapters.mqtt.connection import BrokerLink
 from adapters.mqtt.limits import LIMITS
@@ -34,10 +34,14 @@ from adapters.mqtt.rules import (
     read_request,
 )
 from adapters.mqtt.targets import MqttReplyTarget
+from bot.command_table import CommandCall, parse_call
 from bot.errors import ConfigError
 from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
+from bot.repair import InterruptedReplies
+from bot.storage.reply_parts import OpenPart
 from bot.types import IncomingMessage
+from bot.update_tasks import UpdateTasks
 
 if TYPE_CHECKING:
     from bot.backoff import Backoff
@@ -72,8 +76,14 @@ class MqttAdapter:
         self._commands = services.commands
         self._topics = Topics(self._mq.topic_prefix)
         self._link = BrokerLink(self._mq, self._on_request, backoff=backoff)
-        self._stop_grace_s = stop_grace_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = UpdateTasks("MQTT", stop_grace_s)
+        self._repairs = InterruptedReplies(
+            services.engine.store,
+            PLATFORM,
+            self._rewrite,
+            max_chars=LIMITS.max_chars,
+            settings=services.settings,
+        )
 
     @property
     def connected(self) -> bool:
@@ -86,19 +96,19 @@ class MqttAdapter:
             raise ConfigError(["config: mqtt.url is empty"])
         log.info("MQTT: connecting to %s", self._mq.broker.address)
         self._link.start()
+        self._repairs.start()  # its events wait for the connection, as a reply's do
 
     async def stop(self) -> None:
         """Take no more requests, let replies in progress finish (bounded), say `offline`."""
+        await self._repairs.stop()
         await self._link.stop_requests()
-        await self._drain()
+        await self._tasks.drain()
         await self._link.close()
 
     # -- answering -------------------------------------------------------------------------
 
     def _on_request(self, message: aiomqtt.Message) -> None:
-        task = asyncio.create_task(self._answer(message))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        self._tasks.spawn(self._answer(message))
 
     async def _answer(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -127,7 +137,8 @@ class MqttAdapter:
             await self._last_word(target.error(str(exc)), session)
             return
         try:
-            await self._turn(incoming, parse(incoming.text, self._commands.table(PLATFORM)), target)
+            call = parse_call(incoming.text, self._commands.table(PLATFORM))
+            await self._turn(incoming, call, target)
         except asyncio.CancelledError:
             # A stop cut the reply short: the device hears so rather than waiting for ever.
             with contextlib.suppress(OSError, TimeoutError):
@@ -158,6 +169,22 @@ class MqttAdapter:
             await target.send_file(file)
         await target.done(reply.text)
 
+    async def _rewrite(self, part: OpenPart, text: str) -> None:
+        """End a reply a killed process left without its final event: the interrupted note and
+        `done` with the text saved, on the session's own topic (a Response Topic the request
+        named is not known any more)."""
+        if not part.last:
+            return  # one final event per reply, sent for its last part
+        session = part.channel_key
+        target = MqttReplyTarget(
+            functools.partial(self._emit, Route(self._topics.replies(session))),
+            session=session,
+            limits=LIMITS,
+        )
+        await target.notice(say(Msg.REPLY_INTERRUPTED))
+        finish = functools.partial(target.done, part.content.rstrip(), "partial")
+        await self._engine.scheduler.call(target, finish, what="repair")
+
     def _route(self, message: aiomqtt.Message, session: str) -> tuple[Route, bool]:
         """Where the events go, and whether the Response Topic asked for had to be refused."""
         properties = message.properties
@@ -184,16 +211,3 @@ class MqttAdapter:
             log.warning("MQTT: error event to session %s not delivered: %s", session, exc)
 
     # -- tasks -----------------------------------------------------------------------------
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("MQTT: answering failed", exc_info=task.exception())
-
-    async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)

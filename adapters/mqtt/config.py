@@ -84,17 +84,6 @@ class MqttSettings(PlatformSettings):
         """The broker's address and login, from `url`."""
         return _parse(self.url.get_secret_value())
 
-    def secrets(self) -> list[str]:
-        """The password, as written in the URL (percent-encoded) and decoded, for redaction."""
-        url = self.url.get_secret_value()
-        if not url:
-            return []
-        try:
-            written = urlsplit(url).password
-        except ValueError:
-            return []
-        return [written, unquote(written)] if written else []
-
 
 def _parse(url: str) -> Broker:
     try:

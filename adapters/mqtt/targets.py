@@ -9,41 +9,28 @@ A reply's note ("the reply was cut off...") is a notice before `done`, not part 
 from __future__ import annotations
 
 import base64
-import itertools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from bot.delivery.stream import DEFAULT_MARKER
+from bot.delivery.deltas import DeltaText
+from bot.languages import ENGLISH
 from bot.messages import Msg, say
-from bot.storage import Status
 from bot.types import OutgoingFile, TargetLimits, VoiceClip
 
 # Publishes one event (a JSON object) where the request's answers go.
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How the engine says a reply ended."""
-
-    answer: str
-    status: str  # "complete", "partial" or "failed"
-    note: str
-
-
-class MqttReplyTarget:
+class MqttReplyTarget(DeltaText):
     """Implements `bot.types.ReplyTarget` and `ReplyOutcomeTarget` for one request."""
 
     def __init__(self, emit: EventSink, *, session: str, limits: TargetLimits) -> None:
+        super().__init__(self._emit_delta)
         self._emit = emit
         self._session = session
         self._limits = limits
-        self._ids = itertools.count(1)
-        self._shown: dict[str, str] = {}  # the text each reply part has sent as deltas
         # The latest notice, held back: if the turn ends without a reply, it is the error.
         self._held: str | None = None
-        self._outcome: Outcome | None = None
 
     @property
     def chat_key(self) -> str:
@@ -54,42 +41,15 @@ class MqttReplyTarget:
     def limits(self) -> TargetLimits:
         return self._limits
 
-    # -- TextTarget: the reply's text as deltas --------------------------------------------
-
-    async def send(self, text: str) -> str:
-        message_id = str(next(self._ids))
-        self._shown[message_id] = ""
-        await self._delta(message_id, text)
-        return message_id
-
-    async def edit(self, message_id: str, text: str) -> None:
-        await self._delta(message_id, text)
-
-    async def finalize(self, message_id: str, text: str) -> str:
-        # The engine shows the note below the reply; here it is a notice of its own.
-        if self._outcome is not None and self._outcome.note:
-            text = text.removesuffix(f"\n\n{self._outcome.note}")
-        await self._delta(message_id, text)
-        return message_id
-
-    async def delete(self, message_id: str) -> None:
-        self._shown.pop(message_id, None)
-
-    async def _delta(self, message_id: str, text: str) -> None:
-        text = text.removesuffix(DEFAULT_MARKER)
-        shown = self._shown.get(message_id, "")
-        # The streamer only appends; a rewrite cannot be a delta (`done` has the whole reply).
-        if len(text) <= len(shown) or not text.startswith(shown):
-            return
-        await self._emit({"type": "delta", "text": text[len(shown) :]})
-        self._shown[message_id] = text
+    async def _emit_delta(self, text: str) -> None:
+        await self._emit({"type": "delta", "text": text})
 
     # -- ReplyTarget: everything else a turn says ------------------------------------------
 
     async def typing(self) -> None:
         return None  # the first delta (or `queued`) is the sign of life
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         await self._emit({"type": "queued", "position": position})
 
     async def notice(self, text: str) -> None:
@@ -119,9 +79,6 @@ class MqttReplyTarget:
             }
         )
 
-    def reply_ended(self, answer: str, status: Status, note: str) -> None:
-        self._outcome = Outcome(answer, status, note)
-
     # -- the final event -------------------------------------------------------------------
 
     async def conclude(self) -> None:
@@ -129,7 +86,7 @@ class MqttReplyTarget:
 
         Nothing is sent for a message the engine ignored without a word (a blocked user).
         """
-        outcome = self._outcome
+        outcome = self.outcome
         if outcome is not None and outcome.status != "failed":
             if outcome.note:
                 await self.notice(outcome.note)

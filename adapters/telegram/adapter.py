@@ -8,10 +8,9 @@ engine keeps each chat's order itself).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import secrets
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -19,7 +18,7 @@ import telegram.error
 from telegram import Message, Update
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from adapters.telegram.commands import menu
+from adapters.telegram.commands import menus
 from adapters.telegram.config import TelegramSettings
 from adapters.telegram.files import FileDownloads
 from adapters.telegram.limits import MAX_DOWNLOAD_BYTES
@@ -34,14 +33,19 @@ from adapters.telegram.rules import (
     strip_mention,
     topic_id,
 )
-from adapters.telegram.targets import TelegramReplyTarget, chat_limits
+from adapters.telegram.targets import DRAFT_PREFIX, TelegramReplyTarget, chat_limits
 from adapters.telegram.updates import TolerantUpdatesRequest
 from adapters.telegram.webhook import WebhookServer
 from bot.command_table import CommandReply, find
-from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter
+from bot.delivery.budgets import Priority
+from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter, StorageError
+from bot.languages import turn_language
 from bot.messages import Msg, say
 from bot.platform import STOP_GRACE_S
-from bot.types import Attachment, IncomingMessage
+from bot.repair import InterruptedReplies
+from bot.storage.reply_parts import OpenPart
+from bot.types import Attachment, Delivery, IncomingMessage
+from bot.update_tasks import UpdateTasks
 
 if TYPE_CHECKING:
     from bot.platform import Services
@@ -75,13 +79,19 @@ class TelegramAdapter:
         self._engine = services.engine
         self._commands = services.commands
         self._poll_timeout_s = poll_timeout_s
-        self._stop_grace_s = stop_grace_s
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook: WebhookServer | None = None
         self._poller: UpdatePoller | None = None
         self._files: FileDownloads | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = UpdateTasks("Telegram", stop_grace_s)
         self._table = services.commands.table(PLATFORM)
+        self._repairs = InterruptedReplies(
+            services.engine.store,
+            PLATFORM,
+            self._rewrite,
+            max_chars=self._tg.max_message_chars,
+            settings=services.settings,
+        )
 
     @property
     def connected(self) -> bool:
@@ -128,10 +138,16 @@ class TelegramAdapter:
             await self.stop()
             raise
         log.info("Telegram: running as @%s", application.bot.username)
+        self._repairs.start()
 
     async def _run(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await application.initialize()
-        await application.bot.set_my_commands(menu(self._table))
+        # One menu per language: Telegram shows each user the menu of their language_code.
+        for language_code, commands in menus(self._table, self._settings.engine.language):
+            if commands:
+                await application.bot.set_my_commands(commands, language_code=language_code)
+            else:  # a menu of an earlier run, for a language this one does not speak
+                await application.bot.delete_my_commands(language_code=language_code)
         await application.start()
         if self._tg.webhook_url:
             await self._start_webhook(application)
@@ -143,6 +159,7 @@ class TelegramAdapter:
 
     async def stop(self) -> None:
         """Stop receiving, let replies in progress finish (up to a grace period), log out."""
+        await self._repairs.stop()
         application, self._application = self._application, None
         if application is None:
             return
@@ -154,7 +171,7 @@ class TelegramAdapter:
             self._webhook = None
         if application.running:
             await application.stop()
-        await self._drain()
+        await self._tasks.drain()
         if self._files is not None:
             await self._files.close()
             self._files = None
@@ -186,17 +203,19 @@ class TelegramAdapter:
             # Group chatter: never answered, but what was said around the bot is context for
             # the next message addressed to it (the engine keeps it if group_context is on).
             if may_use(self._tg, message.from_user.id, message.chat_id):
-                self._spawn(self._observe(message))
+                self._tasks.spawn(self._observe(message))
             return
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, say(Msg.REFUSED)))
+            self._tasks.spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
-        self._spawn(self._answer(message, bot.username, ticket=self._claim()))
+        self._tasks.spawn(self._answer(message, bot.username, ticket=self._claim()))
 
     async def _on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
         if message is None or message.from_user is None or message.text is None:
             return
+        if message.from_user.is_bot:
+            return  # like their messages: two bots must not answer each other without end
         command = parse_command(message.text, context.bot.username)
         if command is None:
             return
@@ -204,14 +223,14 @@ class TelegramAdapter:
         if known is None and not (is_private(message) or command.addressed):
             return  # in a group, an unknown bare /command is probably for another bot
         if not may_use(self._tg, message.from_user.id, message.chat_id):
-            self._spawn(self._tell(message, say(Msg.REFUSED)))
+            self._tasks.spawn(self._tell(message, say(Msg.REFUSED, lang=self._language(message))))
             return
         if known is not None and known.turn:  # /ask: its text is a message to answer
-            self._spawn(
+            self._tasks.spawn(
                 self._answer(message, context.bot.username, text=command.args, ticket=self._claim())
             )
             return
-        self._spawn(self._run_command(message, command.name, command.args))
+        self._tasks.spawn(self._run_command(message, command.name, command.args))
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("Telegram update handling failed", exc_info=context.error)
@@ -237,15 +256,16 @@ class TelegramAdapter:
         try:
             if text is None:
                 text = strip_mention(message.text or message.caption or "", bot_username)
-            await self._engine.handle(
-                self._incoming(message, text, self._attachments(message)),
-                target,
-                on_stored=ticket.stored if ticket is not None else None,
-                # Not stored: Telegram keeps an unconfirmed update; on the last try, say so.
-                redeliverable=ticket is not None and not ticket.last_attempt,
+            # Not stored yet: Telegram keeps the unconfirmed update (until `keep_until`).
+            delivery = (
+                Delivery()
+                if ticket is None
+                else Delivery(stored=ticket.stored, held=ticket.hold, keep_until=ticket.keep_until)
             )
+            incoming = self._incoming(message, text, self._attachments(message))
+            await self._engine.handle(incoming, target, delivery)
         except MessageNotStored as exc:
-            assert ticket is not None  # only a redeliverable turn raises it
+            assert ticket is not None  # only a turn whose update Telegram keeps raises it
             log.info("Telegram: update %d not stored (%s): trying again", ticket.update_id, exc)
             ticket.not_stored()
             ticket = None
@@ -254,7 +274,7 @@ class TelegramAdapter:
         # One update's error boundary: log it, tell the user, keep polling.
         except Exception:
             log.exception("Telegram: handling a message in chat %s failed", message.chat_id)
-            await self._tell(message, say(Msg.MESSAGE_FAILED))
+            await self._tell(message, say(Msg.MESSAGE_FAILED, lang=self._language(message)))
         finally:
             if ticket is not None:
                 ticket.stored()  # answered, refused or failed otherwise: nothing to redeliver
@@ -268,19 +288,33 @@ class TelegramAdapter:
 
     async def _run_command(self, message: Message, name: str, args: str) -> None:
         msg = self._incoming(message, message.text or "")
+        if not await self._first_delivery(msg):
+            log.info("Telegram: /%s in chat %s came again; run already", name, message.chat_id)
+            return
         try:
             reply = await self._commands.execute(msg, name, args)
         # One command's error boundary: log it, tell the user.
         except Exception:
             log.exception("Telegram: /%s in chat %s failed", name, message.chat_id)
-            reply = CommandReply(say(Msg.MESSAGE_FAILED))
+            reply = CommandReply(say(Msg.MESSAGE_FAILED, lang=self._language(message)))
         await self._tell(message, reply.text)
         for file in reply.files:
             try:
                 await self._target(message).send_file(file)
             except _UNDELIVERED as exc:
                 log.warning("file to chat %s not delivered: %s", message.chat_id, exc)
-                await self._tell(message, say(Msg.FILE_REFUSED_TELEGRAM))
+                refused = say(Msg.FILE_REFUSED_TELEGRAM, lang=await self._commands.language(msg))
+                await self._tell(message, refused)
+
+    async def _first_delivery(self, msg: IncomingMessage) -> bool:
+        """Claim a command's update before it runs, so a redelivery does not run it twice (a
+        process killed before it confirmed the update); a store that cannot say runs it."""
+        if msg.handled_key is None:
+            return True
+        try:
+            return await self._engine.store.claim(PLATFORM, msg.handled_key)
+        except StorageError:
+            return True
 
     async def _tell(self, message: Message, text: str) -> None:
         """A plain answer outside the engine's replies (command results, refusals)."""
@@ -324,7 +358,16 @@ class TelegramAdapter:
             message_id=str(message.message_id),
             is_private=is_private(message),
             attachments=attachments,
+            language=user.language_code or "",
         )
+
+    def _language(self, message: Message) -> str:
+        """The language of a notice outside a turn (a refusal, an error): the bot's setting, else
+        the sender's; the chat's own setting is not read for these (the store may be what
+        failed, and a refused user's chat is not stored)."""
+        user = message.from_user
+        code = user.language_code if user is not None else None
+        return turn_language(self._settings.engine.language, code or "")
 
     def _target(self, message: Message) -> TelegramReplyTarget:
         private = is_private(message)
@@ -339,22 +382,26 @@ class TelegramAdapter:
             thread_id=topic_id(message),  # every reply, notice and voice note lands in the topic
         )
 
+    async def _rewrite(self, part: OpenPart, text: str) -> None:
+        """Finish a message of an interrupted reply: an edit, or a new message where the part
+        was a draft preview (Telegram drops those by itself)."""
+        assert self._application is not None
+        chat, _, topic = part.channel_key.partition(":")
+        chat_id = int(chat)
+        target = TelegramReplyTarget(
+            self._application.bot,
+            chat_id=chat_id,
+            # Private chats have the user's (positive) id, groups and channels negative ones.
+            limits=chat_limits(self._tg, is_private=chat_id > 0),
+            scheduler=self._engine.scheduler,
+            thread_id=int(topic) if topic else None,
+        )
+        scheduler = self._engine.scheduler
+        if part.message_id.startswith(DRAFT_PREFIX):
+            post = functools.partial(target.send, text)
+            await scheduler.call(target, post, priority=Priority.COMPLETE, what="repair")
+        else:
+            edit = functools.partial(target.edit, part.message_id, text)
+            await scheduler.call(target, edit, priority=Priority.COMPLETE, what="repair")
+
     # -- tasks -----------------------------------------------------------------------------
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Telegram: answering failed", exc_info=task.exception())
-
-    async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)

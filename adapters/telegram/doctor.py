@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from adapters.telegram.config import TelegramSettings
 from bot.config import Settings
 from bot.doctor import AUTH_REFUSED, Finding, token_check
+from bot.urls import url_host
 
 
 async def check(settings: Settings) -> list[Finding]:
     """The token is valid and Telegram (or `telegram.api_base_url`) is reachable."""
     tg = TelegramSettings.of(settings)
-    host = urlsplit(tg.api_base_url).netloc
+    host = url_host(tg.api_base_url)  # no credentials
 
     def judge(status: int, data: Any) -> Finding:
         result = data.get("result") if isinstance(data, dict) else None

@@ -17,3 +17,6 @@ PRIVATE_CHAT_RATE = float(FloodLimit.MESSAGES_PER_SECOND_PER_CHAT)  # soft: shor
 GROUP_MESSAGES_PER_MINUTE = int(FloodLimit.MESSAGES_PER_MINUTE_PER_GROUP)
 GROUP_WINDOW_S = 60.0  # Telegram counts a group's messages per minute
 GLOBAL_RATE = float(FloodLimit.MESSAGES_PER_SECOND)  # the whole bot, every chat together
+# "Incoming updates are stored on the server until the bot receives them either way, but they
+# will not be kept longer than 24 hours." (https://core.telegram.org/bots/api#getting-updates)
+UPDATE_KEPT_S = 24 * 3600.0

@@ -4,8 +4,10 @@ Telegram forgets an update once a getUpdates call asks for a later offset. PTB's
 as soon as it has queued a batch, so a message whose turn then failed to be stored (a full disk)
 was gone for good. This poller asks itself (`Bot.get_updates`, handing each new update to
 `Application.process_update`) and moves the offset only past updates that are settled: their
-message stored, or nothing to store. One that could not be stored is left unconfirmed, so
-Telegram keeps it; it is tried again with backoff, and on its last try the user hears why.
+message stored, or nothing to store. While the store is out, the engine holds the message
+(bot/hold.py) and its update stays unconfirmed, so Telegram keeps it should the process die;
+one the engine could not hold is left to Telegram and tried again with backoff, for as long as
+Telegram keeps it (`UPDATE_KEPT_S`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dtm
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,17 +27,28 @@ from telegram import Update
 from telegram.ext import Application
 
 from adapters.telegram.errors import retry_after_seconds
+from adapters.telegram.limits import UPDATE_KEPT_S
 from bot.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-STORE_ATTEMPTS = 4  # tries of an update whose message could not be stored, the last one told
-RETRY_INITIAL_S = 0.5  # the wait before the second try; doubles up to RETRY_MAX_S
-RETRY_MAX_S = 8.0
+RETRY_INITIAL_S = 0.5  # the wait before an unstored update's second try; doubles up to the max
+RETRY_MAX_S = 30.0
+KEEP_MARGIN_S = 600.0  # an update is given up this long before Telegram would drop it
 SETTLE_WAIT_S = 0.5  # how long a poll waits on unsettled updates before asking again
+# While every unsettled update waits for the store, polls come this often: each returns at once
+# (an unconfirmed update is always there) and a new message can only be told it must wait.
+HELD_POLL_S = 2.0
 NETWORK_RETRY_S = 1.0  # the first wait after a failed getUpdates; doubles up to 30 s
 NETWORK_RETRY_MAX_S = 30.0
 FINAL_CONFIRM_TIMEOUT_S = 2.0  # at stop: confirming what was handled may not hold up shutdown
+
+
+def kept_until(update: Update) -> float:
+    """When (epoch seconds) Telegram stops keeping `update`, less a margin."""
+    message = update.message
+    sent = message.date.timestamp() if message is not None else time.time()
+    return sent + UPDATE_KEPT_S - KEEP_MARGIN_S
 
 
 @dataclass(slots=True)
@@ -42,19 +56,16 @@ class Ticket:
     """One update's passage: handlers claim it, then say when its message is stored or not."""
 
     update_id: int
+    keep_until: float = math.inf  # epoch seconds: Telegram keeps the update unconfirmed till then
     attempt: int = 1
     claimed: bool = False
     settled: bool = False
+    held: bool = False  # the engine holds its message until the store takes it
     failed_at: float | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(RETRY_INITIAL_S, RETRY_MAX_S))
     retry_at: float = 0.0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)  # settled, or failed
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # settled, held or failed
     _poller: UpdatePoller | None = None
-
-    @property
-    def last_attempt(self) -> bool:
-        """On this try a failure is told to the user instead of tried again."""
-        return self.attempt >= STORE_ATTEMPTS
 
     def claim(self) -> None:
         """A handler took the update on: it settles when the handler says so."""
@@ -63,10 +74,17 @@ class Ticket:
     def stored(self) -> None:
         """The update's message is stored (or needs no storing): confirm it."""
         self.settled = True
+        self.held = False
+        self._changed()
+
+    def hold(self) -> None:
+        """Its message waits in memory for the store: the update stays unconfirmed meanwhile."""
+        self.held = True
         self._changed()
 
     def not_stored(self) -> None:
         """Storing failed: leave the update unconfirmed and try it again after a while."""
+        self.held = False
         self.failed_at = time.monotonic()
         self.retry_at = self.failed_at + self.backoff.next()
         self._changed()
@@ -198,18 +216,14 @@ class UpdatePoller:
         for update in updates:
             ticket = self._tickets.get(update.update_id)
             if ticket is None:
-                ticket = self._tickets[update.update_id] = Ticket(update.update_id, _poller=self)
+                ticket = Ticket(update.update_id, kept_until(update), _poller=self)
+                self._tickets[update.update_id] = ticket
                 self._next_offset = max(self._next_offset or 0, update.update_id + 1)
             elif ticket.settled or ticket.failed_at is None or now < ticket.retry_at:
                 continue  # already handled, being handled, or not yet due again
             else:
                 ticket.retry()
-                log.info(
-                    "Telegram: update %d again (try %d of %d)",
-                    update.update_id,
-                    ticket.attempt,
-                    STORE_ATTEMPTS,
-                )
+                log.info("Telegram: update %d again (try %d)", update.update_id, ticket.attempt)
             await self.tickets.hand_over(self._application, update, ticket)
             handed += 1
         return handed
@@ -226,7 +240,9 @@ class UpdatePoller:
         """Nothing new came: wait for a ticket to settle or fail, or a retry to fall due."""
         now = time.monotonic()
         due = [t.retry_at - now for t in self._tickets.values() if t.failed_at is not None]
-        wait = max(0.0, min([SETTLE_WAIT_S, *due]))
+        busy = [t for t in self._tickets.values() if not t.settled and t.failed_at is None]
+        poll = HELD_POLL_S if busy and all(t.held for t in busy) else SETTLE_WAIT_S
+        wait = max(0.0, min([poll, *due]))
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), wait)

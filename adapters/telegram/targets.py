@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -31,9 +32,15 @@ from adapters.telegram.config import TelegramSettings
 from adapters.telegram.errors import delivery_errors, is_gone, is_not_modified
 from adapters.telegram.format import Rendered, render_markdown
 from adapters.telegram.limits import GROUP_WINDOW_S, MAX_CAPTION_CHARS, PLATFORM_KEY
-from bot.delivery.budgets import GLOBAL_WINDOW_S, SHORT_REPLY_CALLS, windowed_budget
+from bot.delivery.budgets import (
+    GLOBAL_WINDOW_S,
+    SHORT_REPLY_CALLS,
+    platform_budget,
+    windowed_budget,
+)
 from bot.delivery.scheduler import EditScheduler
 from bot.errors import DeliveryError
+from bot.languages import ENGLISH
 from bot.messages import queue_text
 from bot.types import OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
@@ -53,7 +60,8 @@ def chat_limits(settings: TelegramSettings, *, is_private: bool) -> TargetLimits
     """Budgets of one Telegram chat and of the whole bot, from `[telegram]` settings.
 
     A private chat's limit is a soft rate that tolerates short bursts, so it gets the plain rate
-    plus a burst; the group and global limits are hard counts per window (`windowed_budget`).
+    plus a burst; a group's limit is a hard count per minute (`windowed_budget`); the bot may
+    send its whole second's count at once (`platform_budget`).
     """
     if is_private:
         chat = RateBudget(rate=settings.private_rate, burst=SHORT_REPLY_CALLS)
@@ -62,7 +70,7 @@ def chat_limits(settings: TelegramSettings, *, is_private: bool) -> TargetLimits
     return TargetLimits(
         max_chars=settings.max_message_chars,
         chat=chat,
-        platform=windowed_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
+        platform=platform_budget(settings.global_rate * GLOBAL_WINDOW_S, GLOBAL_WINDOW_S),
         platform_key=PLATFORM_KEY,
     )
 
@@ -159,13 +167,14 @@ class TelegramReplyTarget:
         if shown:  # skipped for text: the next call may try again
             self._last_typing = now
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         """Show the chat's one "#n in line" message at this position; it never blocks.
 
         However many of the chat's messages wait, it has one such message, posted once and
         edited as positions change; it goes when none of them waits any more.
         """
-        self._scheduler.queue_notices.wait(self, _QueueNotice(self), self, position, queue_text)
+        text = functools.partial(queue_text, lang=lang)
+        self._scheduler.queue_notices.wait(self, _QueueNotice(self), self, position, text)
 
     async def notice(self, text: str) -> None:
         """Post a short plain message (transcript, error, refusal); long ones are split."""

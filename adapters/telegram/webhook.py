@@ -2,7 +2,9 @@
 
 PTB's own webhook server needs tornado (the `webhooks` extra); aiohttp is already a dependency.
 Each update is handed to PTB's handlers at once and answered 200 only when its message is stored:
-answered 500 (a full disk), Telegram sends it again later, as it does for polling's offsets.
+answered 500 (a full disk, a database restarting), Telegram sends it again later, as it does for
+polling's offsets. Meanwhile the engine may hold the message in memory and store it as soon as it
+can (bot/hold.py); Telegram's next delivery is then acknowledged as handled already.
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 
 from aiohttp import web
 from telegram import Update
 from telegram.ext import Application
 
-from adapters.telegram.polling import Ticket, Tickets
+from adapters.telegram.polling import Ticket, Tickets, kept_until
 from adapters.telegram.updates import decodable
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class WebhookServer:
             return web.Response(status=403)
         try:
             data = await request.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not UTF-8 or not JSON (both ValueErrors): a resend would not help
             return web.Response(status=400)
         # An update that cannot be decoded is acknowledged anyway: Telegram would redeliver it.
         checked = decodable(data)
@@ -72,7 +73,9 @@ class WebhookServer:
         update = Update.de_json(checked, self._application.bot)
         ticket = self.tickets.by_id.get(update.update_id)
         if ticket is None:
-            ticket = self.tickets.by_id[update.update_id] = Ticket(update.update_id)
+            ticket = self.tickets.by_id[update.update_id] = Ticket(
+                update.update_id, kept_until(update)
+            )
         elif ticket.failed_at is not None:
             ticket.retry()  # Telegram redelivers what was answered with an error
         elif not ticket.settled:
@@ -83,7 +86,8 @@ class WebhookServer:
         return await self._answer_when_settled(ticket)
 
     async def _answer_when_settled(self, ticket: Ticket) -> web.Response:
-        """200 once the message is stored; 500 if it could not be, so Telegram sends it again.
+        """200 once the message is stored; 500 while it is not (it failed, or waits in memory
+        for the store), so Telegram keeps it and sends it again.
 
         A turn still busy storing after SETTLE_WAIT_S (a long voice note) is acknowledged: it
         has not failed, and holding Telegram's request longer would make it resend anyway.
@@ -91,7 +95,7 @@ class WebhookServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ticket.changed.wait(), SETTLE_WAIT_S)
         self._forget_settled()
-        if ticket.failed_at is not None:
+        if not ticket.settled and (ticket.failed_at is not None or ticket.held):
             return web.Response(status=500, text="not stored yet; send it again")
         return web.Response()
 

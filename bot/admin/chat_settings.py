@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.channel_config import CHANNEL_KEYS, ChannelSettings
-from bot.config import EngineSettings
+from bot.channel_config import CHANNEL_KEYS, ChannelSettings, channel_defaults
+from bot.config import Settings
 from bot.storage import Store
 from bot.types import IncomingMessage
 
@@ -44,17 +44,16 @@ class SetResult:
     ok: bool
 
 
-async def chat_settings(
-    store: Store, defaults: EngineSettings, channel_id: int
-) -> list[ChatSetting]:
+async def chat_settings(store: Store, settings: Settings, channel_id: int) -> list[ChatSetting]:
     """Every per-chat key with its value in force for this chat."""
     overrides = await store.channel_settings(channel_id)
-    resolved = ChannelSettings.resolve(defaults, overrides)
+    resolved = ChannelSettings.resolve(settings, overrides)
+    defaults = channel_defaults(settings)
     return [
         ChatSetting(
             key=key,
             value=getattr(resolved, key),
-            default=getattr(defaults, key),
+            default=defaults[key],
             overridden=key in overrides,
             help=help_text,
         )

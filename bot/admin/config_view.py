@@ -74,6 +74,15 @@ def _walk(
         if isinstance(value, BaseModel):
             _walk(value, where, file_data, env, rows)
             continue
+        if (
+            value
+            and isinstance(value, dict)
+            and all(isinstance(v, BaseModel) for v in value.values())
+        ):
+            # Keyed sections (llm.models.NAME): one row per setting, masked like the others.
+            for key, entry in value.items():
+                _walk(entry, (*where, key), file_data, env, rows)
+            continue
         secret = isinstance(value, SecretStr) or any(w in name.lower() for w in _SECRET_WORDS)
         if _from_env(where, env):
             source: Source = "environment"
@@ -121,7 +130,8 @@ def _show(value: Any, secret: bool) -> str:
     if isinstance(value, str):
         return json.dumps(mask_url(value), ensure_ascii=False)
     if isinstance(value, list):
-        return json.dumps([mask_url(v) if isinstance(v, str) else v for v in value])
+        shown = [mask_url(v) if isinstance(v, str) else v for v in value]
+        return json.dumps(shown, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -6,8 +6,15 @@ import ipaddress
 
 from bot.admin.passwords import password_file, read_hash_file
 from bot.config import HTTPSettings, Settings
+from bot.paths import checkout_root
 
-SET_PASSWORD_HINT = "parley admin set-password"
+
+def set_password_hint() -> str:
+    """The command that sets the console's password, as it is typed where Parley runs from: in a
+    checkout the venv's `parley` is not on the PATH, so `make admin-password` does it."""
+    if checkout_root() is not None:
+        return "make admin-password    (or: .venv/bin/parley admin set-password)"
+    return "parley admin set-password"
 
 
 def is_loopback(host: str) -> bool:
@@ -53,4 +60,4 @@ def password_state(settings: Settings) -> str:
     path = password_file(settings)
     if read_hash_file(path) is not None:
         return f"password set (argon2 hash in {path})"
-    return f"no password set: /admin stays locked until `{SET_PASSWORD_HINT}`"
+    return f"no password set: /admin stays locked until `{set_password_hint()}`"

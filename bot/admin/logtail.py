@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import threading
 import time
 from collections import deque
@@ -20,8 +19,6 @@ from dataclasses import asdict, dataclass
 from bot.logs import RedactSecrets
 
 RING_SIZE = 1000  # records kept
-# A password inside a URL (http://user:password@host), which no settings list names as a secret.
-_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):[^@\s/]+@")
 SUBSCRIBER_BACKLOG = 500  # records a slow page may fall behind before it misses some
 
 
@@ -94,7 +91,7 @@ class LogRing(logging.Handler):
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
             elif record.exc_text:
                 message += "\n" + record.exc_text
-            message = _URL_PASSWORD.sub(r"\1:[REDACTED]@", self._redact(message))
+            message = self._redact(message)
             with self._guard:
                 entry = LogEntry(
                     next(self._seq), record.created, record.levelname, record.name, message

@@ -35,15 +35,21 @@ Origin = Literal["environment", "file"]
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """The password hash in force, where it came from, and a fingerprint naming it in sessions."""
+    """The password hash in force, where it came from, and a fingerprint naming it in sessions.
+
+    Sessions are bound to the fingerprint (never stored as it is: bot.admin.sessions), so a
+    changed password ends the sessions of the old one. It is the same in every process with
+    the same password: from the file's hash, or, for the environment's password (which each
+    process hashes with a salt of its own), from the password.
+    """
 
     hash: str
     origin: Origin
+    fingerprint: str
 
-    @property
-    def fingerprint(self) -> str:
-        """Sessions remember this: a changed password ends the sessions of the old one."""
-        return hashlib.sha256(self.hash.encode()).hexdigest()[:32]
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(b"parley admin credential\0" + text.encode()).hexdigest()[:32]
 
 
 def password_file(settings: Settings) -> Path:
@@ -111,6 +117,7 @@ class PasswordStore:
         self._env_password = settings.http.admin_password.get_secret_value()
         self._env_hash: str | None = None
         self._verifying = asyncio.Semaphore(MAX_CONCURRENT_VERIFICATIONS)
+        self.checks = 0  # passwords checked against the hash since start (what a guesser got)
 
     async def start(self) -> None:
         """Hash a password from the environment once, so only its hash is compared."""
@@ -122,11 +129,12 @@ class PasswordStore:
         if self._env_password:
             await self.start()
             assert self._env_hash is not None
-            return Credential(self._env_hash, "environment")
+            return Credential(self._env_hash, "environment", _fingerprint(self._env_password))
         stored = await asyncio.to_thread(read_hash_file, self.path)
-        return Credential(stored, "file") if stored else None
+        return Credential(stored, "file", _fingerprint(stored)) if stored else None
 
     async def verify(self, credential: Credential, password: str) -> bool:
         """Check a sign-in in a worker thread, at most a few at a time."""
+        self.checks += 1
         async with self._verifying:
             return await asyncio.to_thread(verify_password, credential.hash, password)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.storage import Store
+from bot.storage.base import MAX_ROW_ID
 
 PREVIEW_CHARS = 120
 _LIKE_ESCAPE = "\\"  # as written in the ESCAPE clause of search_messages
-_NO_ROW_ABOVE = 2**63 - 1  # "before" when a page starts at the newest row (fits a bigint)
+_NO_ROW_ABOVE = MAX_ROW_ID  # "before" when a page starts at the newest row
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class MessageRow:
     token_count: int | None
     created_at: float
     updated_at: float
+    session_id: int  # the chat's conversation it belongs to (0: "main")
 
     @property
     def latency_s(self) -> float | None:
@@ -101,12 +103,12 @@ def _json_text(raw: str | None) -> str:
 
 _MESSAGE_COLUMNS = (
     "m.id, m.channel_id, m.role, m.author_id, m.author_name, m.content, m.status,"
-    " m.token_count, m.created_at, m.updated_at"
+    " m.token_count, m.created_at, m.updated_at, m.session_id"
 )
 
 
 def _message(row: Any) -> MessageRow:
-    return MessageRow(*tuple(row)[:10])
+    return MessageRow(*tuple(row)[:11])
 
 
 async def list_chats(store: Store, *, limit: int, offset: int = 0) -> list[ChatSummary]:
@@ -174,13 +176,23 @@ async def get_chat(store: Store, channel_id: int) -> ChatSummary | None:
 
 
 async def chat_messages(
-    store: Store, channel_id: int, *, limit: int, before: int | None = None
+    store: Store,
+    channel_id: int,
+    *,
+    limit: int,
+    before: int | None = None,
+    session_id: int | None = None,
 ) -> list[MessageRow]:
-    """Up to `limit` messages of a chat older than row `before` (all when None), oldest first."""
+    """Up to `limit` messages of a chat older than row `before` (all when None), of one of its
+    conversations (all when None), oldest first."""
+    params: tuple[Any, ...] = (channel_id, before if before is not None else _NO_ROW_ABOVE, limit)
+    where = "m.channel_id = $1 AND m.id < $2"
+    if session_id is not None:
+        where += " AND m.session_id = $4"
+        params += (session_id,)
     rows = await store.fetch(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
-        " WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3",
-        (channel_id, before if before is not None else _NO_ROW_ABOVE, limit),
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE {where} ORDER BY m.id DESC LIMIT $3",
+        params,
     )
     return [_message(row) for row in reversed(rows)]
 
@@ -206,7 +218,7 @@ async def search_messages(store: Store, text: str, *, limit: int) -> list[Search
         f" WHERE m.content {store.like} $1 ESCAPE '\\' ORDER BY m.id DESC LIMIT $2",
         (like_pattern(text), limit),
     )
-    return [SearchHit(_message(row), row[10], row[11]) for row in rows]
+    return [SearchHit(_message(row), row[11], row[12]) for row in rows]
 
 
 async def audit_page(

@@ -1,19 +1,27 @@
-"""Sign-in sessions, CSRF tokens and the sign-in throttle of the admin console (all in memory).
+"""Sign-in sessions, CSRF tokens and the sign-in throttle of the admin console.
 
-Sessions live in this process only: a restart signs everyone out, which is the safe direction.
-The cookie holds a random token; the server keeps only its SHA-256, so the session table itself
-holds nothing a browser could present.
+Sessions and the throttle live in the store (bot/storage/console_sessions.py, throttle.py), so
+every process sharing a PostgreSQL database shares them: a cookie signed in on one works on the
+others, and five sign-in attempts are all an address gets, whichever processes they reach.
+The cookie holds a random token; the store keeps only its SHA-256, and the session's CSRF token
+is derived from the cookie's token (an HMAC), so the database holds nothing a browser could
+present.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.storage.throttle import ThrottlePolicy
+
+if TYPE_CHECKING:
+    from bot.storage import Store
 
 SESSION_COOKIE = "parley_admin"
 LOGIN_COOKIE = "parley_login"  # the sign-in form's CSRF token (double submit: cookie + field)
@@ -22,13 +30,15 @@ CSRF_HEADER = "X-CSRF-Token"  # the same token, for requests made by the page's 
 IDLE_TIMEOUT_S = 8 * 3600.0  # a session unused this long ends
 MAX_AGE_S = 24 * 3600.0  # and every session ends a day after sign-in
 MAX_SESSIONS = 64  # beyond this, the least recently used session ends
+TOUCH_EVERY_S = 60.0  # a session's last use is written at most this often
 
-# Sign-in throttle, per client address: a few free tries, then each failure doubles the wait.
-FREE_FAILURES = 5
-FIRST_LOCK_S = 30.0
-MAX_LOCK_S = 15 * 60.0
-FAILURE_MEMORY_S = 15 * 60.0  # failures older than this are forgotten
-_MAX_TRACKED_ADDRESSES = 10_000
+# Sign-in throttle, per client address: an attempt is counted before its password is checked;
+# FREE_ATTEMPTS go ahead, then each attempt doubles the wait.
+SIGN_IN_SCOPE = "admin.sign_in"
+FREE_ATTEMPTS = 5
+SIGN_IN_THROTTLE = ThrottlePolicy(
+    free=FREE_ATTEMPTS, first_wait_s=30.0, max_wait_s=15 * 60.0, memory_s=15 * 60.0
+)
 
 Clock = Callable[[], float]
 
@@ -47,7 +57,18 @@ def _key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass(slots=True)
+def _csrf(token: str) -> str:
+    # Keyed by the cookie's token: the stored hash of that token cannot give it.
+    return hmac.new(token.encode(), b"parley admin csrf", hashlib.sha256).hexdigest()
+
+
+def _bound(token: str, credential: str) -> str:
+    """What the store keeps of the password's fingerprint: bound to the cookie's token, which
+    it does not hold, so the row says nothing about the password."""
+    return hmac.new(token.encode(), b"credential\0" + credential.encode(), "sha256").hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class Session:
     """One signed-in browser."""
 
@@ -59,91 +80,43 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by token; a session ends when idle, old, signed out, or its password changed."""
+    """Sessions by cookie token; a session ends when idle, old, signed out, or its password
+    changed (on every process sharing the store)."""
 
-    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, store: Store, *, clock: Clock = time.time) -> None:
+        self._store = store
         self._clock = clock
-        self._sessions: dict[str, Session] = {}
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def create(self, credential: str, remote: str) -> tuple[str, Session]:
+    async def create(self, credential: str, remote: str) -> tuple[str, Session]:
         """A new session (never a reused token: no fixation); returns (cookie token, session)."""
         now = self._clock()
-        if len(self._sessions) >= MAX_SESSIONS:
-            oldest = min(self._sessions, key=lambda k: self._sessions[k].seen)
-            del self._sessions[oldest]
+        await self._store.end_stale_console_sessions(
+            seen_before=now - IDLE_TIMEOUT_S, created_before=now - MAX_AGE_S
+        )
         token = new_token()
-        session = Session(new_token(), credential, remote, created=now, seen=now)
-        self._sessions[_key(token)] = session
-        return token, session
+        await self._store.add_console_session(
+            _key(token), _bound(token, credential), remote, now=now, keep=MAX_SESSIONS
+        )
+        return token, Session(_csrf(token), credential, remote, created=now, seen=now)
 
-    def get(self, token: str | None, credential: str) -> Session | None:
+    async def get(self, token: str | None, credential: str) -> Session | None:
         """The live session of a cookie token, or None."""
         if not token:
             return None
         key = _key(token)
-        session = self._sessions.get(key)
-        if session is None:
+        row = await self._store.console_session(key)
+        if row is None:
             return None
         now = self._clock()
-        expired = now - session.seen > IDLE_TIMEOUT_S or now - session.created > MAX_AGE_S
-        if expired or not hmac.compare_digest(session.credential, credential):
-            del self._sessions[key]
+        expired = now - row.seen_at > IDLE_TIMEOUT_S or now - row.created_at > MAX_AGE_S
+        if expired or not hmac.compare_digest(row.credential, _bound(token, credential)):
+            await self._store.end_console_session(key)
             return None
-        session.seen = now
-        return session
+        if now - row.seen_at >= TOUCH_EVERY_S:
+            await self._store.touch_console_session(key, now)
+        return Session(_csrf(token), credential, row.remote, created=row.created_at, seen=now)
 
-    def end(self, token: str | None) -> None:
+    async def end(self, token: str | None) -> None:
+        """Sign the token's session out."""
         if token:
-            self._sessions.pop(_key(token), None)
-
-
-@dataclass(slots=True)
-class _Failures:
-    count: int
-    last: float
-    locked_until: float
-
-
-class LoginThrottle:
-    """Slows password guessing: after FREE_FAILURES failures an address waits, longer each time.
-
-    Keyed by the connecting address. Behind a reverse proxy every browser shares the proxy's
-    address, so one guesser slows everyone down: the safe direction for a single-owner console.
-    """
-
-    def __init__(self, *, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self._failures: dict[str, _Failures] = {}
-
-    def retry_after(self, address: str) -> int:
-        """Whole seconds this address must wait before its next try; 0 when it may try now."""
-        entry = self._failures.get(address)
-        if entry is None:
-            return 0
-        wait = entry.locked_until - self._clock()
-        return math.ceil(wait) if wait > 0 else 0
-
-    def failed(self, address: str) -> None:
-        now = self._clock()
-        entry = self._failures.get(address)
-        if entry is None or now - entry.last > FAILURE_MEMORY_S:
-            entry = _Failures(0, now, 0.0)
-        entry.count += 1
-        entry.last = now
-        if entry.count >= FREE_FAILURES:
-            lock = FIRST_LOCK_S * 2 ** (entry.count - FREE_FAILURES)
-            entry.locked_until = now + min(MAX_LOCK_S, lock)
-        self._failures[address] = entry
-        if len(self._failures) > _MAX_TRACKED_ADDRESSES:
-            self._forget_old(now)
-
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
-
-    def _forget_old(self, now: float) -> None:
-        for address, entry in list(self._failures.items()):
-            if now - entry.last > FAILURE_MEMORY_S and entry.locked_until <= now:
-                del self._failures[address]
+            await self._store.end_console_session(_key(token))

@@ -30,12 +30,14 @@ QUEUE_DEPTH = "parley_queue_depth"
 TTFT = "parley_time_to_first_token_seconds"
 STT = "parley_stt_seconds"
 TTS = "parley_tts_seconds"
+ANSWER_CACHE = "parley_answer_cache_total"
 _WANTED = {
     REPLIES,
     MESSAGES_IN,
     TOKENS_OUT,
     RATE_LIMITED,
     QUEUE_DEPTH,
+    ANSWER_CACHE,
     *(f"{name}_{part}" for name in (TTFT, STT, TTS) for part in ("sum", "count")),
 }
 
@@ -47,6 +49,7 @@ class Totals:
     at: float
     values: dict[str, float]
     replies_by_status: dict[str, float]
+    cache_by_result: dict[str, float]  # answer cache look-ups: "hit", "miss"
 
     def get(self, name: str) -> float:
         return self.values.get(name, 0.0)
@@ -56,6 +59,7 @@ def read_totals(registry: CollectorRegistry, *, now: float | None = None) -> Tot
     """Sum every sample the overview uses across its labels (blocking but quick)."""
     values: dict[str, float] = {}
     by_status: dict[str, float] = {}
+    by_result: dict[str, float] = {}
     for family in registry.collect():
         for sample in family.samples:
             if sample.name not in _WANTED:
@@ -64,7 +68,10 @@ def read_totals(registry: CollectorRegistry, *, now: float | None = None) -> Tot
             if sample.name == REPLIES:
                 status = sample.labels.get("status", "")
                 by_status[status] = by_status.get(status, 0.0) + sample.value
-    return Totals(time.time() if now is None else now, values, by_status)
+            elif sample.name == ANSWER_CACHE:
+                result = sample.labels.get("result", "")
+                by_result[result] = by_result.get(result, 0.0) + sample.value
+    return Totals(time.time() if now is None else now, values, by_status, by_result)
 
 
 Point = tuple[float, float | None]  # (unix time, value or None when nothing happened)

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.languages import ENGLISH
 from bot.types import IncomingMessage, OutgoingFile, RateBudget, TargetLimits, VoiceClip
 
 WEB_PLATFORM = "web"
@@ -91,7 +92,7 @@ class WebReplyTarget:
     async def typing(self) -> None:
         self._put("typing")
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         self._put("queued", position=position)
 
     async def notice(self, text: str) -> None:

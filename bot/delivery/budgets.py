@@ -1,8 +1,9 @@
-"""Budgets: the token buckets every platform call draws on, and the order waiting calls go in.
+"""Budgets: the buckets every platform call draws on, and the order waiting calls go in.
 
-One `BudgetScheduler` serves the whole bot: a call costs a token from its chat's bucket and one
-from its platform's bucket, granted by `Priority`, then first come, first served. How budgets,
-priorities and 429 pauses work, and why: docs/delivery.md.
+One `BudgetScheduler` serves the whole bot: a call costs a token from its chat's bucket (a token
+bucket) and a place in its platform's window (a sliding window, exact to the platform's count),
+granted by `Priority`, then first come, first served. How budgets, priorities and 429 pauses
+work, and why: docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import itertools
 import logging
 import math
 import operator
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -36,6 +38,12 @@ BACKOFF_MAX_S = 8.0
 MAX_RESENDS = 3  # parts (or notices) sent again after their message was refused, per reply
 
 _INTERIM_RESERVE = 1.0  # tokens an interim edit leaves in its chat bucket
+# Places of each platform window kept for typing indicators, out of text's reach: the platforms
+# count indicators bot-wide, and a place stays taken for a whole window, so an indicator taking
+# one of text's places could hold back a reply's text by up to a window. Two, as many as the old
+# shared bucket's burst let through at once; only a window that still leaves text a short
+# reply's calls has them.
+TYPING_PLACES = 2
 _NETWORK_TRIES = 3  # attempts of a budgeted call (a notice) through network failures
 _TOKEN_SLACK = 1e-9  # float error of a refill that lands exactly on a whole token
 
@@ -59,7 +67,7 @@ class LoopClock:
 
 
 def windowed_budget(calls: float, window_s: float) -> RateBudget:
-    """A bucket that lets at most `calls` through in any `window_s` seconds.
+    """A chat's token bucket that lets at most `calls` through in any `window_s` seconds.
 
     A bucket admits up to `burst + rate * window` calls in a window, so the burst is carved out
     of the window's allowance: the limit holds whether the platform counts in fixed or sliding
@@ -70,6 +78,26 @@ def windowed_budget(calls: float, window_s: float) -> RateBudget:
     burst = max(1.0, min(SHORT_REPLY_CALLS, calls / 2))
     rate = max(calls - burst, calls / 2) / window_s
     return RateBudget(rate=rate, burst=burst)
+
+
+def platform_budget(calls: float, window_s: float) -> RateBudget:
+    """A platform's bot-wide budget: `calls` in any `window_s` seconds, all at once if need be.
+
+    The scheduler keeps a platform's budget as sliding windows (`Window`) of `burst` calls per
+    `burst / rate` seconds, so this is the whole window's count as the burst.
+    """
+    return RateBudget(rate=calls / window_s, burst=calls)
+
+
+def platform_windows(budget: RateBudget) -> tuple[int, int, float]:
+    """A platform budget's places for text and for typing indicators, and their window's length.
+
+    `burst` calls per `burst / rate` seconds (at least one, at no more than `rate` a second),
+    of which `TYPING_PLACES` are the indicators' when text keeps `SHORT_REPLY_CALLS` of them.
+    """
+    calls = max(1, math.floor(budget.burst + _TOKEN_SLACK))
+    typing = TYPING_PLACES if calls - TYPING_PLACES >= SHORT_REPLY_CALLS else 0
+    return calls - typing, typing, calls / budget.rate
 
 
 class Priority(IntEnum):
@@ -95,7 +123,7 @@ class Budgeted(Protocol):
 class Bucket:
     """A token bucket; no token is granted before `paused_until` (a 429's retry_after)."""
 
-    __slots__ = ("burst", "paused_until", "rate", "stamp", "streams", "tokens", "unshown")
+    __slots__ = ("burst", "paused_until", "rate", "stamp", "streams", "tokens")
 
     def __init__(self, budget: RateBudget, now: float) -> None:
         self.rate = budget.rate
@@ -104,7 +132,6 @@ class Bucket:
         self.stamp = now
         self.paused_until = -math.inf
         self.streams = 0  # open streams drawing on it
-        self.unshown = 0  # open replies that show nothing yet: each needs a token soon
 
     def update(self, budget: RateBudget) -> None:
         """Adopt a new budget (the settings changed) without refilling."""
@@ -143,12 +170,85 @@ class Bucket:
         return self.streams == 0 and self.tokens >= self.burst and now >= self.paused_until
 
 
+class Window:
+    """At most `calls` calls in any `window_s` seconds, each counted until `window_s` after its
+    answer; no place is granted before `paused_until` (a global 429).
+
+    A call takes its place when it is granted and keeps it until `window_s` after its answer
+    came (`answered`). The platform counts a call when it arrives, after the grant and before
+    the answer, so however late calls reach the platform, no window of `window_s` on the
+    platform's clock holds more than `calls` of them. A call given back unmade (`refund`) frees
+    its place at once.
+
+    Paced calls (notices and interim edits) are spaced `window_s / calls` apart once half the
+    window is taken: places taken in a burst come free in a burst one window later, so a window
+    that a burst of queue notices or interim edits filled would keep the replies' first and
+    final texts that come a moment later waiting for most of a window, while spaced calls free
+    a place every `window_s / calls`. Only the calls that show a reply's first text or complete
+    one (`FIRST`, `COMPLETE`) may take the second half at once.
+    """
+
+    __slots__ = ("_answers", "_next_paced", "calls", "in_flight", "paused_until", "window_s")
+
+    def __init__(self, calls: int, window_s: float) -> None:
+        self.calls = calls
+        self.window_s = window_s
+        self.in_flight = 0  # granted calls not answered yet
+        self._answers: deque[float] = deque()  # when calls were answered, oldest first
+        self._next_paced = -math.inf  # the earliest moment of the next paced call
+        self.paused_until = -math.inf
+
+    def update(self, calls: int, window_s: float) -> None:
+        """Adopt a new budget (the settings changed); the calls already counted stay counted."""
+        self.calls, self.window_s = calls, window_s
+
+    def _expire(self, now: float) -> None:
+        answers = self._answers
+        while answers and answers[0] + self.window_s <= now:
+            answers.popleft()
+
+    def ready_at(self, now: float, *, paced: bool = False) -> float:
+        """When a place will be free that a pause (and for a `paced` call, the pace) does not
+        hold back; inf: not before a call in flight is answered."""
+        self._expire(now)
+        taken = self.in_flight + len(self._answers)
+        over = taken + 1 - self.calls  # places to wait for
+        if over <= 0:
+            ready = now
+        elif over <= len(self._answers):
+            ready = self._answers[over - 1] + self.window_s
+        else:
+            ready = math.inf
+        if paced and 2 * taken >= self.calls:
+            ready = max(ready, self._next_paced)
+        return max(ready, self.paused_until)
+
+    def take(self, now: float, *, paced: bool = False) -> None:
+        """Take a place for a call (the caller checked `ready_at`)."""
+        self._expire(now)
+        self.in_flight += 1
+        if paced:
+            self._next_paced = max(self._next_paced, now) + self.window_s / self.calls
+
+    def answered(self, now: float) -> None:
+        """A granted call was answered (or failed): its place frees `window_s` from now."""
+        if self.in_flight > 0:
+            self.in_flight -= 1
+            self._answers.append(now)
+
+    def refund(self) -> None:
+        """Give back the place of a call that was not made."""
+        self.in_flight = max(0, self.in_flight - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Lane:
-    """The two buckets every call of one reply draws on."""
+    """What every call of one chat draws on: its chat's bucket and its platform's text window;
+    typing indicators take a place of the platform's `typing` window instead."""
 
     chat: Bucket
-    platform: Bucket
+    platform: Window
+    typing: Window
 
 
 @dataclass(eq=False, slots=True)
@@ -170,7 +270,7 @@ class Expired(Exception):
 
 
 class BudgetScheduler:
-    """Token buckets shared by all platform calls: one per chat_key, one per platform_key.
+    """Budgets shared by all platform calls: a `Bucket` per chat_key, a `Window` per platform_key.
 
     `EditScheduler` (bot.delivery.scheduler) adds the reply streams and queue notices on top.
     """
@@ -179,7 +279,7 @@ class BudgetScheduler:
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.final_deadline_s = final_deadline_s
         self._chats: dict[tuple[str, str], Bucket] = {}
-        self._platforms: dict[str, Bucket] = {}
+        self._platforms: dict[str, tuple[Window, Window]] = {}  # text's and typing's
         self._pending: list[Request] = []
         self._seq = itertools.count()
         self._kick = asyncio.Event()
@@ -224,7 +324,7 @@ class BudgetScheduler:
                     ) from None
                 metrics.PLATFORM_CALLS.labels(platform_key, what).inc()
                 try:
-                    return await make()
+                    return await self.counted(lane.platform, make())
                 except RetryAfter as exc:
                     metrics.RATE_LIMITED.labels(platform_key).inc()
                     log.info(
@@ -251,26 +351,22 @@ class BudgetScheduler:
     ) -> bool:
         """Make a call that is worth nothing late (a typing indicator) only if it costs no text.
 
-        It goes at once when no call waits for the platform's bucket and that bucket keeps, after
-        it, a token for every open reply that shows nothing yet (at least one token); otherwise
-        it is skipped and False returned. It draws on the
-        platform bucket only: Telegram counts messages per chat (a chat action is none) and
-        Discord's typing route has a bucket of its own, but both count it bot-wide. A 429
-        pauses the platform bucket when global; a typing route's own 429 is no reason to
-        delay the chat's text, so it only skips.
+        It goes at once when a place of the platform's typing window is free, no call waits for
+        the platform's text window and no global 429 pauses it; otherwise it is skipped and
+        False returned. The typing window's places are never text's (`TYPING_PLACES`): Telegram
+        counts messages per chat (a chat action is none) and Discord's typing route has a
+        bucket of its own, but both count indicators bot-wide. A 429 pauses the platform when
+        global; a typing route's own 429 is no reason to delay the chat's text, so it only skips.
         """
         lane = self.lane(where)
-        bucket = lane.platform
         now = self.clock.now()
-        # A reply that shows nothing yet will want a token as soon as its first token comes
-        # (it is why the indicator is asked for): those tokens must stay in the bucket.
-        spare = max(bucket.reserve, float(bucket.unshown))
-        if bucket.ready_at(now, 1.0 + spare) > now or self._waiting_on(bucket):
+        ready = max(lane.typing.ready_at(now), lane.platform.paused_until)
+        if ready > now or self._waiting_on(lane.platform):
             return False
-        bucket.take(now)
+        lane.typing.take(now)
         metrics.PLATFORM_CALLS.labels(where.limits.platform_key, what).inc()
         try:
-            await make()
+            await self.counted(lane.typing, make())
         except RetryAfter as exc:
             metrics.RATE_LIMITED.labels(where.limits.platform_key).inc()
             if exc.is_global:
@@ -284,20 +380,25 @@ class BudgetScheduler:
         now = self.clock.now()
         for key in [key for key, bucket in self._chats.items() if bucket.idle(now)]:
             del self._chats[key]
-        platform = self._platforms.get(limits.platform_key)
-        if platform is None:
-            platform = self._platforms[limits.platform_key] = Bucket(limits.platform, now)
+        text_calls, typing_calls, window_s = platform_windows(limits.platform)
+        windows = self._platforms.get(limits.platform_key)
+        if windows is None:
+            windows = self._platforms[limits.platform_key] = (
+                Window(text_calls, window_s),
+                Window(typing_calls, window_s),
+            )
         else:
-            platform.update(limits.platform)
+            windows[0].update(text_calls, window_s)
+            windows[1].update(typing_calls, window_s)
         chat_key = (limits.platform_key, where.chat_key)
         chat = self._chats.get(chat_key)
         if chat is None:
             chat = self._chats[chat_key] = Bucket(limits.chat, now)
         else:
             chat.update(limits.chat)
-        return Lane(chat, platform)
+        return Lane(chat, *windows)
 
-    def _waiting_on(self, bucket: Bucket) -> bool:
+    def _waiting_on(self, bucket: Bucket | Window) -> bool:
         """Whether a call waits for a token of `bucket`."""
         return any(
             not r.granted.done() and bucket in (r.lane.chat, r.lane.platform) for r in self._pending
@@ -344,6 +445,15 @@ class BudgetScheduler:
         lane.platform.refund()
         self._kick.set()
 
+    async def counted(self, window: Window, call: Awaitable[T]) -> T:
+        """Make a granted call: its place in `window` counts until a window after its answer."""
+        try:
+            return await call
+        finally:
+            window.answered(self.clock.now())
+            if self._pending:  # the place frees at a new moment: the dispatcher looks again
+                self._kick.set()
+
     # --- granting -----------------------------------------------------------------------------
 
     def _withdraw(self, request: Request) -> None:
@@ -358,7 +468,7 @@ class BudgetScheduler:
         waiting: list[Request] = []
         # A bucket short of tokens holds back every later call on it (FIFO), so each bucket is
         # asked once per pass: a pass costs O(waiting calls) even when hundreds wait.
-        blocked: set[Bucket] = set()
+        blocked: set[Bucket | Window] = set()
         for request in sorted(self._pending, key=_ORDER):
             if request.granted.done():  # its stream was cancelled
                 continue
@@ -370,16 +480,21 @@ class BudgetScheduler:
             chat, platform = request.lane.chat, request.lane.platform
             if chat in blocked or platform in blocked:
                 continue
+            # Interim edits leave a token in their chat (reserve). Notices and interim edits
+            # are paced bot-wide (`Window`); every later call in this order is one of them too,
+            # so a paced one that must wait rightly holds back the rest.
+            paced = request.urgency >= Priority.NOTICE
             need = 1.0 + (chat.reserve if request.urgency is Priority.UPDATE else 0.0)
-            chat_ready, platform_ready = chat.ready_at(now, need), platform.ready_at(now, 1.0)
+            chat_ready = chat.ready_at(now, need)
+            platform_ready = platform.ready_at(now, paced=paced)
             if chat_ready <= now and platform_ready <= now:
                 chat.take(now)
-                platform.take(now)
+                platform.take(now, paced=paced)
                 request.granted.set_result(None)
                 waiting.pop()
                 continue
             for bucket, ready in ((chat, chat_ready), (platform, platform_ready)):
-                if ready > now:
+                if ready > now:  # inf (a full window waiting for answers) waits for a kick
                     blocked.add(bucket)
                     look = min(look, ready)
         self._pending = waiting

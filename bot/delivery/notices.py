@@ -152,17 +152,7 @@ class LatestMessage:
         metrics.PLATFORM_CALLS.labels(platform_key, f"{self._what}_{kind}").inc()
         self._in_call = True
         try:
-            if kind == "post":
-                self._message = await self._ops.post(text)
-                self._shown = text
-            elif kind == "edit":
-                assert self._message is not None
-                await self._ops.edit(self._message, text)
-                self._shown = text
-            else:
-                assert self._message is not None
-                await self._ops.delete(self._message)
-                self._message = self._shown = None
+            await self._scheduler.counted(lane.platform, self._make(kind, text))
         except RetryAfter as exc:
             metrics.RATE_LIMITED.labels(platform_key).inc()
             log.info(
@@ -189,6 +179,20 @@ class LatestMessage:
             self._backoff.reset()
         finally:
             self._in_call = False
+
+    async def _make(self, kind: str, text: str) -> None:
+        """The platform call of one step, and what it changes in the notice."""
+        if kind == "post":
+            self._message = await self._ops.post(text)
+            self._shown = text
+        elif kind == "edit":
+            assert self._message is not None
+            await self._ops.edit(self._message, text)
+            self._shown = text
+        else:
+            assert self._message is not None
+            await self._ops.delete(self._message)
+            self._message = self._shown = None
 
     def _refused(self, kind: str, exc: DeliveryError) -> None:
         if kind == "post" or exc.reason == "forbidden":

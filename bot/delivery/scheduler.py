@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.delivery.budgets import BudgetScheduler, Clock
 from bot.delivery.notices import QueueNotices
-from bot.delivery.stream import DEFAULT_MARKER, ReplyStream
+from bot.delivery.stream import DEFAULT_MARKER, PartSink, ReplyStream
 from bot.types import TextTarget
 
 
@@ -19,6 +19,13 @@ class EditScheduler(BudgetScheduler):
         super().__init__(clock, final_deadline_s=final_deadline_s)
         self.queue_notices = QueueNotices(self)
 
-    def open(self, target: TextTarget, *, marker: str = DEFAULT_MARKER) -> ReplyStream:
-        """Start showing a reply in `target` (must be called from the event loop)."""
-        return ReplyStream(self, target, self.lane(target), marker)
+    def open(
+        self,
+        target: TextTarget,
+        *,
+        marker: str = DEFAULT_MARKER,
+        on_part: PartSink | None = None,
+    ) -> ReplyStream:
+        """Start showing a reply in `target` (must be called from the event loop); `on_part` is
+        told of each of its platform messages as soon as the platform returns the id."""
+        return ReplyStream(self, target, self.lane(target), marker, on_part)

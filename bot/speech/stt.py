@@ -61,6 +61,7 @@ TIMESTAMP_S = 0.02  # one timestamp token step
 # is read-only once loaded and CTranslate2 runs concurrent calls on it safely.
 _models: dict[tuple[str, int, int], WhisperModel] = {}
 _models_lock = threading.Lock()
+_warned: set[str] = set()  # languages an English-only model was asked for (warned once each)
 
 
 def _import_whisper() -> None:
@@ -223,9 +224,17 @@ def _pcm_speech(pcm: Pcm, rate: int, *, speech_only: bool) -> Pcm:
 
 def _pick_language(model: WhisperModel, speech: Pcm, language: str | None) -> str:
     supported = model.supported_languages
-    if len(supported) == 1:  # an English-only model
-        return supported[0]
     code = (language or "").strip().lower()
+    if len(supported) == 1:  # an English-only model (tiny.en)
+        if code not in (*DETECT, supported[0]) and code not in _warned:
+            _warned.add(code)
+            log.warning(
+                "voice in %r, but stt.model is English only: transcribing it as English "
+                '(stt.model = "base" understands %r)',
+                code,
+                code,
+            )
+        return supported[0]
     if code in supported:
         return code
     if code not in DETECT:

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 
 from bot.errors import SpeechSynthesisError
+from bot.languages import ENGLISH
 from bot.speech.audio import Pcm, make_clip, silence
 from bot.speech.text import SentenceSplitter
 from bot.speech.tts import SpeechSynthesizer
@@ -55,11 +56,18 @@ class VoiceReply:
     """
 
     def __init__(
-        self, synthesizer: SpeechSynthesizer, *, max_chars: int, first_clause: bool = False
+        self,
+        synthesizer: SpeechSynthesizer,
+        *,
+        max_chars: int,
+        lang: str = ENGLISH,
+        first_clause: bool = False,
     ) -> None:
+        """`lang`: the reply's language, whose voice speaks it; `first_clause`: for a live
+        listener, the first piece spoken is the first clause, not the whole first sentence."""
         self._synthesizer = synthesizer
         self._max_chars = max_chars
-        # `first_clause`: for a live listener, the first piece spoken is the first clause.
+        self._lang = lang
         self._splitter = SentenceSplitter(
             first_clause_words=FIRST_CLAUSE_WORDS if first_clause else 0
         )
@@ -82,6 +90,15 @@ class VoiceReply:
             raise RuntimeError("VoiceReply.feed() after finish(), end() or cancel()")
         for sentence in self._splitter.feed(delta):
             self._accept(sentence)
+
+    def interject(self, sentence: str) -> None:
+        """Say `sentence` next, on its own (e.g. "One moment." while a tool runs): the text fed
+        so far ends its sentence first."""
+        if self._abandoned or self._closed:
+            return
+        for pending in self._splitter.feed("\n"):
+            self._accept(pending)
+        self._accept(sentence)
 
     async def finish(self) -> VoiceClip | None:
         """The whole reply's voice clip (sentences concatenated); None if nothing speakable.
@@ -184,7 +201,7 @@ class VoiceReply:
     async def _synthesize_in_order(self) -> None:
         try:
             while (sentence := await self._queue.get()) is not None:
-                pcm = await self._synthesizer.synthesize_pcm(sentence)
+                pcm = await self._synthesizer.synthesize_pcm(sentence, self._lang)
                 self._pieces.append(pcm)
                 if self._live is not None:
                     self._live.put_nowait(SpokenSentence(sentence, pcm))

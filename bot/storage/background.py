@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bot.storage.base import BACKGROUND_KEPT, StoredMessage
 from bot.storage.database import Database, Tx
+from bot.storage.handled import HandledKey, claim_in
 from bot.storage.turns import columns, insert_user_row, session_of_row, stored
 
 
@@ -24,11 +25,17 @@ class Background:
         author_name: str,
         content: str,
         token_count: int,
+        handled: HandledKey | None = None,
     ) -> int:
         """Store a group message the bot was not addressed to (status 'background'); only the
-        newest BACKGROUND_KEPT of a chat are kept. Returns its row id."""
+        newest BACKGROUND_KEPT of a chat are kept. Returns its row id.
+
+        With `handled`, the platform update is claimed in the same transaction (AlreadyHandled
+        for a redelivery)."""
 
         async def record(tx: Tx) -> int:
+            if handled is not None:
+                await claim_in(tx, handled)
             await self.db.order_rows(tx, channel_id)
             row, _, _ = await insert_user_row(
                 tx, channel_id, "background", author_id, author_name, content, token_count

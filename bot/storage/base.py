@@ -30,6 +30,9 @@ BACKGROUND: Status = "background"
 # Background messages kept per chat: older ones are deleted as new ones arrive.
 BACKGROUND_KEPT = 200
 MAIN_SESSION = "main"  # the name of a chat's first conversation (session id 0, no row)
+# The largest row id either database holds (PostgreSQL's bigint, SQLite's INTEGER): an id typed
+# by a user is checked against it before a query sees it (larger ones overflow the drivers).
+MAX_ROW_ID = 2**63 - 1
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -55,6 +58,8 @@ class StoredMessage:
     status: Status
     token_count: int | None
     created_at: float
+    # A reply's tool calls and results (JSON, bot/tools/history.py); None: it called no tool.
+    tool_exchange: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

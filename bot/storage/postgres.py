@@ -31,12 +31,14 @@ from bot.storage.postgres_connect import (
     DB_ERRORS,
     NS_MIGRATE,
     NS_RECORD,
+    SESSION_SETTINGS,
     connect,
     location,
     storage_error,
 )
 from bot.storage.postgres_turns import (
     GONE_OWNER_SQL,
+    LOCK_WAIT_S,
     ORDER_WAIT_S,
     Coordinator,
     TurnLocks,
@@ -158,16 +160,24 @@ class PostgresDatabase(Database):
         coordinator: Coordinator,
         *,
         order_wait_s: float = ORDER_WAIT_S,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> None:
         self._url = url
         self._pool = pool
         self._coordinator = coordinator
-        self.turns = TurnLocks(url, coordinator, self._conn, order_wait_s=order_wait_s)
+        self.turns = TurnLocks(
+            url, coordinator, self._conn, order_wait_s=order_wait_s, lock_wait_s=lock_wait_s
+        )
         self.health = WriteHealth(f"PostgreSQL at {location(url)}")
 
     @classmethod
     async def open(
-        cls, url: str, *, pool_size: int = 10, order_wait_s: float = ORDER_WAIT_S
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        order_wait_s: float = ORDER_WAIT_S,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> PostgresDatabase:
         """Migrate the database at `url`, then open a pool of up to `pool_size` connections."""
         await migrate(url)
@@ -178,6 +188,7 @@ class PostgresDatabase(Database):
                 max_size=pool_size,
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S,
+                server_settings=SESSION_SETTINGS,
             )
         except (*DB_ERRORS, ValueError) as exc:
             raise storage_error(url, "cannot connect", exc) from None
@@ -187,7 +198,7 @@ class PostgresDatabase(Database):
         except BaseException:
             await pool.close()
             raise
-        return cls(url, pool, coordinator, order_wait_s=order_wait_s)
+        return cls(url, pool, coordinator, order_wait_s=order_wait_s, lock_wait_s=lock_wait_s)
 
     @property
     def owner(self) -> int:
@@ -266,10 +277,18 @@ class PostgresStore(Store):
 
     @classmethod
     async def open(
-        cls, url: str, *, pool_size: int = 10, order_wait_s: float = ORDER_WAIT_S
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        order_wait_s: float = ORDER_WAIT_S,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> PostgresStore:
         """Migrate the database at `url`, then open it."""
-        return cls(await PostgresDatabase.open(url, pool_size=pool_size, order_wait_s=order_wait_s))
+        db = await PostgresDatabase.open(
+            url, pool_size=pool_size, order_wait_s=order_wait_s, lock_wait_s=lock_wait_s
+        )
+        return cls(db)
 
     @property
     def instance(self) -> int:

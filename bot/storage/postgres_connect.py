@@ -24,7 +24,29 @@ NS_INSTANCE = _NAMESPACE + 1  # key: a store's instance number, held while the s
 NS_CHANNEL = _NAMESPACE + 2  # key: the channel's turn lock (session level, on the coordinator)
 NS_RECORD = _NAMESPACE + 3  # key: held while a turn's rows are inserted (transaction level)
 
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: asyncpg's state of a connection broken mid-statement (a server going
+# down under a commit), a lost connection like the others.
+_CLIENT_ERRORS = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+DB_ERRORS = (asyncpg.PostgresError, *_CLIENT_ERRORS, OSError, TimeoutError)
+
+APPLICATION_NAME = "parley"  # how Parley's sessions show in pg_stat_activity
+# Set on every session Parley opens. A host that dies without closing its connections (power
+# loss, a network cut) leaves them open on the server, locks included, until TCP notices: by
+# default after two hours. With these keepalives the server ends such a session within
+# idle + interval * count = 60 s, and with it the turn locks it held; a transaction left open
+# by a process that hangs is ended after a minute. (Settings of the server's side of each
+# connection, which any user may set: https://www.postgresql.org/docs/15/runtime-config-connection.html)
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
+IDLE_IN_TRANSACTION_S = 60
+SESSION_SETTINGS = {
+    "application_name": APPLICATION_NAME,
+    "tcp_keepalives_idle": str(KEEPALIVE_IDLE_S),
+    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL_S),
+    "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_S * 1000),
+}
 
 
 def location(url: str) -> str:
@@ -66,7 +88,7 @@ def _reason(exc: BaseException) -> str:
         return f"{exc} (check the user and password in storage.url)"
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+    if isinstance(exc, (asyncpg.PostgresError, *_CLIENT_ERRORS)):
         return str(exc)
     # Anything else (e.g. a ValueError from parsing the URL) may quote the URL: say less.
     return f"{type(exc).__name__}: storage.url is not a valid PostgreSQL URL"
@@ -101,7 +123,7 @@ def _problem(exc: BaseException) -> StorageProblem:
     code = getattr(exc, "sqlstate", None)
     if isinstance(code, str):
         return _SQLSTATE_PROBLEMS.get(code) or _SQLSTATE_CLASS_PROBLEMS.get(code[:2], "error")
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(exc, (OSError, TimeoutError, *_CLIENT_ERRORS)):
         return "unavailable"
     return "error"
 
@@ -110,7 +132,10 @@ async def connect(url: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> as
     """One connection, errors as StorageError (never chained: a parse error may quote the URL)."""
     try:
         return await asyncpg.connect(
-            url, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT_S
+            url,
+            timeout=connect_timeout,
+            command_timeout=COMMAND_TIMEOUT_S,
+            server_settings=SESSION_SETTINGS,
         )
     except (*DB_ERRORS, ValueError) as exc:
         raise storage_error(url, "cannot connect", exc) from None

@@ -38,6 +38,12 @@ from bot.storage.turns import PENDING_SQL
 log = logging.getLogger(__name__)
 
 ORDER_WAIT_S = 600.0  # how long a turn waits for earlier turns of other processes (a stuck peer)
+# How long a turn waits for the channel's lock once it is next: a reply takes at most
+# llm.reply_timeout_s (300 s) and its final edits, so a holder past this is stuck (a process that
+# hangs; a dead host's session ends within a minute: postgres_connect.SESSION_SETTINGS). The
+# turn is answered without the lock then, rather than the channel stalling.
+LOCK_WAIT_S = 600.0
+LOCK_WAIT_LOG_S = 30.0  # a wait this long is logged with who holds the lock
 _POLL_S = 0.5  # waiters re-check this often: a crashed process sends no notification
 NOTIFY_CHANNEL = "parley_turn_ended"
 
@@ -49,6 +55,19 @@ LIVE_INSTANCES = (
 )
 # A pending row's owner is gone: no owner recorded, or its instance lock is not held.
 GONE_OWNER_SQL = f"(owner IS NULL OR owner NOT IN ({LIVE_INSTANCES}))"
+# Who holds a channel's turn lock ($1: its key): the session, where from, what it does since
+# when, and whether it is a running Parley store (it holds an instance lock too).
+LOCK_HOLDER = (
+    "SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'a local socket'),"
+    " coalesce(a.state, '?'),"
+    " coalesce(extract(epoch FROM clock_timestamp() - a.state_change), 0)::float8,"
+    " EXISTS (SELECT 1 FROM pg_locks i WHERE i.pid = a.pid AND i.locktype = 'advisory'"
+    f"  AND i.granted AND i.classid = {NS_INSTANCE} AND i.objsubid = 2)"
+    " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    f" WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {NS_CHANNEL}"
+    " AND l.objid::bigint = $1 AND l.objsubid = 2"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 def lock_key(channel_id: int) -> int:
@@ -185,11 +204,13 @@ class TurnLocks:
         connection: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
         *,
         order_wait_s: float = ORDER_WAIT_S,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> None:
         self._url = url
         self._coordinator = coordinator
         self._connection = connection
         self.order_wait_s = order_wait_s
+        self.lock_wait_s = lock_wait_s
         self._turns = LocalLocks()
 
     @asynccontextmanager
@@ -199,22 +220,27 @@ class TurnLocks:
         In this process a FIFO asyncio lock comes first, so one waiter per channel reaches the
         database. Then, with `reply_row`: wait until no earlier reply of the channel is pending
         in another live process (replies of dead processes become 'interrupted'), at most
-        `order_wait_s`. Then take the session advisory lock; released (and announced) on exit.
+        `order_wait_s`. Then take the session advisory lock, waiting at most `lock_wait_s` for
+        whoever holds it (logged with who it is); released (and announced) on exit.
         """
         key = lock_key(channel_id)
         async with self._turns.hold(key):
-            await self._acquire_turn(channel_id, key, reply_row)
+            locked = await self._acquire_turn(channel_id, key, reply_row)
             try:
                 yield
             finally:
-                # Shielded: a cancelled turn (shutdown) must still hand the channel on.
-                with contextlib.suppress(*DB_ERRORS, StorageError):
-                    await asyncio.shield(self._coordinator.unlock(key))
+                if locked:
+                    # Shielded: a cancelled turn (shutdown) must still hand the channel on.
+                    with contextlib.suppress(*DB_ERRORS, StorageError):
+                        await asyncio.shield(self._coordinator.unlock(key))
 
-    async def _acquire_turn(self, channel_id: int, key: int, reply_row: int | None) -> None:
+    async def _acquire_turn(self, channel_id: int, key: int, reply_row: int | None) -> bool:
+        """Wait for the channel's turn; whether its lock was taken (False: waited too long)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.order_wait_s
         in_order = reply_row is None
+        next_since: float | None = None  # when this turn became next: its wait for the lock
+        logged = False
         try:
             with self._coordinator.wake_ups(key) as woken:
                 while True:
@@ -231,13 +257,52 @@ class TurnLocks:
                             )
                             in_order = True
                     # Earlier replies can finish but never appear: once in order, it stays so.
-                    if in_order and await self._coordinator.try_lock(key):
-                        return
+                    if in_order:
+                        if await self._coordinator.try_lock(key):
+                            return True
+                        now = loop.time()
+                        next_since = now if next_since is None else next_since
+                        waited = now - next_since
+                        if waited >= self.lock_wait_s:
+                            log.warning(
+                                "channel %d: its turn lock is still held after %g s, by %s; "
+                                "answering without it",
+                                channel_id,
+                                self.lock_wait_s,
+                                await self._holder(key),
+                            )
+                            return False
+                        if not logged and waited >= min(LOCK_WAIT_LOG_S, self.lock_wait_s / 2):
+                            logged = True
+                            log.warning(
+                                "channel %d: waiting %.0f s for its turn lock, held by %s "
+                                "(at most %g s)",
+                                channel_id,
+                                waited,
+                                await self._holder(key),
+                                self.lock_wait_s,
+                            )
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_POLL_S):
                             await woken.wait()
         except DB_ERRORS as exc:
             raise storage_error(self._url, "channel turn lock failed", exc) from exc
+
+    async def _holder(self, key: int) -> str:
+        """Who holds channel `key`'s turn lock, in words for a log line."""
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(LOCK_HOLDER, key)
+        except StorageError as exc:  # only a log line's detail is missing
+            return f"a session that cannot be named ({exc})"
+        if row is None:
+            return "nobody any more"
+        pid, name, client, state, seconds, parley = row
+        what = "a running Parley store" if parley else "no running Parley store"
+        return (
+            f"PostgreSQL session {pid} ({name or 'unnamed'}, from {client}, {state} for "
+            f"{seconds:.0f} s, {what})"
+        )
 
     async def _earlier_pending(self, channel_id: int, reply_row: int) -> bool:
         """Whether another live process still answers an earlier turn of the channel.

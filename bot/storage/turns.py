@@ -14,9 +14,11 @@ from typing import Any
 from bot.storage.audit import write_audit
 from bot.storage.base import PENDING, VISIBLE, Status, StoredMessage, Turn
 from bot.storage.database import Database, Tx
+from bot.storage.handled import HandledKey, claim_in
 
 MESSAGE_COLUMNS = (
-    "id", "role", "author_id", "author_name", "content", "status", "token_count", "created_at"
+    "id", "role", "author_id", "author_name", "content", "status", "token_count", "created_at",
+    "tool_exchange",
 )  # fmt: skip
 VISIBLE_SQL = "status IN ({})".format(", ".join(f"'{status}'" for status in VISIBLE))
 # Matches PostgreSQL's messages_pending index.
@@ -115,10 +117,17 @@ class Turns:
         content: str,
         token_count: int | None,
         bot_id: str = "bot",
+        handled: HandledKey | None = None,
     ) -> Turn:
-        """Store the user's message and reserve its reply's row (status 'queued') in one go."""
+        """Store the user's message and reserve its reply's row (status 'queued') in one go.
+
+        With `handled`, the platform update is claimed in the same transaction: AlreadyHandled
+        (and nothing stored) when a delivery before this one was stored already.
+        """
 
         async def rows(tx: Tx) -> Turn:
+            if handled is not None:
+                await claim_in(tx, handled)
             await self.db.order_rows(tx, channel_id)
             user_row, session_id, now = await insert_user_row(
                 tx, channel_id, "complete", author_id, author_name, content, token_count
@@ -176,16 +185,19 @@ class Turns:
         content: str | None = None,
         status: Status | None = None,
         token_count: int | None = None,
+        tool_exchange: str | None = None,
     ) -> None:
-        """Update a message's content, status and token count (None leaves a field as it is)."""
+        """Update a message's content, status, token count and tool exchange (None leaves a
+        field as it is)."""
         await self.db.write(
             lambda tx: tx.execute(
                 "UPDATE messages SET content = COALESCE($1, content),"
                 " status = COALESCE($2, status), token_count = COALESCE($3, token_count),"
-                " updated_at = $4 WHERE id = $5",
+                " tool_exchange = COALESCE($4, tool_exchange), updated_at = $5 WHERE id = $6",
                 content,
                 status,
                 token_count,
+                tool_exchange,
                 time.time(),
                 row_id,
             )

@@ -9,14 +9,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, Tool
 
 from bot.backoff import Backoff
 from bot.tools.names import assign_names, qualified_name
-from bot.tools.result import ToolResult, cap, result_text
+from bot.tools.result import Outcome, ToolResult, cap, result_text
 from bot.tools.server import (
     START_TIMEOUT_S,
     ServerStatus,
@@ -27,8 +27,6 @@ from bot.tools.server import (
 from bot.tools.settings import ToolsSettings
 
 logger = logging.getLogger(__name__)
-
-Outcome = Literal["ok", "tool_error", "timeout", "unavailable", "bad_arguments", "unknown_tool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +196,8 @@ class ToolHub:
                 self._audit(record)
             except Exception:
                 logger.exception("the tool audit hook failed")
-        return ToolResult(cap(text, self.settings.max_result_chars), outcome == "ok", duration)
+        capped = cap(text, self.settings.max_result_chars)
+        return ToolResult(capped, outcome == "ok", duration, outcome, server)
 
 
 def _parse_arguments(text: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from mcp.types import (
     AudioContent,
@@ -15,15 +16,19 @@ from mcp.types import (
     TextResourceContents,
 )
 
+Outcome = Literal["ok", "tool_error", "timeout", "unavailable", "bad_arguments", "unknown_tool"]
+
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
-    """What a call gave back: its text (or what went wrong), whether it worked, and its duration
-    in seconds (Parley's part included)."""
+    """What a call gave back: its text (or what went wrong), whether it worked, its duration in
+    seconds (Parley's part included), how it ended and the server that answered ("" if none)."""
 
     text: str
     ok: bool
     duration: float
+    outcome: Outcome
+    server: str
 
 
 def result_text(result: CallToolResult) -> str:

@@ -15,17 +15,20 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import anyio
+import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import Tool
 
 from bot.backoff import Backoff
 from bot.tools.childlog import ChildStderr
 from bot.tools.settings import ToolServerSettings
+from bot.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +225,7 @@ class ToolServer:
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> Client:
         if self._settings.url:
-            return Client(self._settings.url, cache=None)
+            return Client(await _http_transport(self._settings.url, stack), cache=None)
         stderr = ChildStderr(self.name, self.redact, on_eof=self.suspect)
         stack.push_async_callback(stderr.aclose)  # runs after the client's exit stopped the child
         await stderr.start()
@@ -286,6 +289,23 @@ class ToolServer:
         if tail:
             text = f"{text} (stderr: {tail})"
         return " ".join(self.redact(text).split())[:ERROR_CHARS]
+
+
+_HTTP_TIMEOUT_S = 30.0  # connect, write, pool
+_HTTP_STREAM_READ_S = 300.0  # between two bytes of a response stream
+
+
+async def _http_transport(url: str, stack: contextlib.AsyncExitStack) -> Any:
+    """The streamable-HTTP transport to `url`; its user:password@ goes in a Basic auth header
+    instead, so the SDK's and the HTTP client's log lines name the URL without them."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return streamable_http_client(url)
+    auth = httpx2.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    # The SDK's own client's timeouts: a server may hold a response stream open for minutes.
+    timeout = httpx2.Timeout(_HTTP_TIMEOUT_S, read=_HTTP_STREAM_READ_S)
+    http = await stack.enter_async_context(httpx2.AsyncClient(auth=auth, timeout=timeout))
+    return streamable_http_client(redact_url(url), http_client=http)
 
 
 def _secrets_of(settings: ToolServerSettings) -> list[str]:

@@ -3,15 +3,20 @@
 `voice_note()` is a Telegram/Discord-style voice note (OGG/Opus 48 kHz mono) that adapter tests
 can send; `encode()` wraps PCM in the containers users upload. Built with piper and PyAV
 directly, not with Parley's own speech code, so tests of Parley's decoder get independent input.
+`espeak_voice_note()` speaks other languages, with Debian's espeak-ng.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import tempfile
+import wave
 import zlib
 from fractions import Fraction
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import av
@@ -187,3 +192,17 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 def _words(text: str) -> list[str]:
     cleaned = "".join(ch.lower() if ch.isalnum() or ch == "'" else " " for ch in text)
     return cleaned.split()
+
+
+@cache
+def espeak_voice_note(text: str, voice: str) -> bytes:
+    """A voice note (OGG/Opus 48 kHz mono) of espeak-ng's `voice` (e.g. "fr") saying `text`."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "spoken.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path)], input=text.encode(), check=True)
+        with wave.open(str(path), "rb") as recording:
+            assert recording.getsampwidth() == 2 and recording.getnchannels() == 1
+            rate = recording.getframerate()
+            frames = recording.readframes(recording.getnframes())
+    pcm = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    return encode(pcm, rate, "ogg")

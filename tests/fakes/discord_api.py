@@ -343,6 +343,17 @@ class FakeDiscord(DiscordWorld):
         await self.gateway.dispatch("MESSAGE_CREATE", self.message_payload(message, event=True))
         return message
 
+    async def redeliver(self, message: FakeMessage) -> None:
+        """Dispatch `message`'s MESSAGE_CREATE again, as Discord may replay events after a
+        reconnect (gateway delivery is at least once)."""
+        await self.gateway.dispatch("MESSAGE_CREATE", self.message_payload(message, event=True))
+
+    async def drop_sessions(self, code: int = 4000) -> None:
+        """Close every live gateway session as Discord does on an error of its own (4000: an
+        unknown error, after which a client resumes or identifies again)."""
+        for session in self.gateway.live:
+            await session.close(code, "Unknown error.")
+
     async def interact(
         self,
         command: str,
@@ -351,8 +362,11 @@ class FakeDiscord(DiscordWorld):
         user: FakeUser | None = None,
         channel_id: int | None = None,
         dm: bool = False,
+        locale: str = "en-US",
     ) -> FakeInteraction:
         """A user runs a synced slash command ("ask", "config set"): dispatch INTERACTION_CREATE.
+
+        `locale`: the language of the user's Discord client.
 
         Options are checked against the schema the bot registered, so an unsynced command or a
         misnamed option fails here as it would in the Discord client.
@@ -380,6 +394,7 @@ class FakeDiscord(DiscordWorld):
             guild_id=guild_id,
             user=user,
             created_at=self.clock(),
+            locale=locale,
         )
         self.interactions[interaction.id] = interaction
         await self.gateway.dispatch(

@@ -44,12 +44,41 @@ INTERACTION_APPLICATION_COMMAND = 2
 OPTION_SUB_COMMAND = 1
 OPTION_SUB_COMMAND_GROUP = 2
 OPTION_CHANNEL = 7
+# The locales Discord takes in name_localizations and description_localizations (its API
+# reference, "Locales").
+DISCORD_LOCALES = frozenset({
+    "id", "da", "de", "en-GB", "en-US", "es-ES", "es-419", "fr", "hr", "it", "lt", "hu", "nl",
+    "no", "pl", "pt-BR", "ro", "fi", "sv-SE", "vi", "tr", "cs", "el", "bg", "ru", "uk", "hi",
+    "th", "zh-CN", "ja", "zh-TW", "ko",
+})  # fmt: skip
 
 
 _snowflakes = itertools.count(1_200_000_000_000_000_000)
 # Guilds added by `add_guild` take ids from their own range, stepped so that each lands on the
 # shard a test asks for ((id >> 22) % shard_count, as Discord routes them).
 _guild_snowflakes = itertools.count(1_300_000_000_000_000_000 >> 22)
+
+
+def _localization_problems(item: dict[str, Any]) -> list[str]:
+    """What Discord refuses in a command's or option's localized names and descriptions."""
+    name = item.get("name", "")
+    problems = []
+    names = item.get("name_localizations") or {}
+    descriptions = item.get("description_localizations") or {}
+    for locale in [*names, *descriptions]:
+        if locale not in DISCORD_LOCALES:
+            problems.append(f"{name}: {locale!r} is not a Discord locale")
+    for locale, localized in names.items():
+        if not re.match(r"^[-_\w]{1,32}$", localized) or localized != localized.lower():
+            problems.append(f"{name}: bad {locale} name {localized!r}")
+    for locale, localized in descriptions.items():
+        if not 1 <= len(localized) <= 100:
+            problems.append(f"{name}: {locale} description must be 1-100 characters")
+    for choice in item.get("choices", []):
+        for locale in choice.get("name_localizations") or {}:
+            if locale not in DISCORD_LOCALES:
+                problems.append(f"{name}: choice {locale!r} is not a Discord locale")
+    return problems
 
 
 def snowflake() -> int:
@@ -137,6 +166,7 @@ class FakeInteraction:
     late_callback: bool = False
     original_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
+    locale: str = "en-US"  # the user's Discord client language
 
 
 class DiscordWorld:
@@ -156,6 +186,7 @@ class DiscordWorld:
 
     def __init__(self, *, grant_message_content: bool) -> None:
         self.grant_message_content = grant_message_content
+        self.preferred_locale = "en-US"  # the guilds' language (Server Settings > Community)
         self.messages: dict[int, FakeMessage] = {}
         self.interactions: dict[int, FakeInteraction] = {}
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
@@ -333,7 +364,7 @@ class DiscordWorld:
             "stage_instances": [],
             "guild_scheduled_events": [],
             "joined_at": "2024-01-01T00:00:00+00:00",
-            "preferred_locale": "en-US",
+            "preferred_locale": self.preferred_locale,
             "verification_level": 0,
             "default_message_notifications": 0,
             "explicit_content_filter": 0,
@@ -407,7 +438,7 @@ class DiscordWorld:
             "version": 1,
             "data": data,
             "channel_id": str(interaction.channel_id),
-            "locale": "en-US",
+            "locale": interaction.locale,
             "entitlements": [],
             "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
             "app_permissions": str(PERM_MEMBER),
@@ -424,8 +455,12 @@ class DiscordWorld:
             payload["authorizing_integration_owners"] = {"0": str(user.id)}
         else:
             payload["guild_id"] = str(interaction.guild_id)
-            payload["guild_locale"] = "en-US"
-            payload["guild"] = {"id": str(interaction.guild_id), "locale": "en-US", "features": []}
+            payload["guild_locale"] = self.preferred_locale
+            payload["guild"] = {
+                "id": str(interaction.guild_id),
+                "locale": self.preferred_locale,
+                "features": [],
+            }
             member = self._member_payload(user)
             member["permissions"] = str(self._permissions(user))
             payload["member"] = member
@@ -504,6 +539,7 @@ class DiscordWorld:
                     problems.append(f"bad name {name!r}")
                 if not 1 <= len(item.get("description", "")) <= 100:
                     problems.append(f"{name}: description must be 1-100 characters")
+                problems += _localization_problems(item)
                 options = item.get("options", [])
                 if len(options) > 25:
                     problems.append(f"{name}: more than 25 options")

@@ -2,16 +2,19 @@
 
 It speaks the real wire format: SSE `data:` chunks, `:` keep-alive pings, the final usage chunk with
 `"choices": []`, `data: [DONE]`; errors as JSON bodies; /health, /tokenize, /v1/models; with
-`slots` set, llama.cpp's /props (`total_slots`), /slots and `id_slot` scheduling.
+`slots` set, llama.cpp's /props (`total_slots`), /slots and `id_slot` scheduling. Tool calls
+stream the way llama-server (`--jinja`) streams them: `delta.tool_calls` with the call's id and
+name first, its arguments in pieces after, then `finish_reason: "tool_calls"`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -31,6 +34,36 @@ def last_user_text(body: dict[str, Any]) -> str:
         return str(users[-1])
     found = re.findall(r"^User: (.*)$", body.get("prompt", ""), flags=re.M)
     return found[-1] if found else ""
+
+
+def tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `tool` messages of a chat request (the results of the model's calls), in order."""
+    return [m for m in body.get("messages", ()) if m.get("role") == "tool"]
+
+
+def tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `tool` messages of the reply being written: those after the newest user message
+    (earlier turns' results come with the history)."""
+    messages = body.get("messages", [])
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    return tool_messages({"messages": messages[users[-1] + 1 :] if users else messages})
+
+
+def offered_tools(body: dict[str, Any]) -> list[str]:
+    """The names of the functions a request offers the model."""
+    return [tool["function"]["name"] for tool in body.get("tools", ())]
+
+
+@dataclass(frozen=True)
+class FakeToolCall:
+    """A call the fake model makes: a function's name and its JSON arguments (sent in pieces)."""
+
+    name: str
+    arguments: str = "{}"
+
+
+ToolCallsFn = Callable[[dict[str, Any]], Sequence[FakeToolCall]]
+ARGUMENT_PIECE_CHARS = 5  # llama-server streams a call's arguments a few characters at a time
 
 
 @dataclass
@@ -57,6 +90,12 @@ class Behaviour:
     # Called as each content chunk goes out, with the request body, the chunk's index and the
     # number of chunks: a benchmark notes when each reply's first and last tokens left.
     on_chunk: Callable[[dict[str, Any], int, int], None] | None = None
+    # Given the request body, the calls to stream instead of a reply (none: the reply), and
+    # the text streamed before them (a model saying what it is about to do).
+    tool_calls: ToolCallsFn | None = None
+    before_calls: str = ""
+    # Called once a response of tool calls has gone out whole (a benchmark times the round).
+    on_calls_sent: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -84,6 +123,7 @@ class FakeLLMServer:
     # /props (vLLM, Ollama): no slots, every request runs at once.
     slots: int | None = None
     slot_uses: list[SlotUse] = field(default_factory=list)
+    call_ids: list[str] = field(default_factory=list)  # the ids of the tool calls it made
     port: int = 0  # 0: any free port; set it to start a server again where one was stopped
 
     def __post_init__(self) -> None:
@@ -92,6 +132,7 @@ class FakeLLMServer:
         self.url = ""
         self._busy: set[int] = set()
         self._slot_waiters: list[asyncio.Future[None]] = []
+        self._call_numbers = itertools.count(1)
 
     async def __aenter__(self) -> Self:
         app = web.Application()
@@ -189,8 +230,9 @@ class FakeLLMServer:
         if b.hang:
             await self._closing.wait()
             return web.Response(status=503)
-        reply = b.reply(body) if callable(b.reply) else b.reply
         chat = "messages" in body
+        calls = b.tool_calls(body) if chat and b.tool_calls is not None else ()
+        reply = "" if calls else b.reply(body) if callable(b.reply) else b.reply
         slot = None
         if self.slots is not None:
             asked = body.get("id_slot")
@@ -205,6 +247,13 @@ class FakeLLMServer:
             if chat:
                 await _send(resp, _chat_chunk({"role": "assistant", "content": None}))
             await asyncio.sleep(b.first_delay_s)
+            if calls:
+                if b.before_calls:
+                    await _send(resp, _chat_chunk({"content": b.before_calls}))
+                await self._stream_calls(resp, calls)
+                if b.on_calls_sent is not None:
+                    b.on_calls_sent(body)
+                return resp
             words = re.findall(r"\S+\s*|\s+", reply)
             pieces = [
                 "".join(words[i : i + b.words_per_chunk])
@@ -243,6 +292,24 @@ class FakeLLMServer:
             if slot is not None:
                 self._free_slot(slot)
         return resp
+
+    async def _stream_calls(self, resp: web.StreamResponse, calls: Sequence[FakeToolCall]) -> None:
+        """The calls as llama-server streams them, then the end of the response."""
+        for index, call in enumerate(calls):
+            call_id = f"call_fake{next(self._call_numbers):04d}"
+            self.call_ids.append(call_id)
+            head = {"index": index, "id": call_id, "type": "function"}
+            head["function"] = {"name": call.name, "arguments": ""}
+            await _send(resp, _chat_chunk({"tool_calls": [head]}))
+            args = call.arguments
+            for start in range(0, len(args), ARGUMENT_PIECE_CHARS):
+                piece = args[start : start + ARGUMENT_PIECE_CHARS]
+                delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                await _send(resp, _chat_chunk(delta))
+        await _send(resp, _chat_chunk({}, finish="tool_calls"))
+        await _send(resp, {"choices": [], "usage": {"completion_tokens": len(calls)}})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
 
 
 def _forever(pieces: list[str]) -> Iterator[str]:

@@ -4,12 +4,14 @@
 (port 0: a free one) and prints its port on the first line of stdout; `silent` starts and
 answers nothing. The tools: `echo`, `big` (a long text), `fail` (a tool error), `crash` (the
 process exits mid-call), `freeze` (blocks the server's event loop: nothing answers any more),
-`env_length` (an environment variable's length, never its value). With FAKE_LEAK_ENV=NAME set,
-the server writes that variable's value to stderr when it starts (a careless server).
+`env_length` (an environment variable's length, never its value), `wait` (answers after a
+while). With FAKE_LEAK_ENV=NAME set, the server writes that variable's value to stderr when it
+starts (a careless server). `HttpFake` runs the streamable-HTTP server for a test.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from mcp.server.mcpserver import MCPServer
 
 SCRIPT = str(Path(__file__).resolve())
+PORT_GUARD_S = 60.0  # a hang guard: the HTTP server prints its port within a second or two
 
 
 def command(mode: str, *args: str) -> list[str]:
@@ -62,7 +65,43 @@ def build() -> MCPServer:
         """The length of an environment variable (0 when unset)."""
         return str(len(os.environ.get(name, "")))
 
+    @server.tool()
+    async def wait(seconds: float, text: str) -> str:
+        """Return the text after `seconds`."""
+        await asyncio.sleep(seconds)
+        return text
+
     return server
+
+
+class HttpFake:
+    """The streamable-HTTP fake as a process on loopback: started, killed, started again."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """Its MCP endpoint."""
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def start(self) -> int:
+        """Serve on the same port as before (a free one the first time); returns the port."""
+        proc = await asyncio.create_subprocess_exec(
+            *command("http", str(self.port)), stdout=asyncio.subprocess.PIPE
+        )
+        self._proc = proc
+        assert proc.stdout is not None
+        async with asyncio.timeout(PORT_GUARD_S):
+            self.port = int(await proc.stdout.readline())
+        return self.port
+
+    async def kill(self) -> None:
+        """Stop it at once (a crash)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
 
 
 def _serve_http(port: int) -> None:

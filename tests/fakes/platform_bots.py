@@ -47,7 +47,7 @@ Section = Mapping[str, Any] | None
 
 
 def _common(
-    llm_url: str, engine: Section, llm: Section, stt: Section, http: Section
+    llm_url: str, engine: Section, llm: Section, stt: Section, http: Section, tts: Section = None
 ) -> dict[str, Any]:
     """The core sections: the fake LLM, no voice replies unless asked, the small speech models."""
     return {
@@ -55,7 +55,7 @@ def _common(
         "engine": {"voice_mode": "off", **(engine or {})},
         # Used only by a bot started with speech=True: the small Whisper model, the offline voice.
         "stt": {"model": "tiny.en", "show_transcript": True, **(stt or {})},
-        "tts": {"backends": ["piper"]},
+        "tts": {"backends": ["piper"], **(tts or {})},
         "http": {**(http or {})},
     }
 
@@ -70,6 +70,7 @@ def telegram_settings(
     llm: Section = None,
     stt: Section = None,
     http: Section = None,
+    tts: Section = None,
     **telegram: Any,
 ) -> Settings:
     """Settings for the Telegram fake; `via` is a proxy's base URL standing in for the fake's."""
@@ -83,7 +84,7 @@ def telegram_settings(
         "global_rate": FAST_RATE,
         **telegram,
     }
-    sections = _common(llm_url, engine, llm, stt, http)
+    sections = _common(llm_url, engine, llm, stt, http, tts)
     return make_settings(tmp_path, **sections, telegram=values)
 
 

@@ -78,6 +78,11 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )  # fmt: skip
+        self._serve()
+        return self
+
+    def _serve(self) -> None:
+        """Start the server on the cluster and wait until it accepts connections."""
         fast = ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         options = " ".join(
             [
@@ -96,7 +101,15 @@ class PostgresServer:
             "-w", "-t", str(START_TIMEOUT_S),
             "start",
         )  # fmt: skip
-        return self
+
+    def halt(self) -> None:
+        """Stop the server as an operator's restart or a failover does: sessions are ended,
+        connections refused until `resume()`; the data stays."""
+        self._run(str(BIN_DIR / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server again after `halt()`, on the same port with the same data."""
+        self._serve()
 
     def stop(self) -> None:
         """Stop the server at once (its data is thrown away) and remove the directory."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from bot.languages import ENGLISH
 from bot.types import OutgoingFile, RateBudget, ReplyTarget, TargetLimits, VoiceClip
 
 FAST_LIMITS = TargetLimits(
@@ -25,6 +26,7 @@ class RecordingTarget:
     finals: dict[str, str] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
+    position_languages: list[str] = field(default_factory=list)  # what each was said in
     voices: list[VoiceClip] = field(default_factory=list)
     files: list[OutgoingFile] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
@@ -68,8 +70,9 @@ class RecordingTarget:
     async def typing(self) -> None:
         self.typing_calls += 1
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         self.positions.append(position)
+        self.position_languages.append(lang)
 
     async def notice(self, text: str) -> None:
         self.notices.append(text)

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,7 +199,9 @@ class FakeTelegramAPI:
         self.flood = flood
         self.calls: list[ApiCall] = []  # every call but getUpdates, which only counts in polls
         self.polls = 0
-        self.commands: list[dict[str, str]] = []
+        self.commands: list[dict[str, str]] = []  # the default menu
+        # Menus for one language_code each (setMyCommands with a language_code).
+        self.menus: dict[str, list[dict[str, str]]] = {}
         self.webhook: dict[str, Any] = {}
         self.files: dict[str, bytes] = {}
         self.file_sizes: dict[str, int] = {}
@@ -248,11 +251,15 @@ class FakeTelegramAPI:
 
     # -- what tests do ---------------------------------------------------------------------
 
-    def user(self, user_id: int, name: str, username: str | None = None) -> dict[str, Any]:
-        """A Bot API User object for a human."""
+    def user(
+        self, user_id: int, name: str, username: str | None = None, language_code: str = ""
+    ) -> dict[str, Any]:
+        """A Bot API User object for a human; `language_code` is their app's language."""
         user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": name}
         if username:
             user["username"] = username
+        if language_code:
+            user["language_code"] = language_code
         return user
 
     def private_chat(self, user: dict[str, Any]) -> dict[str, Any]:
@@ -559,11 +566,27 @@ class FakeTelegramAPI:
         return True
 
     async def _m_setmycommands(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
-        self.commands = list(params.get("commands", []))
+        commands = list(params.get("commands", []))
+        language = params.get("language_code")
+        if not language:
+            self.commands = commands
+        elif not re.fullmatch(r"[a-z]{2}", str(language)):
+            raise ApiError(400, "Bad Request: invalid language code specified")
+        else:
+            self.menus[str(language)] = commands
+        return True
+
+    async def _m_deletemycommands(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
+        language = params.get("language_code")
+        if language:
+            self.menus.pop(str(language), None)
+        else:
+            self.commands = []
         return True
 
     async def _m_getmycommands(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
-        return self.commands
+        language = params.get("language_code")
+        return self.menus.get(str(language), self.commands) if language else self.commands
 
     async def _m_sendchataction(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
         self._chat(params)

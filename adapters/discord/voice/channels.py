@@ -27,6 +27,7 @@ from adapters.discord.voice.conversation import (
 from adapters.discord.voice.opus import OpusUnavailable
 from adapters.discord.voice.session import VoiceOptions, VoiceSession
 from adapters.discord.voice.vad import SegmenterOptions
+from bot.channel_config import chat_language
 from bot.messages import Msg, say
 from bot.types import IncomingMessage
 
@@ -83,45 +84,47 @@ class VoiceChannels:
     async def join(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
         """/join [channel]: the caller's voice channel, or the one named."""
         if self._stopping:
-            return say(Msg.VOICE_STOPPING)
+            return say(Msg.VOICE_STOPPING, lang=msg.language)
         engine = self._engine
         if engine.transcriber is None or engine.synthesizer is None:
-            return say(Msg.VOICE_NO_SPEECH)
+            return say(Msg.VOICE_NO_SPEECH, lang=msg.language)
         text_channel = self._client.get_channel(int(msg.channel_key))
         guild = getattr(text_channel, "guild", None)
         if text_channel is None or not isinstance(guild, discord.Guild):
-            return say(Msg.VOICE_NOT_IN_SERVER)
+            return say(Msg.VOICE_NOT_IN_SERVER, lang=msg.language)
         if args:
             voice = _named_channel(guild, args)
             if voice is None:
-                return say(Msg.VOICE_NO_SUCH_CHANNEL, name=args)
+                return say(Msg.VOICE_NO_SUCH_CHANNEL, lang=msg.language, name=args)
         else:
             voice = _callers_channel(guild, int(msg.user_id))
             if voice is None:
-                return say(Msg.VOICE_WHICH_CHANNEL)
+                return say(Msg.VOICE_WHICH_CHANNEL, lang=msg.language)
         if self._cfg.voice_channels and voice.id not in self._cfg.voice_channels:
-            return say(Msg.VOICE_NOT_ALLOWED, channel=voice.mention)
+            return say(Msg.VOICE_NOT_ALLOWED, lang=msg.language, channel=voice.mention)
         permissions = voice.permissions_for(guild.me)
         if not (permissions.connect and permissions.speak):
-            return say(Msg.VOICE_NO_PERMISSION, channel=voice.mention)
+            return say(Msg.VOICE_NO_PERMISSION, lang=msg.language, channel=voice.mention)
         assert isinstance(text_channel, discord.abc.Messageable)
         async with self._locks.setdefault(guild.id, asyncio.Lock()):
             current = self._calls.get(guild.id)
             if current is not None and current.voice_channel.id == voice.id:
                 current.relink(text_channel, text_channel.id)
-                return say(Msg.VOICE_ALREADY, channel=voice.mention)
+                return say(Msg.VOICE_ALREADY, lang=msg.language, channel=voice.mention)
             if current is not None:
                 await self._leave(guild.id, "moved")
             try:
                 await self._start(guild, voice, text_channel)
             except (TimeoutError, discord.ClientException, OpusUnavailable) as exc:
                 log.warning("voice: could not join %s: %s", voice, exc)
-                return say(Msg.VOICE_JOIN_FAILED, channel=voice.mention)
+                return say(Msg.VOICE_JOIN_FAILED, lang=msg.language, channel=voice.mention)
         wake = ""
         if self._cfg.voice_listen == "wake_word":
-            wake = say(Msg.VOICE_WAKE, name=self._engine.settings.engine.bot_name)
+            wake = say(
+                Msg.VOICE_WAKE, lang=msg.language, name=self._engine.settings.engine.bot_name
+            )
         joined = Msg.VOICE_JOINED if self._cfg.voice_mirror_text else Msg.VOICE_JOINED_SILENT
-        return say(joined, channel=voice.mention, wake=wake)
+        return say(joined, lang=msg.language, channel=voice.mention, wake=wake)
 
     async def leave(self, msg: IncomingMessage, channel_id: int, args: str) -> str:
         """/leave: out of this server's voice channel."""
@@ -129,10 +132,14 @@ class VoiceChannels:
         guild = getattr(text_channel, "guild", None)
         call = self._calls.get(guild.id) if isinstance(guild, discord.Guild) else None
         if call is None or guild is None:
-            return say(Msg.VOICE_NOT_IN_VOICE)
+            return say(Msg.VOICE_NOT_IN_VOICE, lang=msg.language)
         channel = call.voice_channel
         await self._leave(guild.id, "asked")
-        return say(Msg.VOICE_LEFT, channel=getattr(channel, "mention", say(Msg.VOICE_CHANNEL)))
+        return say(
+            Msg.VOICE_LEFT,
+            lang=msg.language,
+            channel=getattr(channel, "mention", say(Msg.VOICE_CHANNEL, lang=msg.language)),
+        )
 
     # -- voice states (the gateway's VOICE_STATE_UPDATE, through discord.py) --------------
 
@@ -244,10 +251,17 @@ class VoiceChannels:
             "disconnected": Msg.VOICE_DISCONNECTED,
         }.get(reason)
         if goodbye is not None and not self._stopping:
-            channel = getattr(call.voice_channel, "mention", say(Msg.VOICE_CHANNEL))
+            lang = await chat_language(
+                self._engine.store,
+                self._engine.settings,
+                self._cfg.NAME,
+                str(call.text_channel_id),
+                call.guild.preferred_locale.value,
+            )
+            channel = getattr(call.voice_channel, "mention", say(Msg.VOICE_CHANNEL, lang=lang))
             with contextlib.suppress(discord.HTTPException):
                 await call.text_channel.send(
-                    say(goodbye, channel=channel), allowed_mentions=NOTICE_MENTIONS
+                    say(goodbye, lang=lang, channel=channel), allowed_mentions=NOTICE_MENTIONS
                 )
 
     async def _leave_when_idle(self, call: VoiceConversation) -> None:

@@ -27,9 +27,7 @@ turn. While someone speaks, the chat's prompt prefix is warmed in the LLM's cach
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -42,9 +40,11 @@ from discord.channel import VocalGuildChannel
 
 from adapters.discord.rules import AccessRules
 from adapters.discord.targets import NOTICE_MENTIONS, ChannelTarget
+from adapters.discord.voice.endings import sounds_finished
 from adapters.discord.voice.opus import OPUS_RATE
 from adapters.discord.voice.receiver import Utterance
 from adapters.discord.voice.turn_target import VoiceTurnTarget
+from adapters.discord.voice.wake import wake_word_rest
 from bot import metrics
 from bot.errors import AudioError
 from bot.messages import Msg, say
@@ -56,11 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Words before the name that still count as "starting with it": "Hey Parley, ...".
-WAKE_GREETINGS = frozenset({"hey", "hi", "hello", "ok", "okay", "oh", "so"})
-# Whisper spells a name as it hears it ("Parley" came back as "Parlay", "Parlee", "Parly"):
-# a word this similar to the name (difflib's ratio, 0..1) is the name.
-WAKE_SIMILARITY = 0.7
 # Saying only the name ("Parley?") opens this window for that speaker's next utterance.
 WAKE_FOLLOW_UP_S = 8.0
 MIN_TRANSCRIPT_LETTERS = 2  # "Uh." or a lone "I": Whisper's reading of a cough or a breath
@@ -68,51 +63,8 @@ MIN_TRANSCRIPT_LETTERS = 2  # "Uh." or a lone "I": Whisper's reading of a cough 
 # shorter): its text is then (mostly) ready when the pause reaches the early answer's.
 TRANSCRIBE_PAUSE_MS = 80
 MIRROR_PREFIX = "🎙️"
-_WORD = re.compile(r"[\w']+")
-# Whisper ends whatever it hears with a full stop ("tell me a story about."): words an English
-# sentence does not end on mark a thought cut by a pause, not a whole sentence.
-# A question may end on a preposition ("what is it about?"): taking it for an open thought only
-# waits for `voice_pause_ms`, while the other mistake speaks over the speaker.
-_OPEN_WORDS = (
-    "a an the my your our their every "
-    "about above across after against along among around as at before behind below between "
-    "by during for from in into like near of off on onto out over past since than through to "
-    "toward towards under until upon via with within without "
-    "and but or nor so yet because if unless while whereas although though whether "
-    "um uh er erm"
-)
-OPEN_ENDINGS = frozenset(_OPEN_WORDS.split())
 
 Reply = Callable[[discord.Message], ChannelTarget]
-
-
-def wake_word_rest(text: str, name: str) -> str | None:
-    """What follows the bot's `name` at the start of `text`, or None if it does not start so.
-
-    "Hey Parley, what time is it?" -> "what time is it?"; "Parley." -> "".
-    """
-    wanted = [w.lower() for w in _WORD.findall(name)]
-    if not wanted:
-        return None
-    words = list(_WORD.finditer(text))
-    start = 1 if words and words[0][0].lower() in WAKE_GREETINGS else 0
-    candidate = words[start : start + len(wanted)]
-    if len(candidate) < len(wanted):
-        return None
-    heard = " ".join(w[0].lower() for w in candidate)
-    if difflib.SequenceMatcher(None, heard, " ".join(wanted)).ratio() < WAKE_SIMILARITY:
-        return None
-    return text[candidate[-1].end() :].lstrip(" ,.!?;:-—…").strip()
-
-
-def sounds_finished(text: str) -> bool:
-    """Whether a transcript reads as a whole sentence or question: it ends with ".", "!" or "?"
-    (not "..."), and not on a word that leaves the thought open (`OPEN_ENDINGS`)."""
-    stripped = text.rstrip(" \"'”’)")
-    if not stripped.endswith((".", "!", "?")) or stripped.endswith(("..", "…")):
-        return False
-    words = _WORD.findall(stripped)
-    return bool(words) and words[-1].lower() not in OPEN_ENDINGS
 
 
 class TurnHandler(Protocol):
@@ -129,7 +81,7 @@ class VoiceTurnDeps:
 
     handle: TurnHandler
     transcriber: Transcriber
-    language: Callable[[str], Coroutine[Any, Any, str]]  # a channel key's stt_language
+    language: Callable[[str], Coroutine[Any, Any, str]]  # Whisper's language for a channel key
     reply_target: Reply  # the normal Discord reply target for a mirrored transcript
     access: AccessRules  # who may talk to the bot where (the text channel's rules apply)
     bot_name: str
@@ -205,6 +157,9 @@ class VoiceConversation:
         self._current: VoiceTurnTarget | None = None
         self._busy = False  # the answering loop is on an utterance
         self._wake_open: dict[int, float] = {}  # user -> until when a follow-up is addressed
+        # The language Whisper transcribes this channel in (its setting, read at each utterance):
+        # the wake word is matched in its spellings.
+        self.language = "en"
         self._closing = False
         self.left_because: str | None = None  # set by whoever makes the bot leave
         self.last_activity = clock()
@@ -357,7 +312,7 @@ class VoiceConversation:
             return None  # the speaker left mid-sentence: nobody to answer
         started = time.perf_counter()
         try:
-            language = await self._deps.language(str(self.text_channel_id))
+            language = self.language = await self._deps.language(str(self.text_channel_id))
             text = await self._deps.transcriber.transcribe_pcm(
                 utterance.pcm, OPUS_RATE, language=language, speech_only=True
             )
@@ -377,7 +332,7 @@ class VoiceConversation:
         """
         if not self._deps.wake_word:
             return text
-        rest = wake_word_rest(text, self._deps.bot_name)
+        rest = wake_word_rest(text, self._deps.bot_name, self.language)
         now = self._clock()
         if rest is None:
             until = self._wake_open.get(user_id, 0.0) if peek else self._wake_open.pop(user_id, 0.0)
@@ -392,7 +347,9 @@ class VoiceConversation:
         """`user_id`'s words as a message of the linked text channel."""
         member = self.guild.get_member(user_id)
         name = (
-            member.display_name if member is not None else say(Msg.VOICE_SOMEONE, user_id=user_id)
+            member.display_name
+            if member is not None
+            else say(Msg.VOICE_SOMEONE, lang=self.guild.preferred_locale.value, user_id=user_id)
         )
         return IncomingMessage(
             platform="discord",
@@ -405,6 +362,7 @@ class VoiceConversation:
                 member, manage_guild=member.guild_permissions.manage_guild
             ),
             message_id=message_id,
+            language=self.guild.preferred_locale.value,  # a call has no per-user locale
         )
 
     def _warm(self, user_id: int) -> None:
@@ -554,7 +512,7 @@ class VoiceConversation:
                 msg = self._message(user_id, text, str(mirrored.id))
         else:
             amend, guess.target = guess.amend, target
-            if sounds_finished(text) or guess.confirmed.is_set():
+            if sounds_finished(text, self.language) or guess.confirmed.is_set():
                 target.speak()
             showing = asyncio.create_task(self._show_when_confirmed(guess, target, msg, text))
         self._current = target

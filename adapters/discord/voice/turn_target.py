@@ -26,6 +26,7 @@ from adapters.discord.targets import NOTICE_MENTIONS, ChannelTarget
 from adapters.discord.voice.speaker import VoiceNotReady
 from adapters.discord.voice.vad import Pcm
 from bot.errors import SpeechSynthesisError
+from bot.languages import ENGLISH
 from bot.types import OutgoingFile, SpokenSentence, TargetLimits, VoiceClip
 
 if TYPE_CHECKING:
@@ -124,9 +125,9 @@ class VoiceTurnTarget:
         if self._shown.is_set() and self._text is not None:  # nothing to show before that
             await self._text.typing()
 
-    async def queued(self, position: int) -> None:
+    async def queued(self, position: int, lang: str = ENGLISH) -> None:
         if self._shown.is_set() and self._text is not None:
-            await self._text.queued(position)
+            await self._text.queued(position, lang)
 
     async def notice(self, text: str) -> None:
         target = await self._written()

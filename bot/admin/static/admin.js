@@ -99,7 +99,7 @@
       statusItem(b.healthy, b.url, (b.healthy ? "answers" : "not answering") +
         (b.slots !== null ? ` · ${b.busy} of ${b.slots} slots busy` : ""))));
     for (const key of ["busy", "slots", "queue"]) document.getElementById(key).textContent = data.engine[key];
-    for (const key of ["messages_in", "replies", "tokens_out", "rate_limited"]) {
+    for (const key of ["messages_in", "replies", "tokens_out", "rate_limited", "cache_hits", "cache_misses"]) {
       document.getElementById(`t-${key}`).textContent = data.totals[key];
     }
     for (const series of data.series) {

@@ -1,0 +1,6 @@
+"""The HTTP API's commands: those of the core's table, run from a message's content
+(`bot.command_table.parse_call`); it has none of its own."""
+
+from __future__ import annotations
+
+PLATFORM = "api"
