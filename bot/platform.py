@@ -19,6 +19,8 @@ from bot.config import PlatformSettings, Settings
 # When a platform stops, replies in progress get this long to finish; then they are cancelled
 # (what was streamed is kept, marked cut off). Short, so SIGTERM ends Parley within seconds.
 STOP_GRACE_S = 2.0
+# Then the queue notices those turns leave get this long for their deletion to go out.
+NOTICE_GRACE_S = 1.0
 
 if TYPE_CHECKING:
     from bot.commands import Commands

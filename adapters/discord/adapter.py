@@ -47,7 +47,7 @@ from bot.command_table import CommandReply
 from bot.errors import ConfigError, DeliveryError, RetryAfter
 from bot.languages import speech_language, turn_language
 from bot.messages import Msg, say
-from bot.platform import STOP_GRACE_S
+from bot.platform import NOTICE_GRACE_S, STOP_GRACE_S
 from bot.repair import InterruptedReplies
 from bot.storage.reply_parts import OpenPart
 from bot.types import Attachment, IncomingMessage, TargetLimits
@@ -221,6 +221,7 @@ class DiscordAdapter:
         # Voice channels are left at once (the turn in progress keeps its grace for its text).
         leaving = asyncio.create_task(self._leave_voice())
         await self._tasks.drain()
+        await self._engine.scheduler.queue_notices.settle(NOTICE_GRACE_S)
         await leaving
         if self._client is not None:
             await self._client.close()

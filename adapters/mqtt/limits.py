@@ -2,7 +2,7 @@
 
 A device reads a reply as it streams: a few delta events a second show it growing without
 flooding a small device's queue (a microcontroller reading at its own pace) or the broker. The
-reply streamer coalesces the text that arrives between two events (bot/streaming.py).
+reply streamer coalesces the text that arrives between two events (bot/delivery/stream.py).
 """
 
 from __future__ import annotations

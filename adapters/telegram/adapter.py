@@ -41,7 +41,7 @@ from bot.delivery.budgets import Priority
 from bot.errors import ConfigError, DeliveryError, MessageNotStored, RetryAfter, StorageError
 from bot.languages import turn_language
 from bot.messages import Msg, say
-from bot.platform import STOP_GRACE_S
+from bot.platform import NOTICE_GRACE_S, STOP_GRACE_S
 from bot.repair import InterruptedReplies
 from bot.storage.reply_parts import OpenPart
 from bot.types import Attachment, Delivery, IncomingMessage
@@ -172,6 +172,7 @@ class TelegramAdapter:
         if application.running:
             await application.stop()
         await self._tasks.drain()
+        await self._engine.scheduler.queue_notices.settle(NOTICE_GRACE_S)
         if self._files is not None:
             await self._files.close()
             self._files = None

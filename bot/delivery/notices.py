@@ -274,6 +274,19 @@ class QueueNotices:
         del self._chats[key]
         return await chat.message.detach()
 
+    async def settle(self, timeout_s: float) -> None:
+        """At stop, once no turn waits: let the notices' last writes (their deletions) land, for
+        `timeout_s` at most, so no chat is left showing a place in line; then stop writing."""
+        messages = [chat.message for chat in self._chats.values()]
+        if not messages:
+            return
+        writes = [asyncio.ensure_future(message.settled()) for message in messages]
+        _, pending = await asyncio.wait(writes, timeout=timeout_s)
+        for write in pending:
+            write.cancel()
+        for message in messages:
+            await message.detach()
+
     def _forget_if_idle(self, key: tuple[str, str]) -> None:
         chat = self._chats.get(key)
         if chat is not None and not chat.turns and chat.message.idle:
