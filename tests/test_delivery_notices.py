@@ -84,27 +84,10 @@ def test_a_queue_notice_stays_for_a_turn_that_comes_before_its_removal() -> None
     assert [(c.op, c.text) for c in platform.calls] == [("send", "#1 in line")]
 
 
-def test_at_stop_a_notice_nobody_waits_behind_is_deleted_before_the_connection_closes() -> None:
-    platform = FakePlatform()
-    chat = platform.target("c", NO_BURST)
-    closed_at: list[float] = []
-
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        notices = EditScheduler().queue_notices
-        notices.wait(chat, chat, "turn", 1, _in_line)
-        await asyncio.sleep(0.1)
-        notices.leave(chat, "turn")  # its removal waits for the chat's next token (t=1)
-        await notices.settle(timeout_s=2.0)  # the adapter stops: the turns are done
-        closed_at.append(loop.time())
-
-    simulate(scenario)
-    assert [(c.op, c.text) for c in platform.calls] == [("send", "#1 in line"), ("delete", "")]
-    assert platform.calls[-1].at <= closed_at[0]
-    assert [m.text for m in platform.messages.values() if not m.deleted] == []
-
-
-def test_at_stop_a_notice_waits_no_longer_than_its_grace() -> None:
+def _stopped_while_a_notice_goes(grace_s: float) -> tuple[FakePlatform, float]:
+    """A chat's only turn leaves the line at t=0.1, its notice's deletion waiting for the chat's
+    next token (t=1), and the adapter stops at once: the platform's calls, and when the stop
+    let the connection close."""
     platform = FakePlatform()
     chat = platform.target("c", NO_BURST)
     closed_at: list[float] = []
@@ -115,10 +98,22 @@ def test_at_stop_a_notice_waits_no_longer_than_its_grace() -> None:
         notices.wait(chat, chat, "turn", 1, _in_line)
         await asyncio.sleep(0.1)
         notices.leave(chat, "turn")
-        await notices.settle(timeout_s=0.2)  # the chat's next token is further away
+        await notices.settle(grace_s)
         closed_at.append(loop.time())
         await asyncio.sleep(3.0)  # nothing is written after the stop
 
     simulate(scenario)
-    assert closed_at[0] < 0.5
+    return platform, closed_at[0]
+
+
+def test_at_stop_a_notice_nobody_waits_behind_is_deleted_before_the_connection_closes() -> None:
+    platform, closed_at = _stopped_while_a_notice_goes(grace_s=2.0)
+    assert [(c.op, c.text) for c in platform.calls] == [("send", "#1 in line"), ("delete", "")]
+    assert platform.calls[-1].at <= closed_at
+    assert [m.text for m in platform.messages.values() if not m.deleted] == []
+
+
+def test_at_stop_a_notice_waits_no_longer_than_its_grace() -> None:
+    platform, closed_at = _stopped_while_a_notice_goes(grace_s=0.2)
+    assert closed_at < 0.5
     assert [(c.op, c.text) for c in platform.calls] == [("send", "#1 in line")]

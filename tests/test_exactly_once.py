@@ -16,6 +16,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,31 @@ async def killed_mid_reply(bot: BotProcess, env: dict[str, str], shows: Any) -> 
     assert await bot.proc.wait() == -signal.SIGKILL
 
 
+async def restart_finishes_the_reply(
+    bot: BotProcess, env: dict[str, str], shown: Callable[[], list[str]], platform: str
+) -> str:
+    """Start the killed bot again and wait until it has finished the reply the kill cut: the saved
+    text and the note shown, no marker. Returns the saved text."""
+    restarted = time.monotonic()
+    await bot.start()
+    await until(bot.running, "the bot restarted")
+    running = time.monotonic()
+
+    async def finished() -> bool:
+        return any(NOTE in text for text in shown())
+
+    await until(finished, "the interrupted reply finished")
+    print(
+        f"{platform}: finished {time.monotonic() - restarted:.2f} s after the restart, "
+        f"{time.monotonic() - running:.2f} s after it was running"
+    )
+    [(status, saved)] = await replies(env)
+    assert status == "interrupted" and saved.startswith("w0 w1")
+    saved = saved.rstrip()
+    assert shown() == [f"{saved}\n\n{NOTE}"]
+    return saved
+
+
 async def test_telegram_reply_cut_by_sigkill_is_finished_and_a_redelivery_not_answered(
     tmp_path: Path,
 ) -> None:
@@ -133,23 +159,7 @@ async def test_telegram_reply_cut_by_sigkill_is_finished_and_a_redelivery_not_an
             asked = len(llm.requests)
 
             # Restarted, the bot finishes the message: the saved text, the note, no marker.
-            restarted = time.monotonic()
-            await bot.start()
-            await until(bot.running, "the bot restarted")
-            running = time.monotonic()
-
-            async def finished() -> bool:
-                return any(NOTE in text for text in shown())
-
-            await until(finished, "the interrupted reply finished")
-            print(
-                f"telegram: finished {time.monotonic() - restarted:.2f} s after the restart, "
-                f"{time.monotonic() - running:.2f} s after it was running"
-            )
-            [(status, saved)] = await replies(env)
-            assert status == "interrupted" and saved.startswith("w0 w1")
-            saved = saved.rstrip()
-            assert shown() == [f"{saved}\n\n{NOTE}"]
+            saved = await restart_finishes_the_reply(bot, env, shown, "telegram")
 
             # Telegram delivers the update again (its confirmation died with the process).
             api.push(question)
@@ -206,23 +216,7 @@ async def test_discord_reply_cut_by_sigkill_is_finished_and_replayed_messages_no
             llm.behaviour.delay_s = 0.0
             asked = len(llm.requests)
 
-            restarted = time.monotonic()
-            await bot.start()
-            await until(bot.running, "the bot restarted")
-            running = time.monotonic()
-
-            async def finished() -> bool:
-                return any(NOTE in text for text in shown())
-
-            await until(finished, "the interrupted reply finished")
-            print(
-                f"discord: finished {time.monotonic() - restarted:.2f} s after the restart, "
-                f"{time.monotonic() - running:.2f} s after it was running"
-            )
-            [(status, saved)] = await replies(env)
-            assert status == "interrupted" and saved.startswith("w0 w1")
-            saved = saved.rstrip()
-            assert shown() == [f"{saved}\n\n{NOTE}"]
+            saved = await restart_finishes_the_reply(bot, env, shown, "discord")
 
             # The question comes again after the restart: confirmed, not answered.
             await discord.redeliver(question)
