@@ -21,11 +21,13 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from bot.app import full_settings_class
-from bot.config import Settings
+from bot.config import Settings, StorageSettings
+from bot.storage import Store
 from bot.types import IncomingMessage
 from tests.fakes.clock import ManualClock
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
+from tests.fakes.stored import Database
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 if TYPE_CHECKING:
@@ -220,6 +222,24 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL (with its password) of a new, empty database for this test."""
     return postgres_server.url(postgres_server.create_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """A new database of each kind: a test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return Database("sqlite", StorageSettings(path=str(tmp_path / "p.db")))
+    return Database("postgresql", StorageSettings(url=request.getfixturevalue("postgres_url")))
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[Store]:
+    """A store opened on `database` (migrated), closed after the test."""
+    opened = await database.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 # -- the storage backend of a run (issue 16): `pytest --storage=postgresql` --------------------

@@ -2,27 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from bot.admin import queries
-from bot.config import StorageSettings
-from bot.storage import Store, open_store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        settings = StorageSettings(path=str(tmp_path / "q.db"))
-    else:
-        settings = StorageSettings(url=request.getfixturevalue("postgres_url"))
-    opened = await open_store(settings)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+from bot.storage import Store
 
 
 async def say(store: Store, platform: str, chat: str, text: str, reply: str = "ok") -> int:

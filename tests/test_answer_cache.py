@@ -15,8 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from bot.config import StorageSettings
-from bot.storage import Store, open_store
+from bot.storage import Store
 from tests.fakes.api_bot import ALICE, RunningApi, api_bot, api_settings
 from tests.fakes.drivers import PlatformDriver
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
@@ -172,19 +171,6 @@ async def _kept(store: Store) -> None:
 
 
 # -- the store's side ---------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        settings = StorageSettings(path=str(tmp_path / "c.db"))
-    else:
-        settings = StorageSettings(url=request.getfixturevalue("postgres_url"))
-    opened = await open_store(settings)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_answers_expire_and_the_oldest_are_evicted(store: Store) -> None:

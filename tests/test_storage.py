@@ -12,10 +12,8 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ import asyncpg
 import pytest
 
 from bot.config import StorageSettings
-from bot.storage import Store, StoredMessage, open_store
+from bot.storage import Store, StoredMessage
 from bot.storage import postgres as pg_module
 from bot.storage.postgres import PostgresStore
 from bot.storage.postgres_connect import NS_INSTANCE
@@ -31,58 +29,17 @@ from bot.storage.postgres_turns import LIVE_INSTANCES
 from tests.conftest import make_settings, message
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.parley_process import ROOT
+from tests.fakes.stored import Database
 from tests.fakes.targets import RecordingTarget
 
 
-@dataclass
-class Backend:
-    """One database of either kind: open stores on it, or poke it with raw SQL."""
-
-    kind: str
-    settings: StorageSettings
-
-    async def open(self) -> Store:
-        return await open_store(self.settings)
-
-    async def sql(self, statement: str, *args: Any) -> None:
-        """Run one statement outside the store (e.g. to age rows)."""
-        if self.kind == "sqlite":
-            conn = sqlite3.connect(self.settings.path)
-            conn.execute(statement.replace("$1", "?"), args)
-            conn.commit()
-            conn.close()
-            return
-        pg = await asyncpg.connect(self.settings.url.get_secret_value())
-        try:
-            await pg.execute(statement, *args)
-        finally:
-            await pg.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "sqlite":
-        return Backend("sqlite", StorageSettings(path=str(tmp_path / "p.db")))
-    url = request.getfixturevalue("postgres_url")
-    return Backend("postgresql", StorageSettings(url=url))
+@pytest.fixture
+def pg(postgres_url: str) -> Database:
+    return Database("postgresql", StorageSettings(url=postgres_url))
 
 
 @pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[Store]:
-    opened = await backend.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest.fixture
-def pg(postgres_url: str) -> Backend:
-    return Backend("postgresql", StorageSettings(url=postgres_url))
-
-
-@pytest.fixture
-async def pg_store(pg: Backend) -> AsyncIterator[PostgresStore]:
+async def pg_store(pg: Database) -> AsyncIterator[PostgresStore]:
     opened = await pg.open()
     assert isinstance(opened, PostgresStore)
     try:
@@ -91,8 +48,8 @@ async def pg_store(pg: Backend) -> AsyncIterator[PostgresStore]:
         await opened.close()
 
 
-async def two_stores(backend: Backend) -> tuple[Store, Store]:
-    return await backend.open(), await backend.open()
+async def two_stores(database: Database) -> tuple[Store, Store]:
+    return await database.open(), await database.open()
 
 
 async def turn_of(store: Store, channel: int, text: str, user: str = "u") -> Any:
@@ -300,8 +257,8 @@ async def test_text_neither_database_takes_is_stored_the_same_way_on_both(store:
     assert resumed is not None and resumed.id == session.id
 
 
-async def test_mark_interrupted_takes_what_a_crash_left_pending(backend: Backend) -> None:
-    crashed = await backend.open()
+async def test_mark_interrupted_takes_what_a_crash_left_pending(database: Database) -> None:
+    crashed = await database.open()
     channel = await crashed.channel_id("test", "c")
     queued = await turn_of(crashed, channel, "one")
     streaming = await turn_of(crashed, channel, "two")
@@ -309,7 +266,7 @@ async def test_mark_interrupted_takes_what_a_crash_left_pending(backend: Backend
     await crashed.update_message(streaming.reply_row, content="half", status="streaming")
     await crashed.update_message(done.reply_row, content="full", status="complete")
     await crashed.close()
-    restarted = await backend.open()
+    restarted = await database.open()
     try:
         assert await restarted.mark_interrupted() == 2
         statuses = [
@@ -324,11 +281,11 @@ async def test_mark_interrupted_takes_what_a_crash_left_pending(backend: Backend
         await restarted.close()
 
 
-async def test_retention_purges_old_messages_only(store: Store, backend: Backend) -> None:
+async def test_retention_purges_old_messages_only(store: Store, database: Database) -> None:
     channel = await store.channel_id("test", "c")
     old = await turn_of(store, channel, "old")
     await store.update_message(old.reply_row, content="old reply", status="complete")
-    await backend.sql("UPDATE messages SET created_at = $1", 1000.0)
+    await database.sql("UPDATE messages SET created_at = $1", 1000.0)
     await turn_of(store, channel, "new")
     assert await store.purge_older_than(7) == 2
     assert contents(await store.history(channel, 10**9, 10)) == ["new"]
@@ -344,12 +301,12 @@ async def test_history_keeps_conversation_order_when_turns_queue(store: Store) -
     assert contents(await store.history(channel, second.user_row, 10)) == ["one", "reply one"]
 
 
-async def test_channel_turns_never_overlap(backend: Backend) -> None:
+async def test_channel_turns_never_overlap(database: Database) -> None:
     # On SQLite one store (one process); on PostgreSQL three stores, as three processes would.
     stores = (
-        [await backend.open()]
-        if backend.kind == "sqlite"
-        else [await backend.open() for _ in range(3)]
+        [await database.open()]
+        if database.kind == "sqlite"
+        else [await database.open() for _ in range(3)]
     )
     channel = await stores[0].channel_id("test", "c")
     inside: list[int] = []
@@ -373,23 +330,23 @@ async def test_channel_turns_never_overlap(backend: Backend) -> None:
     assert most == 1
 
 
-async def test_a_newer_database_is_refused(backend: Backend) -> None:
+async def test_a_newer_database_is_refused(database: Database) -> None:
     from bot.errors import StorageError
 
-    opened = await backend.open()  # creates the schema
+    opened = await database.open()  # creates the schema
     await opened.close()
-    if backend.kind == "sqlite":
-        await backend.sql("PRAGMA user_version = 999")
+    if database.kind == "sqlite":
+        await database.sql("PRAGMA user_version = 999")
     else:
-        await backend.sql("INSERT INTO schema_version (version, name) VALUES (999, 'future')")
+        await database.sql("INSERT INTO schema_version (version, name) VALUES (999, 'future')")
     with pytest.raises(StorageError, match="schema version 999, newer than this Parley"):
-        await backend.open()
+        await database.open()
 
 
 # -- several processes on one PostgreSQL ----------------------------------------------------------
 
 
-async def test_processes_agree_on_channel_ids(pg: Backend) -> None:
+async def test_processes_agree_on_channel_ids(pg: Database) -> None:
     a, b = await two_stores(pg)
     try:
         ids = await asyncio.gather(
@@ -401,7 +358,7 @@ async def test_processes_agree_on_channel_ids(pg: Backend) -> None:
         await b.close()
 
 
-async def test_settings_changed_in_one_process_apply_in_the_other_at_once(pg: Backend) -> None:
+async def test_settings_changed_in_one_process_apply_in_the_other_at_once(pg: Database) -> None:
     a, b = await two_stores(pg)
     try:
         channel = await a.channel_id("telegram", "7")
@@ -426,7 +383,7 @@ async def test_settings_changed_in_one_process_apply_in_the_other_at_once(pg: Ba
         await b.close()
 
 
-async def test_a_later_turn_in_another_process_waits_for_the_earlier_one(pg: Backend) -> None:
+async def test_a_later_turn_in_another_process_waits_for_the_earlier_one(pg: Database) -> None:
     a, b = await two_stores(pg)
     events: list[str] = []
     seen: dict[str, list[str]] = {}
@@ -455,7 +412,7 @@ async def test_a_later_turn_in_another_process_waits_for_the_earlier_one(pg: Bac
         await b.close()
 
 
-async def test_a_dead_processs_pending_turn_does_not_block_the_channel(pg: Backend) -> None:
+async def test_a_dead_processs_pending_turn_does_not_block_the_channel(pg: Database) -> None:
     a, b = await two_stores(pg)
     try:
         channel = await a.channel_id("test", "c")
@@ -477,7 +434,7 @@ async def _enter(store: Store, turn: Any) -> None:
         pass
 
 
-async def test_mark_interrupted_leaves_running_processes_replies_alone(pg: Backend) -> None:
+async def test_mark_interrupted_leaves_running_processes_replies_alone(pg: Database) -> None:
     running = await pg.open()
     try:
         channel = await running.channel_id("test", "c")
@@ -511,7 +468,7 @@ asyncio.run(main())
 """
 
 
-async def test_a_turn_killed_with_its_process_frees_the_channel(pg: Backend) -> None:
+async def test_a_turn_killed_with_its_process_frees_the_channel(pg: Database) -> None:
     url = pg.settings.url.get_secret_value()
     holder = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _HOLDER, url, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
@@ -538,7 +495,7 @@ async def test_a_turn_killed_with_its_process_frees_the_channel(pg: Backend) -> 
 
 
 async def test_two_engines_share_history_and_settings(
-    pg: Backend, fake_llm: FakeLLMServer, tmp_path: Path
+    pg: Database, fake_llm: FakeLLMServer, tmp_path: Path
 ) -> None:
     from bot.app import ParleyApp
 
@@ -558,7 +515,7 @@ async def test_two_engines_share_history_and_settings(
         assert [row["key"] for row in audit] == ["system_prompt"]
 
 
-async def test_the_store_reports_a_closed_pool_as_a_storage_error(pg: Backend) -> None:
+async def test_the_store_reports_a_closed_pool_as_a_storage_error(pg: Database) -> None:
     from bot.errors import StorageError
     from bot.health import database_check
 
@@ -583,7 +540,7 @@ async def _instance_alive(store: PostgresStore, url: str) -> bool:
 
 
 async def test_a_lost_session_is_won_back_with_the_same_instance(
-    pg_store: PostgresStore, pg: Backend
+    pg_store: PostgresStore, pg: Database
 ) -> None:
     url = pg.settings.url.get_secret_value()
     channel = await pg_store.channel_id("test", "c")
@@ -801,27 +758,27 @@ async def test_search_history_finds_older_visible_turns_of_the_same_conversation
 
 
 async def test_a_database_of_schema_1_keeps_its_rows_and_finds_them_after_migrating(
-    backend: Backend,
+    database: Database,
 ) -> None:
     from bot.storage import Dialect, load_migrations
 
-    dialect: Dialect = "sqlite" if backend.kind == "sqlite" else "postgresql"
+    dialect: Dialect = "sqlite" if database.kind == "sqlite" else "postgresql"
     first = load_migrations(dialect=dialect)[:1]
-    if backend.kind == "sqlite":
+    if database.kind == "sqlite":
         from bot.storage import migrate
 
-        await migrate(backend.settings.path, first)
+        await migrate(database.settings.path, first)
     else:
-        await pg_module.migrate(backend.settings.url.get_secret_value(), first)
-    await backend.sql(
+        await pg_module.migrate(database.settings.url.get_secret_value(), first)
+    await database.sql(
         "INSERT INTO channels (id, platform, channel_key, created_at) VALUES (1, 'test', 'c', 0)"
     )
-    await backend.sql(
+    await database.sql(
         "INSERT INTO messages (channel_id, role, author_id, content, status, created_at,"
         " updated_at) VALUES (1, 'user', 'u', $1, 'complete', 1, 1)",
         "An old note about penguins",
     )
-    store = await backend.open()  # migrates to the newest schema
+    store = await database.open()  # migrates to the newest schema
     try:
         channel = await store.channel_id("test", "c")
         assert channel == 1

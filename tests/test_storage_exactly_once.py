@@ -8,58 +8,16 @@ instance number); closing a PostgreSQL store ends its session, as a killed proce
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import asyncpg
 import pytest
 
 from bot.config import StorageSettings
 from bot.errors import AlreadyHandled
-from bot.storage import Store, open_store
+from bot.storage import Store
 from bot.storage.handled import HANDLED_KEPT_S
 from bot.storage.reply_parts import OpenPart
+from tests.fakes.stored import Database
 
 PLATFORM = "test"
-
-
-class Backend:
-    """One database of either kind: stores opened on it, raw SQL against it."""
-
-    def __init__(self, kind: str, settings: StorageSettings) -> None:
-        self.kind = kind
-        self.settings = settings
-
-    async def open(self) -> Store:
-        return await open_store(self.settings)
-
-    async def sql(self, statement: str) -> None:
-        if self.kind == "sqlite":
-            with sqlite3.connect(self.settings.path) as conn:
-                conn.execute(statement)
-            return
-        conn = await asyncpg.connect(self.settings.url.get_secret_value())
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "sqlite":
-        return Backend("sqlite", StorageSettings(path=str(tmp_path / "p.db")))
-    return Backend("postgresql", StorageSettings(url=request.getfixturevalue("postgres_url")))
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[Store]:
-    opened = await backend.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def turn(store: Store, channel: int, text: str, handled: str | None = None) -> int:
@@ -98,13 +56,13 @@ async def test_a_message_delivered_twice_is_stored_once(store: Store) -> None:
     assert not await store.claim("other", "c/41")
 
 
-async def test_handled_updates_are_forgotten_after_their_retention(backend: Backend) -> None:
-    store = await backend.open()
+async def test_handled_updates_are_forgotten_after_their_retention(database: Database) -> None:
+    store = await database.open()
     try:
         assert await store.claim(PLATFORM, "old")
         assert await store.claim(PLATFORM, "new")
         assert await store.purge_handled() == 0
-        await backend.sql(
+        await database.sql(
             f"UPDATE handled_updates SET handled_at = handled_at - {HANDLED_KEPT_S + 60}"
             " WHERE key = 'old'"
         )
@@ -132,21 +90,21 @@ async def cut_short(store: Store, text: str) -> int:
     return reply
 
 
-async def test_an_interrupted_reply_s_open_parts_are_claimed_once(backend: Backend) -> None:
-    dead = await backend.open()
+async def test_an_interrupted_reply_s_open_parts_are_claimed_once(database: Database) -> None:
+    dead = await database.open()
     reply = await cut_short(dead, "saved so far")
     assert await dead.reply_parts(reply) == [(0, "m1", True), (1, "m2", True), (2, "m3", False)]
     await dead.close()
 
-    restarted = await backend.open()
+    restarted = await database.open()
     try:
         assert await restarted.mark_interrupted() == 1
         assert await restarted.claim_interrupted("another platform") == []
         [part] = await restarted.claim_interrupted(PLATFORM)
         assert part == OpenPart(reply, 2, "m3", "chat", "saved so far", last=True)
-        if backend.kind == "postgresql":
+        if database.kind == "postgresql":
             # Taken on by a running process: nobody else claims it meanwhile.
-            other = await backend.open()
+            other = await database.open()
             try:
                 assert await other.claim_interrupted(PLATFORM) == []
             finally:
@@ -160,15 +118,15 @@ async def test_an_interrupted_reply_s_open_parts_are_claimed_once(backend: Backe
 
 
 async def test_a_reply_claimed_by_a_process_that_died_is_claimed_again(postgres_url: str) -> None:
-    backend = Backend("postgresql", StorageSettings(url=postgres_url))
-    dead = await backend.open()
+    database = Database("postgresql", StorageSettings(url=postgres_url))
+    dead = await database.open()
     reply = await cut_short(dead, "saved so far")
     await dead.close()
-    first = await backend.open()
+    first = await database.open()
     await first.mark_interrupted()
     [part] = await first.claim_interrupted(PLATFORM)
     await first.close()  # it died before finishing the message
-    second = await backend.open()
+    second = await database.open()
     try:
         assert await second.claim_interrupted(PLATFORM) == [part]
         assert part.reply_row == reply
@@ -176,8 +134,8 @@ async def test_a_reply_claimed_by_a_process_that_died_is_claimed_again(postgres_
         await second.close()
 
 
-async def test_replies_of_running_processes_are_not_claimed(backend: Backend) -> None:
-    running = await backend.open()
+async def test_replies_of_running_processes_are_not_claimed(database: Database) -> None:
+    running = await database.open()
     try:
         channel = await running.channel_id(PLATFORM, "chat")
         reply = await turn(running, channel, "being answered")
@@ -187,8 +145,8 @@ async def test_replies_of_running_processes_are_not_claimed(backend: Backend) ->
         await running.update_message(finished, status="complete", content="done")
         await running.part_shown(finished, 0, "m2")  # its final edit is under way
         assert await running.claim_interrupted(PLATFORM) == []
-        if backend.kind == "postgresql":
-            other = await backend.open()  # another process, starting while this one runs
+        if database.kind == "postgresql":
+            other = await database.open()  # another process, starting while this one runs
             try:
                 assert await other.mark_interrupted() == 0
                 assert await other.claim_interrupted(PLATFORM) == []

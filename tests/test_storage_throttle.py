@@ -5,10 +5,6 @@ so no more than the free attempts go ahead; waits double and end; sessions are s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from bot.config import StorageSettings
 from bot.storage import Store, open_store
@@ -16,22 +12,6 @@ from bot.storage.throttle import ThrottlePolicy
 
 POLICY = ThrottlePolicy(free=5, first_wait_s=30.0, max_wait_s=120.0, memory_s=600.0)
 NOW = 1_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> StorageSettings:
-    if request.param == "sqlite":
-        return StorageSettings(path=str(tmp_path / "p.db"))
-    return StorageSettings(url=request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-async def store(settings: StorageSettings) -> AsyncIterator[Store]:
-    opened = await open_store(settings)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_attempts_at_once_go_ahead_only_as_often_as_the_policy_allows(store: Store) -> None:

@@ -12,10 +12,14 @@ import asyncio
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from bot.config import StorageSettings
+from bot.storage import Store, open_store
 
 
 def stored_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -36,3 +40,31 @@ async def _postgres_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in await conn.fetch(sql)]
     finally:
         await conn.close()
+
+
+@dataclass
+class Database:
+    """One database of either kind (`kind`: "sqlite" or "postgresql"): stores opened on it (each
+    another process, as far as the store can tell), or raw SQL against it."""
+
+    kind: str
+    settings: StorageSettings
+
+    async def open(self) -> Store:
+        return await open_store(self.settings)
+
+    async def sql(self, statement: str, *args: Any) -> None:
+        """Run one statement outside the store (e.g. to age rows); `$1`-style parameters."""
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.settings.path)
+            try:
+                conn.execute(statement.replace("$1", "?"), args)
+                conn.commit()
+            finally:
+                conn.close()
+            return
+        pg = await asyncpg.connect(self.settings.url.get_secret_value())
+        try:
+            await pg.execute(statement, *args)
+        finally:
+            await pg.close()
