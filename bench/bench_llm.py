@@ -1,4 +1,4 @@
-"""LLM slots and servers, on real llama-servers with the bundled model (issues 13 and 16).
+"""LLM slots and servers, on real llama-servers with the bundled model.
 
 (a) affinity: 8 channels at once, 5 turns each, one llama-server -np 4: time to first token of
     the later turns / of the first turn, with and without slot affinity; with llama-server's

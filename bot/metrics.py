@@ -19,7 +19,7 @@ RATE_LIMITED = Counter("parley_rate_limited_total", "Platform 429 answers", ["pl
 STT_SECONDS = Histogram("parley_stt_seconds", "Voice note transcription time")
 TTS_SECONDS = Histogram("parley_tts_seconds", "Speech synthesis time")
 QUEUE_DEPTH = Gauge("parley_queue_depth", "Replies waiting for their turn")
-# The LLM side (issue 13/16): replies generating now against what the servers take, per backend.
+# The LLM side: replies generating now against what the servers take, per backend.
 LLM_SLOTS_IN_USE = Gauge("parley_llm_slots_in_use", "Replies generating now (holding an LLM slot)")
 LLM_SLOTS_TOTAL = Gauge("parley_llm_slots", "Replies the LLM servers generate at once")
 LLM_BACKEND_SLOTS = Gauge("parley_llm_backend_slots", "Slots of one LLM server", ["backend"])

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -50,6 +50,14 @@ for _variable in ("LC_ALL", "LC_MESSAGES"):
 hypothesis_settings.register_profile("parley", derandomize=True, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("explore", deadline=None, print_blob=True)
 hypothesis_settings.load_profile("parley")
+
+
+def not_installed(why: str) -> NoReturn:
+    """A system tool a test needs is missing: skipped on a developer's machine, failed in CI
+    (where `make test` installed everything, so a skip would hide a broken setup step)."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def make_settings(tmp_path: Path, **sections: Mapping[str, Any]) -> Settings:
@@ -199,7 +207,7 @@ def llama_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
 
 
-# -- PostgreSQL (issue 16): a real server for the storage tests ------------------------------
+# -- PostgreSQL: a real server for the storage tests ------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -208,9 +216,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     from tests.fakes.postgres import PostgresServer, available
 
     if not available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs it")
-        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+        not_installed("PostgreSQL is not installed (scripts/setup.sh installs it)")
     server = PostgresServer().start()
     try:
         yield server
@@ -242,7 +248,7 @@ async def store(database: Database) -> AsyncIterator[Store]:
         await opened.close()
 
 
-# -- the storage backend of a run (issue 16): `pytest --storage=postgresql` --------------------
+# -- the storage backend of a run: `pytest --storage=postgresql` --------------------
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

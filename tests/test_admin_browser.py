@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from bot.admin.console import AdminConsole
 from bot.config import HTTPSettings
 from bot.health import platform_check
 from bot.http_server import OpsServer
+from tests.conftest import not_installed
 from tests.fakes.admin_client import PASSWORD
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import echo_reply, echoed, telegram_bot, telegram_replies
@@ -90,10 +90,9 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """One headless Chromium for the module, with a fresh profile."""
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if binary is None or driver is None:
-        why = "chromium and chromium-driver are not installed (scripts/setup.sh installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        not_installed(
+            "chromium and chromium-driver are not installed (scripts/setup.sh installs them)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in CHROMIUM_FLAGS:

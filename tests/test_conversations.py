@@ -1,4 +1,4 @@
-"""Conversations people keep (issue 14), end to end on every platform: memory, group background,
+"""Conversations people keep, end to end on every platform: memory, group background,
 named sessions. The real python-telegram-bot / discord.py against their loopback fakes; the fake
 LLM records every request, so a test reads exactly what the model was shown.
 """

@@ -192,7 +192,7 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-# -- slots, routing, affinity (issues 13 and 16) --------------------------------------------
+# -- slots, routing, affinity --------------------------------------------
 
 
 @pytest.mark.parametrize(

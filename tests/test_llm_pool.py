@@ -1,4 +1,4 @@
-"""LLM slots (issue 13) and a pool of LLM servers (issue 16), through the real app and engine.
+"""LLM slots and a pool of LLM servers, through the real app and engine.
 
 Concurrency is discovered from llama.cpp's /props; a reply frees its slot when generation ends,
 before delivery; a channel sticks to the slot caching its prompt; two servers share the load and
@@ -221,7 +221,7 @@ async def test_no_id_slot_for_a_server_without_props(
     assert "id_slot" not in fake_llm.requests[0] and "cache_prompt" not in fake_llm.requests[0]
 
 
-# -- a pool of servers (issue 16) ---------------------------------------------------------
+# -- a pool of servers ---------------------------------------------------------
 
 
 async def test_two_servers_share_eight_chats_within_their_slots(tmp_path: Path) -> None:

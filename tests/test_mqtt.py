@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -43,7 +42,7 @@ from bot.doctor import run_doctor
 from bot.errors import ConfigError
 from bot.messages import Msg, say
 from bot.storage import open_store
-from tests.conftest import make_settings
+from tests.conftest import make_settings, not_installed
 from tests.fakes.llm_server import Behaviour, FakeLLMServer, last_user_text
 from tests.fakes.mosquitto import Device, Mosquitto, available, device, free_port
 from tests.fakes.parley_process import ROOT, parley_env
@@ -62,9 +61,7 @@ def llm_behaviour() -> Behaviour:
 
 def _broker(**kwargs: Any) -> Mosquitto:
     if not available():
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed: scripts/setup.sh installs it")
-        pytest.skip("mosquitto is not installed (scripts/setup.sh installs it)")
+        not_installed("mosquitto is not installed (scripts/setup.sh installs it)")
     return Mosquitto(**kwargs)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import not_installed
 from tests.fakes.audio_samples import espeak_voice_note
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.discord_world import FakeInteraction
@@ -192,13 +193,14 @@ ANSWER = "La capitale de l'Italie est Rome."
 
 
 @pytest.mark.speech
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (make setup)")
 async def test_a_french_voice_note_is_heard_in_french_and_answered_in_a_french_voice(
     tmp_path: Path,
     telegram: FakeTelegramAPI,
     fake_llm: FakeLLMServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    if shutil.which("espeak-ng") is None:
+        not_installed("espeak-ng is not installed (scripts/setup.sh installs it)")
     fake_llm.behaviour = Behaviour(reply=ANSWER)
     ann = telegram.user(ANN, "Ann", language_code="fr")
     settings = telegram_settings(

@@ -1,4 +1,4 @@
-"""Acceptance (issue 16): two bot processes on one PostgreSQL split the Discord gateway.
+"""Acceptance: two bot processes on one PostgreSQL split the Discord gateway.
 
 Two real `python -m bot run` processes, configured by environment only, run one shard each of a
 bot with `discord.shard_count = 2`, against the loopback fake Discord (which routes each guild's

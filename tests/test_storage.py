@@ -570,7 +570,7 @@ async def test_a_lost_session_is_won_back_with_the_same_instance(
     assert contents(await pg_store.history(channel, 10**9, 5))[-1] == "answered"
 
 
-# -- memory, sessions, group background (issue 14), on both backends ------------------------------
+# -- memory, sessions, group background, on both backends ------------------------------
 
 
 async def test_memories_are_per_user_and_platform_listed_forgotten_and_shared(store: Store) -> None:

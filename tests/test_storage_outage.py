@@ -27,6 +27,7 @@ from bot.messages import Msg, say
 from bot.storage.postgres import PostgresStore
 from bot.storage.postgres_connect import NS_CHANNEL
 from bot.storage.postgres_turns import lock_key
+from tests.conftest import not_installed
 from tests.fakes.llm_server import Behaviour, FakeLLMServer
 from tests.fakes.platform_bots import (
     RunningTelegram,
@@ -169,7 +170,7 @@ async def test_a_message_is_given_up_when_the_platform_would_drop_its_update() -
 def own_postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[PostgresServer]:
     """A cluster of this test's own, to stop and start (the session's serves other tests)."""
     if not available():
-        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+        not_installed("PostgreSQL is not installed (scripts/setup.sh installs it)")
     monkeypatch.delenv("PARLEY_STORAGE__URL", raising=False)
     server = PostgresServer().start()
     try:

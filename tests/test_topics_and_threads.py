@@ -1,5 +1,5 @@
 """Telegram forum topics and Discord threads are conversations of their own, answered where they
-were asked (issue 14). The real python-telegram-bot / discord.py against their loopback fakes.
+were asked. The real python-telegram-bot / discord.py against their loopback fakes.
 """
 
 from __future__ import annotations
