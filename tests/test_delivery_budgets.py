@@ -7,6 +7,7 @@ nothing, and the same seed always gives the same run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import defaultdict
 
@@ -35,21 +36,15 @@ from tests.fakes.streaming import FakePlatform, Window
 
 def test_a_reply_that_shows_nothing_goes_before_edits_of_others() -> None:
     platform = FakePlatform()
-    no_burst = TargetLimits(
-        max_chars=80,
-        chat=RateBudget(rate=1.0, burst=1.0),
-        platform=RateBudget(rate=30.0, burst=2.0),
-        platform_key="fake",
-    )
 
     async def scenario() -> None:
         scheduler = EditScheduler()
-        busy = scheduler.open(platform.target("c", no_burst, label="busy"))
+        busy = scheduler.open(platform.target("c", NO_BURST, label="busy"))
         busy.append("streaming")  # sent at once: the bucket is empty until t=1
         await asyncio.sleep(0.1)
         busy.append(" more")  # asks first for the token of t=1
         await asyncio.sleep(0.1)
-        new = scheduler.open(platform.target("c", no_burst, label="new"))
+        new = scheduler.open(platform.target("c", NO_BURST, label="new"))
         new.append("Hi")  # asks later, but shows nothing yet
         await asyncio.sleep(5.0)
         await asyncio.gather(busy.finish(), new.finish())
@@ -65,12 +60,7 @@ def test_a_reply_that_shows_nothing_goes_before_edits_of_others() -> None:
 def test_replies_in_one_chat_share_its_budget_round_robin() -> None:
     platform = FakePlatform()
     reply = "token " * 40  # 20 s of streaming
-    limits = TargetLimits(
-        max_chars=1000,
-        chat=RateBudget(rate=1.0, burst=2.0),
-        platform=RateBudget(rate=30.0, burst=2.0),
-        platform_key="fake",
-    )
+    limits = dataclasses.replace(LIMITS, max_chars=1000)
 
     async def scenario() -> None:
         scheduler = EditScheduler()

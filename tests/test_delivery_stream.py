@@ -7,6 +7,7 @@ nothing, and the same seed always gives the same run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 from collections import defaultdict
@@ -206,13 +207,7 @@ def test_cancel_stops_without_a_final_edit() -> None:
 
 def test_the_minimum_edit_interval_is_kept() -> None:
     platform = FakePlatform()
-    limits = TargetLimits(
-        max_chars=200,
-        chat=RateBudget(rate=100.0, burst=100.0),
-        platform=RateBudget(rate=100.0, burst=100.0),
-        platform_key="fake",
-        min_edit_interval_s=2.0,
-    )
+    limits = dataclasses.replace(ROOMY, max_chars=200, min_edit_interval_s=2.0)
 
     async def scenario() -> None:
         stream = EditScheduler().open(platform.target("c", limits))
@@ -510,12 +505,7 @@ def test_any_reply_in_any_pieces_ends_up_shown_in_full(
     reply: str, piece_sizes: list[int], max_chars: int, retry_after_ratio: float, seed: int
 ) -> None:
     platform = FakePlatform(retry_after_ratio=retry_after_ratio, seed=seed)
-    limits = TargetLimits(
-        max_chars=max_chars,
-        chat=RateBudget(rate=1.0, burst=2.0),
-        platform=RateBudget(rate=30.0, burst=2.0),
-        platform_key="fake",
-    )
+    limits = dataclasses.replace(LIMITS, max_chars=max_chars)
 
     async def scenario() -> None:
         stream = EditScheduler(final_deadline_s=3600.0).open(platform.target("c", limits))
